@@ -1,0 +1,87 @@
+# Helpers rgunicorn runs inside its embedded interpreter. Kept in Python
+# because they are Python semantics (import rules, ast, config files) that
+# Gunicorn implements in Python too; none of it runs per request.
+import ast
+import importlib
+import os
+import sys
+import traceback
+
+
+class AppImportError(Exception):
+    pass
+
+
+def import_app(uri):
+    """Load `module:obj` the way Gunicorn's util.import_app does."""
+    module, sep, obj = uri.partition(":")
+    if not sep:
+        obj = "application"
+    if not module:
+        raise AppImportError("Failed to find application: no module in %r" % uri)
+    try:
+        expression = ast.parse(obj, mode="eval").body
+    except SyntaxError:
+        raise AppImportError("Failed to parse %r as an attribute name or function call." % obj)
+    if isinstance(expression, ast.Name):
+        name, args, kwargs = expression.id, None, None
+    elif isinstance(expression, ast.Call):
+        if not isinstance(expression.func, ast.Name):
+            raise AppImportError("Function reference must be a simple name: %r" % obj)
+        name = expression.func.id
+        try:
+            args = [ast.literal_eval(arg) for arg in expression.args]
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in expression.keywords}
+        except ValueError:
+            raise AppImportError("Failed to parse arguments as literal values: %r" % obj)
+    else:
+        raise AppImportError("Failed to parse %r as an attribute name or function call." % obj)
+
+    mod = importlib.import_module(module)
+    try:
+        app = getattr(mod, name)
+    except AttributeError:
+        raise AppImportError("Failed to find attribute %r in %r." % (name, module))
+    if args is not None:
+        try:
+            app = app(*args, **kwargs)
+        except TypeError as e:
+            if e.__traceback__ is not None and e.__traceback__.tb_next is None:
+                raise AppImportError("Error calling the factory %r: %s" % (obj, e)) from e
+            raise
+    if app is None:
+        raise AppImportError("Failed to find application object: %r" % obj)
+    if not callable(app):
+        raise AppImportError("Application object must be callable.")
+    return app
+
+
+def setup_path(chdir, pythonpath):
+    """--chdir and --pythonpath, as Gunicorn: the working directory first on sys.path."""
+    if chdir:
+        os.chdir(chdir)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for p in reversed([p for p in pythonpath if p]):
+        p = os.path.abspath(p)
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def format_exc(e):
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__))
+
+
+def load_config_file(path):
+    """Evaluate a Gunicorn config file; return its module-level names."""
+    ns = {"__file__": path, "__name__": "__config__"}
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec")
+    exec(code, ns)
+    return {k: v for k, v in ns.items() if not k.startswith("__")}
+
+
+def load_config_module(name):
+    mod = importlib.import_module(name)
+    return {k: getattr(mod, k) for k in dir(mod) if not k.startswith("__")}

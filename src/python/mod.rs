@@ -1,0 +1,185 @@
+//! The embedded Python interpreter: initialisation, the fork bracket, app
+//! loading and config-file evaluation.
+//!
+//! Python is initialised through `PyConfig` so that `sys.executable` names a
+//! real interpreter (the active virtualenv's, else the one rgunicorn was
+//! built against) and Python reads the virtualenv's `pyvenv.cfg`; signal
+//! handlers are left to us (`install_signal_handlers = 0`). After
+//! initialisation the GIL is released, so every later use goes through
+//! `Python::attach`.
+
+use anyhow::{bail, Context, Result};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyModule};
+use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+static BOOTSTRAP: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// The interpreter rgunicorn should present as `sys.executable`.
+pub fn python_executable() -> String {
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        for name in ["python", "python3"] {
+            let p = std::path::Path::new(&venv).join("bin").join(name);
+            if p.exists() {
+                return p.display().to_string();
+            }
+        }
+    }
+    env!("RGUNICORN_BUILD_PYTHON").to_string()
+}
+
+pub fn is_initialized() -> bool {
+    INITIALIZED.load(Ordering::Acquire)
+}
+
+fn check(status: ffi::PyStatus, what: &str) -> Result<()> {
+    // SAFETY: PyStatus_Exception only reads the struct it is given.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 {
+        let msg = if status.err_msg.is_null() {
+            "unknown error".to_string()
+        } else {
+            // SAFETY: a non-null err_msg is a static C string owned by CPython.
+            unsafe { CStr::from_ptr(status.err_msg) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        bail!("Python initialisation failed ({what}): {msg}");
+    }
+    Ok(())
+}
+
+/// Initialise the interpreter once in this process. `argv` becomes
+/// `sys.argv`, as Gunicorn's `sys.argv` is its own command line.
+pub fn initialize(argv: &[String]) -> Result<()> {
+    if INITIALIZED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let exe = CString::new(python_executable()).context("interpreter path contains NUL")?;
+    // SAFETY: PyConfig is a plain C struct that PyConfig_InitPythonConfig
+    // fills in completely; we only touch it through CPython's setters, free
+    // it with PyConfig_Clear, and nothing else in the process runs Python yet.
+    unsafe {
+        let mut cfg = std::mem::MaybeUninit::<ffi::PyConfig>::uninit();
+        ffi::PyConfig_InitPythonConfig(cfg.as_mut_ptr());
+        let cfg = cfg.as_mut_ptr();
+        (*cfg).install_signal_handlers = 0;
+        (*cfg).parse_argv = 0;
+        let mut r = check(
+            ffi::PyConfig_SetBytesString(cfg, &mut (*cfg).executable, exe.as_ptr()),
+            "executable",
+        );
+        if r.is_ok() {
+            r = check(
+                ffi::PyConfig_SetBytesString(cfg, &mut (*cfg).program_name, exe.as_ptr()),
+                "program_name",
+            );
+        }
+        if r.is_ok() {
+            r = check(ffi::Py_InitializeFromConfig(cfg), "Py_InitializeFromConfig");
+        }
+        ffi::PyConfig_Clear(cfg);
+        r?;
+        // Hand the GIL back: from now on every use attaches explicitly.
+        ffi::PyEval_SaveThread();
+    }
+    INITIALIZED.store(true, Ordering::Release);
+    Python::attach(|py| -> PyResult<()> {
+        let sys = py.import("sys")?;
+        sys.setattr("argv", PyList::new(py, argv)?)?;
+        let version: String = sys.getattr("version")?.extract()?;
+        let prefix: String = sys.getattr("prefix")?.extract()?;
+        tracing::debug!(
+            "Python {} (sys.prefix={prefix})",
+            version.split_whitespace().next().unwrap_or("?")
+        );
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("Python start-up failed: {e}"))
+}
+
+/// The helper module from `bootstrap.py`.
+pub fn bootstrap(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    let m = BOOTSTRAP.get_or_try_init(py, || -> PyResult<Py<PyModule>> {
+        let code = CString::new(include_str!("bootstrap.py"))
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        Ok(PyModule::from_code(py, &code, c"<rgunicorn>", c"_rgunicorn")?.unbind())
+    })?;
+    Ok(m.bind(py))
+}
+
+/// The full Python traceback of an exception, as the error log shows it.
+pub fn format_exception(py: Python<'_>, e: &PyErr) -> String {
+    bootstrap(py)
+        .and_then(|b| b.call_method1("format_exc", (e.value(py),)))
+        .and_then(|s| s.extract::<String>())
+        .unwrap_or_else(|_| e.to_string())
+}
+
+/// Why the app could not be loaded (the worker exits with code 4).
+#[derive(Debug)]
+pub struct AppLoadError {
+    pub traceback: String,
+}
+
+/// Apply `--chdir`/`--pythonpath` and import the app as Gunicorn does.
+pub fn load_app(
+    uri: &str,
+    chdir: Option<&std::path::Path>,
+    pythonpath: &[String],
+) -> Result<Py<PyAny>, AppLoadError> {
+    Python::attach(|py| {
+        let r = (|| -> PyResult<Py<PyAny>> {
+            let b = bootstrap(py)?;
+            b.call_method1(
+                "setup_path",
+                (chdir.map(|p| p.display().to_string()), pythonpath.to_vec()),
+            )?;
+            Ok(b.call_method1("import_app", (uri,))?.unbind())
+        })();
+        r.map_err(|e| AppLoadError {
+            traceback: format_exception(py, &e),
+        })
+    })
+}
+
+/// Evaluate a config file (`-c FILE`) or module (`-c python:mod`) and return
+/// its module-level names as Python objects, in a dict.
+pub fn load_config(py: Python<'_>, source: &str, is_module: bool) -> Result<Py<PyDict>, String> {
+    let r = (|| -> PyResult<Py<PyDict>> {
+        let b = bootstrap(py)?;
+        let f = if is_module {
+            "load_config_module"
+        } else {
+            "load_config_file"
+        };
+        Ok(b.call_method1(f, (source,))?.cast_into::<PyDict>()?.unbind())
+    })();
+    r.map_err(|e| format_exception(py, &e))
+}
+
+/// Fork with the interpreter's fork bracket around it, as `os.fork()` does,
+/// when Python runs in this process; a plain fork otherwise.
+///
+/// # Safety
+/// The caller must be single-threaded (the master is), and the child must
+/// only continue into code that is fine after fork (ours is: the worker
+/// builds its runtime after the fork).
+pub unsafe fn fork() -> nix::Result<nix::unistd::ForkResult> {
+    use nix::unistd::ForkResult;
+    if !is_initialized() {
+        return nix::unistd::fork();
+    }
+    Python::attach(|_py| {
+        ffi::PyOS_BeforeFork();
+        let r = nix::unistd::fork();
+        match r {
+            Ok(ForkResult::Child) => ffi::PyOS_AfterFork_Child(),
+            _ => ffi::PyOS_AfterFork_Parent(),
+        }
+        r
+    })
+}

@@ -1,0 +1,388 @@
+//! The WSGI bridge (PEP 3333): builds the environ, calls the app, and turns
+//! what it returns into an HTTP/1.1 response on the connection.
+//!
+//! One request runs in [`handle`], on the thread that holds the Python slot:
+//! inline on the worker's only thread for `sync`, on a Python thread for
+//! `gthread`. While the app runs, the connection is driven directly through
+//! its file descriptor ([`fdio`]) with the GIL released around every wait, so
+//! `wsgi.input` can be read lazily (and `Expect: 100-continue` answered only
+//! when the app reads) and generators stream. What the client has not yet
+//! taken when the app is done goes back to the async side as `pending_out`,
+//! so a slow reader never holds the Python slot for a small response.
+
+pub mod fdio;
+mod input;
+mod response;
+
+use crate::http::{Request, Version};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use input::Input;
+pub use response::{ErrorStream, FileWrapper, StartResponse};
+use response::Writer;
+
+/// What the server knows about the socket a request came in on.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub server_name: String,
+    pub server_port: String,
+    pub url_scheme: &'static str,
+    pub unix: bool,
+}
+
+/// Per-worker state the bridge reuses on every request: the constant part
+/// of the environ and interned header keys.
+pub struct Bridge {
+    pub app: Py<PyAny>,
+    templates: Vec<Py<PyDict>>,
+    header_keys: Mutex<HashMap<Vec<u8>, Option<Py<PyString>>>>,
+    script_name: String,
+    pub io_timeout: Duration,
+    pub server_software: String,
+}
+
+/// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: String,
+    pub port: String,
+}
+
+/// How one request ended, for the connection loop.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The connection may serve another request.
+    pub keep_alive: bool,
+    /// Bytes read from the socket past this request (pipelined requests).
+    pub leftover_in: Vec<u8>,
+    /// Response bytes the client has not taken yet; the async side writes them.
+    pub pending_out: Vec<u8>,
+    pub status: u16,
+    pub sent: u64,
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// What to do with a connection whose request could not be served at all.
+pub fn error_response(status: u16, reason: &str, close: bool) -> Vec<u8> {
+    let body = format!("{reason}\n");
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\nServer: rgunicorn\r\nDate: ");
+    out.extend_from_slice(crate::http_date::now().as_bytes());
+    if close {
+        out.extend_from_slice(b"\r\nConnection: close");
+    }
+    out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+impl Bridge {
+    /// Prepare the per-worker constants: one environ template per listener.
+    pub fn new(
+        py: Python<'_>,
+        app: Py<PyAny>,
+        listeners: &[ListenerInfo],
+        multithread: bool,
+        multiprocess: bool,
+        io_timeout: Duration,
+    ) -> PyResult<Bridge> {
+        let software = format!("rgunicorn/{}", env!("CARGO_PKG_VERSION"));
+        let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
+        let errors = Py::new(py, ErrorStream)?;
+        let wrapper = py.get_type::<FileWrapper>();
+        let mut templates = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let d = PyDict::new(py);
+            d.set_item("wsgi.version", (1, 0))?;
+            d.set_item("wsgi.url_scheme", l.url_scheme)?;
+            d.set_item("wsgi.multithread", multithread)?;
+            d.set_item("wsgi.multiprocess", multiprocess)?;
+            d.set_item("wsgi.run_once", false)?;
+            d.set_item("wsgi.errors", errors.clone_ref(py))?;
+            d.set_item("wsgi.file_wrapper", &wrapper)?;
+            d.set_item("wsgi.input_terminated", true)?;
+            d.set_item("SERVER_SOFTWARE", &software)?;
+            d.set_item("SCRIPT_NAME", &script_name)?;
+            d.set_item("SERVER_NAME", &l.server_name)?;
+            d.set_item("SERVER_PORT", &l.server_port)?;
+            templates.push(d.unbind());
+        }
+        Ok(Bridge {
+            app,
+            templates,
+            header_keys: Mutex::new(HashMap::new()),
+            script_name,
+            io_timeout,
+            server_software: software,
+        })
+    }
+
+    /// The environ key for a request header (`HTTP_USER_AGENT`), interned
+    /// and cached; `None` for names Gunicorn drops (they contain `_`).
+    fn header_key(&self, py: Python<'_>, name: &[u8]) -> Option<Py<PyString>> {
+        let mut cache = self.header_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.get(name) {
+            return k.as_ref().map(|k| k.clone_ref(py));
+        }
+        let key = if name.contains(&b'_') {
+            None
+        } else {
+            let mut s = String::with_capacity(name.len() + 5);
+            s.push_str("HTTP_");
+            for &b in name {
+                s.push(if b == b'-' {
+                    '_'
+                } else {
+                    b.to_ascii_uppercase() as char
+                });
+            }
+            Some(PyString::intern(py, &s).unbind())
+        };
+        // Bounded: a client inventing header names cannot grow it forever.
+        if cache.len() < 512 {
+            cache.insert(name.to_vec(), key.as_ref().map(|k| k.clone_ref(py)));
+        }
+        key
+    }
+}
+
+/// Latin-1 decoding of header bytes, as PEP 3333 requires for native strings.
+fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
+    match std::str::from_utf8(b) {
+        Ok(s) if b.is_ascii() => PyString::new(py, s),
+        _ => {
+            let s: String = b.iter().map(|&c| c as char).collect();
+            PyString::new(py, &s)
+        }
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::Http10 => "HTTP/1.0",
+        Version::Http11 => "HTTP/1.1",
+    }
+}
+
+/// Build the environ for one request.
+fn environ<'py>(
+    py: Python<'py>,
+    bridge: &Bridge,
+    listener: usize,
+    req: &Request,
+    peer: &Peer,
+    input: Bound<'py, Input>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let tmpl = bridge.templates[listener].bind(py);
+    let env = tmpl.copy()?;
+    env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), &req.method)?;
+    env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), version_str(req.version))?;
+    env.set_item(pyo3::intern!(py, "RAW_URI"), &req.uri)?;
+    env.set_item(pyo3::intern!(py, "QUERY_STRING"), &req.query)?;
+    let path = if !bridge.script_name.is_empty() {
+        match req.path.strip_prefix(bridge.script_name.as_str()) {
+            Some(rest) => rest,
+            None => &req.path,
+        }
+    } else {
+        &req.path
+    };
+    env.set_item(pyo3::intern!(py, "PATH_INFO"), path)?;
+    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), &peer.addr)?;
+    env.set_item(pyo3::intern!(py, "REMOTE_PORT"), &peer.port)?;
+    env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
+    for h in &req.headers {
+        let name = h.name.as_slice();
+        if name.eq_ignore_ascii_case(b"content-type") {
+            env.set_item(pyo3::intern!(py, "CONTENT_TYPE"), latin1(py, &h.value))?;
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            env.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), latin1(py, &h.value))?;
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            set_server_from_host(py, &env, &h.value)?;
+        }
+        let Some(key) = bridge.header_key(py, name) else {
+            continue;
+        };
+        let key = key.bind(py);
+        let value = latin1(py, &h.value);
+        match env.get_item(key)? {
+            Some(prev) => {
+                // Repeated headers are joined with a comma, as Gunicorn does.
+                let joined = format!("{},{}", prev.extract::<String>()?, value.to_str()?);
+                env.set_item(key, joined)?;
+            }
+            None => env.set_item(key, value)?,
+        }
+    }
+    Ok(env)
+}
+
+/// SERVER_NAME / SERVER_PORT come from the Host header when there is one.
+fn set_server_from_host(py: Python<'_>, env: &Bound<'_, PyDict>, host: &[u8]) -> PyResult<()> {
+    let host = String::from_utf8_lossy(host);
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, p)) => (format!("[{h}]"), p.strip_prefix(':').map(str::to_string)),
+            None => (host.to_string(), None),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p.to_string())),
+            None => (host.to_string(), None),
+        }
+    };
+    let scheme: String = env
+        .get_item("wsgi.url_scheme")?
+        .map(|s| s.extract())
+        .transpose()?
+        .unwrap_or_else(|| "http".into());
+    let port = port.unwrap_or_else(|| if scheme == "https" { "443" } else { "80" }.to_string());
+    env.set_item(pyo3::intern!(py, "SERVER_NAME"), name)?;
+    env.set_item(pyo3::intern!(py, "SERVER_PORT"), port)?;
+    Ok(())
+}
+
+/// Serve one parsed request: call the app and write its response.
+///
+/// `prebuffered` holds the bytes already read after the request head (the
+/// start of the body, maybe pipelined requests after it).
+#[allow(clippy::too_many_arguments)]
+pub fn handle(
+    py: Python<'_>,
+    bridge: &Bridge,
+    listener: usize,
+    req: &Request,
+    prebuffered: Vec<u8>,
+    fd: RawFd,
+    peer: &Peer,
+) -> Outcome {
+    let input = match Bound::new(
+        py,
+        Input::new(fd, req, prebuffered, bridge.io_timeout),
+    ) {
+        Ok(i) => i,
+        Err(e) => return internal_error(py, e, fd, req),
+    };
+    let writer = Writer::new(fd, req, bridge.io_timeout);
+    let start = match Bound::new(py, StartResponse::new(writer.clone())) {
+        Ok(s) => s,
+        Err(e) => return internal_error(py, e, fd, req),
+    };
+    let env = match environ(py, bridge, listener, req, peer, input.clone()) {
+        Ok(e) => e,
+        Err(e) => return internal_error(py, e, fd, req),
+    };
+
+    let result = bridge.app.bind(py).call1((env, start));
+    let mut outcome = match result {
+        Ok(body) => {
+            let r = send_body(py, &writer, &body);
+            close_result(py, &body);
+            match r {
+                Ok(()) => writer.finish(py),
+                Err(e) => {
+                    let o = writer.fail(py, e);
+                    o
+                }
+            }
+        }
+        Err(e) => writer.fail(py, BodyError::App(e)),
+    };
+    // Whatever the app left unread of the body must be consumed (or the
+    // connection closed) before the next request on it can be parsed.
+    let (keep, leftover) = input.borrow().finish(py);
+    outcome.keep_alive &= keep;
+    outcome.leftover_in = leftover;
+    outcome
+}
+
+fn internal_error(py: Python<'_>, e: PyErr, fd: RawFd, req: &Request) -> Outcome {
+    let w = Writer::new(fd, req, Duration::from_secs(5));
+    w.fail(py, BodyError::App(e))
+}
+
+/// Why a response could not be completed.
+pub enum BodyError {
+    /// The app (or its iterator) raised.
+    App(PyErr),
+    /// The client went away or stopped reading.
+    Io(std::io::Error),
+}
+
+/// Iterate the app's result and write it out.
+fn send_body(py: Python<'_>, w: &Writer, body: &Bound<'_, PyAny>) -> Result<(), BodyError> {
+    // Fast paths: a list or tuple of bytes (the overwhelmingly common case).
+    if let Ok(list) = body.cast_exact::<PyList>() {
+        if list.len() == 1 {
+            let item = list.get_item(0).map_err(BodyError::App)?;
+            return w.last_chunk(py, as_bytes(&item)?);
+        }
+        for item in list.iter() {
+            w.write(py, as_bytes(&item)?, false)?;
+        }
+        return Ok(());
+    }
+    if let Ok(t) = body.cast_exact::<PyTuple>() {
+        for item in t.iter() {
+            w.write(py, as_bytes(&item)?, false)?;
+        }
+        return Ok(());
+    }
+    if let Ok(fw) = body.cast_exact::<FileWrapper>() {
+        if let Some(r) = response::try_sendfile(py, w, fw) {
+            return r;
+        }
+    }
+    let iter = body.try_iter().map_err(BodyError::App)?;
+    for item in iter {
+        let item = item.map_err(BodyError::App)?;
+        // Each piece of a streamed body leaves as soon as it is produced.
+        w.write(py, as_bytes(&item)?, true)?;
+    }
+    Ok(())
+}
+
+fn as_bytes<'a>(item: &'a Bound<'_, PyAny>) -> Result<&'a [u8], BodyError> {
+    match item.cast::<PyBytes>() {
+        Ok(b) => Ok(b.as_bytes()),
+        Err(_) => Err(BodyError::App(PyTypeError::new_err(format!(
+            "WSGI response body items must be bytes, not {}",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into())
+        )))),
+    }
+}
+
+/// PEP 3333: `close()` is called on the result whenever it has one, also
+/// when the response failed.
+fn close_result(py: Python<'_>, body: &Bound<'_, PyAny>) {
+    if body.is_exact_instance_of::<PyList>() || body.is_exact_instance_of::<PyTuple>() {
+        return;
+    }
+    if let Ok(close) = body.getattr(pyo3::intern!(py, "close")) {
+        if let Err(e) = close.call0() {
+            tracing::error!(
+                "Error closing the response iterable:\n{}",
+                crate::python::format_exception(py, &e).trim_end()
+            );
+        }
+    }
+}
