@@ -1,1 +1,38 @@
-//! HTTP/1.1 request parsing (placeholder)
+//! HTTP/1.1 request parsing for the workers: the request head, the body's
+//! framing, and the chunked transfer coding.
+//!
+//! This is the part of rgunicorn that stands where Gunicorn's `gunicorn/http/`
+//! stands, and it keeps Gunicorn's limits (`--limit-request-line`,
+//! `--limit-request-fields`, `--limit-request-field-size`) and status codes,
+//! but it is stricter than Gunicorn wherever RFC 9112 lets a request be read
+//! two ways, because two readings of one byte stream are how request
+//! smuggling works.
+//!
+//! Theory of operation, for the worker:
+//!
+//! 1. Append what the socket gives to a buffer and call [`parse_head`] with
+//!    it. `Ok(None)` means read more; an `Err` means answer with
+//!    [`ParseError::status`] / [`ParseError::reason`] and close the
+//!    connection.
+//! 2. `Ok(Some((request, n)))`: the head was `buf[..n]`. Build the environ
+//!    from the [`Request`] (`path` and `query` are already the PEP 3333
+//!    strings).
+//! 3. Read the body as [`Request::body`] says: nothing, exactly
+//!    `Length(n)` bytes, or through a [`ChunkedDecoder`] until
+//!    [`ChunkedDecoder::is_done`]. What follows is the next pipelined request.
+//! 4. Keep the connection only if [`Request::keep_alive`], and if
+//!    [`Request::expect_continue`], send `100 Continue` before reading the
+//!    body.
+//!
+//! Nothing here does I/O, allocates without bound, or panics on any input.
+
+mod chunked;
+mod error;
+mod request;
+
+pub use chunked::{ChunkedDecoder, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS};
+pub use error::ParseError;
+pub use request::{
+    parse_head, BodyFraming, Header, Limits, Request, Version, MAX_HEAD, MAX_HEADERS,
+    MAX_LEADING_EMPTY_LINES, MAX_REQUEST_LINE, UNLIMITED_LINE_CAP,
+};

@@ -1,0 +1,423 @@
+//! The chunked transfer coding (RFC 9112 §7.1), decoded as a resumable state
+//! machine so the body can arrive in any split across reads.
+//!
+//! ```text
+//! chunked-body   = *chunk last-chunk trailer-section CRLF
+//! chunk          = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+//! chunk-size     = 1*HEXDIG
+//! last-chunk     = 1*("0") [ chunk-ext ] CRLF
+//! chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+//! trailer-section = *( field-line CRLF )
+//! ```
+//!
+//! Strict where request smuggling lives: the size is hex digits only (no
+//! sign, no `0x`, no whitespace unless a `;` extension follows, no u64
+//! overflow); every line ends in CRLF, never a bare LF or CR; chunk data must
+//! be followed by exactly CRLF. Extensions are checked for control characters
+//! and ignored. Trailer fields are validated with the same rules as header
+//! fields (httparse, no obs-fold) and discarded. Memory is bounded: the size
+//! line is capped at [`MAX_CHUNK_LINE`] bytes and the trailer section at
+//! [`MAX_TRAILER`] bytes and [`MAX_TRAILER_FIELDS`] fields; payload goes
+//! straight to the caller's buffer.
+
+use super::ParseError;
+
+/// Longest chunk-size line (size plus extensions), without CRLF.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Largest trailer section, in bytes.
+pub const MAX_TRAILER: usize = 64 * 1024;
+/// Most trailer fields.
+pub const MAX_TRAILER_FIELDS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the hex digits of a chunk-size; `digits` is how many so far.
+    Size { digits: usize },
+    /// Whitespace after the size: only more whitespace or `;` may follow.
+    SizeSpace,
+    /// Inside chunk extensions, up to the CR.
+    Extension,
+    /// CR of the size line seen, LF expected.
+    SizeLf,
+    /// `remaining` bytes of chunk data left.
+    Data,
+    /// Chunk data done, CR expected.
+    DataCr,
+    /// CR after the data seen, LF expected.
+    DataLf,
+    /// At the start of a trailer line, or of the final CRLF.
+    TrailerStart,
+    /// Inside a trailer field line.
+    TrailerLine,
+    /// CR of a trailer line seen, LF expected.
+    TrailerLf,
+    /// CR of the final empty line seen, LF expected.
+    EndLf,
+    /// The body is complete.
+    Done,
+    /// An error happened; it is returned again on every call.
+    Failed(ParseError),
+}
+
+/// Decoder for a `Transfer-Encoding: chunked` request body.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: State,
+    /// The size of the chunk being read, then the data bytes left in it.
+    remaining: u64,
+    /// Bytes of the current size line so far.
+    line_len: usize,
+    /// The trailer section so far, kept only to validate it at the end.
+    trailer: Vec<u8>,
+    trailer_fields: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    /// A decoder at the start of a chunked body.
+    pub fn new() -> Self {
+        ChunkedDecoder {
+            state: State::Size { digits: 0 },
+            remaining: 0,
+            line_len: 0,
+            trailer: Vec::new(),
+            trailer_fields: 0,
+        }
+    }
+
+    /// Whether the last chunk, the trailers and the final CRLF have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decode as much of `input` as possible, appending payload bytes to
+    /// `out`. Returns how many bytes of `input` were consumed: all of it,
+    /// unless the body ended inside `input`, in which case the bytes after it
+    /// (a pipelined request) are left unconsumed.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ParseError> {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                State::Done => return Ok(i),
+                State::Failed(e) => return Err(e),
+                State::Data => {
+                    let avail = input.len() - i;
+                    let take = usize::try_from(self.remaining).map_or(avail, |r| r.min(avail));
+                    out.extend_from_slice(&input[i..i + take]);
+                    i += take;
+                    self.remaining -= take as u64;
+                    if self.remaining == 0 {
+                        self.state = State::DataCr;
+                    }
+                }
+                _ => {
+                    let b = input[i];
+                    i += 1;
+                    if let Err(e) = self.step(b) {
+                        self.state = State::Failed(e);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        match self.state {
+            State::Failed(e) => Err(e),
+            _ => Ok(i),
+        }
+    }
+
+    /// Advance the state machine over one byte outside chunk data.
+    fn step(&mut self, b: u8) -> Result<(), ParseError> {
+        self.state = match self.state {
+            State::Size { digits } => {
+                self.count_line()?;
+                match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = hex_value(b);
+                        self.remaining = self
+                            .remaining
+                            .checked_mul(16)
+                            .and_then(|v| v.checked_add(d))
+                            .ok_or(ParseError::InvalidChunkSize)?;
+                        State::Size { digits: digits + 1 }
+                    }
+                    _ if digits == 0 => return Err(ParseError::InvalidChunkSize),
+                    b';' => State::Extension,
+                    b' ' | b'\t' => State::SizeSpace,
+                    b'\r' => State::SizeLf,
+                    _ => return Err(ParseError::InvalidChunkSize),
+                }
+            }
+            State::SizeSpace => {
+                self.count_line()?;
+                match b {
+                    b' ' | b'\t' => State::SizeSpace,
+                    b';' => State::Extension,
+                    _ => return Err(ParseError::InvalidChunkSize),
+                }
+            }
+            State::Extension => {
+                self.count_line()?;
+                match b {
+                    b'\r' => State::SizeLf,
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => State::Extension,
+                    _ => return Err(ParseError::InvalidChunkExtension),
+                }
+            }
+            State::SizeLf => {
+                if b != b'\n' {
+                    return Err(ParseError::InvalidChunkSize);
+                }
+                self.line_len = 0;
+                if self.remaining == 0 {
+                    State::TrailerStart
+                } else {
+                    State::Data
+                }
+            }
+            State::DataCr if b == b'\r' => State::DataLf,
+            State::DataLf if b == b'\n' => State::Size { digits: 0 },
+            State::DataCr | State::DataLf => return Err(ParseError::MissingChunkTerminator),
+            State::TrailerStart => match b {
+                b'\r' => State::EndLf,
+                // obs-fold, a bare LF, or a line starting with a colon.
+                b' ' | b'\t' | b'\n' | b':' => return Err(ParseError::InvalidTrailer),
+                _ => {
+                    self.trailer_fields += 1;
+                    if self.trailer_fields > MAX_TRAILER_FIELDS {
+                        return Err(ParseError::TrailerTooLarge);
+                    }
+                    self.push_trailer(b)?;
+                    State::TrailerLine
+                }
+            },
+            State::TrailerLine => match b {
+                b'\r' => {
+                    self.push_trailer(b)?;
+                    State::TrailerLf
+                }
+                b'\n' => return Err(ParseError::InvalidTrailer),
+                _ => {
+                    self.push_trailer(b)?;
+                    State::TrailerLine
+                }
+            },
+            State::TrailerLf => {
+                if b != b'\n' {
+                    return Err(ParseError::InvalidTrailer);
+                }
+                self.push_trailer(b)?;
+                State::TrailerStart
+            }
+            State::EndLf => {
+                if b != b'\n' {
+                    return Err(ParseError::InvalidTrailer);
+                }
+                self.check_trailers()?;
+                State::Done
+            }
+            // `decode` never steps in these states.
+            State::Data | State::Done | State::Failed(_) => self.state,
+        };
+        Ok(())
+    }
+
+    #[inline]
+    fn count_line(&mut self) -> Result<(), ParseError> {
+        self.line_len += 1;
+        if self.line_len > MAX_CHUNK_LINE {
+            return Err(ParseError::InvalidChunkExtension);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn push_trailer(&mut self, b: u8) -> Result<(), ParseError> {
+        if self.trailer.len() >= MAX_TRAILER {
+            return Err(ParseError::TrailerTooLarge);
+        }
+        self.trailer.push(b);
+        Ok(())
+    }
+
+    /// Validate the whole trailer section with the header-field rules, then
+    /// drop it.
+    fn check_trailers(&mut self) -> Result<(), ParseError> {
+        if self.trailer.is_empty() {
+            return Ok(());
+        }
+        let mut section = std::mem::take(&mut self.trailer);
+        section.extend_from_slice(b"\r\n");
+        let mut slots = vec![httparse::EMPTY_HEADER; self.trailer_fields];
+        match httparse::parse_headers(&section, &mut slots) {
+            Ok(httparse::Status::Complete((n, _))) if n == section.len() => Ok(()),
+            _ => Err(ParseError::InvalidTrailer),
+        }
+    }
+}
+
+#[inline]
+fn hex_value(b: u8) -> u64 {
+    u64::from(match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode all of `input` in one call.
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, usize, bool), ParseError> {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let n = d.decode(input, &mut out)?;
+        Ok((out, n, d.is_done()))
+    }
+
+    /// Decode `input` one byte at a time.
+    fn decode_bytewise(input: &[u8]) -> Result<(Vec<u8>, usize, bool), ParseError> {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for i in 0..input.len() {
+            if d.is_done() {
+                break;
+            }
+            used += d.decode(&input[i..=i], &mut out)?;
+        }
+        Ok((out, used, d.is_done()))
+    }
+
+    #[test]
+    fn valid_bodies() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"0\r\n\r\n", b""),
+            (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
+            (b"A\r\n0123456789\r\n0\r\n\r\n", b"0123456789"),
+            (b"a\r\n0123456789\r\n00000\r\n\r\n", b"0123456789"),
+            (b"5;name=value\r\nhello\r\n0;x\r\n\r\n", b"hello"),
+            (b"5 ;name=\"quoted value\"\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"5\t; a ; b = c\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (
+                b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\nY: two words\r\n\r\n",
+                b"hello",
+            ),
+            (b"0000000000000000000000001\r\nx\r\n0\r\n\r\n", b"x"),
+            (b"3\r\n\r\n\r\r\n0\r\n\r\n", b"\r\n\r"),
+        ];
+        for &(input, payload) in cases {
+            let mut piped = input.to_vec();
+            piped.extend(b"GET / HTTP/1.1\r\n\r\n");
+            for res in [decode_all(&piped), decode_bytewise(&piped)] {
+                let (out, used, done) =
+                    res.unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(input)));
+                assert_eq!(out, payload);
+                assert_eq!(used, input.len(), "stops after the final CRLF");
+                assert!(done);
+            }
+        }
+    }
+
+    #[test]
+    fn incomplete_is_not_done() {
+        let input = b"5\r\nhello\r\n0\r\nT: 1\r\n\r\n";
+        for cut in 0..input.len() {
+            let (_, used, done) = decode_all(&input[..cut]).unwrap();
+            assert_eq!(used, cut);
+            assert!(!done, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn invalid_bodies() {
+        use ParseError::*;
+        let cases: &[(&[u8], ParseError)] = &[
+            (b"\r\n", InvalidChunkSize),
+            (b"x\r\n", InvalidChunkSize),
+            (b"0x5\r\nhello\r\n0\r\n\r\n", InvalidChunkSize),
+            (b"+5\r\nhello\r\n0\r\n\r\n", InvalidChunkSize),
+            (b"-5\r\n", InvalidChunkSize),
+            (b" 5\r\nhello\r\n0\r\n\r\n", InvalidChunkSize),
+            (b"5 \r\nhello\r\n0\r\n\r\n", InvalidChunkSize),
+            (b"5 5\r\n", InvalidChunkSize),
+            (b"5\nhello\r\n0\r\n\r\n", InvalidChunkSize),
+            (b"5\rhello", InvalidChunkSize),
+            (b"10000000000000000\r\n", InvalidChunkSize),
+            (b"fffffffffffffffff\r\n", InvalidChunkSize),
+            (b"5;a\x00b\r\nhello\r\n0\r\n\r\n", InvalidChunkExtension),
+            (b"5;a\nb\r\n", InvalidChunkExtension),
+            (b"5;a\x7f\r\n", InvalidChunkExtension),
+            (b"5\r\nhelloX\r\n", MissingChunkTerminator),
+            (b"5\r\nhello\n0\r\n\r\n", MissingChunkTerminator),
+            (b"5\r\nhello\rX", MissingChunkTerminator),
+            (b"5\r\nhello\r\n0\r\n\n", InvalidTrailer),
+            (b"5\r\nhello\r\n0\r\n\rX", InvalidTrailer),
+            (b"0\r\nT: 1\n\r\n", InvalidTrailer),
+            (b"0\r\nT: 1\r\n folded\r\n\r\n", InvalidTrailer),
+            (b"0\r\nT : 1\r\n\r\n", InvalidTrailer),
+            (b"0\r\nNoColon\r\n\r\n", InvalidTrailer),
+            (b"0\r\n: v\r\n\r\n", InvalidTrailer),
+            (b"0\r\nT: a\x00b\r\n\r\n", InvalidTrailer),
+        ];
+        for &(input, want) in cases {
+            let shown = String::from_utf8_lossy(input);
+            assert_eq!(decode_all(input).unwrap_err(), want, "{shown:?}");
+            assert_eq!(
+                decode_bytewise(input).unwrap_err(),
+                want,
+                "{shown:?} bytewise"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        assert!(d.decode(b"z", &mut out).is_err());
+        assert_eq!(
+            d.decode(b"0\r\n\r\n", &mut out),
+            Err(ParseError::InvalidChunkSize)
+        );
+        assert!(!d.is_done());
+    }
+
+    #[test]
+    fn size_line_and_trailers_are_bounded() {
+        let mut line = b"5;".to_vec();
+        line.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE));
+        assert_eq!(
+            decode_all(&line).unwrap_err(),
+            ParseError::InvalidChunkExtension
+        );
+
+        let mut body = b"0\r\n".to_vec();
+        for _ in 0..=MAX_TRAILER_FIELDS {
+            body.extend(b"T: 1\r\n");
+        }
+        assert_eq!(decode_all(&body).unwrap_err(), ParseError::TrailerTooLarge);
+
+        let mut body = b"0\r\nT: ".to_vec();
+        body.extend(std::iter::repeat_n(b'a', MAX_TRAILER));
+        assert_eq!(decode_all(&body).unwrap_err(), ParseError::TrailerTooLarge);
+    }
+
+    #[test]
+    fn huge_declared_chunk_allocates_only_what_arrives() {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        assert_eq!(d.decode(b"ffffffffffffffff\r\nabc", &mut out), Ok(21));
+        assert_eq!(out, b"abc");
+        assert!(!d.is_done());
+    }
+}
