@@ -23,7 +23,7 @@ const APP: &str = "APP_MODULE";
 /// `rgunicorn [OPTIONS] [APP_MODULE]`, with `--version`.
 pub fn command() -> Command {
     let mut cmd = Command::new("rgunicorn")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(concat!("(version ", env!("CARGO_PKG_VERSION"), ")"))
         .about("A drop-in, faster replacement for Gunicorn")
         .override_usage("rgunicorn [OPTIONS] [APP_MODULE]")
         .disable_version_flag(true)

@@ -192,6 +192,8 @@ pub struct CliPass {
     layers: Vec<resolve::Layer>,
     /// The positional APP_MODULE.
     app: Option<String>,
+    /// Further positional arguments, ignored as Gunicorn does (with a warning).
+    extra_args: Vec<String>,
     env: resolve::EnvSnapshot,
 }
 
@@ -252,10 +254,12 @@ pub fn parse_cli(
     }
     let (layer, positional) = cli::parse(args, "command line")?;
     layers.push(layer);
-    let app = positional.into_iter().next();
+    let mut positional = positional.into_iter();
+    let app = positional.next();
     Ok(CliPass {
         layers,
         app,
+        extra_args: positional.collect(),
         env: resolve::EnvSnapshot::capture(env),
     })
 }

@@ -137,7 +137,16 @@ pub fn resolve(
     file_values: Vec<(String, RawValue)>,
     file_label: Option<String>,
 ) -> Result<Settings, ConfigError> {
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = cli
+        .extra_args
+        .iter()
+        .map(|a| {
+            format!(
+                "command line: extra argument {} ignored",
+                value::py_str_repr(a)
+            )
+        })
+        .collect();
     let mut values: Vec<(Value, Source)> = Vec::with_capacity(TABLE.len());
     for def in TABLE {
         let mut v = default_of(def, &cli.env)?;

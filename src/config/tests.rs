@@ -431,6 +431,17 @@ fn app_from_argument_or_wsgi_app() {
 }
 
 #[test]
+fn extra_positional_arguments_are_ignored_with_a_warning() {
+    let st = run(&["run:app", "other"], &[], &[]).unwrap();
+    assert_eq!(st.wsgi_app.as_deref(), Some("run:app"));
+    assert!(
+        st.warnings.iter().any(|w| w.contains("'other'")),
+        "{:?}",
+        st.warnings
+    );
+}
+
+#[test]
 fn config_source() {
     let cli = parse_cli(args(&["-c", "python:pkg.conf", "app:app"]), &env_of(&[])).unwrap();
     assert_eq!(
@@ -700,6 +711,7 @@ fn help_and_version_are_informational() {
     assert!(help.contains("NOT SUPPORTED"));
     let e = parse_cli(args(&["-v"]), &env_of(&[])).unwrap_err();
     assert!(e.is_informational());
+    assert!(e.to_string().starts_with("rgunicorn (version "), "{e}");
 }
 
 // ---- Output ------------------------------------------------------------
