@@ -1,1 +1,334 @@
-//! Settings (placeholder)
+//! Settings: one table of every Gunicorn setting drives the command line,
+//! the Python config file, `GUNICORN_CMD_ARGS`, `--print-config` and
+//! `docs/settings.md`.
+//!
+//! Theory of operation, in two passes (as ripgrep's low/high args):
+//!
+//! 1. [`parse_cli`] parses argv and `GUNICORN_CMD_ARGS` /
+//!    `RGUNICORN_CMD_ARGS` with a clap `Command` built from [`table()`],
+//!    converting and type-checking every value. It does not read the
+//!    config file; [`CliPass::config_source`] says which file (or
+//!    `python:` module) the caller should evaluate.
+//! 2. The caller evaluates the config file in Python and hands its module
+//!    globals over as [`RawValue`]s. [`resolve`] merges, as Gunicorn does,
+//!    defaults < config file < `GUNICORN_CMD_ARGS` < `RGUNICORN_CMD_ARGS`
+//!    < command line, runs each setting's validator, refuses any
+//!    not-supported setting that is not at its default, and produces the
+//!    typed [`Settings`].
+//!
+//! Environment defaults follow Gunicorn: `workers` defaults to
+//! `$WEB_CONCURRENCY`, `bind` to `0.0.0.0:$PORT` when `$PORT` is set,
+//! `forwarded_allow_ips` to `$FORWARDED_ALLOW_IPS`, and `sendfile` to
+//! `$SENDFILE`.
+//!
+//! Errors name the setting and where its value came from, e.g.
+//! `gunicorn-cfg.py: setting `workers`: expected an integer, got 'three'`.
+
+mod cli;
+mod docs;
+mod resolve;
+mod table;
+#[cfg(test)]
+mod tests;
+mod value;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+pub use cli::command;
+pub use docs::settings_markdown;
+pub use resolve::{print_config, resolve};
+pub use table::{Action, DefaultValue, SettingDef, Status, ValueType};
+
+/// The worker classes rgunicorn implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerClass {
+    /// One request at a time per worker.
+    Sync,
+    /// A pool of `threads` Python threads per worker.
+    Gthread,
+}
+
+/// Opaque handle to a Python callable held by the caller (just an index);
+/// config never calls it.
+#[derive(Clone, Copy, Debug)]
+pub struct HookRef(pub usize);
+
+/// A value read from a Python config file (the Python side converts module
+/// globals into these).
+#[derive(Clone, Debug)]
+pub enum RawValue {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    List(Vec<RawValue>),
+    Tuple(Vec<RawValue>),
+    Dict(Vec<(String, RawValue)>),
+    Callable(HookRef),
+}
+
+/// Where the config file comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A Python file: `-c PATH`, `-c file:PATH`, or `./gunicorn.conf.py`.
+    Path(PathBuf),
+    /// A Python module on `sys.path`: `-c python:pkg.module`.
+    Module(String),
+}
+
+/// Everything resolved and typed. Field names are Gunicorn's setting names.
+///
+/// Only settings rgunicorn acts on have a field; not-supported settings are
+/// guaranteed to be at their defaults. `--print-config` shows every setting.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub bind: Vec<String>,
+    pub backlog: i32,
+    pub workers: usize,
+    /// As configured; see [`Settings::effective_worker_class`].
+    pub worker_class: WorkerClass,
+    pub threads: usize,
+    pub worker_connections: usize,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub timeout: u64,
+    pub graceful_timeout: u64,
+    pub keepalive: u64,
+    pub limit_request_line: usize,
+    pub limit_request_fields: usize,
+    pub limit_request_field_size: usize,
+    pub preload_app: bool,
+    /// Absolute directory to change to; `None` stays in the current one.
+    pub chdir: Option<PathBuf>,
+    /// `--pythonpath`, split at commas.
+    pub pythonpath: Vec<String>,
+    /// `KEY=VALUE` strings, each checked to contain `=`.
+    pub raw_env: Vec<String>,
+    pub pidfile: Option<PathBuf>,
+    /// A user name or numeric uid (checked to exist); `None`: no change.
+    pub user: Option<String>,
+    /// A group name or numeric gid (checked to exist); `None`: no change.
+    pub group: Option<String>,
+    pub umask: u32,
+    pub initgroups: bool,
+    pub proc_name: Option<String>,
+    /// Used when `proc_name` is unset: the APP_MODULE, else `rgunicorn`.
+    pub default_proc_name: String,
+    /// Lower-case: debug, info, warning, error or critical.
+    pub loglevel: String,
+    /// `-` means stderr.
+    pub errorlog: String,
+    /// `-` means stdout; `None` means no access log.
+    pub accesslog: Option<String>,
+    pub access_log_format: String,
+    pub capture_output: bool,
+    pub reuse_port: bool,
+    /// Whether file bodies may go out with sendfile (`--no-sendfile`, `$SENDFILE`).
+    pub sendfile: bool,
+    pub forwarded_allow_ips: Vec<String>,
+    pub secure_scheme_headers: Vec<(String, String)>,
+    /// The application to load: the APP_MODULE argument, else `wsgi_app`
+    /// from the config file.
+    pub wsgi_app: Option<String>,
+    /// The config file given with `-c` (or via `GUNICORN_CMD_ARGS`), or
+    /// `./gunicorn.conf.py` when that file exists.
+    pub config: Option<String>,
+    pub print_config: bool,
+    pub check_config: bool,
+    /// The control socket path; `None` when `--no-control-socket` is given
+    /// or no default location exists (neither XDG_RUNTIME_DIR nor HOME).
+    pub control_socket: Option<PathBuf>,
+    pub control_socket_mode: u32,
+    /// Gunicorn's `control_socket_disable` (`--no-control-socket`).
+    pub no_control_socket: bool,
+    pub control_allow_uid: Vec<u32>,
+    pub control_allow_gid: Vec<u32>,
+    pub log_journald: bool,
+    /// Server hooks set in the config file, by Gunicorn's hook name.
+    pub hooks: Vec<(String, HookRef)>,
+    /// Things that are accepted but worth telling the user, e.g. config-file
+    /// names that are not settings (ignored, as Gunicorn does) and settings
+    /// that have no effect here. `--check-config` prints them.
+    pub warnings: Vec<String>,
+    /// Every setting's value, for [`print_config`].
+    printed: Vec<(&'static str, String)>,
+}
+
+impl Settings {
+    /// Gunicorn: `--threads` > 1 with the sync class means gthread.
+    pub fn effective_worker_class(&self) -> WorkerClass {
+        match self.worker_class {
+            WorkerClass::Sync if self.threads > 1 => WorkerClass::Gthread,
+            other => other,
+        }
+    }
+
+    /// The hook of that name, if the config file set one.
+    pub fn hook(&self, name: &str) -> Option<HookRef> {
+        self.hooks.iter().find(|(n, _)| n == name).map(|(_, h)| *h)
+    }
+
+    /// The settings for `rgunicorn APP` with no config file and an empty
+    /// environment; handy for tests elsewhere in the program.
+    pub fn for_app(app: &str) -> Result<Settings, ConfigError> {
+        let cli = parse_cli(vec![OsString::from(app)], &|_| None)?;
+        resolve(cli, Vec::new(), None)
+    }
+}
+
+/// The settings table, for docs generation and invariant tests.
+pub fn table() -> &'static [SettingDef] {
+    table::TABLE
+}
+
+/// The result of the first pass: argv and the environment, parsed and
+/// type-checked, before the config file is read.
+#[derive(Debug)]
+pub struct CliPass {
+    /// `GUNICORN_CMD_ARGS`, `RGUNICORN_CMD_ARGS`, then the command line.
+    layers: Vec<resolve::Layer>,
+    /// The positional APP_MODULE.
+    app: Option<String>,
+    /// Further positional arguments, ignored as Gunicorn does (with a warning).
+    extra_args: Vec<String>,
+    env: resolve::EnvSnapshot,
+}
+
+impl CliPass {
+    /// The config file to evaluate: `-c` on the command line, else `--config`
+    /// in `RGUNICORN_CMD_ARGS` / `GUNICORN_CMD_ARGS`, else
+    /// `./gunicorn.conf.py` if it exists.
+    pub fn config_source(&self) -> Option<ConfigSource> {
+        if let Some(given) = self.config_given() {
+            return Some(match given.strip_prefix("python:") {
+                Some(module) => ConfigSource::Module(module.to_string()),
+                None => {
+                    ConfigSource::Path(PathBuf::from(given.strip_prefix("file:").unwrap_or(&given)))
+                }
+            });
+        }
+        self.default_config_file().map(ConfigSource::Path)
+    }
+
+    fn config_given(&self) -> Option<String> {
+        self.layers
+            .iter()
+            .rev()
+            .find_map(|layer| layer.get("config"))
+            .and_then(|v| match v {
+                value::Value::Str(s) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            })
+    }
+
+    fn default_config_file(&self) -> Option<PathBuf> {
+        let path = self.env.cwd.as_ref()?.join("gunicorn.conf.py");
+        path.is_file().then_some(path)
+    }
+
+    /// The positional APP_MODULE, if given.
+    pub fn app(&self) -> Option<&str> {
+        self.app.as_deref()
+    }
+}
+
+/// First pass: parse argv (without argv\[0\]) and the environment; does NOT
+/// read the config file.
+pub fn parse_cli(
+    args: Vec<OsString>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CliPass, ConfigError> {
+    let mut layers = Vec::new();
+    for var in ["GUNICORN_CMD_ARGS", "RGUNICORN_CMD_ARGS"] {
+        if let Some(text) = env(var) {
+            let words = shlex::split(&text).ok_or_else(|| {
+                ConfigError::usage(format!("{var}: unbalanced quotes in {text:?}"))
+            })?;
+            let (layer, _positional) =
+                cli::parse(words.into_iter().map(OsString::from).collect(), var)?;
+            layers.push(layer);
+        }
+    }
+    let (layer, positional) = cli::parse(args, "command line")?;
+    layers.push(layer);
+    let mut positional = positional.into_iter();
+    let app = positional.next();
+    Ok(CliPass {
+        layers,
+        app,
+        extra_args: positional.collect(),
+        env: resolve::EnvSnapshot::capture(env),
+    })
+}
+
+#[derive(Debug)]
+enum ErrorKind {
+    /// From clap, including `--help` and `--version`.
+    Clap(clap::Error),
+    /// A bad command line found after clap (exit status 2).
+    Usage(String),
+    /// A bad setting (exit status 1, as Gunicorn's `Error: ...`).
+    Invalid(String),
+}
+
+/// A configuration error. Its message names the setting and the source of
+/// the value (file path, `GUNICORN_CMD_ARGS`, or command line).
+#[derive(Debug)]
+pub struct ConfigError {
+    kind: ErrorKind,
+}
+
+impl ConfigError {
+    fn usage(msg: String) -> Self {
+        ConfigError {
+            kind: ErrorKind::Usage(msg),
+        }
+    }
+
+    fn invalid(msg: String) -> Self {
+        ConfigError {
+            kind: ErrorKind::Invalid(msg),
+        }
+    }
+
+    /// The exit status Gunicorn uses: 0 for `--help`/`--version`, 2 for a
+    /// command-line error, 1 for a bad setting.
+    pub fn exit_code(&self) -> i32 {
+        match &self.kind {
+            ErrorKind::Clap(e) => e.exit_code(),
+            ErrorKind::Usage(_) => 2,
+            ErrorKind::Invalid(_) => 1,
+        }
+    }
+
+    /// True for `--help` and `--version`, whose "error" is the output.
+    pub fn is_informational(&self) -> bool {
+        matches!(&self.kind, ErrorKind::Clap(e) if e.exit_code() == 0)
+    }
+
+    /// Prints the message (help/version to stdout, errors to stderr) and
+    /// exits with [`ConfigError::exit_code`].
+    pub fn exit(&self) -> ! {
+        match &self.kind {
+            ErrorKind::Clap(e) => e.exit(),
+            ErrorKind::Usage(_) | ErrorKind::Invalid(_) => {
+                eprintln!("Error: {self}");
+                std::process::exit(self.exit_code())
+            }
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Clap(e) => write!(f, "{}", e.to_string().trim_end()),
+            ErrorKind::Usage(m) | ErrorKind::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

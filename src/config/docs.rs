@@ -1,0 +1,116 @@
+//! Generates `docs/settings.md` from the settings table: every Gunicorn
+//! setting with its flags, default and status in rgunicorn.
+//!
+//! The file is checked in; a unit test fails when it is stale and
+//! `RGUNICORN_BLESS=1 cargo test --lib config` rewrites it.
+
+use super::table::{DefaultValue, SettingDef, Status, TABLE};
+use super::value;
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+fn code(text: &str) -> String {
+    if text.contains('`') {
+        format!("``{text}``")
+    } else {
+        format!("`{text}`")
+    }
+}
+
+fn flags(def: &SettingDef) -> String {
+    if def.cli.is_empty() {
+        return "(config file only)".into();
+    }
+    def.cli
+        .iter()
+        .map(|f| code(f))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn default(def: &SettingDef) -> String {
+    match def.default {
+        DefaultValue::Dynamic(doc) => doc.to_string(),
+        DefaultValue::Hook => "no-op".into(),
+        DefaultValue::Str(s) => code(&value::py_str_repr(s)),
+        other => code(&value::render(&other.to_value(), def.name)),
+    }
+}
+
+fn status(def: &SettingDef) -> String {
+    match def.status {
+        Status::Same => "same".into(),
+        Status::Different(how) => format!("different: {how}"),
+        Status::NotSupported(why) => format!("**not supported**: {why}"),
+        Status::Rgunicorn => "rgunicorn only".into(),
+    }
+}
+
+/// Counts of settings by status: (same, different, not supported, rgunicorn).
+pub(crate) fn counts() -> (usize, usize, usize, usize) {
+    let mut c = (0, 0, 0, 0);
+    for def in TABLE {
+        match def.status {
+            Status::Same => c.0 += 1,
+            Status::Different(_) => c.1 += 1,
+            Status::NotSupported(_) => c.2 += 1,
+            Status::Rgunicorn => c.3 += 1,
+        }
+    }
+    c
+}
+
+/// The content of `docs/settings.md`.
+pub fn settings_markdown() -> String {
+    let (same, different, unsupported, own) = counts();
+    let mut out = String::new();
+    out.push_str(
+        "<!-- Generated from src/config/table.rs; do not edit. \
+         Regenerate with: RGUNICORN_BLESS=1 cargo test --lib config -->\n\n",
+    );
+    out.push_str("# Settings\n\n");
+    out.push_str(
+        "Every Gunicorn setting (Gunicorn 23 to 26), with its command-line flags, its default, \
+         and what rgunicorn does with it. Settings are given as in Gunicorn: in a Python config \
+         file (`-c gunicorn.conf.py`, `-c python:pkg.module`; `./gunicorn.conf.py` is read when \
+         it exists), in `GUNICORN_CMD_ARGS` (or `RGUNICORN_CMD_ARGS`, which wins over it), and \
+         on the command line, which wins over both.\n\n",
+    );
+    out.push_str(
+        "- **same**: behaves as in Gunicorn.\n\
+         - **different**: accepted; the difference is described.\n\
+         - **not supported**: setting it to anything but its default is an error \
+         (\"rgunicorn does not support `X` (why)\"); nothing is silently ignored.\n\
+         - **rgunicorn only**: not a Gunicorn setting.\n\n",
+    );
+    out.push_str(&format!(
+        "{} settings: {same} same, {different} different, {unsupported} not supported, \
+         {own} rgunicorn only.\n",
+        TABLE.len()
+    ));
+    let mut sections: Vec<&str> = Vec::new();
+    for def in TABLE {
+        if !sections.contains(&def.section) {
+            sections.push(def.section);
+        }
+    }
+    for section in sections {
+        out.push_str(&format!("\n## {section}\n\n"));
+        out.push_str("| Setting | Command line | Type | Default | Status |\n");
+        out.push_str("|---|---|---|---|---|\n");
+        for def in TABLE.iter().filter(|d| d.section == section) {
+            out.push_str(&format!(
+                "| {}<br>{} | {} | {} | {} | {} |\n",
+                code(def.name),
+                cell(def.help),
+                cell(&flags(def)),
+                def.ty.doc_name(),
+                cell(&default(def)),
+                cell(&status(def)),
+            ));
+        }
+    }
+    out
+}

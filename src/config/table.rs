@@ -1,0 +1,957 @@
+//! The settings table: one entry per Gunicorn setting (plus rgunicorn's
+//! own), in Gunicorn's order.
+//!
+//! Every other part of `config` is driven from [`TABLE`]: the clap
+//! arguments (`cli.rs`), the conversion of config-file values and
+//! `GUNICORN_CMD_ARGS` (`value.rs`, `resolve.rs`), `--print-config`, and
+//! `docs/settings.md` (`docs.rs`). Adding a setting means adding one entry
+//! here; the invariant tests in `tests.rs` check names and flags are unique
+//! and that every Gunicorn setting is present.
+
+use super::value::Value;
+
+/// What rgunicorn does with a setting, compared with Gunicorn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Behaves as in Gunicorn.
+    Same,
+    /// Accepted, but behaves differently; the text says how.
+    Different(&'static str),
+    /// Refused when set to anything but its default; the text says why.
+    NotSupported(&'static str),
+    /// rgunicorn's own setting; Gunicorn has no such setting.
+    Rgunicorn,
+}
+
+/// How the command-line flag takes its value (argparse's `action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `--flag VALUE`; the last occurrence wins.
+    Store,
+    /// `--flag` sets the value to true (`store_true`).
+    StoreTrue,
+    /// `--flag` sets the value to false (`store_const False`, `--no-sendfile`).
+    StoreFalse,
+    /// `--flag VALUE`, repeatable; the occurrences form a list.
+    Append,
+    /// `--flag [VALUE]`; without a value it means the given string.
+    StoreOptional(&'static str),
+}
+
+/// The type of a setting's value, which selects its base validator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueType {
+    /// `True`/`False`, or the strings "true"/"false".
+    Bool,
+    /// Like `Bool`, but `None` (unset) is a distinct value.
+    OptBool,
+    /// A non-negative integer (`validate_pos_int`).
+    PosInt,
+    /// A non-negative integer whose string form may be octal: `0022`,
+    /// `0o22`, `0x12` (Gunicorn's `auto_int`, used for `umask`).
+    OctalInt,
+    /// A string; `None` is refused.
+    Str,
+    /// A string or `None`.
+    OptStr,
+    /// A list of strings; a single string counts as a one-item list.
+    StrList,
+    /// A comma-separated string, kept as a list (`validate_string_to_list`).
+    CommaList,
+    /// A dict of strings to strings.
+    Dict,
+    /// A Python callable (server hooks), only from a config file.
+    Callable,
+    /// A class given by name (`worker_class`, `logger_class`).
+    Class,
+    /// `off`/`v1`/`v2`/`auto`; Gunicorn < 24.1 used a bool.
+    ProxyMode,
+    /// Anything; the setting is accepted and ignored (`ssl_version`).
+    Ignored,
+}
+
+impl ValueType {
+    /// The name shown in `docs/settings.md`.
+    pub fn doc_name(self) -> &'static str {
+        match self {
+            ValueType::Bool | ValueType::OptBool => "bool",
+            ValueType::PosInt => "int",
+            ValueType::OctalInt => "int (octal)",
+            ValueType::Str | ValueType::Class | ValueType::ProxyMode => "string",
+            ValueType::OptStr => "string or None",
+            ValueType::StrList => "list of strings",
+            ValueType::CommaList => "comma-separated list",
+            ValueType::Dict => "dict",
+            ValueType::Callable => "callable",
+            ValueType::Ignored => "any",
+        }
+    }
+}
+
+/// A default value that can live in a `static`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    None,
+    Bool(bool),
+    Int(i64),
+    Str(&'static str),
+    List(&'static [&'static str]),
+    Dict(&'static [(&'static str, &'static str)]),
+    /// Gunicorn's no-op default hook.
+    Hook,
+    /// Computed at resolve time from the environment (see
+    /// `resolve::dynamic_default`); the text documents it.
+    Dynamic(&'static str),
+}
+
+impl DefaultValue {
+    /// The static default as a [`Value`]; `Dynamic` defaults give `None`.
+    pub(crate) fn to_value(self) -> Value {
+        match self {
+            DefaultValue::None | DefaultValue::Dynamic(_) => Value::None,
+            DefaultValue::Bool(b) => Value::Bool(b),
+            DefaultValue::Int(i) => Value::Int(i),
+            DefaultValue::Str(s) => Value::Str(s.to_string()),
+            DefaultValue::List(l) => Value::List(l.iter().map(|s| s.to_string()).collect()),
+            DefaultValue::Dict(d) => Value::Dict(
+                d.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            DefaultValue::Hook => Value::Hook(None),
+        }
+    }
+}
+
+/// An extra check run on the converted value; returns the message on error.
+pub type Check = fn(&Value) -> Result<(), String>;
+
+/// One setting.
+#[derive(Clone, Copy, Debug)]
+pub struct SettingDef {
+    /// Gunicorn's name, as used in a config file.
+    pub name: &'static str,
+    /// Gunicorn's section, for `--help` and the docs.
+    pub section: &'static str,
+    /// Command-line flags, exactly Gunicorn's; empty for file-only settings.
+    pub cli: &'static [&'static str],
+    /// The value's placeholder in `--help` (argparse's `metavar`).
+    pub meta: Option<&'static str>,
+    pub action: Action,
+    pub ty: ValueType,
+    pub default: DefaultValue,
+    /// One line of help.
+    pub help: &'static str,
+    pub status: Status,
+    /// Extra validation beyond the type.
+    pub(crate) check: Option<Check>,
+}
+
+const BASE: SettingDef = SettingDef {
+    name: "",
+    section: "",
+    cli: &[],
+    meta: None,
+    action: Action::Store,
+    ty: ValueType::Str,
+    default: DefaultValue::None,
+    help: "",
+    status: Status::Same,
+    check: None,
+};
+
+const fn flag(
+    name: &'static str,
+    section: &'static str,
+    cli: &'static [&'static str],
+    help: &'static str,
+    status: Status,
+) -> SettingDef {
+    SettingDef {
+        name,
+        section,
+        cli,
+        action: Action::StoreTrue,
+        ty: ValueType::Bool,
+        default: DefaultValue::Bool(false),
+        help,
+        status,
+        ..BASE
+    }
+}
+
+const fn int(
+    name: &'static str,
+    section: &'static str,
+    cli: &'static [&'static str],
+    default: i64,
+    help: &'static str,
+    status: Status,
+) -> SettingDef {
+    SettingDef {
+        name,
+        section,
+        cli,
+        meta: Some("INT"),
+        ty: ValueType::PosInt,
+        default: DefaultValue::Int(default),
+        help,
+        status,
+        ..BASE
+    }
+}
+
+const fn hook(
+    name: &'static str,
+    section: &'static str,
+    help: &'static str,
+    status: Status,
+) -> SettingDef {
+    SettingDef {
+        name,
+        section,
+        ty: ValueType::Callable,
+        default: DefaultValue::Hook,
+        help,
+        status,
+        ..BASE
+    }
+}
+
+const CONFIG: &str = "Config File";
+const CONTROL: &str = "Control";
+const SOCKET: &str = "Server Socket";
+const WORKERS: &str = "Worker Processes";
+const SECURITY: &str = "Security";
+const DEBUG: &str = "Debugging";
+const MECH: &str = "Server Mechanics";
+const LOG: &str = "Logging";
+const NAMING: &str = "Process Naming";
+const HOOKS: &str = "Server Hooks";
+const SSL: &str = "SSL";
+const HTTP2: &str = "HTTP/2";
+const DIRTY: &str = "Dirty Arbiters";
+const DIRTY_HOOKS: &str = "Dirty Arbiter Hooks";
+
+const NO_TLS: Status = Status::NotSupported(
+    "rgunicorn does not terminate TLS; put a TLS proxy (nginx, a load balancer) in front",
+);
+const NO_RELOAD: Status = Status::NotSupported(
+    "automatic code reloading is not implemented yet; reload with SIGHUP or `rgunicornctl reload`",
+);
+const NO_SYSLOG: Status = Status::NotSupported(
+    "rgunicorn does not speak syslog; log to stderr/stdout or use `--log-journald`",
+);
+const NO_STATSD: Status = Status::NotSupported(
+    "StatsD metrics are not implemented; `rgunicornctl status` reports worker figures",
+);
+const NO_PYLOGGING: Status = Status::NotSupported(
+    "rgunicorn's logs are written by the Rust master, not Python's `logging` module",
+);
+const NO_PASTE: Status = Status::NotSupported(
+    "PasteDeploy is not supported; point rgunicorn at a `module:app` WSGI callable",
+);
+const NO_LOOSE_HTTP: Status = Status::NotSupported(
+    "rgunicorn's HTTP parser is always strict; this loosening switch is not available",
+);
+const NO_ASGI: Status = Status::NotSupported(
+    "ASGI worker settings are not implemented yet (worker classes are `sync` and `gthread`)",
+);
+const NO_HTTP2: Status =
+    Status::NotSupported("rgunicorn speaks HTTP/1.1 only; HTTP/2 needs a proxy in front");
+const NO_DIRTY: Status = Status::NotSupported("dirty arbiters are not implemented");
+const NO_PROXY_PROTOCOL: Status = Status::NotSupported("the PROXY protocol is not implemented");
+const NO_UWSGI: Status = Status::NotSupported("only the HTTP protocol is implemented, not uWSGI");
+
+/// Every setting, in Gunicorn's order, then rgunicorn's own.
+pub static TABLE: &[SettingDef] = &[
+    // ---- Config File
+    SettingDef {
+        name: "config",
+        section: CONFIG,
+        cli: &["-c", "--config"],
+        meta: Some("CONFIG"),
+        ty: ValueType::OptStr,
+        default: DefaultValue::Dynamic("`./gunicorn.conf.py` if that file exists"),
+        help: "The config file: PATH, file:PATH or python:MODULE_NAME.",
+        ..BASE
+    },
+    SettingDef {
+        name: "wsgi_app",
+        section: CONFIG,
+        ty: ValueType::OptStr,
+        help: "The WSGI application, MODULE:VARIABLE (the APP_MODULE argument wins).",
+        ..BASE
+    },
+    // ---- Server Socket
+    SettingDef {
+        name: "bind",
+        section: SOCKET,
+        cli: &["-b", "--bind"],
+        meta: Some("ADDRESS"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::Dynamic("`['0.0.0.0:$PORT']` if `$PORT` is set, else `['127.0.0.1:8000']`"),
+        help: "The socket to bind: HOST, HOST:PORT, unix:PATH or fd://FD; repeatable.",
+        check: Some(super::value::check_bind),
+        ..BASE
+    },
+    int("backlog", SOCKET, &["--backlog"], 2048, "The maximum number of pending connections.", Status::Same),
+    // ---- Worker Processes
+    SettingDef {
+        name: "workers",
+        section: WORKERS,
+        cli: &["-w", "--workers"],
+        meta: Some("INT"),
+        ty: ValueType::PosInt,
+        default: DefaultValue::Dynamic("`$WEB_CONCURRENCY` if set, else `1`"),
+        help: "The number of worker processes for handling requests.",
+        ..BASE
+    },
+    SettingDef {
+        name: "worker_class",
+        section: WORKERS,
+        cli: &["-k", "--worker-class"],
+        meta: Some("STRING"),
+        ty: ValueType::Class,
+        default: DefaultValue::Str("sync"),
+        help: "The type of workers to use: sync or gthread.",
+        status: Status::Different(
+            "only `sync` and `gthread` (and their `gunicorn.workers...`/`egg:gunicorn#...` aliases); \
+             `gevent`, `eventlet`, `tornado`, ASGI and custom classes are refused",
+        ),
+        check: Some(super::value::check_worker_class),
+        ..BASE
+    },
+    int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread).", Status::Same),
+    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread).", Status::Same),
+    int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same),
+    int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same),
+    int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same),
+    int("graceful_timeout", WORKERS, &["--graceful-timeout"], 30, "Seconds workers get to finish requests after a restart signal.", Status::Same),
+    int("keepalive", WORKERS, &["--keep-alive"], 2, "Seconds to wait for the next request on a Keep-Alive connection.", Status::Same),
+    // ---- Security
+    int("limit_request_line", SECURITY, &["--limit-request-line"], 4094, "The maximum size of the HTTP request line in bytes.", Status::Same),
+    int("limit_request_fields", SECURITY, &["--limit-request-fields"], 100, "The maximum number of HTTP header fields in a request.", Status::Same),
+    int("limit_request_field_size", SECURITY, &["--limit-request-field_size"], 8190, "The maximum size of one HTTP header field in bytes.", Status::Same),
+    // ---- Debugging
+    flag("reload", DEBUG, &["--reload"], "Restart workers when code changes.", NO_RELOAD),
+    SettingDef {
+        name: "reload_engine",
+        section: DEBUG,
+        cli: &["--reload-engine"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("auto"),
+        help: "The implementation that powers --reload.",
+        status: NO_RELOAD,
+        ..BASE
+    },
+    SettingDef {
+        name: "reload_extra_files",
+        section: DEBUG,
+        cli: &["--reload-extra-file"],
+        meta: Some("FILES"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "Extra files that --reload watches.",
+        status: NO_RELOAD,
+        ..BASE
+    },
+    flag("spew", DEBUG, &["--spew"], "Trace every line executed by the server.", Status::NotSupported(
+        "the master is Rust, so there is no Python line to trace",
+    )),
+    flag("check_config", DEBUG, &["--check-config"], "Check the configuration and exit (status 0 if correct).", Status::Same),
+    flag("print_config", DEBUG, &["--print-config"], "Print the fully resolved settings; implies --check-config.", Status::Same),
+    // ---- Server Mechanics
+    flag("preload_app", MECH, &["--preload"], "Load the application before forking the workers.", Status::Same),
+    SettingDef {
+        name: "sendfile",
+        section: MECH,
+        cli: &["--no-sendfile"],
+        action: Action::StoreFalse,
+        ty: ValueType::OptBool,
+        help: "Disables the use of sendfile(); when unset, $SENDFILE decides.",
+        status: Status::Different(
+            "`sendfile = True` in a config file enables sendfile (Gunicorn disables it for any value but None)",
+        ),
+        ..BASE
+    },
+    flag("reuse_port", MECH, &["--reuse-port"], "Set SO_REUSEPORT on the listening sockets.", Status::Same),
+    SettingDef {
+        name: "chdir",
+        section: MECH,
+        cli: &["--chdir"],
+        ty: ValueType::OptStr,
+        default: DefaultValue::Dynamic("the current directory"),
+        help: "Change to this directory before loading the app.",
+        check: Some(super::value::check_dir_exists),
+        ..BASE
+    },
+    flag("daemon", MECH, &["-D", "--daemon"], "Detach from the terminal and run in the background.", Status::NotSupported(
+        "run under systemd, Docker or another supervisor instead of daemonizing",
+    )),
+    SettingDef {
+        name: "raw_env",
+        section: MECH,
+        cli: &["-e", "--env"],
+        meta: Some("ENV"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "Set an environment variable, KEY=VALUE; repeatable.",
+        check: Some(super::value::check_raw_env),
+        ..BASE
+    },
+    SettingDef {
+        name: "pidfile",
+        section: MECH,
+        cli: &["-p", "--pid"],
+        meta: Some("FILE"),
+        ty: ValueType::OptStr,
+        help: "A file to write the master's PID to.",
+        ..BASE
+    },
+    SettingDef {
+        name: "worker_tmp_dir",
+        section: MECH,
+        cli: &["--worker-tmp-dir"],
+        meta: Some("DIR"),
+        ty: ValueType::OptStr,
+        help: "Directory for the worker heartbeat file.",
+        status: Status::Different(
+            "accepted but unused: workers beat over a pipe, so no heartbeat file is written (warned by --check-config)",
+        ),
+        ..BASE
+    },
+    SettingDef {
+        name: "user",
+        section: MECH,
+        cli: &["-u", "--user"],
+        meta: Some("USER"),
+        ty: ValueType::OptStr,
+        default: DefaultValue::Dynamic("`os.geteuid()` (no change)"),
+        help: "Switch worker processes to run as this user (name or uid).",
+        check: Some(super::value::check_user),
+        ..BASE
+    },
+    SettingDef {
+        name: "group",
+        section: MECH,
+        cli: &["-g", "--group"],
+        meta: Some("GROUP"),
+        ty: ValueType::OptStr,
+        default: DefaultValue::Dynamic("`os.getegid()` (no change)"),
+        help: "Switch worker processes to run as this group (name or gid).",
+        check: Some(super::value::check_group),
+        ..BASE
+    },
+    SettingDef {
+        name: "umask",
+        section: MECH,
+        cli: &["-m", "--umask"],
+        meta: Some("INT"),
+        ty: ValueType::OctalInt,
+        default: DefaultValue::Int(0),
+        help: "A bit mask for the mode of files written by the server (0022, 0o22, 18).",
+        check: Some(super::value::check_mode),
+        ..BASE
+    },
+    flag("initgroups", MECH, &["--initgroups"], "Give workers all the groups of their user.", Status::Same),
+    SettingDef {
+        name: "tmp_upload_dir",
+        section: MECH,
+        ty: ValueType::OptStr,
+        help: "Directory to store temporary request data.",
+        status: Status::Different("accepted but unused, as in Gunicorn itself (warned by --check-config)"),
+        ..BASE
+    },
+    SettingDef {
+        name: "secure_scheme_headers",
+        section: MECH,
+        ty: ValueType::Dict,
+        default: DefaultValue::Dict(&[
+            ("X-FORWARDED-PROTOCOL", "ssl"),
+            ("X-FORWARDED-PROTO", "https"),
+            ("X-FORWARDED-SSL", "on"),
+        ]),
+        help: "Headers and values a trusted proxy uses to indicate HTTPS.",
+        ..BASE
+    },
+    SettingDef {
+        name: "forwarded_allow_ips",
+        section: MECH,
+        cli: &["--forwarded-allow-ips"],
+        meta: Some("STRING"),
+        ty: ValueType::CommaList,
+        default: DefaultValue::Dynamic("`$FORWARDED_ALLOW_IPS` if set, else `'127.0.0.1,::1'`"),
+        help: "Front-end IPs or networks trusted to set secure headers (comma separated, * for all).",
+        ..BASE
+    },
+    // ---- Logging
+    SettingDef {
+        name: "accesslog",
+        section: LOG,
+        cli: &["--access-logfile"],
+        meta: Some("FILE"),
+        ty: ValueType::OptStr,
+        help: "The access log file to write to; '-' means stdout.",
+        ..BASE
+    },
+    flag("disable_redirect_access_to_syslog", LOG, &["--disable-redirect-access-to-syslog"], "Do not send access logs to syslog.", NO_SYSLOG),
+    SettingDef {
+        name: "access_log_format",
+        section: LOG,
+        cli: &["--access-logformat"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\""),
+        help: "The access log format.",
+        ..BASE
+    },
+    SettingDef {
+        name: "errorlog",
+        section: LOG,
+        cli: &["--error-logfile", "--log-file"],
+        meta: Some("FILE"),
+        default: DefaultValue::Str("-"),
+        help: "The error log file to write to; '-' means stderr.",
+        ..BASE
+    },
+    SettingDef {
+        name: "loglevel",
+        section: LOG,
+        cli: &["--log-level"],
+        meta: Some("LEVEL"),
+        default: DefaultValue::Str("info"),
+        help: "The error log level: debug, info, warning, error or critical.",
+        status: Status::Different("an unknown level name is an error (Gunicorn silently uses info)"),
+        check: Some(super::value::check_loglevel),
+        ..BASE
+    },
+    flag("capture_output", LOG, &["--capture-output"], "Redirect the workers' stdout/stderr to the error log.", Status::Same),
+    SettingDef {
+        name: "logger_class",
+        section: LOG,
+        cli: &["--logger-class"],
+        meta: Some("STRING"),
+        ty: ValueType::Class,
+        default: DefaultValue::Str("gunicorn.glogging.Logger"),
+        help: "The logger class.",
+        status: NO_PYLOGGING,
+        ..BASE
+    },
+    SettingDef {
+        name: "logconfig",
+        section: LOG,
+        cli: &["--log-config"],
+        meta: Some("FILE"),
+        ty: ValueType::OptStr,
+        help: "A Python logging config file.",
+        status: NO_PYLOGGING,
+        ..BASE
+    },
+    SettingDef {
+        name: "logconfig_dict",
+        section: LOG,
+        ty: ValueType::Dict,
+        default: DefaultValue::Dict(&[]),
+        help: "A Python logging dictConfig dictionary.",
+        status: NO_PYLOGGING,
+        ..BASE
+    },
+    SettingDef {
+        name: "logconfig_json",
+        section: LOG,
+        cli: &["--log-config-json"],
+        meta: Some("FILE"),
+        ty: ValueType::OptStr,
+        help: "A Python logging config in a JSON file.",
+        status: NO_PYLOGGING,
+        ..BASE
+    },
+    SettingDef {
+        name: "syslog_addr",
+        section: LOG,
+        cli: &["--log-syslog-to"],
+        meta: Some("SYSLOG_ADDR"),
+        default: DefaultValue::Str("udp://localhost:514"),
+        help: "Address to send syslog messages to.",
+        status: NO_SYSLOG,
+        ..BASE
+    },
+    flag("syslog", LOG, &["--log-syslog"], "Send logs to syslog.", NO_SYSLOG),
+    SettingDef {
+        name: "syslog_prefix",
+        section: LOG,
+        cli: &["--log-syslog-prefix"],
+        meta: Some("SYSLOG_PREFIX"),
+        ty: ValueType::OptStr,
+        help: "The program name in syslog entries.",
+        status: NO_SYSLOG,
+        ..BASE
+    },
+    SettingDef {
+        name: "syslog_facility",
+        section: LOG,
+        cli: &["--log-syslog-facility"],
+        meta: Some("SYSLOG_FACILITY"),
+        default: DefaultValue::Str("user"),
+        help: "The syslog facility name.",
+        status: NO_SYSLOG,
+        ..BASE
+    },
+    flag("enable_stdio_inheritance", LOG, &["-R", "--enable-stdio-inheritance"], "Keep stdio open in daemon mode.", Status::NotSupported(
+        "it only affects --daemon, which is not supported",
+    )),
+    SettingDef {
+        name: "statsd_host",
+        section: LOG,
+        cli: &["--statsd-host"],
+        meta: Some("STATSD_ADDR"),
+        ty: ValueType::OptStr,
+        help: "The StatsD server to send metrics to.",
+        status: NO_STATSD,
+        ..BASE
+    },
+    SettingDef {
+        name: "dogstatsd_tags",
+        section: LOG,
+        cli: &["--dogstatsd-tags"],
+        meta: Some("DOGSTATSD_TAGS"),
+        default: DefaultValue::Str(""),
+        help: "Comma-separated dogstatsd tags for StatsD metrics.",
+        status: NO_STATSD,
+        ..BASE
+    },
+    SettingDef {
+        name: "statsd_prefix",
+        section: LOG,
+        cli: &["--statsd-prefix"],
+        meta: Some("STATSD_PREFIX"),
+        default: DefaultValue::Str(""),
+        help: "Prefix for StatsD metric names.",
+        status: NO_STATSD,
+        ..BASE
+    },
+    flag("enable_backlog_metric", LOG, &["--enable-backlog-metric"], "Emit the socket backlog as a StatsD metric.", NO_STATSD),
+    // ---- Process Naming
+    SettingDef {
+        name: "proc_name",
+        section: NAMING,
+        cli: &["-n", "--name"],
+        meta: Some("STRING"),
+        ty: ValueType::OptStr,
+        help: "A base for process names in ps and top (default: default_proc_name).",
+        ..BASE
+    },
+    SettingDef {
+        name: "default_proc_name",
+        section: NAMING,
+        default: DefaultValue::Str("gunicorn"),
+        help: "Internal: the process name when proc_name is unset (the APP_MODULE when given).",
+        status: Status::Different("`rgunicorn` instead of `gunicorn` when no APP_MODULE is given"),
+        ..BASE
+    },
+    SettingDef {
+        name: "pythonpath",
+        section: MECH,
+        cli: &["--pythonpath"],
+        meta: Some("STRING"),
+        ty: ValueType::OptStr,
+        help: "Comma-separated directories to add to the Python path.",
+        ..BASE
+    },
+    SettingDef {
+        name: "paste",
+        section: MECH,
+        cli: &["--paste", "--paster"],
+        meta: Some("STRING"),
+        ty: ValueType::OptStr,
+        help: "Load a PasteDeploy config file.",
+        status: NO_PASTE,
+        ..BASE
+    },
+    // ---- Server Hooks
+    hook("on_starting", HOOKS, "Called just before the master process is initialized.", Status::Same),
+    hook("on_reload", HOOKS, "Called to recycle workers during a reload via SIGHUP.", Status::Same),
+    hook("when_ready", HOOKS, "Called just after the server is started.", Status::Same),
+    hook("pre_fork", HOOKS, "Called just before a worker is forked.", Status::Same),
+    hook("post_fork", HOOKS, "Called just after a worker has been forked.", Status::Same),
+    hook("post_worker_init", HOOKS, "Called just after a worker has initialized the application.", Status::Same),
+    hook("worker_int", HOOKS, "Called just after a worker exited on SIGINT or SIGQUIT.", Status::Same),
+    hook("worker_abort", HOOKS, "Called when a worker received SIGABRT (generally on timeout).", Status::Same),
+    hook("pre_exec", HOOKS, "Called just before a new master process is forked.", Status::Same),
+    hook("pre_request", HOOKS, "Called just before a worker processes the request.", Status::Same),
+    hook("post_request", HOOKS, "Called after a worker processes the request.", Status::Same),
+    hook("child_exit", HOOKS, "Called in the master just after a worker has exited.", Status::Same),
+    hook("worker_exit", HOOKS, "Called in the worker just before it exits.", Status::Same),
+    hook("nworkers_changed", HOOKS, "Called just after the number of workers has changed.", Status::Same),
+    hook("on_exit", HOOKS, "Called just before exiting.", Status::Same),
+    hook("ssl_context", HOOKS, "Called when an SSLContext is needed.", NO_TLS),
+    // ---- PROXY protocol, uWSGI
+    SettingDef {
+        name: "proxy_protocol",
+        section: MECH,
+        cli: &["--proxy-protocol"],
+        meta: Some("MODE"),
+        action: Action::StoreOptional("auto"),
+        ty: ValueType::ProxyMode,
+        default: DefaultValue::Str("off"),
+        help: "Enable the PROXY protocol: off, v1, v2 or auto.",
+        status: NO_PROXY_PROTOCOL,
+        ..BASE
+    },
+    SettingDef {
+        name: "proxy_allow_ips",
+        section: MECH,
+        cli: &["--proxy-allow-from"],
+        ty: ValueType::CommaList,
+        default: DefaultValue::List(&["127.0.0.1", "::1"]),
+        help: "Front-end IPs allowed to send PROXY protocol headers.",
+        status: NO_PROXY_PROTOCOL,
+        ..BASE
+    },
+    SettingDef {
+        name: "protocol",
+        section: MECH,
+        cli: &["--protocol"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("http"),
+        help: "The protocol for incoming connections: http or uwsgi.",
+        status: NO_UWSGI,
+        ..BASE
+    },
+    SettingDef {
+        name: "uwsgi_allow_ips",
+        section: MECH,
+        cli: &["--uwsgi-allow-from"],
+        ty: ValueType::CommaList,
+        default: DefaultValue::List(&["127.0.0.1", "::1"]),
+        help: "IPs allowed to send uWSGI protocol requests.",
+        status: NO_UWSGI,
+        ..BASE
+    },
+    // ---- SSL
+    SettingDef {
+        name: "keyfile",
+        section: SSL,
+        cli: &["--keyfile"],
+        meta: Some("FILE"),
+        ty: ValueType::OptStr,
+        help: "SSL key file.",
+        status: NO_TLS,
+        ..BASE
+    },
+    SettingDef {
+        name: "certfile",
+        section: SSL,
+        cli: &["--certfile"],
+        meta: Some("FILE"),
+        ty: ValueType::OptStr,
+        help: "SSL certificate file.",
+        status: NO_TLS,
+        ..BASE
+    },
+    SettingDef {
+        name: "ssl_version",
+        section: SSL,
+        cli: &["--ssl-version"],
+        ty: ValueType::Ignored,
+        default: DefaultValue::Str("_SSLMethod.PROTOCOL_TLS"),
+        help: "SSL version (deprecated and ignored).",
+        status: Status::Different("ignored, with a warning, as Gunicorn has done since 21.0"),
+        ..BASE
+    },
+    int("cert_reqs", SSL, &["--cert-reqs"], 0, "Whether a client certificate is required.", NO_TLS),
+    SettingDef {
+        name: "ca_certs",
+        section: SSL,
+        cli: &["--ca-certs"],
+        meta: Some("FILE"),
+        ty: ValueType::OptStr,
+        help: "CA certificates file.",
+        status: NO_TLS,
+        ..BASE
+    },
+    SettingDef {
+        default: DefaultValue::Bool(true),
+        ..flag("suppress_ragged_eofs", SSL, &["--suppress-ragged-eofs"], "Suppress ragged EOFs.", NO_TLS)
+    },
+    flag("do_handshake_on_connect", SSL, &["--do-handshake-on-connect"], "Perform the SSL handshake on connect.", NO_TLS),
+    SettingDef {
+        name: "ciphers",
+        section: SSL,
+        cli: &["--ciphers"],
+        ty: ValueType::OptStr,
+        help: "SSL cipher suite, as an OpenSSL cipher list.",
+        status: NO_TLS,
+        ..BASE
+    },
+    SettingDef {
+        name: "raw_paste_global_conf",
+        section: MECH,
+        cli: &["--paste-global"],
+        meta: Some("CONF"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "A PasteDeploy global config variable, key=value; repeatable.",
+        status: NO_PASTE,
+        ..BASE
+    },
+    // ---- HTTP parsing switches
+    flag("permit_obsolete_folding", MECH, &["--permit-obsolete-folding"], "Permit obsolete HTTP header line folding.", NO_LOOSE_HTTP),
+    flag("strip_header_spaces", MECH, &["--strip-header-spaces"], "Strip spaces between a header name and the colon.", NO_LOOSE_HTTP),
+    flag("permit_unconventional_http_method", MECH, &["--permit-unconventional-http-method"], "Permit HTTP methods not matching conventions.", NO_LOOSE_HTTP),
+    flag("permit_unconventional_http_version", MECH, &["--permit-unconventional-http-version"], "Permit HTTP versions not matching conventions.", NO_LOOSE_HTTP),
+    flag("casefold_http_method", MECH, &["--casefold-http-method"], "Transform received HTTP methods to uppercase.", NO_LOOSE_HTTP),
+    SettingDef {
+        name: "forwarder_headers",
+        section: MECH,
+        cli: &["--forwarder-headers"],
+        ty: ValueType::CommaList,
+        default: DefaultValue::List(&["SCRIPT_NAME", "PATH_INFO"]),
+        help: "Headers a trusted proxy may set to fill the WSGI environ.",
+        status: Status::NotSupported("only the default list SCRIPT_NAME,PATH_INFO is available"),
+        ..BASE
+    },
+    SettingDef {
+        name: "header_map",
+        section: MECH,
+        cli: &["--header-map"],
+        default: DefaultValue::Str("drop"),
+        help: "How header names with underscores map into the environ: drop, refuse or dangerous.",
+        status: Status::NotSupported("only the default `drop` is available"),
+        ..BASE
+    },
+    SettingDef {
+        name: "root_path",
+        section: MECH,
+        cli: &["--root-path"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str(""),
+        help: "The root path for ASGI applications.",
+        status: NO_ASGI,
+        ..BASE
+    },
+    // ---- ASGI and parser
+    SettingDef {
+        name: "asgi_loop",
+        section: WORKERS,
+        cli: &["--asgi-loop"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("auto"),
+        help: "Event loop implementation for ASGI workers.",
+        status: NO_ASGI,
+        ..BASE
+    },
+    SettingDef {
+        name: "asgi_lifespan",
+        section: WORKERS,
+        cli: &["--asgi-lifespan"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("auto"),
+        help: "ASGI lifespan protocol handling: auto, on or off.",
+        status: NO_ASGI,
+        ..BASE
+    },
+    int("asgi_disconnect_grace_period", WORKERS, &["--asgi-disconnect-grace-period"], 3, "Seconds ASGI apps get to handle a client disconnect.", NO_ASGI),
+    SettingDef {
+        name: "http_parser",
+        section: WORKERS,
+        cli: &["--http-parser"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("auto"),
+        help: "HTTP parser implementation: auto, fast or python.",
+        status: Status::Different("`auto` and `fast` both mean rgunicorn's Rust parser; `python` is refused"),
+        check: Some(super::value::check_http_parser),
+        ..BASE
+    },
+    // ---- HTTP/2
+    SettingDef {
+        name: "http_protocols",
+        section: HTTP2,
+        cli: &["--http-protocols"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("h1"),
+        help: "HTTP protocol versions to support, comma separated.",
+        status: NO_HTTP2,
+        ..BASE
+    },
+    int("http2_max_concurrent_streams", HTTP2, &["--http2-max-concurrent-streams"], 100, "Maximum concurrent HTTP/2 streams per connection.", NO_HTTP2),
+    int("http2_initial_window_size", HTTP2, &["--http2-initial-window-size"], 65535, "Initial HTTP/2 flow control window size in bytes.", NO_HTTP2),
+    int("http2_max_frame_size", HTTP2, &["--http2-max-frame-size"], 16384, "Maximum HTTP/2 frame payload size in bytes.", NO_HTTP2),
+    int("http2_max_header_list_size", HTTP2, &["--http2-max-header-list-size"], 65536, "Maximum size of an HTTP/2 header list in bytes.", NO_HTTP2),
+    // ---- Dirty arbiters
+    SettingDef {
+        name: "dirty_apps",
+        section: DIRTY,
+        cli: &["--dirty-app"],
+        meta: Some("STRING"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "Applications to load in the dirty worker pool.",
+        status: NO_DIRTY,
+        ..BASE
+    },
+    int("dirty_workers", DIRTY, &["--dirty-workers"], 0, "The number of dirty worker processes.", NO_DIRTY),
+    int("dirty_timeout", DIRTY, &["--dirty-timeout"], 300, "Timeout for a dirty task in seconds.", NO_DIRTY),
+    int("dirty_threads", DIRTY, &["--dirty-threads"], 1, "The number of threads per dirty worker.", NO_DIRTY),
+    int("dirty_graceful_timeout", DIRTY, &["--dirty-graceful-timeout"], 30, "Timeout for graceful dirty worker shutdown in seconds.", NO_DIRTY),
+    hook("on_dirty_starting", DIRTY_HOOKS, "Called just before the dirty arbiter is initialized.", NO_DIRTY),
+    hook("dirty_post_fork", DIRTY_HOOKS, "Called just after a dirty worker has been forked.", NO_DIRTY),
+    hook("dirty_worker_init", DIRTY_HOOKS, "Called after a dirty worker has initialized its apps.", NO_DIRTY),
+    hook("dirty_worker_exit", DIRTY_HOOKS, "Called when a dirty worker has exited.", NO_DIRTY),
+    // ---- Control socket (Gunicorn 25.1)
+    SettingDef {
+        name: "control_socket",
+        section: CONTROL,
+        cli: &["--control-socket"],
+        meta: Some("PATH"),
+        ty: ValueType::OptStr,
+        default: DefaultValue::Dynamic("`$XDG_RUNTIME_DIR/rgunicorn.ctl`, else `$HOME/.rgunicorn/rgunicorn.ctl`"),
+        help: "Unix socket path for the control interface (rgunicornctl).",
+        status: Status::Different(
+            "serves rgunicorn's JSON protocol to `rgunicornctl`, not `gunicornc`; \
+             the default file is named `rgunicorn.ctl`",
+        ),
+        ..BASE
+    },
+    SettingDef {
+        name: "control_socket_mode",
+        section: CONTROL,
+        cli: &["--control-socket-mode"],
+        meta: Some("INT"),
+        ty: ValueType::OctalInt,
+        default: DefaultValue::Int(0o600),
+        help: "Permission mode of the control socket (0600: owner only).",
+        check: Some(super::value::check_mode),
+        ..BASE
+    },
+    flag("control_socket_disable", CONTROL, &["--no-control-socket"], "Do not create a control socket.", Status::Same),
+    // ---- rgunicorn's own
+    SettingDef {
+        name: "control_allow_uid",
+        section: CONTROL,
+        cli: &["--control-allow-uid"],
+        meta: Some("UID"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "Also allow this numeric uid to use the control socket; repeatable.",
+        status: Status::Rgunicorn,
+        check: Some(super::value::check_ids),    },
+    SettingDef {
+        name: "control_allow_gid",
+        section: CONTROL,
+        cli: &["--control-allow-gid"],
+        meta: Some("GID"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "Also allow members of this numeric gid to use the control socket; repeatable.",
+        status: Status::Rgunicorn,
+        check: Some(super::value::check_ids),    },
+    flag("log_journald", LOG, &["--log-journald"], "Send logs to the systemd journal with structured fields.", Status::Rgunicorn),
+];

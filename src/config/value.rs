@@ -1,0 +1,485 @@
+//! Setting values: conversion from command-line strings and config-file
+//! values into typed [`Value`]s, the per-setting checks the table refers
+//! to, and Python-style rendering for `--print-config`.
+//!
+//! Conversions follow Gunicorn's validators (`validate_pos_int`,
+//! `validate_bool`, `validate_string_to_list`, `auto_int`...) so a value
+//! Gunicorn accepts is accepted here, and the error says what was expected.
+
+use super::table::ValueType;
+use super::{HookRef, RawValue};
+
+/// A converted setting value.
+#[derive(Clone, Debug)]
+pub(crate) enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    List(Vec<String>),
+    Dict(Vec<(String, String)>),
+    /// A server hook: `None` is Gunicorn's no-op default.
+    Hook(Option<HookRef>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::None, Value::None) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::List(a), Value::List(b)) => a == b,
+            (Value::Dict(a), Value::Dict(b)) => a == b,
+            (Value::Hook(a), Value::Hook(b)) => a.map(|h| h.0) == b.map(|h| h.0),
+            _ => false,
+        }
+    }
+}
+
+/// Python's `repr()` of a config-file value, for error messages.
+pub(crate) fn raw_repr(v: &RawValue) -> String {
+    match v {
+        RawValue::None => "None".into(),
+        RawValue::Bool(true) => "True".into(),
+        RawValue::Bool(false) => "False".into(),
+        RawValue::Int(i) => i.to_string(),
+        RawValue::Float(f) => format!("{f:?}"),
+        RawValue::Str(s) => py_str_repr(s),
+        RawValue::List(l) => format!("[{}]", join(l.iter().map(raw_repr))),
+        RawValue::Tuple(l) if l.len() == 1 => format!("({},)", raw_repr(&l[0])),
+        RawValue::Tuple(l) => format!("({})", join(l.iter().map(raw_repr))),
+        RawValue::Dict(d) => format!(
+            "{{{}}}",
+            join(
+                d.iter()
+                    .map(|(k, v)| format!("{}: {}", py_str_repr(k), raw_repr(v)))
+            )
+        ),
+        RawValue::Callable(_) => "<callable>".into(),
+    }
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+/// Python's `repr()` of a `str`: single quotes unless the text has a single
+/// quote and no double quote.
+pub(crate) fn py_str_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Python's `str()` of a value, as `--print-config` shows it.
+pub(crate) fn render(v: &Value, name: &str) -> String {
+    match v {
+        Value::None => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Int(i) => i.to_string(),
+        Value::Str(s) => s.clone(),
+        Value::List(l) => format!("[{}]", join(l.iter().map(|s| py_str_repr(s)))),
+        Value::Dict(d) => format!(
+            "{{{}}}",
+            join(
+                d.iter()
+                    .map(|(k, v)| format!("{}: {}", py_str_repr(k), py_str_repr(v)))
+            )
+        ),
+        // Gunicorn prints `<qualname()>`; the config never sees the Python
+        // object, so the hook's setting name stands in for it.
+        Value::Hook(_) => format!("<{name}()>"),
+    }
+}
+
+/// Python's `int(text, 0)`: decimal without leading zeros, or 0x/0o/0b.
+fn parse_int_base0(text: &str) -> Option<i64> {
+    let t = text.trim().replace('_', "");
+    let (neg, body) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, t.strip_prefix('+').unwrap_or(&t).to_string()),
+    };
+    let lower = body.to_ascii_lowercase();
+    let n = if let Some(h) = lower.strip_prefix("0x") {
+        i64::from_str_radix(h, 16).ok()?
+    } else if let Some(o) = lower.strip_prefix("0o") {
+        i64::from_str_radix(o, 8).ok()?
+    } else if let Some(b) = lower.strip_prefix("0b") {
+        i64::from_str_radix(b, 2).ok()?
+    } else if body.len() > 1 && body.starts_with('0') && body.bytes().any(|b| b != b'0') {
+        return None; // Python 3 refuses "010" with base 0
+    } else if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    } else {
+        body.parse().ok()?
+    };
+    Some(if neg { -n } else { n })
+}
+
+/// Python's `int(text)`: decimal only.
+fn parse_int_decimal(text: &str) -> Option<i64> {
+    let t = text.trim().replace('_', "");
+    let body = t.strip_prefix(['-', '+']).unwrap_or(&t);
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// Gunicorn's `auto_int`: a leading `0` followed by a digit means octal.
+fn parse_auto_int(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let b = t.as_bytes();
+    if b.len() > 1 && b[0] == b'0' && b[1].is_ascii_digit() {
+        return parse_int_base0(&format!("0o{}", &t[1..]));
+    }
+    parse_int_base0(t)
+}
+
+fn pos(n: i64) -> Result<Value, String> {
+    if n < 0 {
+        Err(format!("value must be positive, got {n}"))
+    } else {
+        Ok(Value::Int(n))
+    }
+}
+
+fn comma_list(s: &str) -> Value {
+    Value::List(
+        s.trim()
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(String::from)
+            .collect(),
+    )
+}
+
+fn proxy_mode(s: &str) -> Result<Value, String> {
+    let m = s.trim().to_ascii_lowercase();
+    match m.as_str() {
+        "off" | "v1" | "v2" | "auto" => Ok(Value::Str(m)),
+        _ => Err(format!(
+            "expected one of off, v1, v2, auto, got {}",
+            py_str_repr(s)
+        )),
+    }
+}
+
+/// Converts one command-line (or `GUNICORN_CMD_ARGS`) string.
+pub(crate) fn from_cli(ty: ValueType, text: &str) -> Result<Value, String> {
+    match ty {
+        ValueType::PosInt => parse_int_decimal(text)
+            .ok_or_else(|| format!("expected an integer, got {}", py_str_repr(text)))
+            .and_then(pos),
+        ValueType::OctalInt => parse_auto_int(text)
+            .ok_or_else(|| format!("expected an integer, got {}", py_str_repr(text)))
+            .and_then(pos),
+        ValueType::Bool | ValueType::OptBool => str_bool(text),
+        ValueType::CommaList => Ok(comma_list(text)),
+        ValueType::ProxyMode => proxy_mode(text),
+        ValueType::StrList => Ok(Value::List(vec![text.trim().to_string()])),
+        ValueType::Str | ValueType::OptStr | ValueType::Class => Ok(Value::Str(text.trim().into())),
+        ValueType::Dict | ValueType::Callable => {
+            Err("this setting can only be set in a config file".into())
+        }
+        ValueType::Ignored => Ok(Value::Str(text.trim().into())),
+    }
+}
+
+fn str_bool(text: &str) -> Result<Value, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(Value::Bool(true)),
+        "false" => Ok(Value::Bool(false)),
+        _ => Err(format!("expected a boolean, got {}", py_str_repr(text))),
+    }
+}
+
+fn expected(what: &str, got: &RawValue) -> String {
+    format!("expected {what}, got {}", raw_repr(got))
+}
+
+fn raw_string(v: &RawValue) -> Result<String, String> {
+    match v {
+        RawValue::Str(s) => Ok(s.trim().to_string()),
+        other => Err(expected("a string", other)),
+    }
+}
+
+/// Converts one config-file value, following Gunicorn's validators.
+pub(crate) fn from_raw(ty: ValueType, v: &RawValue) -> Result<Value, String> {
+    match ty {
+        ValueType::Bool | ValueType::OptBool => match v {
+            RawValue::None if ty == ValueType::OptBool => Ok(Value::None),
+            RawValue::None => Ok(Value::Bool(false)),
+            RawValue::Bool(b) => Ok(Value::Bool(*b)),
+            RawValue::Str(s) => str_bool(s),
+            other => Err(expected("a boolean", other)),
+        },
+        ValueType::PosInt | ValueType::OctalInt => match v {
+            RawValue::Int(i) => pos(*i),
+            RawValue::Bool(b) => Ok(Value::Int(i64::from(*b))),
+            RawValue::Str(s) => parse_int_base0(s)
+                .ok_or_else(|| expected("an integer", v))
+                .and_then(pos),
+            other => Err(expected("an integer", other)),
+        },
+        ValueType::Str => match v {
+            RawValue::Str(s) => Ok(Value::Str(s.trim().into())),
+            other => Err(expected("a string", other)),
+        },
+        ValueType::OptStr => match v {
+            RawValue::None => Ok(Value::None),
+            RawValue::Str(s) => Ok(Value::Str(s.trim().into())),
+            other => Err(expected("a string or None", other)),
+        },
+        ValueType::Class => match v {
+            RawValue::Str(s) => Ok(Value::Str(s.trim().into())),
+            RawValue::Callable(_) => Err(
+                "custom Python classes are not supported; give one of the names listed in the docs"
+                    .into(),
+            ),
+            other => Err(expected("a string", other)),
+        },
+        ValueType::StrList => match v {
+            RawValue::None => Ok(Value::List(vec![])),
+            RawValue::Str(s) if s.is_empty() => Ok(Value::List(vec![])),
+            RawValue::Str(s) => Ok(Value::List(vec![s.trim().into()])),
+            RawValue::List(items) | RawValue::Tuple(items) => items
+                .iter()
+                .map(raw_string)
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::List)
+                .map_err(|_| expected("a list of strings", v)),
+            other => Err(expected("a list of strings", other)),
+        },
+        ValueType::CommaList => match v {
+            RawValue::None => Ok(Value::List(vec![])),
+            RawValue::Str(s) => Ok(comma_list(s)),
+            RawValue::List(items) | RawValue::Tuple(items) => items
+                .iter()
+                .map(raw_string)
+                .collect::<Result<Vec<_>, _>>()
+                .map(|l| Value::List(l.into_iter().filter(|s| !s.is_empty()).collect()))
+                .map_err(|_| expected("a comma-separated string or a list of strings", v)),
+            other => Err(expected("a comma-separated string", other)),
+        },
+        ValueType::Dict => match v {
+            RawValue::Dict(items) => items
+                .iter()
+                .map(|(k, val)| Ok((k.clone(), raw_string(val)?)))
+                .collect::<Result<Vec<_>, String>>()
+                .map(Value::Dict)
+                .map_err(|_| expected("a dict of strings to strings", v)),
+            other => Err(expected("a dict", other)),
+        },
+        ValueType::Callable => match v {
+            RawValue::Callable(h) => Ok(Value::Hook(Some(*h))),
+            RawValue::Str(s) => Err(format!(
+                "expected a callable, got {}; import strings are not supported, \
+                 import the function in the config file instead",
+                py_str_repr(s)
+            )),
+            other => Err(expected("a callable", other)),
+        },
+        ValueType::Ignored => Ok(Value::Str(match v {
+            RawValue::Str(s) => s.trim().to_string(),
+            other => raw_repr(other),
+        })),
+        ValueType::ProxyMode => match v {
+            RawValue::Bool(true) => Ok(Value::Str("auto".into())),
+            RawValue::Bool(false) | RawValue::None => Ok(Value::Str("off".into())),
+            RawValue::Str(s) => proxy_mode(s),
+            other => Err(expected("off, v1, v2 or auto", other)),
+        },
+    }
+}
+
+// ---- Checks referred to by the table --------------------------------------
+
+/// The worker classes rgunicorn runs, by every name Gunicorn accepts.
+pub(crate) fn worker_class_of(name: &str) -> Option<super::WorkerClass> {
+    match name {
+        "sync" | "gunicorn.workers.sync.SyncWorker" | "egg:gunicorn#sync" => {
+            Some(super::WorkerClass::Sync)
+        }
+        "gthread" | "gunicorn.workers.gthread.ThreadWorker" | "egg:gunicorn#gthread" => {
+            Some(super::WorkerClass::Gthread)
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn check_worker_class(v: &Value) -> Result<(), String> {
+    let Value::Str(name) = v else { return Ok(()) };
+    if worker_class_of(name).is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "rgunicorn does not support worker class {} (gevent, eventlet, tornado, ASGI and custom \
+         worker classes are not available); use `sync` or `gthread` (`--threads N` for concurrency)",
+        py_str_repr(name)
+    ))
+}
+
+pub(crate) fn check_loglevel(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(s)
+            if matches!(
+                s.to_ascii_lowercase().as_str(),
+                "debug" | "info" | "warning" | "error" | "critical"
+            ) =>
+        {
+            Ok(())
+        }
+        Value::Str(s) => Err(format!(
+            "expected one of debug, info, warning, error, critical, got {}",
+            py_str_repr(s)
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_http_parser(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(s) if s == "auto" || s == "fast" => Ok(()),
+        Value::Str(s) if s == "python" => Err(
+            "rgunicorn does not support `http_parser` 'python' (HTTP is always parsed in Rust); use auto or fast"
+                .into(),
+        ),
+        Value::Str(s) => Err(format!(
+            "expected one of auto, fast, python, got {}",
+            py_str_repr(s)
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_mode(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Int(i) if *i > 0o7777 => Err(format!("{i:#o} is not a valid file mode mask")),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_raw_env(v: &Value) -> Result<(), String> {
+    if let Value::List(items) = v {
+        for e in items {
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() => {}
+                _ => {
+                    return Err(format!(
+                        "environment setting {} invalid: expected KEY=VALUE",
+                        py_str_repr(e)
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_bind(v: &Value) -> Result<(), String> {
+    if let Value::List(items) = v {
+        for b in items {
+            if b.is_empty() {
+                return Err("an empty bind address".into());
+            }
+            if let Some(fd) = b.strip_prefix("fd://") {
+                if fd.parse::<u32>().is_err() {
+                    return Err(format!("{}: fd://FD needs a number", py_str_repr(b)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_ids(v: &Value) -> Result<(), String> {
+    if let Value::List(items) = v {
+        for id in items {
+            if id.parse::<u32>().is_err() {
+                return Err(format!("expected a numeric id, got {}", py_str_repr(id)));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_dir_exists(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(p) if !std::path::Path::new(p).is_dir() => {
+            Err(format!("can't chdir to {}", py_str_repr(p)))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_user(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(u) if !u.bytes().all(|b| b.is_ascii_digit()) => {
+            match nix::unistd::User::from_name(u) {
+                Ok(Some(_)) => Ok(()),
+                _ => Err(format!("No such user: {}", py_str_repr(u))),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_group(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(g) if !g.bytes().all(|b| b.is_ascii_digit()) => {
+            match nix::unistd::Group::from_name(g) {
+                Ok(Some(_)) => Ok(()),
+                _ => Err(format!("No such group: {}", py_str_repr(g))),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ints_follow_python() {
+        assert_eq!(parse_int_base0("0x10"), Some(16));
+        assert_eq!(parse_int_base0("0o17"), Some(15));
+        assert_eq!(parse_int_base0("010"), None);
+        assert_eq!(parse_int_base0(" 42 "), Some(42));
+        assert_eq!(parse_auto_int("0022"), Some(18));
+        assert_eq!(parse_auto_int("0"), Some(0));
+        assert_eq!(parse_int_decimal("0x10"), None);
+        assert_eq!(parse_int_decimal("-3"), Some(-3));
+    }
+
+    #[test]
+    fn reprs_follow_python() {
+        assert_eq!(py_str_repr("a"), "'a'");
+        assert_eq!(py_str_repr("it's"), "\"it's\"");
+        assert_eq!(raw_repr(&RawValue::List(vec![RawValue::Int(1)])), "[1]");
+    }
+}
