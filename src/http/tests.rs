@@ -70,8 +70,11 @@ fn limits_of(exp: &[(String, String)]) -> Limits {
     }
 }
 
+/// One test case: its name, the raw bytes, and the `.expect` lines.
+type Case = (String, Vec<u8>, Vec<(String, String)>);
+
 /// Every `NAME.http` in `testdata/KIND`, with its expectations.
-fn cases(kind: &str) -> Vec<(String, Vec<u8>, Vec<(String, String)>)> {
+fn cases(kind: &str) -> Vec<Case> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(testdata(kind)).unwrap() {
         let path = entry.unwrap().path();
