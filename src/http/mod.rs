@@ -36,3 +36,6 @@ pub use request::{
     parse_head, BodyFraming, Header, Limits, Request, Version, MAX_HEAD, MAX_HEADERS,
     MAX_LEADING_EMPTY_LINES, MAX_REQUEST_LINE, UNLIMITED_LINE_CAP,
 };
+
+#[cfg(test)]
+mod tests;
