@@ -4,7 +4,7 @@
 fn main() {
     pyo3_build_config::add_libpython_rpath_link_args();
     let cfg = pyo3_build_config::get();
-    if let Some(exe) = &cfg.executable {
+    if let Some(exe) = cfg.executable() {
         println!("cargo:rustc-env=RGUNICORN_BUILD_PYTHON={exe}");
     } else {
         println!("cargo:rustc-env=RGUNICORN_BUILD_PYTHON=");

@@ -20,7 +20,10 @@ thread_local! {
 /// The current date, as the `Date` header wants it.
 pub fn now() -> HttpDate {
     let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     CACHE.with(|c| {
         let (s, buf) = c.get();
         if s == secs {

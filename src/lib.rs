@@ -1,9 +1,19 @@
 //! rgunicorn: a drop-in replacement for Gunicorn.
 //!
-//! Theory of operation: a single-threaded master (`arbiter`) binds the
-//! listeners (`sock`), forks worker processes and supervises them. Each
-//! worker (`worker`) initialises Python (`python`), imports the WSGI app,
-//! and serves HTTP/1.1 parsed in Rust (`http`), calling the app through the
-//! WSGI bridge (`wsgi`). Settings come from one table (`config`).
+//! Theory of operation: a single-threaded master ([`arbiter`]) binds the
+//! listeners ([`sock`]), forks worker processes and supervises them through
+//! a shared-memory [`scoreboard`]. Each worker ([`worker`]) initialises
+//! Python ([`python`]), imports the WSGI app, and serves HTTP/1.1 parsed in
+//! Rust ([`http`]), calling the app through the WSGI bridge ([`wsgi`]).
+//! Settings come from one table ([`config`]); logs are Gunicorn's
+//! ([`logging`]).
+pub mod arbiter;
 pub mod config;
 pub mod http;
+pub mod http_date;
+pub mod logging;
+pub mod python;
+pub mod scoreboard;
+pub mod sock;
+pub mod worker;
+pub mod wsgi;

@@ -86,7 +86,12 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display())))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open log file {}: {e}", path.display()),
+            )
+        })
 }
 
 struct Logs {
@@ -324,29 +329,32 @@ pub struct AccessInfo<'a> {
     pub protocol: &'a str,
     pub status: u16,
     pub sent: Option<u64>,
-    pub request_headers: &'a [(Vec<u8>, Vec<u8>)],
+    pub request_headers: &'a [crate::http::Header],
     pub response_headers: &'a [(String, String)],
     pub duration: Duration,
     pub user: Option<&'a str>,
     pub environ: &'a dyn Fn(&str) -> Option<String>,
 }
 
-fn find_header<'a>(h: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+fn find_header<'a>(h: &'a [crate::http::Header], name: &str) -> Option<&'a [u8]> {
     h.iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        .map(|(_, v)| v.as_slice())
+        .find(|h| h.name.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|h| h.value.as_slice())
 }
 
 /// Format one access-log line (without the newline).
 pub fn format_access(fmt: &AccessFormat, i: &AccessInfo<'_>) -> String {
     let mut out = String::with_capacity(160);
-    let dash = |o: &mut String, v: Option<&str>| o.push_str(v.filter(|s| !s.is_empty()).unwrap_or("-"));
+    let dash =
+        |o: &mut String, v: Option<&str>| o.push_str(v.filter(|s| !s.is_empty()).unwrap_or("-"));
     for p in &fmt.0 {
         match p {
             Piece::Lit(s) => out.push_str(s),
             Piece::ReqHeader(n) => dash(
                 &mut out,
-                find_header(i.request_headers, n).map(|v| String::from_utf8_lossy(v)).as_deref(),
+                find_header(i.request_headers, n)
+                    .map(|v| String::from_utf8_lossy(v))
+                    .as_deref(),
             ),
             Piece::RespHeader(n) => dash(
                 &mut out,
@@ -429,7 +437,10 @@ mod tests {
     #[test]
     fn default_format_matches_gunicorn() {
         let f = AccessFormat::parse(DEFAULT_ACCESS_FORMAT);
-        let hdrs = vec![(b"User-Agent".to_vec(), b"curl/8".to_vec())];
+        let hdrs = vec![crate::http::Header {
+            name: b"User-Agent".to_vec(),
+            value: b"curl/8".to_vec(),
+        }];
         let env = |_: &str| None;
         let i = AccessInfo {
             remote: "127.0.0.1",
@@ -448,7 +459,10 @@ mod tests {
         };
         let line = format_access(&f, &i);
         assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
-        assert!(line.ends_with(r#"] "GET /a?b=1 HTTP/1.1" 200 13 "-" "curl/8""#), "{line}");
+        assert!(
+            line.ends_with(r#"] "GET /a?b=1 HTTP/1.1" 200 13 "-" "curl/8""#),
+            "{line}"
+        );
         let f2 = AccessFormat::parse("%(D)s %({x-id}o)s %(p)s 100%%");
         let line2 = format_access(&f2, &i);
         assert!(line2.starts_with("1500 - <"), "{line2}");

@@ -30,11 +30,10 @@ impl BindAddr {
             return Ok(BindAddr::Unix(PathBuf::from(path)));
         }
         if let Some(n) = s.strip_prefix("fd://") {
-            let fd: RawFd = n
-                .parse()
-                .ok()
-                .filter(|fd| *fd >= 0)
-                .with_context(|| format!("bind `{s}`: `{n}` is not a file descriptor number"))?;
+            let fd: RawFd =
+                n.parse().ok().filter(|fd| *fd >= 0).with_context(|| {
+                    format!("bind `{s}`: `{n}` is not a file descriptor number")
+                })?;
             return Ok(BindAddr::Fd(fd));
         }
         if let Some(rest) = s.strip_prefix('[') {
@@ -157,13 +156,16 @@ pub fn bind(addr: &BindAddr, opts: BindOptions) -> Result<Vec<Listener>> {
                 .first()
                 .with_context(|| format!("bind {addr}: `{host}` resolves to no address"))?;
             // Gunicorn binds the first address a name resolves to.
-            Ok(vec![bind_tcp(*first, opts)
-                .with_context(|| format!("cannot bind {addr}"))?])
+            Ok(vec![
+                bind_tcp(*first, opts).with_context(|| format!("cannot bind {addr}"))?
+            ])
         }
         BindAddr::Unix(path) => Ok(vec![
             bind_unix(path, opts).with_context(|| format!("cannot bind {addr}"))?
         ]),
-        BindAddr::Fd(fd) => Ok(vec![adopt_fd(*fd).with_context(|| format!("cannot use {addr}"))?]),
+        BindAddr::Fd(fd) => Ok(vec![
+            adopt_fd(*fd).with_context(|| format!("cannot use {addr}"))?
+        ]),
     }
 }
 
@@ -262,8 +264,14 @@ mod tests {
             host: h.into(),
             port: p,
         };
-        assert_eq!(BindAddr::parse("0.0.0.0:8000").ok(), Some(t("0.0.0.0", 8000)));
-        assert_eq!(BindAddr::parse("localhost").ok(), Some(t("localhost", 8000)));
+        assert_eq!(
+            BindAddr::parse("0.0.0.0:8000").ok(),
+            Some(t("0.0.0.0", 8000))
+        );
+        assert_eq!(
+            BindAddr::parse("localhost").ok(),
+            Some(t("localhost", 8000))
+        );
         assert_eq!(BindAddr::parse("[::1]:9000").ok(), Some(t("::1", 9000)));
         assert_eq!(BindAddr::parse("[::1]").ok(), Some(t("::1", 8000)));
         assert_eq!(
@@ -271,7 +279,9 @@ mod tests {
             Some(BindAddr::Unix("/tmp/x.sock".into()))
         );
         assert_eq!(BindAddr::parse("fd://3").ok(), Some(BindAddr::Fd(3)));
-        for bad in ["", "unix:", "fd://x", "fd://-1", "h:99999", "::1:80", "[::1", "[zz]:1"] {
+        for bad in [
+            "", "unix:", "fd://x", "fd://-1", "h:99999", "::1:80", "[::1", "[zz]:1",
+        ] {
             assert!(BindAddr::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -156,7 +156,9 @@ pub fn load_config(py: Python<'_>, source: &str, is_module: bool) -> Result<Py<P
         } else {
             "load_config_file"
         };
-        Ok(b.call_method1(f, (source,))?.cast_into::<PyDict>()?.unbind())
+        Ok(b.call_method1(f, (source,))?
+            .cast_into::<PyDict>()?
+            .unbind())
     })();
     r.map_err(|e| format_exception(py, &e))
 }

@@ -256,7 +256,8 @@ impl State {
 }
 
 fn size_arg(size: Option<i64>) -> Option<usize> {
-    size.filter(|s| *s >= 0).map(|s| usize::try_from(s).unwrap_or(usize::MAX))
+    size.filter(|s| *s >= 0)
+        .map(|s| usize::try_from(s).unwrap_or(usize::MAX))
 }
 
 #[pymethods]

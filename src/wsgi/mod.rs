@@ -24,8 +24,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub use input::Input;
-pub use response::{ErrorStream, FileWrapper, StartResponse};
 use response::Writer;
+pub use response::{ErrorStream, FileWrapper, StartResponse};
 
 /// What the server knows about the socket a request came in on.
 #[derive(Debug, Clone)]
@@ -188,7 +188,10 @@ fn environ<'py>(
     let tmpl = bridge.templates[listener].bind(py);
     let env = tmpl.copy()?;
     env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), &req.method)?;
-    env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), version_str(req.version))?;
+    env.set_item(
+        pyo3::intern!(py, "SERVER_PROTOCOL"),
+        version_str(req.version),
+    )?;
     env.set_item(pyo3::intern!(py, "RAW_URI"), &req.uri)?;
     env.set_item(pyo3::intern!(py, "QUERY_STRING"), &req.query)?;
     let path = if !bridge.script_name.is_empty() {
@@ -272,10 +275,7 @@ pub fn handle(
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
-    let input = match Bound::new(
-        py,
-        Input::new(fd, req, prebuffered, bridge.io_timeout),
-    ) {
+    let input = match Bound::new(py, Input::new(fd, req, prebuffered, bridge.io_timeout)) {
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
     };
@@ -296,10 +296,7 @@ pub fn handle(
             close_result(py, &body);
             match r {
                 Ok(()) => writer.finish(py),
-                Err(e) => {
-                    let o = writer.fail(py, e);
-                    o
-                }
+                Err(e) => writer.fail(py, e),
             }
         }
         Err(e) => writer.fail(py, BodyError::App(e)),

@@ -32,9 +32,8 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 struct State {
@@ -109,7 +108,8 @@ impl Writer {
             drop(st);
             return self.write(py, data, false);
         }
-        st.send_head(Some(data.len() as u64)).map_err(BodyError::App)?;
+        st.send_head(Some(data.len() as u64))
+            .map_err(BodyError::App)?;
         st.push_body(data);
         Ok(())
     }
@@ -368,14 +368,17 @@ impl StartResponse {
                     "each header must be a (name, value) tuple",
                 ));
             }
-            let name: String = t.get_item(0)?.extract().map_err(|_| {
-                PyTypeError::new_err("header names must be str")
-            })?;
+            let name: String = t
+                .get_item(0)?
+                .extract()
+                .map_err(|_| PyTypeError::new_err("header names must be str"))?;
             let value: String = t.get_item(1)?.extract().map_err(|_| {
                 PyTypeError::new_err(format!("header {name:?}: value must be a str"))
             })?;
             if !is_token(&name) {
-                return Err(PyValueError::new_err(format!("invalid header name {name:?}")));
+                return Err(PyValueError::new_err(format!(
+                    "invalid header name {name:?}"
+                )));
             }
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
                 return Err(PyValueError::new_err(format!(
@@ -384,7 +387,9 @@ impl StartResponse {
             }
             if is_hop_by_hop(&name) {
                 if name.eq_ignore_ascii_case("connection")
-                    && value.split(',').any(|v| v.trim().eq_ignore_ascii_case("close"))
+                    && value
+                        .split(',')
+                        .any(|v| v.trim().eq_ignore_ascii_case("close"))
                 {
                     app_close = true;
                 }
@@ -483,7 +488,10 @@ impl FileWrapper {
         slf
     }
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let data = self.filelike.bind(py).call_method1("read", (self.blksize,))?;
+        let data = self
+            .filelike
+            .bind(py)
+            .call_method1("read", (self.blksize,))?;
         if data.len()? == 0 {
             Ok(None)
         } else {

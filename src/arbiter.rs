@@ -1,0 +1,650 @@
+//! The master process (Gunicorn's "arbiter"): owns the listeners, forks
+//! workers and supervises them. It never serves a request.
+//!
+//! One thread, one `poll(2)` loop over: a signalfd (every signal below is
+//! blocked and read from it, so handlers never run), the pipe workers write
+//! to (ready, retire), and a timer. No other thread ever exists here, so a
+//! fork never copies a lock held by a thread the child does not have.
+//!
+//! | signal        | meaning                                                       |
+//! |---------------|---------------------------------------------------------------|
+//! | TERM          | graceful stop: workers finish in-flight requests (`--graceful-timeout`), exit 0 |
+//! | INT, QUIT     | quick stop                                                    |
+//! | HUP           | reload: new generation of workers, old ones retire once it is ready |
+//! | TTIN / TTOU   | one worker more / fewer (never below 1)                       |
+//! | USR1          | reopen log files (and tell the workers to)                    |
+//! | CHLD          | reap children; replace workers that died                      |
+//! | WINCH, USR2   | logged and ignored for now                                    |
+
+use crate::config::Settings;
+use crate::scoreboard::{now_ms, Scoreboard, SlotState, MAX_SLOTS};
+use crate::sock::Listener;
+use crate::worker::{self, msg};
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use pyo3::prelude::*;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// The signals the master handles (all read from the signalfd).
+const SIGNALS: [Signal; 10] = [
+    Signal::SIGCHLD,
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Gunicorn's exit codes for a server that could not start its workers.
+pub const EXIT_WORKER_BOOT_ERROR: i32 = 3;
+pub const EXIT_APP_LOAD_ERROR: i32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WState {
+    Booting,
+    Ready,
+    /// Told to stop; killed outright at the deadline.
+    Retiring {
+        kill_at: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct WorkerRec {
+    slot: usize,
+    generation: u64,
+    state: WState,
+    /// A worker that asked to retire (max-requests) and awaits its replacement.
+    wants_retire: bool,
+    /// Timed out: killed with SIGKILL at this instant if still alive.
+    timed_out_kill_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    Running,
+    Stopping { deadline: Instant, quick: bool },
+}
+
+pub struct Arbiter {
+    settings: Settings,
+    app_uri: String,
+    argv: Vec<String>,
+    listeners: Vec<Listener>,
+    scoreboard: Scoreboard,
+    free_slots: Vec<usize>,
+    workers: BTreeMap<Pid, WorkerRec>,
+    target: usize,
+    generation: u64,
+    state: RunState,
+    sigfd: SignalFd,
+    pipe_r: OwnedFd,
+    pipe_w: OwnedFd,
+    preloaded: Option<Py<PyAny>>,
+    /// Some worker has reported ready since start.
+    ever_ready: bool,
+    exit_code: i32,
+    /// Consecutive workers that died before becoming ready.
+    boot_failures: u32,
+    next_spawn_at: Instant,
+    pid: Pid,
+}
+
+impl Arbiter {
+    /// Set up the master: block our signals into a signalfd, map the
+    /// scoreboard, preload the app if asked.
+    pub fn new(
+        settings: Settings,
+        app_uri: String,
+        argv: Vec<String>,
+        listeners: Vec<Listener>,
+        preloaded: Option<Py<PyAny>>,
+    ) -> Result<Arbiter> {
+        let mut mask = SigSet::empty();
+        for s in SIGNALS {
+            mask.add(s);
+        }
+        mask.thread_block().context("cannot block signals")?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .context("cannot create a signalfd")?;
+        let (pipe_r, pipe_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .context("cannot create the worker pipe")?;
+        let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
+        let target = settings.workers.clamp(1, MAX_SLOTS);
+        Ok(Arbiter {
+            settings,
+            app_uri,
+            argv,
+            listeners,
+            scoreboard,
+            free_slots: (0..MAX_SLOTS).rev().collect(),
+            workers: BTreeMap::new(),
+            target,
+            generation: 1,
+            state: RunState::Running,
+            sigfd,
+            pipe_r,
+            pipe_w,
+            preloaded,
+            ever_ready: false,
+            exit_code: 0,
+            boot_failures: 0,
+            next_spawn_at: Instant::now(),
+            pid: nix::unistd::getpid(),
+        })
+    }
+
+    /// Run until stopped; returns the process exit code.
+    pub fn run(mut self) -> i32 {
+        tracing::info!("Starting rgunicorn {}", env!("CARGO_PKG_VERSION"));
+        for l in &self.listeners {
+            tracing::info!("Listening at: {} ({})", l.describe(), self.pid);
+        }
+        tracing::info!(
+            "Using worker: {}",
+            match self.settings.effective_worker_class() {
+                crate::config::WorkerClass::Sync => "sync",
+                crate::config::WorkerClass::Gthread => "gthread",
+            }
+        );
+        self.manage_workers();
+        loop {
+            let timeout = self.poll_timeout();
+            let (sig_ready, pipe_ready) = {
+                let mut fds = [
+                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.pipe_r.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        tracing::error!("poll failed in the master loop: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if sig_ready {
+                self.handle_signals();
+            }
+            if pipe_ready {
+                self.handle_worker_messages();
+            }
+            self.reap_children();
+            self.murder_workers();
+            if let RunState::Stopping { deadline, .. } = self.state {
+                if self.workers.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    self.kill_all(Signal::SIGKILL);
+                }
+                continue;
+            }
+            self.manage_workers();
+        }
+        tracing::info!("Shutting down: Master");
+        self.exit_code
+    }
+
+    fn poll_timeout(&self) -> PollTimeout {
+        let mut wait = Duration::from_millis(1000);
+        let now = Instant::now();
+        if let RunState::Stopping { deadline, .. } = self.state {
+            wait = wait.min(deadline.saturating_duration_since(now));
+        }
+        if self.next_spawn_at > now && self.live_count() < self.target {
+            wait = wait.min(self.next_spawn_at - now);
+        }
+        for w in self.workers.values() {
+            if let WState::Retiring { kill_at } = w.state {
+                wait = wait.min(kill_at.saturating_duration_since(now));
+            }
+        }
+        PollTimeout::from(u16::try_from(wait.as_millis()).unwrap_or(1000))
+    }
+
+    fn handle_signals(&mut self) {
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => {} // reaped right after
+                Signal::SIGTERM => self.stop(false),
+                Signal::SIGINT | Signal::SIGQUIT => self.stop(true),
+                Signal::SIGHUP => self.reload(),
+                Signal::SIGTTIN => self.scale(self.target.saturating_add(1)),
+                Signal::SIGTTOU => self.scale(self.target.saturating_sub(1)),
+                Signal::SIGUSR1 => self.reopen_logs(),
+                other => tracing::info!("Ignoring {other}"),
+            }
+        }
+    }
+
+    fn handle_worker_messages(&mut self) {
+        let mut buf = [0u8; 8 * 64];
+        loop {
+            match nix::unistd::read(&self.pipe_r, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    for rec in buf[..n].chunks_exact(8) {
+                        if let Some((kind, slot)) = msg::decode(rec) {
+                            self.on_worker_message(kind, slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn pid_of_slot(&self, slot: usize) -> Option<Pid> {
+        self.workers
+            .iter()
+            .find(|(_, w)| w.slot == slot)
+            .map(|(p, _)| *p)
+    }
+
+    fn on_worker_message(&mut self, kind: u8, slot: usize) {
+        let Some(pid) = self.pid_of_slot(slot) else {
+            return;
+        };
+        match kind {
+            msg::READY => {
+                if let Some(w) = self.workers.get_mut(&pid) {
+                    if w.state == WState::Booting {
+                        w.state = WState::Ready;
+                    }
+                }
+                self.ever_ready = true;
+                self.boot_failures = 0;
+                self.retire_replaced();
+            }
+            msg::RETIRE => {
+                if let Some(w) = self.workers.get_mut(&pid) {
+                    w.wants_retire = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Workers of the current generation that are not retiring.
+    fn live_count(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| {
+                w.generation == self.generation && !matches!(w.state, WState::Retiring { .. })
+            })
+            .filter(|w| !w.wants_retire)
+            .count()
+    }
+
+    fn ready_count(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| {
+                w.generation == self.generation && w.state == WState::Ready && !w.wants_retire
+            })
+            .count()
+    }
+
+    /// One ready replacement retires one old worker (old generation, or one
+    /// that asked to retire); once the current generation is complete, all
+    /// remaining old workers go.
+    fn retire_replaced(&mut self) {
+        let retirable = self.retirable();
+        let n = if self.ready_count() >= self.target {
+            retirable.len()
+        } else {
+            1
+        };
+        for pid in retirable.into_iter().take(n) {
+            self.retire(pid);
+        }
+    }
+
+    fn retire(&mut self, pid: Pid) {
+        let kill_at = Instant::now() + Duration::from_secs(self.settings.graceful_timeout);
+        if let Some(w) = self.workers.get_mut(&pid) {
+            w.state = WState::Retiring { kill_at };
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Old-generation or retire-requesting workers still serving, oldest first.
+    fn retirable(&self) -> Vec<Pid> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| {
+                (w.generation != self.generation || w.wants_retire)
+                    && !matches!(w.state, WState::Retiring { .. })
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn manage_workers(&mut self) {
+        if self.state != RunState::Running {
+            return;
+        }
+        // Too many: retire the oldest of the current generation.
+        while self.live_count() > self.target {
+            let victim = self
+                .workers
+                .iter()
+                .filter(|(_, w)| {
+                    w.generation == self.generation
+                        && !matches!(w.state, WState::Retiring { .. })
+                        && !w.wants_retire
+                })
+                .map(|(p, _)| *p)
+                .next();
+            let Some(pid) = victim else { break };
+            self.retire(pid);
+        }
+        if self.ready_count() >= self.target {
+            self.retire_replaced();
+        }
+        // Too few: spawn, with backoff after boot failures.
+        while self.live_count() < self.target {
+            if Instant::now() < self.next_spawn_at {
+                break;
+            }
+            if let Err(e) = self.spawn_worker() {
+                tracing::error!("cannot start a worker: {e:#}");
+                self.next_spawn_at = Instant::now() + Duration::from_secs(1);
+                break;
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self) -> Result<()> {
+        let slot_index = self.free_slots.pop().context("no free worker slot")?;
+        let slot = self.scoreboard.slot(slot_index);
+        slot.reset(0);
+        // SAFETY: the master is single-threaded (see the module doc), and the
+        // child goes straight into worker::run, which never returns.
+        let forked = unsafe { crate::python::fork() };
+        match forked {
+            Err(e) => {
+                self.free_slots.push(slot_index);
+                Err(e).context("fork failed")
+            }
+            Ok(ForkResult::Parent { child }) => {
+                slot.pid
+                    .store(child.as_raw(), std::sync::atomic::Ordering::Relaxed);
+                self.workers.insert(
+                    child,
+                    WorkerRec {
+                        slot: slot_index,
+                        generation: self.generation,
+                        state: WState::Booting,
+                        wants_retire: false,
+                        timed_out_kill_at: None,
+                    },
+                );
+                Ok(())
+            }
+            Ok(ForkResult::Child) => self.become_worker(slot_index),
+        }
+    }
+
+    /// In the child: drop the master's machinery, then run the worker.
+    fn become_worker(&mut self, slot_index: usize) -> ! {
+        let _ = SigSet::empty().thread_set_mask();
+        let _ = nix::unistd::close(self.sigfd.as_raw_fd());
+        let _ = nix::unistd::close(self.pipe_r.as_raw_fd());
+        // If the master dies, stop too (TERM: finish what is in flight).
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+        if nix::unistd::getppid() != self.pid {
+            std::process::exit(0);
+        }
+        let slot = self.scoreboard.slot(slot_index);
+        slot.pid.store(
+            std::process::id() as i32,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let preloaded = self
+            .preloaded
+            .as_ref()
+            .map(|a| Python::attach(|py| a.clone_ref(py)));
+        let max_requests = if self.settings.max_requests > 0 {
+            let jitter = if self.settings.max_requests_jitter > 0 {
+                random_below(self.settings.max_requests_jitter + 1)
+            } else {
+                0
+            };
+            self.settings.max_requests + jitter
+        } else {
+            0
+        };
+        worker::run(worker::Spec {
+            settings: &self.settings,
+            app_uri: &self.app_uri,
+            listeners: &self.listeners,
+            slot_index,
+            slot,
+            notify_fd: self.pipe_w.as_raw_fd(),
+            preloaded,
+            max_requests,
+            multiprocess: self.target > 1,
+            argv: &self.argv,
+        })
+    }
+
+    fn reap_children(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("waitpid failed: {e}");
+                    return;
+                }
+                Ok(s) => s,
+            };
+            let Some(pid) = status.pid() else { continue };
+            let Some(w) = self.workers.remove(&pid) else {
+                // Not a worker: an orphan we adopted as PID 1 or subreaper.
+                tracing::debug!("reaped child {pid}: {status:?}");
+                continue;
+            };
+            self.free_slots.push(w.slot);
+            self.scoreboard.slot(w.slot).set_state(SlotState::Free);
+            self.on_worker_exit(pid, w, status);
+        }
+    }
+
+    fn on_worker_exit(&mut self, pid: Pid, w: WorkerRec, status: WaitStatus) {
+        let expected =
+            matches!(w.state, WState::Retiring { .. }) || self.state != RunState::Running;
+        match status {
+            WaitStatus::Exited(_, 0) if expected => {
+                tracing::debug!("worker {pid} exited");
+            }
+            WaitStatus::Exited(_, code) => {
+                if w.state == WState::Booting
+                    && (code == EXIT_WORKER_BOOT_ERROR || code == EXIT_APP_LOAD_ERROR)
+                {
+                    let reason = if code == EXIT_APP_LOAD_ERROR {
+                        "App failed to load."
+                    } else {
+                        "Worker failed to boot."
+                    };
+                    tracing::error!("Worker (pid:{pid}) exited with code {code}.");
+                    if !self.ever_ready {
+                        // Nothing has ever served: a broken app must not
+                        // fork-loop. Stop with Gunicorn's exit code.
+                        tracing::error!("Reason: {reason}");
+                        self.exit_code = code;
+                        self.stop(true);
+                        return;
+                    }
+                    self.boot_failed();
+                } else if !expected {
+                    tracing::error!("Worker (pid:{pid}) exited with code {code}.");
+                    if w.state == WState::Booting {
+                        self.boot_failed();
+                    }
+                }
+            }
+            WaitStatus::Signaled(_, sig, _) => {
+                if expected && sig != Signal::SIGKILL {
+                    tracing::info!("Worker (pid:{pid}) exited on {sig}");
+                } else if sig == Signal::SIGKILL {
+                    tracing::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
+                } else {
+                    tracing::error!("Worker (pid:{pid}) was sent {sig}!");
+                }
+                if w.state == WState::Booting && !expected {
+                    self.boot_failed();
+                }
+            }
+            other => tracing::info!("Worker (pid:{pid}) ended: {other:?}"),
+        }
+    }
+
+    /// A worker died before becoming ready: back off before the next spawn
+    /// (0.1 s doubling to 10 s), so a broken deploy never becomes a fork storm.
+    fn boot_failed(&mut self) {
+        self.boot_failures = self.boot_failures.saturating_add(1);
+        let ms = 100u64
+            .saturating_mul(1 << self.boot_failures.min(7))
+            .min(10_000);
+        self.next_spawn_at = Instant::now() + Duration::from_millis(ms);
+    }
+
+    /// `--timeout`: a worker whose request runs too long is aborted (SIGABRT),
+    /// then killed; a worker whose event loop stopped turning is killed.
+    fn murder_workers(&mut self) {
+        let now = Instant::now();
+        let mut to_kill = Vec::new();
+        for (pid, w) in &self.workers {
+            if let Some(at) = w.timed_out_kill_at {
+                if now >= at {
+                    to_kill.push(*pid);
+                }
+            }
+            if let WState::Retiring { kill_at } = w.state {
+                if now >= kill_at {
+                    to_kill.push(*pid);
+                }
+            }
+        }
+        for pid in to_kill {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if self.settings.timeout == 0 {
+            return;
+        }
+        let limit_ms = self.settings.timeout.saturating_mul(1000);
+        let now_ms = now_ms();
+        let mut expired = Vec::new();
+        for (pid, w) in &self.workers {
+            if w.timed_out_kill_at.is_some() || w.state != WState::Ready {
+                continue;
+            }
+            let slot = self.scoreboard.slot(w.slot);
+            let since = slot
+                .busy_since_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if since != 0 && now_ms.saturating_sub(since) > limit_ms {
+                expired.push(*pid);
+            }
+        }
+        for pid in expired {
+            crate::critical!("WORKER TIMEOUT (pid:{pid})");
+            let _ = kill(pid, Signal::SIGABRT);
+            if let Some(w) = self.workers.get_mut(&pid) {
+                w.timed_out_kill_at = Some(now + Duration::from_secs(2));
+            }
+        }
+    }
+
+    fn stop(&mut self, quick: bool) {
+        if let RunState::Stopping { quick: q, .. } = self.state {
+            if q || !quick {
+                return;
+            }
+        }
+        let (sig, grace) = if quick {
+            (Signal::SIGQUIT, Duration::from_secs(1))
+        } else {
+            (
+                Signal::SIGTERM,
+                Duration::from_secs(self.settings.graceful_timeout),
+            )
+        };
+        tracing::info!(
+            "Handling signal: {}",
+            if quick { "int/quit" } else { "term" }
+        );
+        self.state = RunState::Stopping {
+            deadline: Instant::now() + grace,
+            quick,
+        };
+        // Stop listening in the master; workers close their copies as
+        // they begin to drain, after which connections are refused.
+        self.listeners.clear();
+        self.kill_all(sig);
+    }
+
+    fn kill_all(&mut self, sig: Signal) {
+        for pid in self.workers.keys() {
+            let _ = kill(*pid, sig);
+        }
+    }
+
+    fn reload(&mut self) {
+        if self.state != RunState::Running {
+            return;
+        }
+        tracing::info!("Handling signal: hup");
+        self.generation += 1;
+        tracing::info!("Reloading: starting generation {}", self.generation);
+    }
+
+    fn scale(&mut self, n: usize) {
+        let n = n.clamp(1, MAX_SLOTS);
+        if n != self.target {
+            tracing::info!("Scaling workers: {} -> {n}", self.target);
+            self.target = n;
+        }
+    }
+
+    fn reopen_logs(&mut self) {
+        tracing::info!("Handling signal: usr1");
+        if let Err(e) = crate::logging::reopen() {
+            tracing::error!("cannot reopen log files: {e}");
+        }
+        self.kill_all(Signal::SIGUSR1);
+    }
+}
+
+/// A small random number for `--max-requests-jitter` (not security-sensitive).
+fn random_below(n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom_fill(&mut b).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(b) % n.max(1)
+}
+
+fn getrandom_fill(b: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(b)
+}

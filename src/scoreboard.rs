@@ -1,0 +1,104 @@
+//! The scoreboard: a shared-memory table, one slot per worker, that workers
+//! write with plain atomic stores and the master reads when it needs to
+//! (timeouts, `status`). It replaces Gunicorn's per-request `fchmod` of a
+//! temporary file: no system call on the request path.
+//!
+//! It is mapped `MAP_SHARED | MAP_ANONYMOUS` by the master before any fork,
+//! so every worker sees the same pages.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+/// Most workers one server can have at once.
+pub const MAX_SLOTS: usize = 1024;
+
+/// A worker's life, as the worker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SlotState {
+    Free = 0,
+    Booting = 1,
+    Ready = 2,
+    Retiring = 3,
+}
+
+/// One worker's figures. 64 bytes: one cache line, so workers never share one.
+#[repr(C, align(64))]
+pub struct Slot {
+    pub pid: AtomicI32,
+    state: AtomicU32,
+    /// Requests being served right now.
+    pub active: AtomicU32,
+    _pad: u32,
+    /// Requests served since the worker started.
+    pub requests: AtomicU64,
+    /// Monotonic milliseconds at which the oldest running request began; 0 = idle.
+    pub busy_since_ms: AtomicU64,
+    /// Monotonic milliseconds of the worker's last sign of life.
+    pub heartbeat_ms: AtomicU64,
+    _pad2: [u64; 3],
+}
+
+impl Slot {
+    pub fn state(&self) -> SlotState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => SlotState::Booting,
+            2 => SlotState::Ready,
+            3 => SlotState::Retiring,
+            _ => SlotState::Free,
+        }
+    }
+    pub fn set_state(&self, s: SlotState) {
+        self.state.store(s as u32, Ordering::Relaxed);
+    }
+    /// Reset for a new worker (master, before the fork).
+    pub fn reset(&self, pid: i32) {
+        self.pid.store(pid, Ordering::Relaxed);
+        self.set_state(SlotState::Booting);
+        self.active.store(0, Ordering::Relaxed);
+        self.requests.store(0, Ordering::Relaxed);
+        self.busy_since_ms.store(0, Ordering::Relaxed);
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Monotonic milliseconds, comparable across processes (CLOCK_MONOTONIC).
+pub fn now_ms() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC);
+    t.map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
+/// The mapping. Created once, never unmapped (it lives as long as the process).
+pub struct Scoreboard {
+    base: NonNull<Slot>,
+}
+
+// SAFETY: the mapping is only ever accessed through atomics.
+unsafe impl Send for Scoreboard {}
+unsafe impl Sync for Scoreboard {}
+
+impl Scoreboard {
+    pub fn new() -> nix::Result<Scoreboard> {
+        use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+        let len = std::num::NonZeroUsize::new(MAX_SLOTS * std::mem::size_of::<Slot>())
+            .ok_or(nix::errno::Errno::EINVAL)?;
+        // SAFETY: a fresh anonymous mapping, zero-filled by the kernel; an
+        // all-zero Slot is a valid value (atomics and integers).
+        let p = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )?
+        };
+        Ok(Scoreboard { base: p.cast() })
+    }
+
+    pub fn slot(&self, i: usize) -> &Slot {
+        assert!(i < MAX_SLOTS, "scoreboard slot out of range");
+        // SAFETY: i is in range of the mapping, which is never unmapped.
+        unsafe { &*self.base.as_ptr().add(i) }
+    }
+}

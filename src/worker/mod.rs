@@ -1,0 +1,621 @@
+//! A worker process: built after the fork, it imports the app (unless the
+//! master preloaded it), then serves HTTP/1.1 on the inherited listeners.
+//!
+//! Socket I/O runs on a tokio current-thread runtime on the worker's main
+//! thread. A connection holds no Python slot while its request head is
+//! read, while it waits between keep-alive requests, or while a response
+//! the app already produced drains to a slow client. Python runs:
+//! - `sync`: inline on the main thread, one request at a time (no hand-off);
+//! - `gthread`: on `--threads` Python threads fed through a channel.
+//!
+//! A worker only accepts while it has a free Python slot, so a busy worker
+//! leaves new connections to an idle one.
+//!
+//! Signals (installed after the app is imported, since importing `signal`
+//! installs Python's own SIGINT handler): TERM = finish in-flight requests
+//! and exit; INT/QUIT = exit now; USR1 = reopen logs.
+
+use crate::config::{Settings, WorkerClass};
+use crate::http::{self, Limits};
+use crate::scoreboard::{now_ms, Slot, SlotState};
+use crate::sock::{Listener, ListenerKind};
+use crate::wsgi::{self, Bridge, ListenerInfo, Outcome, Peer};
+use pyo3::prelude::*;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, watch, Notify};
+
+/// Exit codes a worker reports to the master (Gunicorn's).
+pub const WORKER_BOOT_ERROR: i32 = 3;
+pub const APP_LOAD_ERROR: i32 = 4;
+
+/// How long a client may take to send a complete request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages a worker writes to the master's pipe: one byte of kind, then
+/// the slot number; 8 bytes, so each write is atomic.
+pub mod msg {
+    pub const READY: u8 = b'R';
+    /// `--max-requests` reached: please start my replacement.
+    pub const RETIRE: u8 = b'M';
+
+    pub fn encode(kind: u8, slot: usize) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0] = kind;
+        b[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<(u8, usize)> {
+        let s = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+        Some((*b.first()?, s as usize))
+    }
+}
+
+/// What the master hands a new worker.
+pub struct Spec<'a> {
+    pub settings: &'a Settings,
+    pub app_uri: &'a str,
+    pub listeners: &'a [Listener],
+    pub slot_index: usize,
+    pub slot: &'a Slot,
+    pub notify_fd: RawFd,
+    pub preloaded: Option<Py<PyAny>>,
+    pub max_requests: u64,
+    pub multiprocess: bool,
+    pub argv: &'a [String],
+}
+
+/// Run a worker to the end. Never returns: the process exits with 0, or
+/// with 3/4 when it could not boot.
+pub fn run(spec: Spec<'_>) -> ! {
+    let code = match boot_and_serve(spec) {
+        Ok(()) => 0,
+        Err(code) => code,
+    };
+    if crate::python::is_initialized() {
+        // Give the app's atexit handlers their turn, as a Python process would.
+        Python::attach(|py| {
+            let _ = py
+                .import("atexit")
+                .and_then(|m| m.call_method0("_run_exitfuncs"));
+        });
+    }
+    std::process::exit(code)
+}
+
+fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
+    let s = spec.settings;
+    let pid = std::process::id();
+    tracing::info!("Booting worker with pid: {pid}");
+    let app = match spec.preloaded {
+        Some(app) => app,
+        None => {
+            if let Err(e) = crate::python::initialize(spec.argv) {
+                tracing::error!("Exception in worker process: {e:#}");
+                return Err(WORKER_BOOT_ERROR);
+            }
+            match crate::python::load_app(spec.app_uri, s.chdir.as_deref(), &s.pythonpath) {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::error!("Exception in worker process\n{}", e.traceback.trim_end());
+                    return Err(APP_LOAD_ERROR);
+                }
+            }
+        }
+    };
+    let threaded = s.effective_worker_class() == WorkerClass::Gthread;
+    let slots = if threaded { s.threads.max(1) } else { 1 };
+    let infos: Vec<ListenerInfo> = spec.listeners.iter().map(listener_info).collect();
+    let io_timeout = Duration::from_secs(if s.timeout == 0 {
+        3600
+    } else {
+        s.timeout.max(1)
+    });
+    let bridge =
+        Python::attach(|py| Bridge::new(py, app, &infos, threaded, spec.multiprocess, io_timeout))
+            .map_err(|e| {
+                tracing::error!("Exception in worker process: {e}");
+                WORKER_BOOT_ERROR
+            })?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            tracing::error!("cannot start the worker's I/O runtime: {e}");
+            WORKER_BOOT_ERROR
+        })?;
+    let slot: &'static Slot = unsafe_static(spec.slot);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx = Arc::new(Ctx {
+        bridge,
+        pool: if threaded {
+            Some(start_pool(slots))
+        } else {
+            None
+        },
+        slots,
+        inflight: AtomicUsize::new(0),
+        conns: AtomicUsize::new(0),
+        capacity: Notify::new(),
+        shutdown: shutdown_rx,
+        limits: Limits {
+            request_line: s.limit_request_line,
+            fields: s.limit_request_fields,
+            field_size: s.limit_request_field_size,
+        },
+        keepalive: Duration::from_secs(s.keepalive),
+        io_timeout,
+        max_conns: s.worker_connections.max(1),
+        slot,
+        served: AtomicU64::new(0),
+        max_requests: spec.max_requests,
+        retire_sent: AtomicBool::new(false),
+        notify_fd: spec.notify_fd,
+        slot_index: spec.slot_index,
+        infos,
+    });
+    let listener_fds: Vec<(RawFd, bool)> = spec
+        .listeners
+        .iter()
+        .map(|l| (l.raw_fd(), matches!(l.kind, ListenerKind::Unix(_))))
+        .collect();
+    runtime.block_on(serve(ctx, listener_fds, shutdown_tx));
+    Ok(())
+}
+
+/// The slot lives in the scoreboard mapping, which is never unmapped.
+fn unsafe_static(slot: &Slot) -> &'static Slot {
+    // SAFETY: Scoreboard mappings are never unmapped for the life of the
+    // process (see scoreboard.rs), so a reference into one is 'static.
+    unsafe { &*(slot as *const Slot) }
+}
+
+fn listener_info(l: &Listener) -> ListenerInfo {
+    let (server_name, server_port) = l.server_name_port();
+    ListenerInfo {
+        server_name,
+        server_port,
+        url_scheme: "http",
+        unix: matches!(l.kind, ListenerKind::Unix(_)),
+    }
+}
+
+struct Job {
+    listener: usize,
+    req: http::Request,
+    prebuffered: Vec<u8>,
+    fd: RawFd,
+    peer: Peer,
+    reply: oneshot::Sender<(http::Request, Outcome)>,
+}
+
+/// Everything a connection task needs.
+struct Ctx {
+    bridge: Bridge,
+    pool: Option<mpsc::Sender<Job>>,
+    slots: usize,
+    inflight: AtomicUsize,
+    conns: AtomicUsize,
+    capacity: Notify,
+    shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    keepalive: Duration,
+    io_timeout: Duration,
+    max_conns: usize,
+    slot: &'static Slot,
+    served: AtomicU64,
+    max_requests: u64,
+    retire_sent: AtomicBool,
+    notify_fd: RawFd,
+    slot_index: usize,
+    infos: Vec<ListenerInfo>,
+}
+
+impl Ctx {
+    fn has_capacity(&self) -> bool {
+        self.inflight.load(Ordering::Acquire) < self.slots
+            && self.conns.load(Ordering::Acquire) < self.max_conns
+    }
+
+    fn draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn tell_master(&self, kind: u8) {
+        let b = msg::encode(kind, self.slot_index);
+        // SAFETY: the pipe's write end is inherited from the master and
+        // stays open for the life of the worker.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.notify_fd) };
+        let _ = nix::unistd::write(fd, &b);
+    }
+
+    fn request_done(&self) {
+        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        self.slot.requests.store(n, Ordering::Relaxed);
+        if self.max_requests > 0
+            && n >= self.max_requests
+            && !self.retire_sent.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!("Autorestarting worker after current request.");
+            self.tell_master(msg::RETIRE);
+        }
+    }
+}
+
+/// Python threads for gthread: each attaches once and releases the GIL
+/// while it waits for the next job.
+fn start_pool(n: usize) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("python-{i}"))
+            .spawn(move || {
+                Python::attach(|py| loop {
+                    let job = py.detach(|| rx.lock().unwrap_or_else(|p| p.into_inner()).recv());
+                    let Ok(job) = job else { break };
+                    let Some(bridge) = BRIDGE_FOR_POOL.get() else {
+                        break;
+                    };
+                    let out = wsgi::handle(
+                        py,
+                        bridge,
+                        job.listener,
+                        &job.req,
+                        job.prebuffered,
+                        job.fd,
+                        &job.peer,
+                    );
+                    let _ = job.reply.send((job.req, out));
+                })
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start Python thread {i}: {e}");
+        }
+    }
+    tx
+}
+
+/// The pool threads reach the bridge through this (set once in `serve`).
+static BRIDGE_FOR_POOL: std::sync::OnceLock<&'static Bridge> = std::sync::OnceLock::new();
+
+async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch::Sender<bool>) {
+    // The Ctx lives until the process exits; give the pool a 'static view.
+    let leaked: &'static Arc<Ctx> = Box::leak(Box::new(ctx.clone()));
+    let _ = BRIDGE_FOR_POOL.set(&leaked.bridge);
+
+    install_quick_exit_handlers();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
+
+    let mut accepts = Vec::new();
+    for (i, (fd, unix)) in listeners.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        accepts.push(tokio::spawn(async move {
+            if let Err(e) = accept_loop(ctx, i, fd, unix).await {
+                tracing::error!("accept loop on listener {i} ended: {e}");
+            }
+        }));
+    }
+    if let Ok(mut usr1) = usr1 {
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                if let Err(e) = crate::logging::reopen() {
+                    tracing::error!("cannot reopen log files: {e}");
+                }
+            }
+        });
+    }
+    // Heartbeat: proves the event loop turns (the master reads it).
+    let hb_ctx = ctx.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            t.tick().await;
+            hb_ctx.slot.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+                tracing::info!("Parent changed, shutting down");
+                break;
+            }
+        }
+    });
+
+    ctx.slot.set_state(SlotState::Ready);
+    ctx.tell_master(msg::READY);
+
+    // Wait for SIGTERM (graceful) or the parent to die.
+    let parent_watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = parent_watch => {},
+    }
+    tracing::info!("Worker exiting (pid: {})", std::process::id());
+    ctx.slot.set_state(SlotState::Retiring);
+    let _ = shutdown_tx.send(true);
+    for a in &accepts {
+        a.abort();
+    }
+    ctx.capacity.notify_waiters();
+    // In-flight requests finish; idle connections close at once (they see
+    // the shutdown flag). The master bounds this with --graceful-timeout.
+    loop {
+        if ctx.conns.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+extern "C" fn quick_exit(_sig: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) }
+}
+
+/// INT and QUIT end the worker at once, even while Python runs.
+fn install_quick_exit_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(quick_exit),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: the handler only calls _exit, which is async-signal-safe.
+        if let Err(e) = unsafe { sigaction(sig, &act) } {
+            tracing::warn!("cannot install the {sig} handler: {e}");
+        }
+    }
+}
+
+async fn wait_for_capacity(ctx: &Ctx) {
+    loop {
+        let notified = ctx.capacity.notified();
+        if ctx.has_capacity() || ctx.draining() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, idx: usize, fd: RawFd, unix: bool) -> std::io::Result<()> {
+    // The descriptor is the master's listener, inherited across fork; the
+    // worker gets its own duplicate so the runtime can own it.
+    let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+    if unix {
+        let std_l = std::os::unix::net::UnixListener::from(dup);
+        std_l.set_nonblocking(true)?;
+        let l = tokio::net::UnixListener::from_std(std_l)?;
+        loop {
+            wait_for_capacity(&ctx).await;
+            if ctx.draining() {
+                return Ok(());
+            }
+            match l.accept().await {
+                Ok((s, _)) => {
+                    let peer = Peer {
+                        addr: String::new(),
+                        port: String::new(),
+                    };
+                    spawn_conn(ctx.clone(), s, peer, idx);
+                }
+                Err(e) => accept_error(e).await,
+            }
+            tokio::task::yield_now().await;
+        }
+    } else {
+        let std_l = std::net::TcpListener::from(dup);
+        std_l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(std_l)?;
+        loop {
+            wait_for_capacity(&ctx).await;
+            if ctx.draining() {
+                return Ok(());
+            }
+            match l.accept().await {
+                Ok((s, addr)) => {
+                    let _ = s.set_nodelay(true);
+                    let peer = Peer {
+                        addr: addr.ip().to_string(),
+                        port: addr.port().to_string(),
+                    };
+                    spawn_conn(ctx.clone(), s, peer, idx);
+                }
+                Err(e) => accept_error(e).await,
+            }
+            // Let the new connection read and run its request before taking
+            // another: a sync worker that is about to be busy should not
+            // have grabbed a second client.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn accept_error(e: std::io::Error) {
+    // EMFILE and friends: back off instead of spinning.
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+struct ConnGuard(Arc<Ctx>);
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Ordering::AcqRel);
+        self.0.capacity.notify_one();
+    }
+}
+
+fn spawn_conn<S>(ctx: Arc<Ctx>, s: S, peer: Peer, idx: usize)
+where
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+{
+    ctx.conns.fetch_add(1, Ordering::AcqRel);
+    let guard = ConnGuard(ctx.clone());
+    tokio::spawn(async move {
+        let _guard = guard;
+        serve_conn(ctx, s, peer, idx).await;
+    });
+}
+
+/// Read until a complete request head is buffered. None: close quietly.
+async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    idle: bool,
+) -> Option<Result<(http::Request, usize), http::ParseError>> {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut deadline = if idle {
+        Instant::now() + ctx.keepalive
+    } else {
+        Instant::now() + HEADER_TIMEOUT
+    };
+    let mut waiting_first_byte = idle;
+    loop {
+        if !buf.is_empty() {
+            match http::parse_head(buf, &ctx.limits) {
+                Ok(Some(r)) => return Some(Ok(r)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if waiting_first_byte {
+                waiting_first_byte = false;
+                deadline = Instant::now() + HEADER_TIMEOUT;
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        let empty = buf.is_empty();
+        let read = tokio::time::timeout_at(deadline.into(), s.read_buf(buf));
+        tokio::select! {
+            r = read => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    // Header timeout: a trickling client never reaches Python.
+                    return None;
+                }
+            },
+            _ = shutdown.wait_for(|v| *v), if empty => return None,
+        }
+    }
+}
+
+async fn serve_conn<S>(ctx: Arc<Ctx>, mut s: S, peer: Peer, idx: usize)
+where
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+{
+    let fd = s.as_raw_fd();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut idle = false;
+    loop {
+        let (req, n) = match read_head(&ctx, &mut s, &mut buf, idle).await {
+            None => return,
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                tracing::debug!("invalid request from {}: {e}", peer.addr);
+                let out = wsgi::error_response(e.status(), e.reason(), true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
+                return;
+            }
+        };
+        let rest = buf.split_off(n);
+        buf.clear();
+        let started = Instant::now();
+        ctx.inflight.fetch_add(1, Ordering::AcqRel);
+        let (req, outcome) = if let Some(pool) = &ctx.pool {
+            let (tx, rx) = oneshot::channel();
+            let job = Job {
+                listener: idx,
+                req,
+                prebuffered: rest,
+                fd,
+                peer: peer.clone(),
+                reply: tx,
+            };
+            ctx.slot.active.fetch_add(1, Ordering::Relaxed);
+            if pool.send(job).is_err() {
+                return;
+            }
+            let r = rx.await;
+            ctx.slot.active.fetch_sub(1, Ordering::Relaxed);
+            match r {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        } else {
+            ctx.slot.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+            let out =
+                Python::attach(|py| wsgi::handle(py, &ctx.bridge, idx, &req, rest, fd, &peer));
+            ctx.slot.busy_since_ms.store(0, Ordering::Relaxed);
+            (req, out)
+        };
+        ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+        ctx.capacity.notify_one();
+        ctx.request_done();
+        if crate::logging::access_enabled() {
+            access_log(&ctx, idx, &req, &peer, &outcome, started.elapsed());
+        }
+        if !outcome.pending_out.is_empty() {
+            let w = tokio::time::timeout(ctx.io_timeout, s.write_all(&outcome.pending_out)).await;
+            if !matches!(w, Ok(Ok(()))) {
+                return;
+            }
+        }
+        if !outcome.keep_alive || ctx.keepalive.is_zero() || ctx.draining() {
+            let _ = s.shutdown().await;
+            return;
+        }
+        buf = outcome.leftover_in;
+        idle = buf.is_empty();
+    }
+}
+
+fn access_log(
+    ctx: &Ctx,
+    idx: usize,
+    req: &http::Request,
+    peer: &Peer,
+    o: &Outcome,
+    took: Duration,
+) {
+    let _ = &ctx.infos[idx];
+    let env = |_: &str| None;
+    crate::logging::access(&crate::logging::AccessInfo {
+        remote: &peer.addr,
+        method: &req.method,
+        uri: &req.uri,
+        path: &req.path,
+        query: &req.query,
+        protocol: match req.version {
+            http::Version::Http10 => "HTTP/1.0",
+            http::Version::Http11 => "HTTP/1.1",
+        },
+        status: o.status,
+        sent: Some(o.sent),
+        request_headers: &req.headers,
+        response_headers: &o.response_headers,
+        duration: took,
+        user: None,
+        environ: &env,
+    });
+}
