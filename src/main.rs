@@ -42,12 +42,12 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Module-level names of a config file, and the file's label for messages.
+type FileValues = (Vec<(String, RawValue)>, Option<String>);
+
 /// Evaluate the Python config file and turn its module-level names into
 /// raw values for the settings table.
-fn read_config_file(
-    src: &ConfigSource,
-    argv: &[String],
-) -> Result<(Vec<(String, RawValue)>, Option<String>)> {
+fn read_config_file(src: &ConfigSource, argv: &[String]) -> Result<FileValues> {
     let (text, is_module, label) = match src {
         ConfigSource::Path(p) => {
             if !p.exists() {
