@@ -597,8 +597,16 @@ impl Arbiter {
             deadline: Instant::now() + grace,
             quick,
         };
-        // Stop listening in the master; workers close their copies as
-        // they begin to drain, after which connections are refused.
+        // Stop listening at once, for every process sharing the sockets: a
+        // worker busy in Python could not close its copy until its request
+        // ends, and connections would queue unserved meanwhile.
+        // (Unix sockets are unlinked instead, when `listeners` is cleared:
+        // a shut-down Unix listener would wake its workers' epoll forever.)
+        for l in &self.listeners {
+            if matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) {
+                let _ = nix::sys::socket::shutdown(l.raw_fd(), nix::sys::socket::Shutdown::Read);
+            }
+        }
         self.listeners.clear();
         self.kill_all(sig);
     }

@@ -69,8 +69,8 @@ def setup_path(chdir, pythonpath):
             sys.path.insert(0, p)
 
 
-def format_exc(e):
-    return "".join(traceback.format_exception(type(e), e, e.__traceback__))
+def format_exc(e, tb=None):
+    return "".join(traceback.format_exception(type(e), e, tb or e.__traceback__))
 
 
 def load_config_file(path):

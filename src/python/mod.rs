@@ -114,7 +114,7 @@ pub fn bootstrap(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 /// The full Python traceback of an exception, as the error log shows it.
 pub fn format_exception(py: Python<'_>, e: &PyErr) -> String {
     bootstrap(py)
-        .and_then(|b| b.call_method1("format_exc", (e.value(py),)))
+        .and_then(|b| b.call_method1("format_exc", (e.value(py), e.traceback(py))))
         .and_then(|s| s.extract::<String>())
         .unwrap_or_else(|_| e.to_string())
 }

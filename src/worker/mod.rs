@@ -417,6 +417,7 @@ async fn accept_loop(ctx: Arc<Ctx>, idx: usize, fd: RawFd, unix: bool) -> std::i
                     };
                     spawn_conn(ctx.clone(), s, peer, idx);
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
                 Err(e) => accept_error(e).await,
             }
             tokio::task::yield_now().await;
@@ -439,6 +440,7 @@ async fn accept_loop(ctx: Arc<Ctx>, idx: usize, fd: RawFd, unix: bool) -> std::i
                     };
                     spawn_conn(ctx.clone(), s, peer, idx);
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
                 Err(e) => accept_error(e).await,
             }
             // Let the new connection read and run its request before taking

@@ -36,6 +36,9 @@ struct State {
     /// The client closed the connection before the body ended.
     truncated: bool,
     error: Option<String>,
+    /// The body's framing was invalid (bad chunk): the request is answered
+    /// with this error's status, never passed off as the app's fault.
+    framing_error: Option<crate::http::ParseError>,
 }
 
 #[pyclass(module = "rgunicorn")]
@@ -63,12 +66,18 @@ impl Input {
                 send_continue: has_body && req.expect_continue && req.version == Version::Http11,
                 truncated: false,
                 error: None,
+                framing_error: None,
             }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The framing error met while reading the body, if any.
+    pub fn framing_error(&self) -> Option<crate::http::ParseError> {
+        self.lock().framing_error
     }
 
     /// After the response: drain what the app left unread, if that is cheap.
@@ -155,6 +164,7 @@ impl State {
                 Err(e) => {
                     let msg = format!("invalid chunked request body: {e}");
                     self.error = Some(msg.clone());
+                    self.framing_error = Some(e);
                     return Err(PyOSError::new_err(msg));
                 }
             },

@@ -216,9 +216,6 @@ fn environ<'py>(
             env.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), latin1(py, &h.value))?;
             continue;
         }
-        if name.eq_ignore_ascii_case(b"host") {
-            set_server_from_host(py, &env, &h.value)?;
-        }
         let Some(key) = bridge.header_key(py, name) else {
             continue;
         };
@@ -234,31 +231,6 @@ fn environ<'py>(
         }
     }
     Ok(env)
-}
-
-/// SERVER_NAME / SERVER_PORT come from the Host header when there is one.
-fn set_server_from_host(py: Python<'_>, env: &Bound<'_, PyDict>, host: &[u8]) -> PyResult<()> {
-    let host = String::from_utf8_lossy(host);
-    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((h, p)) => (format!("[{h}]"), p.strip_prefix(':').map(str::to_string)),
-            None => (host.to_string(), None),
-        }
-    } else {
-        match host.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p.to_string())),
-            None => (host.to_string(), None),
-        }
-    };
-    let scheme: String = env
-        .get_item("wsgi.url_scheme")?
-        .map(|s| s.extract())
-        .transpose()?
-        .unwrap_or_else(|| "http".into());
-    let port = port.unwrap_or_else(|| if scheme == "https" { "443" } else { "80" }.to_string());
-    env.set_item(pyo3::intern!(py, "SERVER_NAME"), name)?;
-    env.set_item(pyo3::intern!(py, "SERVER_PORT"), port)?;
-    Ok(())
 }
 
 /// Serve one parsed request: call the app and write its response.
@@ -290,16 +262,21 @@ pub fn handle(
     };
 
     let result = bridge.app.bind(py).call1((env, start));
+    let failure = |e: BodyError| match input.borrow().framing_error() {
+        // The client sent a malformed body: that is a 400, not a 500.
+        Some(bad) => writer.fail(py, BodyError::BadRequest(bad)),
+        None => writer.fail(py, e),
+    };
     let mut outcome = match result {
         Ok(body) => {
             let r = send_body(py, &writer, &body);
             close_result(py, &body);
             match r {
                 Ok(()) => writer.finish(py),
-                Err(e) => writer.fail(py, e),
+                Err(e) => failure(e),
             }
         }
-        Err(e) => writer.fail(py, BodyError::App(e)),
+        Err(e) => failure(BodyError::App(e)),
     };
     // Whatever the app left unread of the body must be consumed (or the
     // connection closed) before the next request on it can be parsed.
@@ -320,6 +297,8 @@ pub enum BodyError {
     App(PyErr),
     /// The client went away or stopped reading.
     Io(std::io::Error),
+    /// The request body was malformed.
+    BadRequest(crate::http::ParseError),
 }
 
 /// Iterate the app's result and write it out.

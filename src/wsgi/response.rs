@@ -177,6 +177,14 @@ impl Writer {
             BodyError::Io(e) => {
                 tracing::debug!("client went away: {e}");
             }
+            BodyError::BadRequest(e) => {
+                tracing::debug!("invalid request body: {e}");
+                if !st.headers_sent {
+                    st.code = e.status();
+                    pending_out = super::error_response(e.status(), e.reason(), true);
+                    st.sent = 0;
+                }
+            }
         }
         Outcome {
             keep_alive: false,
@@ -442,6 +450,7 @@ impl WriteCallable {
             Ok(()) => Ok(()),
             Err(BodyError::App(e)) => Err(e),
             Err(BodyError::Io(e)) => Err(PyOSError::new_err(e.to_string())),
+            Err(BodyError::BadRequest(e)) => Err(PyOSError::new_err(e.to_string())),
         }
     }
 }
