@@ -9,7 +9,6 @@ marked ``xfail`` for gunicorn only, with the reason.
 
 import email.utils
 import http.client
-import os
 import select
 import socket
 import time
@@ -18,16 +17,12 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from conftest import raw_request, wait_until
+from conftest import gunicorn_xfail
 
 pytestmark = pytest.mark.timeout(90)
 
-GUNICORN = os.environ.get("RG_TEST_SERVER") == "gunicorn"
-
-
-def better_than_gunicorn(reason):
-    """rgunicorn does this on purpose; gunicorn does not."""
-    return pytest.mark.xfail(GUNICORN, reason="gunicorn: " + reason, strict=False)
+#: rgunicorn does this on purpose; gunicorn does not (xfail, non-strict, gunicorn only).
+better_than_gunicorn = gunicorn_xfail
 
 
 # --------------------------------------------------------------------------

@@ -5,8 +5,6 @@ as an app (tests/apps/wsgi_probe.py) sees them and as a client sees the result.
 
 import hashlib
 import json
-import os
-import socket
 import time
 
 import pytest
