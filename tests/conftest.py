@@ -457,6 +457,16 @@ def server(tmp_path):
         srv.kill()  # also removes anything left in its session
 
 
+@pytest.fixture
+def say(capsys):
+    """``say(msg)``: print a figure (timings, memory) to the terminal even
+    while pytest captures output, so it shows in CI logs."""
+    def _say(msg: str) -> None:
+        with capsys.disabled():
+            print(f"\n    >> {msg}", flush=True)
+    return _say
+
+
 def pytest_report_header(config):
     return [f"server under test: {SERVER_KIND} ({SERVER_BIN})",
             f"python: {sys.version.split()[0]} ({sys.executable})"]

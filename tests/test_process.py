@@ -170,14 +170,14 @@ def test_sigterm_refuses_new_connections(server):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT], ids=["SIGINT", "SIGQUIT"])
-def test_quick_stop(server, sig):
+def test_quick_stop(server, sig, say):
     srv = server("-w", "2", app=APP)
     fetch = start_sleeper(srv, 10)
     procs = [srv.pid] + srv.worker_pids()
     t0 = time.monotonic()
     code = srv.stop(sig, timeout=5)
     took = time.monotonic() - t0
-    print(f"{sig.name}: exit {code} after {took:.2f} s")
+    say(f"{sig.name}: exit {code} after {took:.2f} s")
     assert took < 2.0, f"{sig.name} stop took {took:.2f} s"
     assert code == 0
     assert_no_leftovers(srv.pid, procs)
@@ -318,11 +318,15 @@ def test_no_preload_imports_in_each_worker(server, tmp_path):
     assert set(pids) == set(workers)
 
 
-def test_preload_shares_memory(server, tmp_path):
+def test_preload_shares_memory(server, say, tmp_path):
     def shared_kb(preload):
         args = ["-w", "2"] + (["--preload"] if preload else [])
-        srv = server(*args, app="proc_preload:app", env={"PROC_PRELOAD_MB": "50"})
+        pidfile = tmp_path / f"pids-{preload}"
+        srv = server(*args, app="proc_preload:app",
+                     env={"PROC_PRELOAD_MB": "50", "PROC_PRELOAD_PIDFILE": pidfile})
         workers = srv.wait_for_workers(2)
+        # every importer has finished allocating: the master (--preload) or both workers
+        assert wait_until(lambda: len(pidfile.read_text().split()) >= (1 if preload else 2), timeout=10)
         assert srv.get("/").status_code == 200
         figures = []
         for w in workers:
@@ -336,7 +340,7 @@ def test_preload_shares_memory(server, tmp_path):
     with_ = shared_kb(True)
     for name, figs in (("without --preload", without), ("with --preload", with_)):
         for shared, private, rss in figs:
-            print(f"{name}: worker shared {shared / 1024:.1f} MiB, private {private / 1024:.1f} MiB, "
+            say(f"{name}: worker shared {shared / 1024:.1f} MiB, private {private / 1024:.1f} MiB, "
                   f"rss {rss / 1024:.1f} MiB")
     assert min(s for s, _, _ in with_) > max(s for s, _, _ in without) + 30 * 1024, \
         f"--preload did not share the app's 50 MiB: with {with_} without {without}"
@@ -390,7 +394,7 @@ def test_rgunicorn_links_build_libpython():
 # capacity
 # --------------------------------------------------------------------------
 
-def test_idle_worker_serves_while_other_sleeps(server):
+def test_idle_worker_serves_while_other_sleeps(server, say):
     srv = server("-w", "2", "-k", "sync", app=APP)
     srv.wait_for_workers(2)
     fetch = start_sleeper(srv, 5)
@@ -400,14 +404,14 @@ def test_idle_worker_serves_while_other_sleeps(server):
         r = requests.get(srv.url + "/", timeout=5, headers={"Connection": "close"})
         times.append(time.monotonic() - t0)
         assert r.status_code == 200
-    print(f"10 GETs while one worker sleeps: max {max(times) * 1000:.1f} ms")
+    say(f"10 GETs while one worker sleeps: max {max(times) * 1000:.1f} ms")
     assert max(times) < 0.5, f"slowest GET {max(times):.2f} s: {['%.3f' % t for t in times]}"
     fetch.join(20)
     assert fetch.response is not None and fetch.response.status_code == 200
 
 
 @gunicorn_xfail("sync workers block on a slow client's request head")
-def test_slow_clients_do_not_block(server):
+def test_slow_clients_do_not_block(server, say):
     srv = server("-w", "2", "-k", "sync", app=APP)
     srv.wait_for_workers(2)
     n_slow = 300
@@ -439,10 +443,11 @@ def test_slow_clients_do_not_block(server):
             try:
                 r = requests.get(srv.url + "/", timeout=2, headers={"Connection": "close"})
             except requests.RequestException as e:
+                say(f"request {i} failed with {n_slow} slow clients connected")
                 pytest.fail(f"request {i} failed with {n_slow} slow clients connected: {e!r}")
             times.append(time.monotonic() - t0)
             assert r.status_code == 200
-        print(f"20 GETs with {n_slow} slow clients: max {max(times) * 1000:.1f} ms")
+        say(f"20 GETs with {n_slow} slow clients: max {max(times) * 1000:.1f} ms")
         assert max(times) < 1.0
     finally:
         stop.set()
