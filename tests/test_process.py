@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, SERVER_BIN, VENV,
+from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, VENV,
                       free_port, gunicorn_xfail, proc_stat, raw_request, rgunicorn_only,
                       session_members, wait_until)
 
