@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The one test command: bash scripts/test.sh [extra pytest args]
+#
+# From a fresh clone it installs what the tests need (scripts/setup.sh), builds
+# both binaries, checks formatting and lints, runs the Rust unit tests and then
+# the Python integration tests against the real binaries.
+#
+# Environment:
+#   RG_TEST_SERVER=gunicorn   run the integration tests against gunicorn
+#                             (same command line) instead of rgunicorn
+#   RG_TEST_TIMEOUT=SECONDS   per-test timeout (default 120)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+exec </dev/null
+
+section() { printf '\n======== %s ========\n' "$*"; }
+failed=()
+run_step() { # name, command...: run, remember a failure, go on
+    local name="$1"; shift
+    section "$name"
+    local t0=$SECONDS
+    if "$@"; then
+        echo "-- $name: ok ($((SECONDS - t0)) s)"
+    else
+        echo "-- $name: FAILED ($((SECONDS - t0)) s)"
+        failed+=("$name")
+    fi
+}
+
+section "setup (system packages, target/venv)"
+bash scripts/setup.sh
+
+# Cargo needs to be on PATH (rustup puts it in ~/.cargo/bin).
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+section "cargo build --release"
+cargo build --release 2>&1
+ls -l target/release/rgunicorn target/release/rgunicornctl
+
+run_step "cargo fmt --check" cargo fmt --all -- --check
+run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
+run_step "cargo test --release (unit tests)" cargo test --release
+
+section "pytest (server: ${RG_TEST_SERVER:-rgunicorn})"
+t0=$SECONDS
+set +e
+target/venv/bin/python -m pytest tests -v -p no:cacheprovider \
+    --timeout="${RG_TEST_TIMEOUT:-120}" -rfEsxX "$@"
+rc=$?
+set -e
+if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; fi
+    failed+=("pytest (exit $rc)")
+fi
+echo "-- pytest took $((SECONDS - t0)) s"
+
+section "result"
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf 'FAILED step: %s\n' "${failed[@]}"
+    exit 1
+fi
+echo "all steps ok"

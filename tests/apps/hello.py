@@ -1,0 +1,8 @@
+"""The smallest WSGI app: every request gets 200 text/plain "Hello, World!"."""
+
+
+def app(environ, start_response):
+    body = b"Hello, World!"
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]

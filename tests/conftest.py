@@ -1,0 +1,472 @@
+"""Shared fixtures and helpers for the rgunicorn integration tests.
+
+Every test starts the real server binary with real Python apps (files under
+``tests/apps/``) and talks to it over real sockets.
+
+Which server runs is chosen by the environment:
+
+* default: ``target/release/rgunicorn``
+* ``RG_TEST_SERVER=gunicorn``: ``target/venv/bin/gunicorn`` with the very same
+  command line, to validate a test against the reference implementation.
+
+The fixture API (other test files are written against exactly this)::
+
+    def test_x(server):
+        s = server("-w", "2", app="hello:app")       # started and answering
+        assert s.get("/").text == "Hello, World!"
+        assert s.stop() == 0
+
+Synchronisation is always "poll with a deadline" (``wait_until``), never a
+fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
+APPS_DIR = TESTS_DIR / "apps"
+VENV = ROOT / "target" / "venv"
+RGUNICORN_BIN = ROOT / "target" / "release" / "rgunicorn"
+RGUNICORNCTL_BIN = ROOT / "target" / "release" / "rgunicornctl"
+GUNICORN_BIN = VENV / "bin" / "gunicorn"
+
+#: "rgunicorn" (default) or "gunicorn": which server the tests run against.
+SERVER_KIND = os.environ.get("RG_TEST_SERVER", "rgunicorn").strip() or "rgunicorn"
+if SERVER_KIND not in ("rgunicorn", "gunicorn"):
+    raise RuntimeError(f"RG_TEST_SERVER must be 'rgunicorn' or 'gunicorn', not {SERVER_KIND!r}")
+IS_GUNICORN = SERVER_KIND == "gunicorn"
+SERVER_BIN = GUNICORN_BIN if IS_GUNICORN else RGUNICORN_BIN
+
+#: Mark a test whose expectation only rgunicorn meets (or that inspects the
+#: rgunicorn binary itself): skipped when running against gunicorn.
+rgunicorn_only = pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn-only expectation")
+
+
+def gunicorn_xfail(reason: str):
+    """Mark a test that gunicorn is known to fail (rgunicorn must pass it)."""
+    return pytest.mark.xfail(IS_GUNICORN, reason=f"gunicorn: {reason}", strict=False)
+
+
+# Environment variables inherited from the caller that would change what the
+# server does (socket activation, systemd notify, gunicorn's own env config).
+_STRIP_ENV = ("NOTIFY_SOCKET", "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PORT")
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind port 0, then release)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.05):
+    """Call ``pred()`` until it returns something truthy or ``timeout`` passes.
+
+    Returns the truthy value, or the last (falsy) value on timeout; callers
+    write ``assert wait_until(...)``. Connection errors raised by ``pred``
+    count as "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    value = None
+    while True:
+        try:
+            value = pred()
+        except (OSError, requests.RequestException):
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5, host: str = "127.0.0.1") -> bytes:
+    """Connect, send ``data`` as is, read until the peer closes or ``timeout``
+    (overall deadline) passes; return every byte received."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + timeout
+    chunks = []
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        if data:
+            s.sendall(data)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat (index 0 = pid, 1 = comm, 2 = state, 3 = ppid,
+    5 = session, ...), or None when the process is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm may contain spaces and parentheses: split around the last ')'.
+    lpar, rpar = raw.index("("), raw.rindex(")")
+    return [raw[:lpar].strip(), raw[lpar + 1:rpar]] + raw[rpar + 1:].split()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    st = proc_stat(pid)
+    return st is not None and st[2] not in ("Z", "X")
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (zombies included)."""
+    task_dir = Path(f"/proc/{pid}/task")
+    kids: list[int] = []
+    try:
+        files = list(task_dir.glob("*/children"))
+    except OSError:
+        files = []
+    if files:  # kernel with CONFIG_PROC_CHILDREN
+        for f in files:
+            try:
+                kids += [int(x) for x in f.read_text().split()]
+            except OSError:
+                pass
+        return sorted(set(kids))
+    for d in Path("/proc").iterdir():  # fallback: scan every process's ppid
+        if d.name.isdigit():
+            st = proc_stat(int(d.name))
+            if st is not None and int(st[3]) == pid:
+                kids.append(int(d.name))
+    return sorted(kids)
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every live-or-zombie descendant of ``pid`` (children, grandchildren...)."""
+    out, todo = [], [pid]
+    while todo:
+        for c in children_of(todo.pop()):
+            out.append(c)
+            todo.append(c)
+    return sorted(out)
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes whose session id is ``sid`` (the servers are started as
+    session leaders, so this finds orphaned workers too)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            st = proc_stat(int(d.name))
+            if st is not None and int(st[5]) == sid:
+                out.append(int(d.name))
+    return sorted(out)
+
+
+def server_env(extra: dict | None = None) -> dict:
+    """The environment a server is started with: ours minus socket-activation,
+    notify and gunicorn env settings, with target/venv active, plus ``extra``
+    (a value of None removes a variable)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LISTEN_") and k not in _STRIP_ENV}
+    env["VIRTUAL_ENV"] = str(VENV)
+    env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")  # app prints reach the log at once
+    env.pop("PYTHONHOME", None)
+    for k, v in (extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = str(v)
+    return env
+
+
+def _parse_bind(value: str):
+    """-> (host, port, unix_path); host/port None for unix: and fd:// binds."""
+    if value.startswith("unix:"):
+        return None, None, value[len("unix:"):]
+    if value.startswith("fd://"):
+        return None, None, None
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", value)
+    if m:
+        return m.group(1), int(m.group(2) or 8000), None
+    if ":" in value:
+        host, port = value.rsplit(":", 1)
+        return host or "0.0.0.0", int(port), None
+    return value, 8000, None
+
+
+def _binds_in(args) -> list[str]:
+    binds = []
+    it = iter(args)
+    for a in it:
+        if a in ("-b", "--bind"):
+            binds.append(next(it, ""))
+        elif a.startswith("--bind="):
+            binds.append(a[len("--bind="):])
+        elif a.startswith("-b") and len(a) > 2 and not a.startswith("--"):
+            binds.append(a[2:])
+    return binds
+
+
+# --------------------------------------------------------------------------
+# the server under test
+# --------------------------------------------------------------------------
+
+class Server:
+    """One running server (master process) started by the ``server`` fixture."""
+
+    def __init__(self, proc, cmd, host, port, unix_path, out_path, err_path):
+        self.proc: subprocess.Popen = proc
+        self.pid: int = proc.pid
+        self.cmd: list[str] = cmd
+        self.host: str | None = host
+        self.port: int | None = port
+        self.unix_path: str | None = unix_path
+        self.out_path: Path = out_path
+        self.err_path: Path = err_path
+        if port is None:
+            self.url = None
+        else:
+            h = "127.0.0.1" if host in (None, "", "0.0.0.0") else ("::1" if host == "::" else host)
+            self.url = f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
+        # the address a client should connect to
+        self.connect_host = None if self.url is None else self.url.split("//")[1].rsplit(":", 1)[0].strip("[]")
+
+    def __repr__(self):
+        return f"<Server pid={self.pid} url={self.url} cmd={shlex.join(self.cmd)}>"
+
+    # -- HTTP ---------------------------------------------------------------
+    def get(self, path: str = "/", **kw) -> requests.Response:
+        kw.setdefault("timeout", 10)
+        return requests.get(self.url + path, **kw)
+
+    def post(self, path: str = "/", **kw) -> requests.Response:
+        kw.setdefault("timeout", 10)
+        return requests.post(self.url + path, **kw)
+
+    def raw(self, data: bytes, timeout: float = 5) -> bytes:
+        return raw_request(self.port, data, timeout=timeout, host=self.connect_host)
+
+    # -- process ------------------------------------------------------------
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def send_signal(self, sig) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        """Send ``sig``, wait up to ``timeout`` for the master to exit and return
+        its exit code (negative: killed by that signal). On timeout the whole
+        process group is SIGKILLed and the test fails."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"server pid {self.pid} did not exit within {timeout} s of "
+                        f"{signal.Signals(sig).name}\n--- log ---\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL the master and everything left in its session."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for pid in session_members(self.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def wait_exit(self, timeout: float = 10) -> int | None:
+        """Wait for the master to exit on its own; its exit code, or None."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    # -- logs ---------------------------------------------------------------
+    def log(self) -> str:
+        """stderr then stdout, as written so far."""
+        parts = []
+        for p in (self.err_path, self.out_path):
+            try:
+                parts.append(p.read_text(errors="replace"))
+            except FileNotFoundError:
+                pass
+        return "".join(parts)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10) -> str:
+        """Poll the log until regex ``pattern`` matches (re.M); return the whole
+        log. Fails the test, showing the log, on timeout."""
+        rx = re.compile(pattern, re.M)
+        text = wait_until(lambda: (lambda t: t if rx.search(t) else None)(self.log()),
+                          timeout=timeout)
+        if not text:
+            pytest.fail(f"no {pattern!r} in the log within {timeout} s\n--- log ---\n{self.log()}")
+        return text
+
+    # -- workers ------------------------------------------------------------
+    def worker_pids(self) -> list[int]:
+        """Live (non-zombie) children of the master."""
+        return [p for p in children_of(self.pid) if pid_alive(p)]
+
+    def wait_for_workers(self, n: int, timeout: float = 10) -> list[int]:
+        """Wait until the master has exactly ``n`` live children; return their pids."""
+        pids = wait_until(lambda: (lambda w: w if len(w) == n else None)(self.worker_pids()),
+                          timeout=timeout)
+        if not pids:
+            pytest.fail(f"expected {n} workers, have {self.worker_pids()} after {timeout} s"
+                        f"\n--- log ---\n{self.log()}")
+        return pids
+
+    # -- readiness ----------------------------------------------------------
+    def _answers(self) -> bool:
+        """TCP (or unix) connect succeeds and a GET / gets any HTTP answer."""
+        req = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        if self.port is not None:
+            family = socket.AF_INET6 if ":" in self.connect_host else socket.AF_INET
+            addr = (self.connect_host, self.port)
+        elif self.unix_path:
+            family, addr = socket.AF_UNIX, self.unix_path
+        else:
+            raise RuntimeError("no address to probe: pass port= to server()")
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            try:
+                s.connect(addr)
+                s.sendall(req)
+                return s.recv(16).startswith(b"HTTP/")
+            except (OSError, socket.timeout):
+                return False
+
+    def wait_ready(self, timeout: float = 15) -> "Server":
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with code {self.proc.returncode} before it was ready"
+                            f"\ncmd: {shlex.join(self.cmd)}\n--- log ---\n{self.log()}")
+            if self._answers():
+                return self
+            if time.monotonic() >= deadline:
+                pytest.fail(f"server not answering after {timeout} s\ncmd: {shlex.join(self.cmd)}"
+                            f"\n--- log ---\n{self.log()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Factory fixture: ``server(*args, app="hello:app", env=None, cwd=APPS_DIR,
+    wait=True, bind=None, timeout=15, port=None, pass_fds=())`` -> Server.
+
+    * args go to the server before the app (``app=None``: no app argument);
+    * without ``bind=`` and without -b/--bind in args, binds a free
+      127.0.0.1 port; ``bind=False`` adds no bind at all (e.g. to test
+      ``PORT``), then pass ``port=`` to say where to probe;
+    * stdout/stderr go to files in tmp_path; the server is a session leader;
+    * wait=True: returns once the server answers HTTP (fails with its log if
+      it exits first or ``timeout`` passes).
+
+    Every server started is stopped at teardown (SIGTERM, then SIGKILL of the
+    whole session).
+    """
+    started: list[Server] = []
+
+    if not SERVER_BIN.exists():
+        pytest.fail(f"{SERVER_BIN} does not exist: run scripts/test.sh (or cargo build --release)")
+
+    def start(*args, app="hello:app", env=None, cwd=APPS_DIR, wait=True, bind=None,
+              timeout=15, port=None, pass_fds=()) -> Server:
+        args = [str(a) for a in args]
+        cmd = [str(SERVER_BIN)]
+        binds = _binds_in(args)
+        if bind is None and not binds:
+            bind = f"127.0.0.1:{free_port()}"
+        if bind:
+            cmd += ["--bind", bind]
+            binds = [bind] + binds
+        cmd += args
+        if app is not None:
+            cmd.append(app)
+
+        host = unix_path = None
+        for b in binds:  # probe the first TCP bind, else the first unix one
+            h, p, u = _parse_bind(b)
+            if p is not None and port is None:
+                host, port = h, p
+                break
+            if u and not unix_path:
+                unix_path = u
+        if port is not None and host is None:
+            host = "127.0.0.1"
+
+        n = len(started)
+        out_path = tmp_path / f"server{n}.stdout"
+        err_path = tmp_path / f"server{n}.stderr"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(cmd, cwd=str(cwd), env=server_env(env), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True,
+                                    pass_fds=tuple(pass_fds))
+        srv = Server(proc, cmd, host, port, unix_path, out_path, err_path)
+        started.append(srv)
+        if wait:
+            srv.wait_ready(timeout)
+        return srv
+
+    yield start
+
+    for srv in started:
+        if srv.proc.poll() is None:
+            srv.proc.send_signal(signal.SIGTERM)
+    for srv in started:
+        try:
+            srv.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        srv.kill()  # also removes anything left in its session
+
+
+@pytest.fixture
+def say(capsys):
+    """``say(msg)``: print a figure (timings, memory) to the terminal even
+    while pytest captures output, so it shows in CI logs."""
+    def _say(msg: str) -> None:
+        with capsys.disabled():
+            print(f"\n    >> {msg}", flush=True)
+    return _say
+
+
+def pytest_report_header(config):
+    return [f"server under test: {SERVER_KIND} ({SERVER_BIN})",
+            f"python: {sys.version.split()[0]} ({sys.executable})"]
