@@ -114,6 +114,8 @@ pub struct Arbiter {
     workers: BTreeMap<Pid, WorkerRec>,
     target: usize,
     generation: u64,
+    /// The highest generation number handed out (numbers are never reused).
+    last_generation: u64,
     state: RunState,
     sigfd: SignalFd,
     pipe_r: OwnedFd,
@@ -170,6 +172,7 @@ impl Arbiter {
             workers: BTreeMap::new(),
             target,
             generation: 1,
+            last_generation: 1,
             state: RunState::Running,
             sigfd,
             pipe_r,
@@ -581,7 +584,7 @@ impl Arbiter {
                 }
             }
             WaitStatus::Signaled(_, sig, _) => {
-                if expected && sig != Signal::SIGKILL {
+                if expected {
                     tracing::info!("Worker (pid:{pid}) exited on {sig}");
                 } else if sig == Signal::SIGKILL {
                     tracing::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
@@ -729,8 +732,9 @@ impl Arbiter {
                     crate::python::config::LoadError::File(e) => format!("{e:#}"),
                 };
                 tracing::error!("Reload failed: cannot read the configuration: {error}");
+                self.last_generation += 1;
                 self.last_reload = Some(ReloadOutcome::Failed {
-                    generation: self.generation + 1,
+                    generation: self.last_generation,
                     error,
                 });
                 return;
@@ -742,7 +746,8 @@ impl Arbiter {
             Some(r) => r.previous,
             None => self.generation,
         };
-        self.generation += 1;
+        self.last_generation += 1;
+        self.generation = self.last_generation;
         self.reload = Some(Reload {
             generation: self.generation,
             previous,

@@ -92,7 +92,10 @@ def dump_stacks():
     import threading
     names = {t.ident: t.name for t in threading.enumerate()}
     out = []
+    me = threading.get_ident()
     for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
         out.append("Thread %s (%s), most recent call last:\n" % (ident, names.get(ident, "?")))
         out.extend(traceback.format_stack(frame))
     return "".join(out)
