@@ -13,6 +13,7 @@ pub mod control;
 pub mod http;
 pub mod http_date;
 pub mod logging;
+pub mod privileges;
 pub mod python;
 pub mod scoreboard;
 pub mod sock;
