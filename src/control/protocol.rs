@@ -453,8 +453,6 @@ pub struct ReloadOutcome {
     /// The generation the reload started.
     pub generation: u64,
     pub status: ReloadStatus,
-    /// Seconds since the Unix epoch when it started.
-    pub started_at: f64,
     /// Seconds it took; null while in progress.
     pub duration_s: Option<f64>,
     /// Why it failed, for people.

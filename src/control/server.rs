@@ -107,6 +107,10 @@ pub struct ServerOptions {
     pub readonly_gid: Vec<u32>,
     pub idle_timeout: Duration,
     pub max_clients: usize,
+    /// Replace a socket even if a server still listens on it: a master
+    /// re-executed by SIGUSR2 takes over from its parent, which leaves the
+    /// file alone on exit because it is no longer its own.
+    pub take_over: bool,
 }
 
 impl ServerOptions {
@@ -120,6 +124,7 @@ impl ServerOptions {
             readonly_gid: Vec::new(),
             idle_timeout: Duration::from_secs(10),
             max_clients: 128,
+            take_over: false,
         }
     }
 }
@@ -298,6 +303,19 @@ impl ControlServer {
                 ensure_private_dir(dir, uid)?;
             }
         }
+        if opts.take_over {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ControlError::Io {
+                        path: path.clone(),
+                        op: "replace",
+                        source,
+                    })
+                }
+            }
+        }
         remove_stale(&path)?;
         let io = |op: &'static str| {
             let path = path.clone();
@@ -343,6 +361,14 @@ impl ControlServer {
             server_uid: nix::unistd::geteuid().as_raw(),
             clients: BTreeMap::new(),
         })
+    }
+
+    /// In a freshly forked worker: close the listener and every client
+    /// connection (a worker holding them would keep a dead master's socket
+    /// "alive"), without answering anyone or removing the file.
+    pub fn close_in_child(mut self) {
+        self.origin = Origin::Inherited;
+        self.clients.clear();
     }
 
     /// The socket's path (as configured).

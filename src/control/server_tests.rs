@@ -61,7 +61,6 @@ impl Master for FakeMaster {
             } else {
                 ReloadStatus::InProgress
             },
-            started_at: 0.0,
             duration_s: None,
             error: None,
         })
@@ -442,7 +441,6 @@ fn reload_waits_for_its_generation() {
     let mut outcome = ReloadOutcome {
         generation: 2,
         status: ReloadStatus::Superseded,
-        started_at: 0.0,
         duration_s: Some(1.0),
         error: None,
     };
