@@ -83,7 +83,11 @@ impl Arbiter {
     fn worker_info(&self, pid: nix::unistd::Pid, w: &super::WorkerRec) -> WorkerInfo {
         let slot = self.scoreboard.slot(w.slot);
         let busy_since = slot.busy_since_ms.load(Ordering::Relaxed);
-        let active = slot.active.load(Ordering::Relaxed);
+        // The sync worker marks only `busy_since`; gthread also counts.
+        let active = slot
+            .active
+            .load(Ordering::Relaxed)
+            .max(u32::from(busy_since != 0));
         let state = match w.state {
             WState::Booting => WorkerState::Booting,
             WState::Retiring { .. } => WorkerState::Retiring,
