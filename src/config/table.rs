@@ -260,7 +260,6 @@ const NO_ASGI: Status = Status::NotSupported(
 const NO_HTTP2: Status =
     Status::NotSupported("rgunicorn speaks HTTP/1.1 only; HTTP/2 needs a proxy in front");
 const NO_DIRTY: Status = Status::NotSupported("dirty arbiters are not implemented");
-const NO_PROXY_PROTOCOL: Status = Status::NotSupported("the PROXY protocol is not implemented");
 const NO_UWSGI: Status = Status::NotSupported("only the HTTP protocol is implemented, not uWSGI");
 
 /// Every setting, in Gunicorn's order, then rgunicorn's own.
@@ -486,6 +485,7 @@ pub static TABLE: &[SettingDef] = &[
         ty: ValueType::CommaList,
         default: DefaultValue::Dynamic("`$FORWARDED_ALLOW_IPS` if set, else `'127.0.0.1,::1'`"),
         help: "Front-end IPs or networks trusted to set secure headers (comma separated, * for all).",
+        check: Some(super::value::check_addr_list),
         ..BASE
     },
     // ---- Logging
@@ -698,7 +698,6 @@ pub static TABLE: &[SettingDef] = &[
         ty: ValueType::ProxyMode,
         default: DefaultValue::Str("off"),
         help: "Enable the PROXY protocol: off, v1, v2 or auto.",
-        status: NO_PROXY_PROTOCOL,
         ..BASE
     },
     SettingDef {
@@ -707,8 +706,8 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--proxy-allow-from"],
         ty: ValueType::CommaList,
         default: DefaultValue::List(&["127.0.0.1", "::1"]),
-        help: "Front-end IPs allowed to send PROXY protocol headers.",
-        status: NO_PROXY_PROTOCOL,
+        help: "Front-end IPs or networks allowed to send PROXY protocol headers (* for all).",
+        check: Some(super::value::check_addr_list),
         ..BASE
     },
     SettingDef {
@@ -811,8 +810,7 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--forwarder-headers"],
         ty: ValueType::CommaList,
         default: DefaultValue::List(&["SCRIPT_NAME", "PATH_INFO"]),
-        help: "Headers a trusted proxy may set to fill the WSGI environ.",
-        status: Status::NotSupported("only the default list SCRIPT_NAME,PATH_INFO is available"),
+        help: "Headers with underscores a trusted proxy may set (SCRIPT_NAME sets the environ's SCRIPT_NAME).",
         ..BASE
     },
     SettingDef {
