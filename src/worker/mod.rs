@@ -76,10 +76,12 @@ pub struct Spec<'a> {
 /// Run a worker to the end. Never returns: the process exits with 0, or
 /// with 3/4 when it could not boot.
 pub fn run(spec: Spec<'_>) -> ! {
+    let (settings, age) = (spec.settings, spec.slot_index);
     let code = match boot_and_serve(spec) {
         Ok(()) => 0,
         Err(code) => code,
     };
+    crate::hooks::worker_exit(settings, age);
     if crate::python::is_initialized() {
         // Give the app's atexit handlers their turn, as a Python process would.
         Python::attach(|py| {
@@ -132,6 +134,8 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         tracing::error!("Exception in worker process: {e}");
         WORKER_BOOT_ERROR
     })?;
+    crate::hooks::post_worker_init(s, spec.slot_index);
+    bridge.request_hooks = crate::hooks::RequestHooks::new(s, spec.slot_index);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

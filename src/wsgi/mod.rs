@@ -50,6 +50,8 @@ pub struct Bridge {
     /// What a front-end proxy may tell us (Gunicorn's defaults until the
     /// worker sets it from the settings).
     pub proxy: ProxyPolicy,
+    /// pre_request / post_request, when the config file set either.
+    pub request_hooks: Option<crate::hooks::RequestHooks>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
@@ -138,7 +140,13 @@ impl Bridge {
             io_timeout,
             server_software: software,
             proxy: ProxyPolicy::default(),
+            request_hooks: None,
         })
+    }
+
+    /// `wsgi.url_scheme` of a listener before any proxy header.
+    fn templates_scheme(&self, _listener: usize) -> &'static str {
+        "http"
     }
 
     /// The environ key for a request header (`HTTP_USER_AGENT`), interned
@@ -291,7 +299,15 @@ pub fn handle(
         Err(e) => return internal_error(py, e, fd, req),
     };
 
-    let result = bridge.app.bind(py).call1((env, start));
+    let scheme = if fwd.https {
+        "https"
+    } else {
+        bridge.templates_scheme(listener)
+    };
+    if let Some(h) = &bridge.request_hooks {
+        h.pre(py, req, scheme, &peer.addr);
+    }
+    let result = bridge.app.bind(py).call1((&env, start));
     let failure = |e: BodyError| match input.borrow().framing_error() {
         // The client sent a malformed body: that is a 400, not a 500.
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad)),
@@ -313,6 +329,18 @@ pub fn handle(
     let (keep, leftover) = input.borrow().finish(py);
     outcome.keep_alive &= keep;
     outcome.leftover_in = leftover;
+    if let Some(h) = &bridge.request_hooks {
+        h.post(
+            py,
+            req,
+            scheme,
+            &peer.addr,
+            &env,
+            outcome.status,
+            &outcome.response_headers,
+            outcome.sent,
+        );
+    }
     outcome
 }
 
