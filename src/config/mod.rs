@@ -68,6 +68,9 @@ pub enum RawValue {
     Tuple(Vec<RawValue>),
     Dict(Vec<(String, RawValue)>),
     Callable(HookRef),
+    /// A value of a type no setting takes (its Python type name), so the
+    /// error can name the setting instead of ignoring it.
+    Unknown(String),
 }
 
 /// Where the config file comes from.

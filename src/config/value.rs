@@ -57,6 +57,7 @@ pub(crate) fn raw_repr(v: &RawValue) -> String {
             )
         ),
         RawValue::Callable(_) => "<callable>".into(),
+        RawValue::Unknown(t) => format!("<{t} object>"),
     }
 }
 
