@@ -14,6 +14,7 @@ pub mod http;
 pub mod http_date;
 pub mod logging;
 pub mod privileges;
+pub mod proctitle;
 pub mod python;
 pub mod scoreboard;
 pub mod sock;

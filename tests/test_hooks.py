@@ -152,3 +152,12 @@ def test_when_ready_that_raises_stops_the_server(tmp_path):
     r = _run_until_exit(["-c", str(cfg), "-b", f"127.0.0.1:{free_port()}", "hello:app"], {})
     assert r.returncode != 0
     assert "not ready" in r.stderr
+
+
+@rgunicorn_only
+def test_name_sets_the_process_name_of_master_and_workers(server):
+    from pathlib import Path
+    s = server("-n", "myshop", "-w", "2")
+    pids = s.wait_for_workers(2)
+    for pid in [s.pid, *pids]:
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "myshop"

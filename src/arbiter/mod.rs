@@ -205,6 +205,7 @@ impl Arbiter {
                 crate::config::WorkerClass::Gthread => "gthread",
             }
         );
+        crate::proctitle::set(&self.settings);
         if !crate::hooks::when_ready(&self.settings, self.target) {
             return 1;
         }

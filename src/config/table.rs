@@ -642,6 +642,10 @@ pub static TABLE: &[SettingDef] = &[
         meta: Some("STRING"),
         ty: ValueType::OptStr,
         help: "A base for process names in ps and top (default: default_proc_name).",
+        status: Status::Different(
+            "sets the kernel's 15-byte process name (`ps -o comm`, top) of master and workers to the name; \
+             the `gunicorn: master [name]` argv title is not rewritten yet",
+        ),
         ..BASE
     },
     SettingDef {

@@ -134,6 +134,7 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         tracing::error!("Exception in worker process: {e}");
         WORKER_BOOT_ERROR
     })?;
+    crate::proctitle::set(s);
     crate::hooks::post_worker_init(s, spec.slot_index);
     bridge.request_hooks = crate::hooks::RequestHooks::new(s, spec.slot_index);
 
