@@ -50,6 +50,10 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     )
     .context("cannot set up logging")?;
 
+    if !rgunicorn::hooks::on_starting(&settings) {
+        return Ok(1);
+    }
+
     if let Some(dir) = &settings.chdir {
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot change directory to {}", dir.display()))?;

@@ -222,6 +222,10 @@ impl Arbiter {
                 crate::config::WorkerClass::Gthread => "gthread",
             }
         );
+        crate::proctitle::set(&self.settings);
+        if !crate::hooks::when_ready(&self.settings, self.target) {
+            return 1;
+        }
         self.manage_workers();
         loop {
             let timeout = self.poll_timeout();
@@ -276,6 +280,7 @@ impl Arbiter {
         tracing::info!("Shutting down: Master");
         // Answers still owed are sent (best effort) and the socket removed.
         drop(self.control.take());
+        crate::hooks::on_exit(&self.settings);
         self.exit_code
     }
 
@@ -475,6 +480,7 @@ impl Arbiter {
         let slot_index = self.free_slots.pop().context("no free worker slot")?;
         let slot = self.scoreboard.slot(slot_index);
         slot.reset(0);
+        crate::hooks::pre_fork(&self.settings, self.target, slot_index);
         // SAFETY: the master is single-threaded (see the module doc), and the
         // child goes straight into worker::run, which never returns.
         let forked = unsafe { crate::python::fork() };
@@ -516,6 +522,7 @@ impl Arbiter {
         if nix::unistd::getppid() != self.pid {
             std::process::exit(0);
         }
+        crate::hooks::post_fork(&self.settings, self.target, slot_index);
         let slot = self.scoreboard.slot(slot_index);
         slot.pid.store(
             std::process::id() as i32,
@@ -577,7 +584,9 @@ impl Arbiter {
             };
             self.free_slots.push(w.slot);
             self.scoreboard.slot(w.slot).set_state(SlotState::Free);
+            let age = w.slot;
             self.on_worker_exit(pid, w, status);
+            crate::hooks::child_exit(&self.settings, self.target, pid.as_raw(), age);
         }
     }
 
@@ -768,6 +777,7 @@ impl Arbiter {
                     self.target = new.workers.clamp(1, MAX_SLOTS);
                 }
                 self.settings = new;
+                crate::hooks::on_reload(&self.settings, self.target);
             }
             Err(e) => {
                 let error = match e {
@@ -851,7 +861,8 @@ impl Arbiter {
         self.scaled = true;
         if n != self.target {
             tracing::info!("Scaling workers: {} -> {n}", self.target);
-            self.target = n;
+            let old = std::mem::replace(&mut self.target, n);
+            crate::hooks::nworkers_changed(&self.settings, n, old);
         }
     }
 
@@ -907,6 +918,7 @@ impl Arbiter {
                     }
                 }
                 let _ = SigSet::empty().thread_set_mask();
+                crate::hooks::pre_exec(&self.settings, self.target);
                 let _ = nix::unistd::execve(&cexe, &cargs, &envp);
                 // SAFETY: exec failed; leave without running destructors.
                 unsafe { libc::_exit(1) }

@@ -68,6 +68,9 @@ pub enum RawValue {
     Tuple(Vec<RawValue>),
     Dict(Vec<(String, RawValue)>),
     Callable(HookRef),
+    /// A value of a type no setting takes (its Python type name), so the
+    /// error can name the setting instead of ignoring it.
+    Unknown(String),
 }
 
 /// Where the config file comes from.
@@ -130,6 +133,11 @@ pub struct Settings {
     pub sendfile: bool,
     pub forwarded_allow_ips: Vec<String>,
     pub secure_scheme_headers: Vec<(String, String)>,
+    /// Header names (upper case, with underscores) a trusted proxy may send.
+    pub forwarder_headers: Vec<String>,
+    /// `off`, `v1`, `v2` or `auto`.
+    pub proxy_protocol: String,
+    pub proxy_allow_ips: Vec<String>,
     /// The application to load: the APP_MODULE argument, else `wsgi_app`
     /// from the config file.
     pub wsgi_app: Option<String>,

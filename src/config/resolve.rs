@@ -370,6 +370,13 @@ fn build(
             Value::Dict(d) => d.clone(),
             _ => Vec::new(),
         },
+        forwarder_headers: g
+            .list("forwarder_headers")
+            .iter()
+            .map(|h| h.to_ascii_uppercase())
+            .collect(),
+        proxy_protocol: g.str("proxy_protocol"),
+        proxy_allow_ips: g.list("proxy_allow_ips"),
         wsgi_app,
         config,
         print_config: g.bool("print_config"),

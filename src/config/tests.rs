@@ -789,3 +789,43 @@ fn settings_doc_covers_every_setting() {
         assert!(doc.contains(&format!("`{}`<br>", def.name)), "{}", def.name);
     }
 }
+
+/// Item "nothing silently ignored": the list of Gunicorn settings comes from
+/// the table itself (every entry that is not rgunicorn's own), and the
+/// checked-in `docs/settings.md` must have a row for each with a status.
+#[test]
+fn checked_in_settings_doc_gives_every_gunicorn_setting_a_status() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/settings.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/settings.md exists");
+    let gunicorn: Vec<&SettingDef> = table()
+        .iter()
+        .filter(|d| d.status != Status::Rgunicorn)
+        .collect();
+    assert!(
+        gunicorn.len() >= 118,
+        "{} Gunicorn settings",
+        gunicorn.len()
+    );
+    for def in gunicorn {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}`<br>", def.name)))
+            .unwrap_or_else(|| panic!("docs/settings.md has no row for `{}`", def.name));
+        let status = row
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap_or("")
+            .trim();
+        assert!(
+            status == "same"
+                || status.starts_with("different: ")
+                || status.starts_with("**not supported**: "),
+            "`{}` has no status in docs/settings.md: {row}",
+            def.name
+        );
+        if let Status::NotSupported(why) | Status::Different(why) = def.status {
+            assert!(!why.is_empty(), "`{}`: say why", def.name);
+        }
+    }
+}
