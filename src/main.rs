@@ -73,14 +73,42 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         );
     }
 
+    let owner = match (&settings.user, &settings.group) {
+        (None, None) => None,
+        (u, g) => Some((
+            match u {
+                Some(u) => Some(rgunicorn::privileges::uid_of(u)?.0),
+                None => None,
+            },
+            match g {
+                Some(g) => Some(rgunicorn::privileges::gid_of(g)?),
+                None => None,
+            },
+        )),
+    };
     let opts = sock::BindOptions {
         backlog: settings.backlog,
         reuse_port: settings.reuse_port,
+        umask: settings.umask,
+        owner,
     };
     let mut listeners = Vec::new();
-    for b in &settings.bind {
-        let addr = sock::BindAddr::parse(b)?;
-        listeners.extend(sock::bind(&addr, opts)?);
+    if let Ok(fds) = std::env::var(arbiter::REEXEC_FDS_ENV) {
+        // Started by SIGUSR2 from an old master: serve on its listeners.
+        std::env::remove_var(arbiter::REEXEC_FDS_ENV);
+        for fd in fds.split(',').filter(|f| !f.is_empty()) {
+            let fd: i32 = fd
+                .parse()
+                .with_context(|| format!("{}: bad descriptor {fd:?}", arbiter::REEXEC_FDS_ENV))?;
+            let mut l = sock::adopt_fd(fd)?;
+            l.unlink_on_exit = matches!(l.kind, sock::ListenerKind::Unix(_));
+            listeners.push(l);
+        }
+    } else {
+        for b in &settings.bind {
+            let addr = sock::BindAddr::parse(b)?;
+            listeners.extend(sock::bind(&addr, opts)?);
+        }
     }
 
     if let Some(pidfile) = &settings.pidfile {

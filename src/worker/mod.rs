@@ -15,6 +15,8 @@
 //! installs Python's own SIGINT handler): TERM = finish in-flight requests
 //! and exit; INT/QUIT = exit now; USR1 = reopen logs.
 
+mod abort;
+
 use crate::config::{Settings, WorkerClass};
 use crate::http::{self, Limits};
 use crate::scoreboard::{now_ms, Slot, SlotState};
@@ -62,6 +64,7 @@ pub struct Spec<'a> {
     pub listeners: &'a [Listener],
     pub slot_index: usize,
     pub slot: &'a Slot,
+    pub scoreboard: &'a crate::scoreboard::Scoreboard,
     pub notify_fd: RawFd,
     pub preloaded: Option<Py<PyAny>>,
     pub max_requests: u64,
@@ -96,12 +99,15 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         None => {
             if let Err(e) = crate::python::initialize(spec.argv) {
                 tracing::error!("Exception in worker process: {e:#}");
+                spec.scoreboard
+                    .set_error(spec.slot_index, &format!("{e:#}"));
                 return Err(WORKER_BOOT_ERROR);
             }
             match crate::python::load_app(spec.app_uri, s.chdir.as_deref(), &s.pythonpath) {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::error!("Exception in worker process\n{}", e.traceback.trim_end());
+                    spec.scoreboard.set_error(spec.slot_index, &e.traceback);
                     return Err(APP_LOAD_ERROR);
                 }
             }
@@ -131,13 +137,16 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         })?;
     let slot: &'static Slot = unsafe_static(spec.slot);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let thread_busy: Arc<Vec<AtomicU64>> =
+        Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
     let ctx = Arc::new(Ctx {
         bridge,
         pool: if threaded {
-            Some(start_pool(slots))
+            Some(start_pool(slots, thread_busy.clone()))
         } else {
             None
         },
+        thread_busy,
         slots,
         inflight: AtomicUsize::new(0),
         conns: AtomicUsize::new(0),
@@ -198,6 +207,8 @@ struct Job {
 struct Ctx {
     bridge: Bridge,
     pool: Option<mpsc::Sender<Job>>,
+    /// gthread: when each Python thread's current request began (0 = idle).
+    thread_busy: Arc<Vec<AtomicU64>>,
     slots: usize,
     inflight: AtomicUsize,
     conns: AtomicUsize,
@@ -249,11 +260,12 @@ impl Ctx {
 
 /// Python threads for gthread: each attaches once and releases the GIL
 /// while it waits for the next job.
-fn start_pool(n: usize) -> mpsc::Sender<Job> {
+fn start_pool(n: usize, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..n {
         let rx = rx.clone();
+        let busy = busy.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("python-{i}"))
             .spawn(move || {
@@ -272,6 +284,7 @@ fn start_pool(n: usize) -> mpsc::Sender<Job> {
                         job.fd,
                         &job.peer,
                     );
+                    busy[i].store(0, Ordering::Relaxed);
                     let _ = job.reply.send((job.req, out));
                 })
             });
@@ -291,6 +304,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     let _ = BRIDGE_FOR_POOL.set(&leaked.bridge);
 
     install_quick_exit_handlers();
+    abort::install();
     // The master that forked us. Orphaned means "my parent is no longer this
     // pid", not "my parent is pid 1": in a container the master *is* pid 1,
     // and under a subreaper an orphan is not re-parented to pid 1 at all.
@@ -330,6 +344,17 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
         loop {
             t.tick().await;
             hb_ctx.slot.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            if hb_ctx.pool.is_some() {
+                // --timeout applies per request: publish the oldest one.
+                let oldest = hb_ctx
+                    .thread_busy
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .filter(|&t| t != 0)
+                    .min()
+                    .unwrap_or(0);
+                hb_ctx.slot.busy_since_ms.store(oldest, Ordering::Relaxed);
+            }
             if orphaned() {
                 tracing::info!("Parent changed, shutting down");
                 break;
