@@ -348,10 +348,22 @@ def test_health_starting_healthy_unhealthy(container, say):
     "Broken" is what `rgunicornctl health` can see: no worker ready. The app
     starts failing at import (its flag file appears, as when a dependency
     goes away); the running workers are then killed, and every replacement
-    fails to load. The start period is shortened at run time, because podman
-    (unlike Docker) never counts a failure inside it, even after a success.
+    fails to load.
+
+    The image's health check is used with its start period shortened, because
+    podman (unlike Docker) never counts a failure inside the start period, even
+    after a success. podman applies --health-* options only together with
+    --health-cmd, so the image's check is passed back in full.
     """
-    c = container(*PROBE, f"--health-start-period={HEALTH_START_PERIOD}s", cmd=PROBE_CMD)
+    (info,) = json.loads(_run(["podman", "image", "inspect", IMAGE]).stdout)
+    hc = info["Healthcheck"]
+    assert hc["Test"][0] == "CMD"
+    sec = 1_000_000_000
+    c = container(*PROBE, f"--health-cmd={json.dumps(hc['Test'][1:])}",
+                  f"--health-interval={hc['Interval'] // sec}s", f"--health-timeout={hc['Timeout'] // sec}s",
+                  f"--health-retries={hc['Retries']}", f"--health-start-period={HEALTH_START_PERIOD}s",
+                  cmd=PROBE_CMD)
+    assert json.loads(c.inspect("{{json .Config.Healthcheck}}"))["StartPeriod"] == HEALTH_START_PERIOD * sec
     started = time.monotonic()
     assert c.health() == "starting"
     assert wait_until(lambda: c.healthcheck_run() == "healthy", timeout=20, interval=0.3), c.logs()
