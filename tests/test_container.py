@@ -248,7 +248,9 @@ def test_pid1_health_booting_ready_draining(pid1, say):
     os.kill(srv.pid, signal.SIGTERM)
     assert wait_until(lambda: check(1, "draining"), timeout=1.5, interval=0.1), f"{seen}\n{srv.log()}"
     assert srv.proc.poll() is None, "the master should still be draining"
-    say(f"health answers: {seen}")
+    changes = [f"{what}={code} ({took:.2f} s)" for i, (what, code, took) in enumerate(seen)
+               if i == 0 or seen[i - 1][:2] != (what, code)]
+    say(f"rgunicornctl health in the namespace: {', '.join(changes)}")
     fetch.join(10)
     assert fetch.response is not None and fetch.response.status_code == 200
     assert srv.proc.wait(GRACEFUL + 5) == 0

@@ -368,6 +368,9 @@ def test_health_starting_healthy_unhealthy(container, say):
     assert c.health() == "starting"
     assert wait_until(lambda: c.healthcheck_run() == "healthy", timeout=20, interval=0.3), c.logs()
     assert c.answers()
+    # `docker exec NAME rgunicornctl status` works as documented.
+    status = c.exec("rgunicornctl", "status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
     # Break the app, and wait for the start period to end so failures count.
     c.exec("touch", "/tmp/rgunicorn-broken")
     c.exec("sh", "-c", "kill -TERM $(cat /proc/1/task/1/children)")
