@@ -151,6 +151,7 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         inflight: AtomicUsize::new(0),
         conns: AtomicUsize::new(0),
         capacity: Notify::new(),
+        drained: Notify::new(),
         shutdown: shutdown_rx,
         limits: Limits {
             request_line: s.limit_request_line,
@@ -166,7 +167,6 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         retire_sent: AtomicBool::new(false),
         notify_fd: spec.notify_fd,
         slot_index: spec.slot_index,
-        infos,
     });
     let listener_fds: Vec<(RawFd, bool)> = spec
         .listeners
@@ -213,6 +213,8 @@ struct Ctx {
     inflight: AtomicUsize,
     conns: AtomicUsize,
     capacity: Notify,
+    /// Woken when the last connection closes (for a graceful exit).
+    drained: Notify,
     shutdown: watch::Receiver<bool>,
     limits: Limits,
     keepalive: Duration,
@@ -224,7 +226,6 @@ struct Ctx {
     retire_sent: AtomicBool,
     notify_fd: RawFd,
     slot_index: usize,
-    infos: Vec<ListenerInfo>,
 }
 
 impl Ctx {
@@ -388,10 +389,11 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     // In-flight requests finish; idle connections close at once (they see
     // the shutdown flag). The master bounds this with --graceful-timeout.
     loop {
+        let closed = ctx.drained.notified();
         if ctx.conns.load(Ordering::Acquire) == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        closed.await;
     }
 }
 
@@ -490,7 +492,9 @@ async fn accept_error(e: std::io::Error) {
 struct ConnGuard(Arc<Ctx>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.conns.fetch_sub(1, Ordering::AcqRel);
+        if self.0.conns.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
         self.0.capacity.notify_one();
     }
 }
@@ -521,13 +525,25 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         Instant::now() + HEADER_TIMEOUT
     };
     let mut waiting_first_byte = idle;
+    // parse_head starts from the beginning each time: call it only when a
+    // line may have ended or a limit may have been crossed, so a client
+    // trickling bytes cannot make us rescan its head over and over.
+    let mut scanned = 0;
+    let mut parsed_at = 0;
     loop {
-        if !buf.is_empty() {
+        let fresh = &buf[scanned.min(buf.len())..];
+        let worth_parsing =
+            fresh.contains(&b'\n') || (buf.len() > 4096 && buf.len() >= parsed_at + 1024);
+        scanned = buf.len();
+        if !buf.is_empty() && worth_parsing {
+            parsed_at = buf.len();
             match http::parse_head(buf, &ctx.limits) {
                 Ok(Some(r)) => return Some(Ok(r)),
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
+        }
+        if !buf.is_empty() {
             if waiting_first_byte {
                 waiting_first_byte = false;
                 deadline = Instant::now() + HEADER_TIMEOUT;
@@ -605,7 +621,7 @@ where
         ctx.capacity.notify_one();
         ctx.request_done();
         if crate::logging::access_enabled() {
-            access_log(&ctx, idx, &req, &peer, &outcome, started.elapsed());
+            access_log(&req, &peer, &outcome, started.elapsed());
         }
         if !outcome.pending_out.is_empty() {
             let w = tokio::time::timeout(ctx.io_timeout, s.write_all(&outcome.pending_out)).await;
@@ -622,15 +638,7 @@ where
     }
 }
 
-fn access_log(
-    ctx: &Ctx,
-    idx: usize,
-    req: &http::Request,
-    peer: &Peer,
-    o: &Outcome,
-    took: Duration,
-) {
-    let _ = &ctx.infos[idx];
+fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
     let env = |_: &str| None;
     crate::logging::access(&crate::logging::AccessInfo {
         remote: &peer.addr,
