@@ -543,11 +543,9 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => return Some(Err(e)),
             }
         }
-        if !buf.is_empty() {
-            if waiting_first_byte {
-                waiting_first_byte = false;
-                deadline = Instant::now() + HEADER_TIMEOUT;
-            }
+        if !buf.is_empty() && waiting_first_byte {
+            waiting_first_byte = false;
+            deadline = Instant::now() + HEADER_TIMEOUT;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
