@@ -151,6 +151,8 @@ def podman():
         pytest.skip("the podman tests run rootful podman (needs root)")
     if _tools_missing():  # scripts/setup.sh installs them; try once if it was not run
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=300)
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "podman", "runc",
                         "netavark", "aardvark-dns", "iptables", "debootstrap"],
                        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
@@ -199,8 +201,14 @@ def image(podman, tmp_path_factory):
         + (TESTS_DIR / "docker" / "build-stage.Containerfile").read_text()
         + "\n# ---- the runtime stage of contrib/docker/Dockerfile, verbatim ----\n"
         + runtime)
+    def image_id():
+        r = _run(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE], check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+    previous = image_id()
     _run(["podman", "build", "--format", "docker", *RUN_ADJUST, "-v", PYENV_MOUNT,
           "-t", IMAGE, "-f", str(ctx / "Containerfile"), str(ctx)], timeout=600)
+    if previous and previous != image_id():  # the last run's image, now untagged
+        _run(["podman", "rmi", previous], check=False)
     yield IMAGE
     # The image stays in podman's store: the next run's build reuses its layers.
 
@@ -208,12 +216,12 @@ def image(podman, tmp_path_factory):
 class Container:
     """One `podman run -d` of the test image, published on 127.0.0.1."""
 
-    def __init__(self, image: str, *args: str, cmd: list[str] | None = None, run_opts=()):
+    def __init__(self, image: str, *args: str, cmd: list[str] | None = None):
         self.name = f"rg-test-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         _run(["podman", "run", "-d", "--name", self.name, *RUN_ADJUST,
-              "-p", f"127.0.0.1:{self.port}:8000", "-v", PYENV_MOUNT, *run_opts, *args,
+              "-p", f"127.0.0.1:{self.port}:8000", "-v", PYENV_MOUNT, *args,
               image, *(cmd or [])], timeout=60)
 
     def inspect(self, fmt: str) -> str:
