@@ -209,6 +209,8 @@ def image(podman, tmp_path_factory):
           "-t", IMAGE, "-f", str(ctx / "Containerfile"), str(ctx)], timeout=600)
     if previous and previous != image_id():  # the last run's image, now untagged
         _run(["podman", "rmi", previous], check=False)
+    # Untagged leftovers holding earlier binaries (the build stage's last layers).
+    _run(["podman", "image", "prune", "-f", "--filter", "label=org.rgunicorn.test-binaries=1"], check=False)
     yield IMAGE
     # The image stays in podman's store: the next run's build reuses its layers.
 
