@@ -9,6 +9,7 @@
 //! ([`logging`]).
 pub mod arbiter;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod http_date;
 pub mod logging;

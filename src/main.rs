@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use rgunicorn::config::{self, Settings};
+use rgunicorn::control::{self, server::ControlServer, server::ServerOptions};
 use rgunicorn::{arbiter, python, sock};
 use std::ffi::OsString;
 
@@ -93,6 +94,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         owner,
     };
     let mut listeners = Vec::new();
+    let reexecuted = std::env::var_os(arbiter::REEXEC_FDS_ENV).is_some();
     if let Ok(fds) = std::env::var(arbiter::REEXEC_FDS_ENV) {
         // Started by SIGUSR2 from an old master: serve on its listeners.
         std::env::remove_var(arbiter::REEXEC_FDS_ENV);
@@ -110,6 +112,8 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
             listeners.extend(sock::bind(&addr, opts)?);
         }
     }
+
+    let control = control_server(&settings, reexecuted)?;
 
     if let Some(pidfile) = &settings.pidfile {
         std::fs::write(pidfile, format!("{}\n", std::process::id()))
@@ -132,12 +136,48 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     };
 
     let pidfile = settings.pidfile.clone();
-    let arb = arbiter::Arbiter::new(settings, app_uri, argv, listeners, preloaded)?;
+    let mut arb = arbiter::Arbiter::new(settings, app_uri, argv, listeners, preloaded)?;
+    if let Some(c) = control {
+        arb.set_control(c);
+    }
     let code = arb.run();
     if let Some(p) = pidfile {
         let _ = std::fs::remove_file(p);
     }
     Ok(code)
+}
+
+/// The control socket: a socket-activated one named `control` if systemd
+/// passed it, else bound at the configured path. A path that was set and
+/// cannot be used stops the start; the default one only warns (two servers
+/// of one user would otherwise fight over it).
+/// `reexecuted`: this master was started by SIGUSR2 and takes the socket
+/// over from its parent.
+fn control_server(settings: &Settings, reexecuted: bool) -> Result<Option<ControlServer>> {
+    if settings.no_control_socket {
+        return Ok(None);
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let path = settings.control_socket.clone().unwrap_or_default();
+    let mut opts = ServerOptions::new(path.clone(), settings.control_socket_mode);
+    opts.allow_uid = settings.control_allow_uid.clone();
+    opts.allow_gid = settings.control_allow_gid.clone();
+    opts.readonly_gid = settings.control_readonly_gid.clone();
+    opts.take_over = reexecuted;
+    if let Some(fd) = control::activated_listener(&env) {
+        return Ok(Some(ControlServer::from_listener(fd, opts)?));
+    }
+    if settings.control_socket.is_none() {
+        return Ok(None);
+    }
+    match ControlServer::bind(opts) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if !settings.control_socket_explicit => {
+            tracing::warn!("{e}; running without a control socket (set --control-socket)");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn remove_pidfile(s: &Settings) {

@@ -15,6 +15,11 @@
 //! | USR1          | reopen log files (and tell the workers to)                    |
 //! | CHLD          | reap children; replace workers that died                      |
 //! | WINCH, USR2   | logged and ignored for now                                    |
+//!
+//! The control socket ([`crate::control`]) is served from the same loop;
+//! its commands call the very methods the signals call (see `control.rs`).
+
+mod control;
 
 use crate::config::Settings;
 use crate::scoreboard::{now_ms, Scoreboard, SlotState, MAX_SLOTS};
@@ -78,6 +83,8 @@ struct WorkerRec {
     wants_retire: bool,
     /// Timed out: killed with SIGKILL at this instant if still alive.
     timed_out_kill_at: Option<Instant>,
+    /// When it was forked.
+    born: Instant,
 }
 
 /// How the last reload ended (reported by `status`, sent to systemd).
@@ -138,6 +145,13 @@ pub struct Arbiter {
     /// Times a worker had to be replaced because it died unexpectedly.
     restarts: u64,
     started_at: Instant,
+    /// Per scoreboard slot: workers in that position that died unexpectedly
+    /// and were replaced (`status` reports it per worker).
+    slot_restarts: Vec<u64>,
+    /// The control socket, served from the loop.
+    control: Option<crate::control::server::ControlServer>,
+    /// The reload outcome the control server was last told about.
+    notified_reload: Option<ReloadOutcome>,
 }
 
 impl Arbiter {
@@ -189,6 +203,9 @@ impl Arbiter {
             reexec_child: None,
             restarts: 0,
             started_at: Instant::now(),
+            slot_restarts: vec![0; MAX_SLOTS],
+            control: None,
+            notified_reload: None,
         })
     }
 
@@ -208,11 +225,17 @@ impl Arbiter {
         self.manage_workers();
         loop {
             let timeout = self.poll_timeout();
-            let (sig_ready, pipe_ready) = {
-                let mut fds = [
+            let ctl_fds = self.control_poll_fds();
+            let (sig_ready, pipe_ready, ctl_ready) = {
+                let mut fds = vec![
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.pipe_r.as_fd(), PollFlags::POLLIN),
                 ];
+                // SAFETY: the control server owns these descriptors and
+                // keeps them open until `handle_control` runs below.
+                fds.extend(ctl_fds.iter().map(|(fd, f)| {
+                    PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }, *f)
+                }));
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => {
@@ -221,7 +244,14 @@ impl Arbiter {
                     }
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                let ctl_ready: Vec<_> = ctl_fds
+                    .iter()
+                    .zip(&fds[2..])
+                    .filter_map(|((fd, _), p)| {
+                        p.revents().filter(|r| !r.is_empty()).map(|r| (*fd, r))
+                    })
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), ctl_ready)
             };
             if sig_ready {
                 self.handle_signals();
@@ -231,6 +261,7 @@ impl Arbiter {
             }
             self.reap_children();
             self.murder_workers();
+            self.handle_control(&ctl_ready);
             if let RunState::Stopping { deadline, .. } = self.state {
                 if self.workers.is_empty() {
                     break;
@@ -243,6 +274,8 @@ impl Arbiter {
             self.manage_workers();
         }
         tracing::info!("Shutting down: Master");
+        // Answers still owed are sent (best effort) and the socket removed.
+        drop(self.control.take());
         self.exit_code
     }
 
@@ -269,6 +302,9 @@ impl Arbiter {
             if let WState::Retiring { kill_at } = w.state {
                 wait = wait.min(kill_at.saturating_duration_since(now));
             }
+        }
+        if let Some(at) = self.control_deadline() {
+            wait = wait.min(at.saturating_duration_since(now));
         }
         PollTimeout::from(u16::try_from(wait.as_millis()).unwrap_or(1000))
     }
@@ -458,6 +494,7 @@ impl Arbiter {
                         state: WState::Booting,
                         wants_retire: false,
                         timed_out_kill_at: None,
+                        born: Instant::now(),
                     },
                 );
                 Ok(())
@@ -471,6 +508,9 @@ impl Arbiter {
         let _ = SigSet::empty().thread_set_mask();
         let _ = nix::unistd::close(self.sigfd.as_raw_fd());
         let _ = nix::unistd::close(self.pipe_r.as_raw_fd());
+        if let Some(c) = self.control.take() {
+            c.close_in_child();
+        }
         // If the master dies, stop too (TERM: finish what is in flight).
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
         if nix::unistd::getppid() != self.pid {
@@ -578,6 +618,7 @@ impl Arbiter {
                 } else if !expected {
                     tracing::error!("Worker (pid:{pid}) exited with code {code}.");
                     self.restarts += 1;
+                    self.slot_restarts[w.slot] += 1;
                     if w.state == WState::Booting {
                         self.boot_failed();
                     }
@@ -593,6 +634,7 @@ impl Arbiter {
                 }
                 if !expected {
                     self.restarts += 1;
+                    self.slot_restarts[w.slot] += 1;
                     if w.state == WState::Booting {
                         self.boot_failed();
                     }
@@ -659,6 +701,7 @@ impl Arbiter {
         }
     }
 
+    /// Stop (SIGTERM: graceful, SIGINT/SIGQUIT: quick; `stop [--quick]`).
     fn stop(&mut self, quick: bool) {
         if let RunState::Stopping { quick: q, .. } = self.state {
             if q || !quick {
@@ -876,6 +919,7 @@ impl Arbiter {
         }
     }
 
+    /// SIGUSR1, `reopen-logs`.
     fn reopen_logs(&mut self) {
         tracing::info!("Handling signal: usr1");
         if let Err(e) = crate::logging::reopen() {

@@ -138,14 +138,20 @@ pub struct Settings {
     pub config: Option<String>,
     pub print_config: bool,
     pub check_config: bool,
-    /// The control socket path; `None` when `--no-control-socket` is given
-    /// or no default location exists (neither XDG_RUNTIME_DIR nor HOME).
+    /// The control socket path (see [`crate::control::path`] for the
+    /// default); `None` when `--no-control-socket` is given.
     pub control_socket: Option<PathBuf>,
+    /// Whether `control_socket` was set (command line, environment, config
+    /// file) rather than defaulted: a set path that cannot be used is fatal,
+    /// a default one only a warning.
+    pub control_socket_explicit: bool,
     pub control_socket_mode: u32,
     /// Gunicorn's `control_socket_disable` (`--no-control-socket`).
     pub no_control_socket: bool,
     pub control_allow_uid: Vec<u32>,
     pub control_allow_gid: Vec<u32>,
+    /// Members of these gids may only run read-only commands (status, health).
+    pub control_readonly_gid: Vec<u32>,
     pub log_journald: bool,
     /// Server hooks set in the config file, by Gunicorn's hook name.
     pub hooks: Vec<(String, HookRef)>,

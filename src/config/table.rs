@@ -910,7 +910,11 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--control-socket"],
         meta: Some("PATH"),
         ty: ValueType::OptStr,
-        default: DefaultValue::Dynamic("`$XDG_RUNTIME_DIR/rgunicorn.ctl`, else `$HOME/.rgunicorn/rgunicorn.ctl`"),
+        default: DefaultValue::Dynamic(
+            "`$RUNTIME_DIRECTORY/rgunicorn.ctl` (systemd `RuntimeDirectory=`), else \
+             `$XDG_RUNTIME_DIR/rgunicorn.ctl`, else `/tmp/rgunicorn-UID/rgunicorn.ctl` in a \
+             private directory (0700) that rgunicorn creates",
+        ),
         help: "Unix socket path for the control interface (rgunicornctl).",
         status: Status::Different(
             "serves rgunicorn's JSON protocol to `rgunicornctl`, not `gunicornc`; \
@@ -953,5 +957,18 @@ pub static TABLE: &[SettingDef] = &[
         help: "Also allow members of this numeric gid to use the control socket; repeatable.",
         status: Status::Rgunicorn,
         check: Some(super::value::check_ids),    },
+    SettingDef {
+        name: "control_readonly_gid",
+        section: CONTROL,
+        cli: &["--control-readonly-gid"],
+        meta: Some("GID"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "Members of this numeric gid may run only read-only control commands \
+               (status, health); repeatable. The socket's mode must let them connect.",
+        status: Status::Rgunicorn,
+        check: Some(super::value::check_ids),
+    },
     flag("log_journald", LOG, &["--log-journald"], "Send logs to the systemd journal with structured fields.", Status::Rgunicorn),
 ];

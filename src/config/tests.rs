@@ -663,13 +663,22 @@ fn control_socket() {
         st.control_socket,
         Some("/run/user/1000/rgunicorn.ctl".into())
     );
+    assert!(!st.control_socket_explicit);
+    let sd = [
+        ("RUNTIME_DIRECTORY", "/run/app:/run/other"),
+        ("XDG_RUNTIME_DIR", "/run/user/1000"),
+    ];
+    let st = run(&["app:app"], &sd, &[]).unwrap();
+    assert_eq!(st.control_socket, Some("/run/app/rgunicorn.ctl".into()));
     let st = run(&["app:app"], &[("HOME", "/home/u")], &[]).unwrap();
+    let uid = nix::unistd::geteuid().as_raw();
     assert_eq!(
         st.control_socket,
-        Some("/home/u/.rgunicorn/rgunicorn.ctl".into())
+        Some(format!("/tmp/rgunicorn-{uid}/rgunicorn.ctl").into())
     );
     let st = run(&["--control-socket", "/tmp/c.sock", "app:app"], &env, &[]).unwrap();
     assert_eq!(st.control_socket, Some("/tmp/c.sock".into()));
+    assert!(st.control_socket_explicit);
     let st = run(&["--no-control-socket", "app:app"], &env, &[]).unwrap();
     assert!(st.no_control_socket && st.control_socket.is_none());
     let st = run(
@@ -680,12 +689,15 @@ fn control_socket() {
             "1000",
             "--control-allow-gid",
             "4",
+            "--control-readonly-gid",
+            "5",
             "a:b",
         ],
         &[],
         &[],
     )
     .unwrap();
+    assert_eq!(st.control_readonly_gid, vec![5]);
     assert_eq!(
         (st.control_allow_uid, st.control_allow_gid),
         (vec![33, 1000], vec![4])
