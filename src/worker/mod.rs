@@ -316,6 +316,11 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
 
     install_quick_exit_handlers();
     abort::install();
+    // The master that forked us. Orphaned means "my parent is no longer this
+    // pid", not "my parent is pid 1": in a container the master *is* pid 1,
+    // and under a subreaper an orphan is not re-parented to pid 1 at all.
+    let master = nix::unistd::getppid();
+    let orphaned = move || nix::unistd::getppid() != master;
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -361,7 +366,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
                     .unwrap_or(0);
                 hb_ctx.slot.busy_since_ms.store(oldest, Ordering::Relaxed);
             }
-            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+            if orphaned() {
                 tracing::info!("Parent changed, shutting down");
                 break;
             }
@@ -375,7 +380,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     let parent_watch = async {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+            if orphaned() {
                 return;
             }
         }
