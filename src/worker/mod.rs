@@ -545,7 +545,11 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
-        let empty = buf.is_empty();
+        // Only an idle keep-alive connection is closed at shutdown: a
+        // connection this worker accepted is served (its client has sent or
+        // is sending a request); the header timeout and --graceful-timeout
+        // bound the wait.
+        let empty = buf.is_empty() && idle;
         let read = tokio::time::timeout_at(deadline.into(), s.read_buf(buf));
         tokio::select! {
             r = read => match r {
