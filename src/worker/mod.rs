@@ -276,6 +276,7 @@ fn start_pool(n: usize, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
                     let Some(bridge) = BRIDGE_FOR_POOL.get() else {
                         break;
                     };
+                    busy[i].store(now_ms(), Ordering::Relaxed);
                     let out = wsgi::handle(
                         py,
                         bridge,
