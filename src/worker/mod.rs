@@ -305,6 +305,10 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     let leaked: &'static Arc<Ctx> = Box::leak(Box::new(ctx.clone()));
     let _ = BRIDGE_FOR_POOL.set(&leaked.bridge);
 
+    // The master that forked us (checked in become_worker). Compare with
+    // it, not with 1: when the master runs as PID 1 in a container, our
+    // parent *is* 1, and an orphaned worker may be adopted by a subreaper.
+    let master = nix::unistd::getppid();
     install_quick_exit_handlers();
     abort::install();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -352,7 +356,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
                     .unwrap_or(0);
                 hb_ctx.slot.busy_since_ms.store(oldest, Ordering::Relaxed);
             }
-            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+            if nix::unistd::getppid() != master {
                 tracing::info!("Parent changed, shutting down");
                 break;
             }
@@ -366,7 +370,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     let parent_watch = async {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+            if nix::unistd::getppid() != master {
                 return;
             }
         }
