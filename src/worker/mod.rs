@@ -75,6 +75,7 @@ pub struct Spec<'a> {
 /// Run a worker to the end. Never returns: the process exits with 0, or
 /// with 3/4 when it could not boot.
 pub fn run(spec: Spec<'_>) -> ! {
+    default_fault_signals();
     let code = match boot_and_serve(spec) {
         Ok(()) => 0,
         Err(code) => code,
@@ -394,6 +395,19 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
             break;
         }
         closed.await;
+    }
+}
+
+/// SIGSEGV and SIGBUS kill the worker, as they kill a Python process.
+/// Rust's runtime installs handlers for them (to report stack overflows)
+/// that, for a signal sent with kill(2), reset the action and return: the
+/// worker would survive its first SIGSEGV and the master would never know.
+/// A real fault still dies of the same signal, so the master logs it.
+fn default_fault_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
+        // SAFETY: installing the default action runs no code of ours.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
 }
 
