@@ -95,6 +95,15 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     let s = spec.settings;
     let pid = std::process::id();
     tracing::info!("Booting worker with pid: {pid}");
+    // --user/--group/--initgroups: the listeners are already bound and
+    // inherited; the app is imported as the unprivileged user.
+    if let Err(e) = crate::privileges::drop_to(s.user.as_deref(), s.group.as_deref(), s.initgroups)
+    {
+        tracing::error!("Exception in worker process: cannot drop privileges: {e:#}");
+        spec.scoreboard
+            .set_error(spec.slot_index, &format!("cannot drop privileges: {e:#}"));
+        return Err(WORKER_BOOT_ERROR);
+    }
     let app = match spec.preloaded {
         Some(app) => app,
         None => {
