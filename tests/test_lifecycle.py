@@ -627,8 +627,8 @@ def test_crashed_workers_are_replaced_and_the_log_says_why(server, appdir, load,
     assert ld.wait_requests(20)
     times = {}
 
-    def replaced(kind, dead_pid, t0):
-        seen = set(ld.pid_first_seen)
+    def replaced(kind, dead_pid, t0, seen):
+        """``seen``: the worker pids that had answered before the crash."""
         t = ld.wait_new_pid(t0, seen | {dead_pid}, timeout=15)
         assert t, f"no replacement for {kind} served\n{srv.log()[-4000:]}"
         times[kind] = round(t - t0, 3)
@@ -636,28 +636,28 @@ def test_crashed_workers_are_replaced_and_the_log_says_why(server, appdir, load,
 
     # SIGKILL from outside (the OOM killer's signal)
     victim = srv.worker_pids()[0]
-    t0 = time.monotonic()
+    seen, t0 = set(ld.pid_first_seen), time.monotonic()
     os.kill(victim, signal.SIGKILL)
     srv.wait_for_log(rf"Worker \(pid:{victim}\) was sent SIGKILL! Perhaps out of memory\?")
-    replaced("sigkill", victim, t0)
+    replaced("sigkill", victim, t0, seen)
 
     # SIGSEGV raised by the app
     f = Fetch(srv.port, "/segv", timeout=10)
-    t0 = time.monotonic()
+    seen, t0 = set(ld.pid_first_seen), time.monotonic()
     f.run()
     assert f.status is None
     victim = int(re.findall(r"segv pid=(\d+)", srv.log())[-1])
     srv.wait_for_log(rf"Worker \(pid:{victim}\) was sent SIGSEGV!")
-    replaced("sigsegv", victim, t0)
+    replaced("sigsegv", victim, t0, seen)
 
     # os._exit(1) in the app
     f = Fetch(srv.port, "/exit", timeout=10)
-    t0 = time.monotonic()
+    seen, t0 = set(ld.pid_first_seen), time.monotonic()
     f.run()
     assert f.status is None
     victim = int(re.findall(r"exit pid=(\d+)", srv.log())[-1])
     srv.wait_for_log(rf"Worker \(pid:{victim}\) exited with code 1")
-    replaced("os_exit", victim, t0)
+    replaced("os_exit", victim, t0, seen)
 
     assert ld.wait_requests(20)
     s = ld.stop()
