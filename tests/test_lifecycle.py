@@ -32,7 +32,7 @@ import pytest
 
 from conftest import (APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, SERVER_KIND, Server,
                       children_of, descendants_of, free_port, gunicorn_xfail, pid_alive,
-                      proc_stat, rgunicorn_only, server_env, session_members, wait_until)
+                      proc_stat, server_env, session_members, wait_until)
 
 APP = "life_app:app"
 BOOT_DELAY = 0.3  # the app's import time in the reload tests (LIFE_BOOT_DELAY)
@@ -430,7 +430,7 @@ def test_twenty_reloads_under_load_drop_nothing(server, appdir, load, figures):
 # ==========================================================================
 
 @gunicorn_xfail("a worker that cannot import the app on HUP makes the arbiter halt "
-                "(App failed to load): the whole site goes down")
+                "('Reason: Worker failed to boot'): the whole site goes down")
 def test_reload_with_broken_code_keeps_old_generation(server, appdir, load, figures):
     srv = start_life(server, appdir, "-w", "2")
     boot = app_boot_seconds(srv)
@@ -533,27 +533,40 @@ def start_sleeper(srv, seconds) -> tuple[Fetch, int]:
     return f, int(re.findall(r"sleep-start \S+ pid=(\d+)", srv.log())[before])
 
 
-@gunicorn_xfail("the WORKER TIMEOUT report has no Python stack (the worker just exits)")
+def timeout_report_with_frame(log: str, pid: int) -> bool:
+    """A CRITICAL 'WORKER TIMEOUT (pid:PID)' log record (its first line and
+    the lines up to the next record) that shows the sleeping app frame."""
+    records = re.split(r"\n(?=\[\d{4}-\d\d-\d\d )", log)
+    frame = re.compile(r'File ".*life_app\.py", line \d+, in sleepy_handler_for_timeout')
+    return any("CRITICAL" in r.split("\n", 1)[0] and f"WORKER TIMEOUT (pid:{pid})" in r
+               and frame.search(r) for r in records)
+
+
+@gunicorn_xfail("the CRITICAL WORKER TIMEOUT record has no Python stack (the stack "
+                "shows only in a later ERROR 'Error handling request', as the "
+                "worker's SystemExit turns into a 500)")
 def test_timeout_aborts_with_stack_and_others_keep_serving(server, appdir, load, figures):
     srv = start_life(server, appdir, "-w", "2", "--timeout", "2", env={"LIFE_BOOT_DELAY": "0"})
     ld = load(srv)
     assert ld.wait_requests(20)
     t0 = time.monotonic()
     sleeper, pid = start_sleeper(srv, 10)
-    log = srv.wait_for_log(rf"CRITICAL.*WORKER TIMEOUT \(pid:{pid}\)", timeout=10)
+    srv.wait_for_log(rf"CRITICAL.*WORKER TIMEOUT \(pid:{pid}\)", timeout=10)
     t_report = time.monotonic() - t0
     wait_workers_settled(srv, 2, exclude={pid}, timeout=10)
     t_replaced = time.monotonic() - t0
     sleeper.join(15)
-    assert sleeper.status is None, "the timed-out request must not have completed"
+    # No success for the aborted request (rgunicorn: connection closed;
+    # gunicorn: its SystemExit in the app turns into a 500).
+    assert sleeper.status != 200, "the timed-out request must not have completed"
     assert ld.wait_requests(50)
     s = ld.stop()
     figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
             timeout_reported_after_s=round(t_report, 2), replaced_after_s=round(t_replaced, 2))
     ld.assert_no_failures(srv)
-    log = srv.wait_for_log(r"sleepy_handler_for_timeout", timeout=5)
-    # The report is a traceback: the app's file and the sleeping frame.
-    assert re.search(r'File ".*life_app\.py", line \d+, in sleepy_handler_for_timeout', log), log
+    # The CRITICAL record itself carries the stack: the app's file and the
+    # sleeping frame (not merely some later error traceback).
+    assert wait_until(lambda: timeout_report_with_frame(srv.log(), pid), timeout=5), srv.log()
     assert srv.stop() == 0
 
 
@@ -587,7 +600,7 @@ def test_timeout_with_threads_is_per_request(server, appdir, load, figures):
     assert spid == pid
     srv.wait_for_log(rf"CRITICAL.*WORKER TIMEOUT \(pid:{pid}\)", timeout=8)
     t_report = time.monotonic() - t0
-    srv.wait_for_log(r"in sleepy_handler_for_timeout", timeout=5)
+    assert wait_until(lambda: timeout_report_with_frame(srv.log(), pid), timeout=5), srv.log()
     wait_workers_settled(srv, 1, exclude={pid}, timeout=10)
     assert ld.wait_requests(20)
     s = ld.stop()
@@ -743,6 +756,7 @@ def test_usr2_reexec_then_term_old_master(server, appdir, load, figures, tmp_pat
     ld = load(srv)
     assert ld.wait_requests(20)
 
+    t_usr2 = time.monotonic()
     srv.send_signal(signal.SIGUSR2)
     # rgunicorn (as nginx and older gunicorn): the pidfile becomes
     # PIDFILE.oldbin and the new master writes PIDFILE; gunicorn 21+ leaves
@@ -760,18 +774,15 @@ def test_usr2_reexec_then_term_old_master(server, appdir, load, figures, tmp_pat
     assert t_new, f"no response from a worker of the new master\n{srv.log()[-3000:]}"
 
     assert srv.stop(signal.SIGTERM) == 0
-    t_old_gone = time.monotonic()
     assert pid_alive(new_master), srv.log()[-3000:]
-    assert ld.wait_requests(200)
-    with ld.lock:
-        served_after = max(ld.ppid_first_seen.values()) if ld.ppid_first_seen else 0
+    assert ld.wait_requests(200)  # served by the new master alone now
     s = ld.stop()
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"])
+    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
+            new_master_serves_after_s=round(t_new - t_usr2, 2))
     ld.assert_no_failures(srv)
     assert wait_until(lambda: read_pid(pidfile) == new_master, timeout=5), \
         "the pidfile does not name the new master after the old one exited"
     assert wait_until(lambda: not oldbin.exists(), timeout=5), "pidfile.oldbin left behind"
-    assert t_old_gone and served_after is not None
     # the new master stops cleanly and removes its pidfile
     os.kill(new_master, signal.SIGTERM)
     assert wait_until(lambda: not pid_alive(new_master), timeout=15)
