@@ -76,6 +76,7 @@ pub struct Spec<'a> {
 /// Run a worker to the end. Never returns: the process exits with 0, or
 /// with 3/4 when it could not boot.
 pub fn run(spec: Spec<'_>) -> ! {
+    default_fault_signals();
     let (settings, age) = (spec.settings, spec.slot_index);
     let code = match boot_and_serve(spec) {
         Ok(()) => 0,
@@ -97,6 +98,15 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     let s = spec.settings;
     let pid = std::process::id();
     tracing::info!("Booting worker with pid: {pid}");
+    // --user/--group/--initgroups: the listeners are already bound and
+    // inherited; the app is imported as the unprivileged user.
+    if let Err(e) = crate::privileges::drop_to(s.user.as_deref(), s.group.as_deref(), s.initgroups)
+    {
+        tracing::error!("Exception in worker process: cannot drop privileges: {e:#}");
+        spec.scoreboard
+            .set_error(spec.slot_index, &format!("cannot drop privileges: {e:#}"));
+        return Err(WORKER_BOOT_ERROR);
+    }
     let app = match spec.preloaded {
         Some(app) => app,
         None => {
@@ -286,6 +296,7 @@ fn start_pool(n: usize, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
                     let Some(bridge) = BRIDGE_FOR_POOL.get() else {
                         break;
                     };
+                    busy[i].store(now_ms(), Ordering::Relaxed);
                     let out = wsgi::handle(
                         py,
                         bridge,
@@ -404,6 +415,19 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
             break;
         }
         closed.await;
+    }
+}
+
+/// SIGSEGV and SIGBUS kill the worker, as they kill a Python process.
+/// Rust's runtime installs handlers for them (to report stack overflows)
+/// that, for a signal sent with kill(2), reset the action and return: the
+/// worker would survive its first SIGSEGV and the master would never know.
+/// A real fault still dies of the same signal, so the master logs it.
+fn default_fault_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
+        // SAFETY: installing the default action runs no code of ours.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
 }
 
@@ -562,7 +586,11 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
-        let empty = buf.is_empty();
+        // Only an idle keep-alive connection is closed at shutdown: a
+        // connection this worker accepted is served (its client has sent or
+        // is sending a request); the header timeout and --graceful-timeout
+        // bound the wait.
+        let empty = buf.is_empty() && idle;
         let read = tokio::time::timeout_at(deadline.into(), s.read_buf(buf));
         tokio::select! {
             r = read => match r {
