@@ -739,8 +739,10 @@ where
             }
         } else {
             ctx.slot.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+            ctx.slot.active.store(1, Ordering::Relaxed);
             let out =
                 Python::attach(|py| wsgi::handle(py, &ctx.bridge, idx, &req, rest, fd, &peer));
+            ctx.slot.active.store(0, Ordering::Relaxed);
             ctx.slot.busy_since_ms.store(0, Ordering::Relaxed);
             (req, out)
         };
