@@ -15,5 +15,6 @@ pub mod logging;
 pub mod python;
 pub mod scoreboard;
 pub mod sock;
+pub mod systemd;
 pub mod worker;
 pub mod wsgi;
