@@ -69,7 +69,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of boot-error text (a traceback's tail) one slot can carry.
+pub const ERROR_TEXT: usize = 4096;
+
 /// The mapping. Created once, never unmapped (it lives as long as the process).
+///
+/// Layout: `MAX_SLOTS` [`Slot`]s, then `MAX_SLOTS` error-text areas of
+/// [`ERROR_TEXT`] bytes, each written only by its worker before it exits
+/// and read by the master after reaping it (the pages are touched only on
+/// use, so the area costs nothing until a worker fails).
 pub struct Scoreboard {
     base: NonNull<Slot>,
 }
@@ -81,8 +89,7 @@ unsafe impl Sync for Scoreboard {}
 impl Scoreboard {
     pub fn new() -> nix::Result<Scoreboard> {
         use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
-        let len = std::num::NonZeroUsize::new(MAX_SLOTS * std::mem::size_of::<Slot>())
-            .ok_or(nix::errno::Errno::EINVAL)?;
+        let len = std::num::NonZeroUsize::new(Self::len()).ok_or(nix::errno::Errno::EINVAL)?;
         // SAFETY: a fresh anonymous mapping, zero-filled by the kernel; an
         // all-zero Slot is a valid value (atomics and integers).
         let p = unsafe {
@@ -94,6 +101,50 @@ impl Scoreboard {
             )?
         };
         Ok(Scoreboard { base: p.cast() })
+    }
+
+    fn len() -> usize {
+        MAX_SLOTS * (std::mem::size_of::<Slot>() + ERROR_TEXT)
+    }
+
+    fn error_area(&self, i: usize) -> *mut u8 {
+        assert!(i < MAX_SLOTS, "scoreboard slot out of range");
+        // SAFETY: the error areas follow the slots inside the same mapping.
+        unsafe {
+            (self.base.as_ptr() as *mut u8)
+                .add(MAX_SLOTS * std::mem::size_of::<Slot>() + i * ERROR_TEXT)
+        }
+    }
+
+    /// Worker side: leave why it could not boot (the tail of `text`).
+    pub fn set_error(&self, i: usize, text: &str) {
+        let b = text.as_bytes();
+        let tail = &b[b.len().saturating_sub(ERROR_TEXT - 4)..];
+        let p = self.error_area(i);
+        // SAFETY: the area is ERROR_TEXT bytes long and only this worker
+        // writes it; the master reads it only after the worker has exited.
+        unsafe {
+            std::ptr::copy_nonoverlapping((tail.len() as u32).to_le_bytes().as_ptr(), p, 4);
+            std::ptr::copy_nonoverlapping(tail.as_ptr(), p.add(4), tail.len());
+        }
+    }
+
+    /// Master side: take the error text a dead worker left (and clear it).
+    pub fn take_error(&self, i: usize) -> Option<String> {
+        let p = self.error_area(i);
+        // SAFETY: see set_error; the writer has exited.
+        unsafe {
+            let mut len = [0u8; 4];
+            std::ptr::copy_nonoverlapping(p, len.as_mut_ptr(), 4);
+            let len = (u32::from_le_bytes(len) as usize).min(ERROR_TEXT - 4);
+            if len == 0 {
+                return None;
+            }
+            let text = std::slice::from_raw_parts(p.add(4), len);
+            let s = String::from_utf8_lossy(text).into_owned();
+            std::ptr::write_bytes(p, 0, 4);
+            Some(s)
+        }
     }
 
     pub fn slot(&self, i: usize) -> &Slot {

@@ -8,6 +8,8 @@
 //! initialisation the GIL is released, so every later use goes through
 //! `Python::attach`.
 
+pub mod config;
+
 use anyhow::{bail, Context, Result};
 use pyo3::ffi;
 use pyo3::prelude::*;
