@@ -9,6 +9,10 @@ use rgunicorn::{arbiter, python, sock};
 use std::ffi::OsString;
 
 fn main() {
+    // First, while this process has one thread and before Python copies the
+    // environment: take the service manager's variables out of it, so no
+    // worker or app ever sees them (see rgunicorn::systemd::env).
+    rgunicorn::systemd::env::capture();
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
@@ -77,11 +81,14 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         backlog: settings.backlog,
         reuse_port: settings.reuse_port,
     };
-    let mut listeners = Vec::new();
-    for b in &settings.bind {
-        let addr = sock::BindAddr::parse(b)?;
-        listeners.extend(sock::bind(&addr, opts)?);
+    // Socket-activated listeners replace --bind; stored ones are reused.
+    let sockets = rgunicorn::systemd::listeners::resolve(&settings.bind, opts)?;
+    let listeners = sockets.listeners;
+    if sockets.control.is_some() {
+        // TODO(issue 4): the control socket takes this descriptor.
+        tracing::info!("A control socket was passed by the service manager");
     }
+    let _control_fd = sockets.control;
 
     if let Some(pidfile) = &settings.pidfile {
         std::fs::write(pidfile, format!("{}\n", std::process::id()))

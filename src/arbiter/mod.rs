@@ -16,6 +16,8 @@
 //! | CHLD          | reap children; replace workers that died                      |
 //! | WINCH, USR2   | logged and ignored for now                                    |
 
+mod sd;
+
 use crate::config::Settings;
 use crate::scoreboard::{now_ms, Scoreboard, SlotState, MAX_SLOTS};
 use crate::sock::Listener;
@@ -99,6 +101,8 @@ pub struct Arbiter {
     boot_failures: u32,
     next_spawn_at: Instant,
     pid: Pid,
+    /// What the service manager is told (READY, STATUS, WATCHDOG, ...).
+    sd: crate::systemd::Service,
 }
 
 impl Arbiter {
@@ -143,6 +147,7 @@ impl Arbiter {
             boot_failures: 0,
             next_spawn_at: Instant::now(),
             pid: nix::unistd::getpid(),
+            sd: crate::systemd::Service::from_env(),
         })
     }
 
@@ -185,6 +190,7 @@ impl Arbiter {
             }
             self.reap_children();
             self.murder_workers();
+            self.sd_tick();
             if let RunState::Stopping { deadline, .. } = self.state {
                 if self.workers.is_empty() {
                     break;
@@ -195,6 +201,7 @@ impl Arbiter {
                 continue;
             }
             self.manage_workers();
+            self.sd_tick();
         }
         tracing::info!("Shutting down: Master");
         self.exit_code
@@ -213,6 +220,9 @@ impl Arbiter {
             if let WState::Retiring { kill_at } = w.state {
                 wait = wait.min(kill_at.saturating_duration_since(now));
             }
+        }
+        if let Some(d) = self.sd.next_deadline(now) {
+            wait = wait.min(d);
         }
         PollTimeout::from(u16::try_from(wait.as_millis()).unwrap_or(1000))
     }
@@ -486,6 +496,7 @@ impl Arbiter {
                         "Worker failed to boot."
                     };
                     tracing::error!("Worker (pid:{pid}) exited with code {code}.");
+                    self.sd.boot_error(reason);
                     if !self.ever_ready {
                         // Nothing has ever served: a broken app must not
                         // fork-loop. Stop with Gunicorn's exit code.
@@ -597,13 +608,14 @@ impl Arbiter {
             deadline: Instant::now() + grace,
             quick,
         };
+        self.sd.stopping();
         // Stop listening at once, for every process sharing the sockets: a
         // worker busy in Python could not close its copy until its request
         // ends, and connections would queue unserved meanwhile.
         // (Unix sockets are unlinked instead, when `listeners` is cleared:
         // a shut-down Unix listener would wake its workers' epoll forever.)
         for l in &self.listeners {
-            if matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) {
+            if matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) && !l.shared {
                 let _ = nix::sys::socket::shutdown(l.raw_fd(), nix::sys::socket::Shutdown::Read);
             }
         }
@@ -622,6 +634,7 @@ impl Arbiter {
             return;
         }
         tracing::info!("Handling signal: hup");
+        self.sd.reloading();
         self.generation += 1;
         tracing::info!("Reloading: starting generation {}", self.generation);
     }

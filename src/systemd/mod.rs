@@ -17,6 +17,7 @@ pub mod activation;
 pub mod env;
 pub mod fdstore;
 pub mod journal;
+pub mod listeners;
 pub mod notify;
 pub mod service;
 

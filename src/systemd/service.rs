@@ -209,7 +209,8 @@ impl Service {
     fn status_text(&self, s: &Snapshot) -> String {
         let workers = format!("{}/{} workers ready", s.ready.min(s.target), s.target);
         match (self.phase, &self.boot_error) {
-            (Phase::Stopping, _) => "Stopping".to_string(),
+            (Phase::Stopping, Some(e)) => format!("Stopping; boot error: {e}"),
+            (Phase::Stopping, None) => "Stopping".to_string(),
             (_, Some(e)) => format!("{workers}; boot error: {e}"),
             (Phase::Starting, None) => format!("Booting: {workers}"),
             (Phase::Reloading, None) => format!("Reloading: {workers}"),
