@@ -18,7 +18,12 @@ impl Arbiter {
         let requests = self
             .workers
             .values()
-            .map(|w| self.scoreboard.slot(w.slot).requests.load(Ordering::Relaxed))
+            .map(|w| {
+                self.scoreboard
+                    .slot(w.slot)
+                    .requests
+                    .load(Ordering::Relaxed)
+            })
             .sum();
         Snapshot {
             ready: self.ready_count(),

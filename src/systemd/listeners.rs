@@ -36,7 +36,9 @@ fn adopt(fd: OwnedFd, what: &str) -> Result<Listener> {
 
 /// Bind, adopt or reuse every listener (see the module doc).
 pub fn resolve(binds: &[String], opts: BindOptions) -> Result<Sockets> {
-    let act = activation().context("socket activation")?.unwrap_or_default();
+    let act = activation()
+        .context("socket activation")?
+        .unwrap_or_default();
     let notifier = Notifier::from_env();
     let remove_stored = |name: &str| {
         if let Some(n) = &notifier {
