@@ -50,6 +50,10 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         &settings.errorlog,
         settings.accesslog.as_deref(),
         &settings.access_log_format,
+        settings.log_journald
+            || rgunicorn::systemd::journal::stderr_is_journal(
+                std::env::var("JOURNAL_STREAM").ok().as_deref(),
+            ),
     )
     .context("cannot set up logging")?;
 

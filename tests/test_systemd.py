@@ -605,3 +605,77 @@ def test_unit_files_verify_clean(tmp_path):
         print("verified without (too new for this systemd):\n  " + "\n  ".join(skipped))
     assert r.stderr.strip() == "", r.stderr
     assert r.returncode == 0, r.stdout
+
+
+# --------------------------------------------------------------------------
+# journald
+# --------------------------------------------------------------------------
+
+def parse_journal_datagram(data: bytes) -> dict[str, str]:
+    """journald's native protocol: ``KEY=value\\n``, or ``KEY\\n`` followed by
+    a 64-bit little-endian length, the value and ``\\n``."""
+    out, i = {}, 0
+    while i < len(data):
+        nl = data.index(b"\n", i)
+        line = data[i:nl]
+        if b"=" in line:
+            k, v = line.split(b"=", 1)
+            out[k.decode()] = v.decode(errors="replace")
+            i = nl + 1
+        else:
+            n = struct.unpack("<Q", data[nl + 1:nl + 9])[0]
+            out[line.decode()] = data[nl + 9:nl + 9 + n].decode(errors="replace")
+            i = nl + 9 + n + 1
+    return out
+
+
+class JournalReceiver(NotifyReceiver):
+    def entries(self) -> list[tuple[int | None, dict[str, str]]]:
+        return [(m.pid, parse_journal_datagram(m.text.encode())) for m in self.snapshot()
+                if m.text]
+
+
+UNSHARE = shutil.which("unshare")
+
+
+@pytest.mark.skipif(UNSHARE is None or os.geteuid() != 0,
+                    reason="needs unshare(1) and root for a private /run/systemd/journal")
+@pytest.mark.parametrize("how", ["flag", "journal_stream"])
+def test_logs_go_to_journald_with_priority_and_pid(spawned, tmp_path, how):
+    rx = JournalReceiver(tmp_path)
+    try:
+        port = free_port()
+        err = tmp_path / "stderr-file"
+        err.touch()
+        st = os.stat(err)
+        extra = ["--log-journald"] if how == "flag" else []
+        env = server_env({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if how != "flag" else None})
+        # A private mount namespace where journald's socket is ours.
+        script = ('mkdir -p /run/systemd && mount -t tmpfs none /run/systemd'
+                  ' && mkdir /run/systemd/journal && touch /run/systemd/journal/socket'
+                  f' && mount --bind {rx.address} /run/systemd/journal/socket'
+                  f' && exec "$0" "$@" 2>>{err}')
+        cmd = [UNSHARE, "--mount", "--propagation", "private", "sh", "-c", script,
+               str(SERVER_BIN), "-w", "1", "--bind", f"127.0.0.1:{port}", *extra, APP]
+        srv = spawned(cmd, env, port=port, listen_pid=False)
+        srv.wait_ready()
+        entries = wait_until(lambda: [e for e in rx.entries()
+                                      if "Booting worker" in e[1].get("MESSAGE", "")], timeout=10)
+        assert entries, rx.entries()
+        pid, fields = entries[0]
+        workers = srv.worker_pids()
+        assert pid in workers and fields["MESSAGE"] == f"Booting worker with pid: {pid}"
+        assert fields["PRIORITY"] == "6" and fields["SYSLOG_IDENTIFIER"] == "rgunicorn"
+        assert "CODE_FILE" in fields and "TARGET" in fields
+        # Text lines were not written as well.
+        assert "Booting worker" not in err.read_text()
+        assert srv.stop() == 0
+        assert any(e[1].get("MESSAGE") == "Shutting down: Master" and e[0] == srv.pid
+                   for e in rx.entries())
+    finally:
+        rx.stop()
+
+
+def test_unmatched_journal_stream_keeps_text_logs(server):
+    srv = server("-w", "1", app=APP, env={"JOURNAL_STREAM": "1:1"})
+    assert "Booting worker with pid" in srv.wait_for_log("Booting worker")
