@@ -517,7 +517,11 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
                     return None;
                 }
             },
-            _ = shutdown.wait_for(|v| *v), if empty => return None,
+            // Only a keep-alive wait ends at shutdown: a connection just
+            // accepted has a client waiting for its first answer (its
+            // request may not have arrived yet), and the header timeout and
+            // --graceful-timeout still bound it.
+            _ = shutdown.wait_for(|v| *v), if empty && idle => return None,
         }
     }
 }
