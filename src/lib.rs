@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod http_date;
 pub mod logging;
+pub mod privileges;
 pub mod python;
 pub mod scoreboard;
 pub mod sock;

@@ -81,18 +81,49 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         );
     }
 
+    let owner = match (&settings.user, &settings.group) {
+        (None, None) => None,
+        (u, g) => Some((
+            match u {
+                Some(u) => Some(rgunicorn::privileges::uid_of(u)?.0),
+                None => None,
+            },
+            match g {
+                Some(g) => Some(rgunicorn::privileges::gid_of(g)?),
+                None => None,
+            },
+        )),
+    };
     let opts = sock::BindOptions {
         backlog: settings.backlog,
         reuse_port: settings.reuse_port,
+        umask: settings.umask,
+        owner,
     };
-    // Socket-activated listeners replace --bind; stored ones are reused.
-    let sockets = rgunicorn::systemd::listeners::resolve(&settings.bind, opts)?;
-    let listeners = sockets.listeners;
-    if sockets.control.is_some() {
+    let mut listeners = Vec::new();
+    let mut control_fd = None;
+    if let Ok(fds) = std::env::var(arbiter::REEXEC_FDS_ENV) {
+        // Started by SIGUSR2 from an old master: serve on its listeners.
+        std::env::remove_var(arbiter::REEXEC_FDS_ENV);
+        for fd in fds.split(',').filter(|f| !f.is_empty()) {
+            let fd: i32 = fd
+                .parse()
+                .with_context(|| format!("{}: bad descriptor {fd:?}", arbiter::REEXEC_FDS_ENV))?;
+            let mut l = sock::adopt_fd(fd)?;
+            l.unlink_on_exit = matches!(l.kind, sock::ListenerKind::Unix(_));
+            listeners.push(l);
+        }
+    } else {
+        // Socket-activated listeners replace --bind; stored ones are reused
+        // (see rgunicorn::systemd::listeners).
+        let sockets = rgunicorn::systemd::listeners::resolve(&settings.bind, opts)?;
+        listeners = sockets.listeners;
+        control_fd = sockets.control;
+    }
+    if control_fd.is_some() {
         // TODO(issue 4): the control socket takes this descriptor.
         tracing::info!("A control socket was passed by the service manager");
     }
-    let _control_fd = sockets.control;
 
     if let Some(pidfile) = &settings.pidfile {
         std::fs::write(pidfile, format!("{}\n", std::process::id()))

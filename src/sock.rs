@@ -144,6 +144,11 @@ impl Drop for Listener {
 pub struct BindOptions {
     pub backlog: i32,
     pub reuse_port: bool,
+    /// `--umask`, applied while a Unix socket file is created (as Gunicorn).
+    pub umask: u32,
+    /// Owner given to Unix socket files (`--user`/`--group`), so workers
+    /// that dropped privileges can still use them.
+    pub owner: Option<(Option<nix::unistd::Uid>, Option<nix::unistd::Gid>)>,
 }
 
 /// Create (or adopt) the listener for one bind address.
@@ -213,7 +218,16 @@ fn bind_unix(path: &std::path::Path, opts: BindOptions) -> Result<Listener> {
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    sock.bind(&SockAddr::unix(path)?)?;
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        opts.umask as libc::mode_t,
+    ));
+    let bound = sock.bind(&SockAddr::unix(path)?);
+    nix::sys::stat::umask(old);
+    bound?;
+    if let Some((uid, gid)) = opts.owner {
+        nix::unistd::chown(path, uid, gid)
+            .with_context(|| format!("cannot chown {}", path.display()))?;
+    }
     sock.listen(opts.backlog)?;
     Ok(Listener {
         fd: OwnedFd::from(sock),

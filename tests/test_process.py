@@ -456,3 +456,97 @@ def test_slow_clients_do_not_block(server, say):
         for s in slow:
             s.close()
     assert time.monotonic() - test_t0 < 15
+
+
+# --- master shape, sockets, logs ------------------------------------------------
+
+def threads_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads: line for {pid}")
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["plain", "preload"])
+@rgunicorn_only
+def test_master_is_single_threaded(server, preload):
+    """The master forks: it must never have a second thread (DESIGN.md)."""
+    args = ["-w", "2"] + (["--preload"] if preload else [])
+    srv = server(*args, app=APP)
+    srv.wait_for_workers(2)
+    assert srv.get("/").status_code == 200
+    assert threads_of(srv.pid) == 1
+    # After a reload and a respawn too.
+    os.kill(srv.pid, signal.SIGHUP)
+    os.kill(srv.wait_for_workers(2)[0], signal.SIGKILL)
+    assert wait_until(lambda: srv.get("/").status_code == 200, timeout=10)
+    assert threads_of(srv.pid) == 1
+
+
+def test_backlog_is_applied(server):
+    srv = server("--backlog", "37", app=APP)
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{srv.port}"], capture_output=True,
+                         text=True, check=True).stdout
+    # For a listening socket, ss shows the backlog in the Send-Q column.
+    assert out.split()[2] == "37", out
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["default", "reuse-port"])
+def test_reuse_port(server, reuse):
+    args = ["--reuse-port"] if reuse else []
+    srv = server(*args, app=APP)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        if reuse:
+            s.bind(("127.0.0.1", srv.port))  # allowed: both sockets have SO_REUSEPORT
+        else:
+            with pytest.raises(OSError):
+                s.bind(("127.0.0.1", srv.port))
+    finally:
+        s.close()
+
+
+ACCESS_LINE = re.compile(
+    r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+    r'"GET /pid\?x=1 HTTP/1\.1" 200 \d+ "http://ref\.example/" "probe-agent/1\.0"$', re.M)
+
+
+def test_access_log_default_format(server):
+    srv = server("--access-logfile", "-", app=APP)
+    r = srv.get("/pid?x=1", headers={"User-Agent": "probe-agent/1.0",
+                                     "Referer": "http://ref.example/"})
+    assert r.status_code == 200
+    srv.wait_for_log(ACCESS_LINE.pattern)
+
+
+def test_no_access_log_by_default(server):
+    srv = server(app=APP)
+    srv.get("/pid?x=1", headers={"User-Agent": "probe-agent/1.0"})
+    srv.stop()
+    assert "probe-agent" not in srv.log()
+
+
+def test_error_logfile_and_level(server, tmp_path):
+    path = tmp_path / "error.log"
+    srv = server("--error-logfile", str(path), "--log-level", "debug", app=APP)
+    assert srv.get("/").status_code == 200
+    srv.stop()
+    text = path.read_text()
+    assert re.search(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[INFO\] Booting worker",
+                     text, re.M), text
+    quiet = tmp_path / "quiet.log"
+    srv = server("--error-logfile", str(quiet), "--log-level", "warning", app=APP)
+    assert srv.get("/").status_code == 200
+    srv.stop()
+    assert "[INFO]" not in quiet.read_text()
+
+
+def test_worker_boot_error_exits_3(server):
+    srv = server("-w", "2", app="proc_bootfail:app", wait=False)
+    code = srv.proc.wait(timeout=10)
+    if IS_GUNICORN:
+        assert code != 0
+    else:
+        assert code == 3, srv.log()
+        assert "Worker failed to boot" in srv.log()

@@ -48,6 +48,15 @@ const SIGNALS: [Signal; 10] = [
     Signal::SIGWINCH,
 ];
 
+/// The environment variable that hands listeners to a re-executed master.
+pub const REEXEC_FDS_ENV: &str = "RGUNICORN_FD";
+
+fn oldbin(p: &std::path::Path) -> std::path::PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".oldbin");
+    s.into()
+}
+
 /// Gunicorn's exit codes for a server that could not start its workers.
 pub const EXIT_WORKER_BOOT_ERROR: i32 = 3;
 pub const EXIT_APP_LOAD_ERROR: i32 = 4;
@@ -73,6 +82,24 @@ struct WorkerRec {
     timed_out_kill_at: Option<Instant>,
 }
 
+/// How the last reload ended (reported by `status`, sent to systemd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new generation is ready; the old one retires.
+    Succeeded { generation: u64, took: Duration },
+    /// The new generation could not boot (or the config could not be
+    /// read); the previous generation keeps serving.
+    Failed { generation: u64, error: String },
+}
+
+/// A reload in progress.
+#[derive(Debug, Clone, Copy)]
+struct Reload {
+    generation: u64,
+    previous: u64,
+    started: Instant,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunState {
     Running,
@@ -89,6 +116,8 @@ pub struct Arbiter {
     workers: BTreeMap<Pid, WorkerRec>,
     target: usize,
     generation: u64,
+    /// The highest generation number handed out (numbers are never reused).
+    last_generation: u64,
     state: RunState,
     sigfd: SignalFd,
     pipe_r: OwnedFd,
@@ -101,6 +130,16 @@ pub struct Arbiter {
     boot_failures: u32,
     next_spawn_at: Instant,
     pid: Pid,
+    /// The worker count was changed at run time (TTIN/TTOU, `scale`): a
+    /// reload keeps it instead of taking `workers` from the config again.
+    scaled: bool,
+    reload: Option<Reload>,
+    last_reload: Option<ReloadOutcome>,
+    /// A new master started by SIGUSR2, sharing our listeners.
+    reexec_child: Option<Pid>,
+    /// Times a worker had to be replaced because it died unexpectedly.
+    restarts: u64,
+    started_at: Instant,
     /// What the service manager is told (READY, STATUS, WATCHDOG, ...).
     sd: crate::systemd::Service,
 }
@@ -137,6 +176,7 @@ impl Arbiter {
             workers: BTreeMap::new(),
             target,
             generation: 1,
+            last_generation: 1,
             state: RunState::Running,
             sigfd,
             pipe_r,
@@ -147,6 +187,12 @@ impl Arbiter {
             boot_failures: 0,
             next_spawn_at: Instant::now(),
             pid: nix::unistd::getpid(),
+            scaled: false,
+            reload: None,
+            last_reload: None,
+            reexec_child: None,
+            restarts: 0,
+            started_at: Instant::now(),
             sd: crate::systemd::Service::from_env(),
         })
     }
@@ -207,6 +253,16 @@ impl Arbiter {
         self.exit_code
     }
 
+    /// How long this master has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started_at.elapsed()
+    }
+
+    /// How the last reload ended, if there was one.
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last_reload.as_ref()
+    }
+
     fn poll_timeout(&self) -> PollTimeout {
         let mut wait = Duration::from_millis(1000);
         let now = Instant::now();
@@ -240,6 +296,12 @@ impl Arbiter {
                 Signal::SIGTTIN => self.scale(self.target.saturating_add(1)),
                 Signal::SIGTTOU => self.scale(self.target.saturating_sub(1)),
                 Signal::SIGUSR1 => self.reopen_logs(),
+                Signal::SIGUSR2 => self.reexec(),
+                Signal::SIGWINCH => {
+                    // Gunicorn stops its workers on WINCH only when daemonized;
+                    // rgunicorn never daemonizes.
+                    tracing::info!("Handling signal: winch (ignored: not daemonized)");
+                }
                 other => tracing::info!("Ignoring {other}"),
             }
         }
@@ -282,6 +344,7 @@ impl Arbiter {
                 self.ever_ready = true;
                 self.boot_failures = 0;
                 self.retire_replaced();
+                self.check_reload_done();
             }
             msg::RETIRE => {
                 if let Some(w) = self.workers.get_mut(&pid) {
@@ -448,6 +511,7 @@ impl Arbiter {
             listeners: &self.listeners,
             slot_index,
             slot,
+            scoreboard: &self.scoreboard,
             notify_fd: self.pipe_w.as_raw_fd(),
             preloaded,
             max_requests,
@@ -468,6 +532,14 @@ impl Arbiter {
                 Ok(s) => s,
             };
             let Some(pid) = status.pid() else { continue };
+            if Some(pid) == self.reexec_child {
+                self.reexec_child = None;
+                tracing::warn!("The re-executed master (pid: {pid}) exited: {status:?}");
+                if let Some(p) = &self.settings.pidfile {
+                    let _ = std::fs::rename(oldbin(p), p);
+                }
+                continue;
+            }
             let Some(w) = self.workers.remove(&pid) else {
                 // Not a worker: an orphan we adopted as PID 1 or subreaper.
                 tracing::debug!("reaped child {pid}: {status:?}");
@@ -496,7 +568,15 @@ impl Arbiter {
                         "Worker failed to boot."
                     };
                     tracing::error!("Worker (pid:{pid}) exited with code {code}.");
-                    self.sd.boot_error(reason);
+                    let error = self
+                        .scoreboard
+                        .take_error(w.slot)
+                        .unwrap_or_else(|| reason.to_string());
+                    self.sd.boot_error(&error);
+                    if self.reload.is_some_and(|r| r.generation == w.generation) {
+                        self.reload_failed(error);
+                        return;
+                    }
                     if !self.ever_ready {
                         // Nothing has ever served: a broken app must not
                         // fork-loop. Stop with Gunicorn's exit code.
@@ -508,21 +588,25 @@ impl Arbiter {
                     self.boot_failed();
                 } else if !expected {
                     tracing::error!("Worker (pid:{pid}) exited with code {code}.");
+                    self.restarts += 1;
                     if w.state == WState::Booting {
                         self.boot_failed();
                     }
                 }
             }
             WaitStatus::Signaled(_, sig, _) => {
-                if expected && sig != Signal::SIGKILL {
+                if expected {
                     tracing::info!("Worker (pid:{pid}) exited on {sig}");
                 } else if sig == Signal::SIGKILL {
                     tracing::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
                 } else {
                     tracing::error!("Worker (pid:{pid}) was sent {sig}!");
                 }
-                if w.state == WState::Booting && !expected {
-                    self.boot_failed();
+                if !expected {
+                    self.restarts += 1;
+                    if w.state == WState::Booting {
+                        self.boot_failed();
+                    }
                 }
             }
             other => tracing::info!("Worker (pid:{pid}) ended: {other:?}"),
@@ -614,7 +698,13 @@ impl Arbiter {
         // ends, and connections would queue unserved meanwhile.
         // (Unix sockets are unlinked instead, when `listeners` is cleared:
         // a shut-down Unix listener would wake its workers' epoll forever.)
-        for l in &self.listeners {
+        let shared = self.reexec_child.is_some();
+        for l in self.listeners.iter_mut() {
+            if shared {
+                // The new master serves on these: only forget our copies.
+                l.unlink_on_exit = false;
+                continue;
+            }
             if matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) && !l.shared {
                 let _ = nix::sys::socket::shutdown(l.raw_fd(), nix::sys::socket::Shutdown::Read);
             }
@@ -629,21 +719,186 @@ impl Arbiter {
         }
     }
 
-    fn reload(&mut self) {
+    /// Reload (SIGHUP, `reload`): read the settings again and start a new
+    /// generation of workers, which import the app afresh; each old worker
+    /// retires once a new one is ready. Listeners stay open throughout.
+    pub fn reload(&mut self) {
         if self.state != RunState::Running {
             return;
         }
         tracing::info!("Handling signal: hup");
         self.sd.reloading();
-        self.generation += 1;
+        let args: Vec<std::ffi::OsString> = self.argv.iter().skip(1).map(Into::into).collect();
+        match crate::python::config::load_settings(args, &self.argv) {
+            Ok(new) => {
+                if new.bind != self.settings.bind {
+                    tracing::warn!("Reload: a changed bind takes effect only on restart");
+                }
+                if !self.scaled {
+                    self.target = new.workers.clamp(1, MAX_SLOTS);
+                }
+                self.settings = new;
+            }
+            Err(e) => {
+                let error = match e {
+                    crate::python::config::LoadError::Config(e) => e.to_string(),
+                    crate::python::config::LoadError::File(e) => format!("{e:#}"),
+                };
+                tracing::error!("Reload failed: cannot read the configuration: {error}");
+                self.sd.reload_failed(&error);
+                self.last_generation += 1;
+                self.last_reload = Some(ReloadOutcome::Failed {
+                    generation: self.last_generation,
+                    error,
+                });
+                return;
+            }
+        }
+        let previous = match self.reload {
+            // A reload during a reload: the newest code wins; the half-booted
+            // generation is simply superseded.
+            Some(r) => r.previous,
+            None => self.generation,
+        };
+        self.last_generation += 1;
+        self.generation = self.last_generation;
+        self.reload = Some(Reload {
+            generation: self.generation,
+            previous,
+            started: Instant::now(),
+        });
         tracing::info!("Reloading: starting generation {}", self.generation);
     }
 
-    fn scale(&mut self, n: usize) {
+    /// The reload ends once the new generation has `target` ready workers.
+    fn check_reload_done(&mut self) {
+        let Some(r) = self.reload else { return };
+        if self.ready_count() >= self.target {
+            let took = r.started.elapsed();
+            tracing::info!(
+                "Reload complete: generation {} ready in {:.2} s",
+                r.generation,
+                took.as_secs_f64()
+            );
+            self.reload = None;
+            self.last_reload = Some(ReloadOutcome::Succeeded {
+                generation: r.generation,
+                took,
+            });
+        }
+    }
+
+    /// A worker of the new generation could not boot: keep the previous
+    /// generation serving. New workers that did boot stay, as part of it.
+    fn reload_failed(&mut self, error: String) {
+        let Some(r) = self.reload.take() else { return };
+        tracing::error!(
+            "Reload failed: generation {} could not boot; generation {} keeps serving\n{}",
+            r.generation,
+            r.previous,
+            error.trim_end()
+        );
+        for (pid, w) in self.workers.iter_mut() {
+            if w.generation == r.generation {
+                if w.state == WState::Booting {
+                    let _ = kill(*pid, Signal::SIGKILL);
+                    w.state = WState::Retiring {
+                        kill_at: Instant::now(),
+                    };
+                }
+                w.generation = r.previous;
+            }
+        }
+        self.generation = r.previous;
+        self.sd.reload_failed(&error);
+        self.last_reload = Some(ReloadOutcome::Failed {
+            generation: r.generation,
+            error,
+        });
+    }
+
+    /// Scale (SIGTTIN/SIGTTOU, `scale`): the new count survives reloads.
+    pub fn scale(&mut self, n: usize) {
         let n = n.clamp(1, MAX_SLOTS);
+        self.scaled = true;
         if n != self.target {
             tracing::info!("Scaling workers: {} -> {n}", self.target);
             self.target = n;
+        }
+    }
+
+    /// SIGUSR2: start a new master from the binary on disk, handing it our
+    /// listeners; the pidfile becomes `PIDFILE.oldbin` until it exits.
+    fn reexec(&mut self) {
+        if self.reexec_child.is_some() {
+            tracing::warn!("USR2 ignored: a re-executed master is already running");
+            return;
+        }
+        tracing::info!("Handling signal: usr2");
+        if let Some(p) = &self.settings.pidfile {
+            let old = oldbin(p);
+            if let Err(e) = std::fs::rename(p, &old) {
+                tracing::warn!("cannot rename pidfile to {}: {e}", old.display());
+            }
+        }
+        let fds: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| l.raw_fd().to_string())
+            .collect();
+        let exe = std::fs::read_link("/proc/self/exe")
+            .unwrap_or_else(|_| std::path::PathBuf::from(&self.argv[0]));
+        let cexe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).ok();
+        let cargs: Vec<std::ffi::CString> = self
+            .argv
+            .iter()
+            .filter_map(|a| std::ffi::CString::new(a.as_bytes()).ok())
+            .collect();
+        let Some(cexe) = cexe else { return };
+        // Everything the child needs is allocated before the fork.
+        let env_fds = std::ffi::CString::new(format!("{REEXEC_FDS_ENV}={}", fds.join(","))).ok();
+        let mut envp: Vec<std::ffi::CString> = std::env::vars_os()
+            .filter(|(k, _)| k != REEXEC_FDS_ENV)
+            .filter_map(|(k, v)| {
+                let mut b = k.into_encoded_bytes();
+                b.push(b'=');
+                b.extend(v.into_encoded_bytes());
+                std::ffi::CString::new(b).ok()
+            })
+            .collect();
+        envp.extend(env_fds);
+        // The manager's variables were taken out of our environment at
+        // start; the new master needs them to take over as main process.
+        envp.extend(
+            self.sd
+                .reexec_env()
+                .into_iter()
+                .filter_map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).ok()),
+        );
+        let listener_fds: Vec<i32> = self.listeners.iter().map(|l| l.raw_fd()).collect();
+        // SAFETY: single-threaded master; the child only does
+        // async-signal-safe work (fcntl, sigprocmask, execve) before exec.
+        match unsafe { crate::python::fork() } {
+            Ok(ForkResult::Child) => {
+                for fd in &listener_fds {
+                    // SAFETY: fcntl on our own open listener descriptors.
+                    unsafe {
+                        libc::fcntl(*fd, libc::F_SETFD, 0);
+                    }
+                }
+                let _ = SigSet::empty().thread_set_mask();
+                let _ = nix::unistd::execve(&cexe, &cargs, &envp);
+                // SAFETY: exec failed; leave without running destructors.
+                unsafe { libc::_exit(1) }
+            }
+            Ok(ForkResult::Parent { child }) => {
+                tracing::info!("Started a new master (pid: {child})");
+                self.reexec_child = Some(child);
+                // It is the service's main process from now on (MAINPID=);
+                // we fall silent, watchdog included.
+                self.sd.handed_over(child.as_raw());
+            }
+            Err(e) => tracing::error!("USR2: fork failed: {e}"),
         }
     }
 

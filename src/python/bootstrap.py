@@ -85,3 +85,17 @@ def load_config_file(path):
 def load_config_module(name):
     mod = importlib.import_module(name)
     return {k: getattr(mod, k) for k in dir(mod) if not k.startswith("__")}
+
+
+def dump_stacks():
+    """Every Python thread's stack, for the WORKER TIMEOUT report."""
+    import threading
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = []
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        out.append("Thread %s (%s), most recent call last:\n" % (ident, names.get(ident, "?")))
+        out.extend(traceback.format_stack(frame))
+    return "".join(out)

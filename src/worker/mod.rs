@@ -15,6 +15,8 @@
 //! installs Python's own SIGINT handler): TERM = finish in-flight requests
 //! and exit; INT/QUIT = exit now; USR1 = reopen logs.
 
+mod abort;
+
 use crate::config::{Settings, WorkerClass};
 use crate::http::{self, Limits};
 use crate::scoreboard::{now_ms, Slot, SlotState};
@@ -62,6 +64,7 @@ pub struct Spec<'a> {
     pub listeners: &'a [Listener],
     pub slot_index: usize,
     pub slot: &'a Slot,
+    pub scoreboard: &'a crate::scoreboard::Scoreboard,
     pub notify_fd: RawFd,
     pub preloaded: Option<Py<PyAny>>,
     pub max_requests: u64,
@@ -96,12 +99,15 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         None => {
             if let Err(e) = crate::python::initialize(spec.argv) {
                 tracing::error!("Exception in worker process: {e:#}");
+                spec.scoreboard
+                    .set_error(spec.slot_index, &format!("{e:#}"));
                 return Err(WORKER_BOOT_ERROR);
             }
             match crate::python::load_app(spec.app_uri, s.chdir.as_deref(), &s.pythonpath) {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::error!("Exception in worker process\n{}", e.traceback.trim_end());
+                    spec.scoreboard.set_error(spec.slot_index, &e.traceback);
                     return Err(APP_LOAD_ERROR);
                 }
             }
@@ -131,17 +137,21 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         })?;
     let slot: &'static Slot = unsafe_static(spec.slot);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let thread_busy: Arc<Vec<AtomicU64>> =
+        Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
     let ctx = Arc::new(Ctx {
         bridge,
         pool: if threaded {
-            Some(start_pool(slots))
+            Some(start_pool(slots, thread_busy.clone()))
         } else {
             None
         },
+        thread_busy,
         slots,
         inflight: AtomicUsize::new(0),
         conns: AtomicUsize::new(0),
         capacity: Notify::new(),
+        drained: Notify::new(),
         shutdown: shutdown_rx,
         limits: Limits {
             request_line: s.limit_request_line,
@@ -157,7 +167,6 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         retire_sent: AtomicBool::new(false),
         notify_fd: spec.notify_fd,
         slot_index: spec.slot_index,
-        infos,
     });
     let listener_fds: Vec<(RawFd, bool)> = spec
         .listeners
@@ -198,10 +207,14 @@ struct Job {
 struct Ctx {
     bridge: Bridge,
     pool: Option<mpsc::Sender<Job>>,
+    /// gthread: when each Python thread's current request began (0 = idle).
+    thread_busy: Arc<Vec<AtomicU64>>,
     slots: usize,
     inflight: AtomicUsize,
     conns: AtomicUsize,
     capacity: Notify,
+    /// Woken when the last connection closes (for a graceful exit).
+    drained: Notify,
     shutdown: watch::Receiver<bool>,
     limits: Limits,
     keepalive: Duration,
@@ -213,7 +226,6 @@ struct Ctx {
     retire_sent: AtomicBool,
     notify_fd: RawFd,
     slot_index: usize,
-    infos: Vec<ListenerInfo>,
 }
 
 impl Ctx {
@@ -249,11 +261,12 @@ impl Ctx {
 
 /// Python threads for gthread: each attaches once and releases the GIL
 /// while it waits for the next job.
-fn start_pool(n: usize) -> mpsc::Sender<Job> {
+fn start_pool(n: usize, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..n {
         let rx = rx.clone();
+        let busy = busy.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("python-{i}"))
             .spawn(move || {
@@ -272,6 +285,7 @@ fn start_pool(n: usize) -> mpsc::Sender<Job> {
                         job.fd,
                         &job.peer,
                     );
+                    busy[i].store(0, Ordering::Relaxed);
                     let _ = job.reply.send((job.req, out));
                 })
             });
@@ -291,6 +305,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     let _ = BRIDGE_FOR_POOL.set(&leaked.bridge);
 
     install_quick_exit_handlers();
+    abort::install();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -325,6 +340,17 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
         loop {
             t.tick().await;
             hb_ctx.slot.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            if hb_ctx.pool.is_some() {
+                // --timeout applies per request: publish the oldest one.
+                let oldest = hb_ctx
+                    .thread_busy
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .filter(|&t| t != 0)
+                    .min()
+                    .unwrap_or(0);
+                hb_ctx.slot.busy_since_ms.store(oldest, Ordering::Relaxed);
+            }
             if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
                 tracing::info!("Parent changed, shutting down");
                 break;
@@ -358,10 +384,11 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     // In-flight requests finish; idle connections close at once (they see
     // the shutdown flag). The master bounds this with --graceful-timeout.
     loop {
+        let closed = ctx.drained.notified();
         if ctx.conns.load(Ordering::Acquire) == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        closed.await;
     }
 }
 
@@ -460,7 +487,9 @@ async fn accept_error(e: std::io::Error) {
 struct ConnGuard(Arc<Ctx>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.conns.fetch_sub(1, Ordering::AcqRel);
+        if self.0.conns.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
         self.0.capacity.notify_one();
     }
 }
@@ -491,17 +520,27 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         Instant::now() + HEADER_TIMEOUT
     };
     let mut waiting_first_byte = idle;
+    // parse_head starts from the beginning each time: call it only when a
+    // line may have ended or a limit may have been crossed, so a client
+    // trickling bytes cannot make us rescan its head over and over.
+    let mut scanned = 0;
+    let mut parsed_at = 0;
     loop {
-        if !buf.is_empty() {
+        let fresh = &buf[scanned.min(buf.len())..];
+        let worth_parsing =
+            fresh.contains(&b'\n') || (buf.len() > 4096 && buf.len() >= parsed_at + 1024);
+        scanned = buf.len();
+        if !buf.is_empty() && worth_parsing {
+            parsed_at = buf.len();
             match http::parse_head(buf, &ctx.limits) {
                 Ok(Some(r)) => return Some(Ok(r)),
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
-            if waiting_first_byte {
-                waiting_first_byte = false;
-                deadline = Instant::now() + HEADER_TIMEOUT;
-            }
+        }
+        if !buf.is_empty() && waiting_first_byte {
+            waiting_first_byte = false;
+            deadline = Instant::now() + HEADER_TIMEOUT;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
@@ -579,7 +618,7 @@ where
         ctx.capacity.notify_one();
         ctx.request_done();
         if crate::logging::access_enabled() {
-            access_log(&ctx, idx, &req, &peer, &outcome, started.elapsed());
+            access_log(&req, &peer, &outcome, started.elapsed());
         }
         if !outcome.pending_out.is_empty() {
             let w = tokio::time::timeout(ctx.io_timeout, s.write_all(&outcome.pending_out)).await;
@@ -596,15 +635,7 @@ where
     }
 }
 
-fn access_log(
-    ctx: &Ctx,
-    idx: usize,
-    req: &http::Request,
-    peer: &Peer,
-    o: &Outcome,
-    took: Duration,
-) {
-    let _ = &ctx.infos[idx];
+fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
     let env = |_: &str| None;
     crate::logging::access(&crate::logging::AccessInfo {
         remote: &peer.addr,
