@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, Server, free_port,
+from conftest import (APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, Server, free_port, proc_stat,
                       raw_request, server_env, wait_until)
 
 pytestmark = pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn-only: systemd protocol")
@@ -224,13 +224,6 @@ def listening_inodes(pid: int) -> set[int]:
     return out
 
 
-def get_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 # --------------------------------------------------------------------------
 # sd_notify: READY, STATUS, EXTEND_TIMEOUT, RELOADING, STOPPING
 # --------------------------------------------------------------------------
@@ -294,6 +287,48 @@ def test_reload_sends_reloading_with_monotonic_then_ready(server, notify):
     new = set(srv.worker_pids())
     assert len(new - old) >= 2, (old, new)
     assert ready.pid == srv.pid
+
+
+def test_failed_reload_ends_with_ready_and_says_why(server, notify, tmp_path):
+    rx = notify()
+    flag = tmp_path / "broken"
+    srv = server("-w", "1", app=APP, env={"NOTIFY_SOCKET": rx.address,
+                                          "SD_FAIL_IF_EXISTS": str(flag)})
+    rx.wait_for(is_ready)
+    flag.touch()
+    n = len(rx.snapshot())
+    srv.send_signal(signal.SIGHUP)
+    rx.wait_for(lambda m: m.text.startswith("RELOADING=1"), after=n)
+    # Type=notify-reload waits for READY=1: it comes, with the reason, and
+    # the old generation goes on serving.
+    rx.wait_for(is_ready, after=n, timeout=20)
+    assert any("reload failed" in m.text and m.text.startswith("STATUS=")
+               for m in rx.snapshot()[n:]), rx.snapshot()[n:]
+    assert srv.get("/").status_code == 200
+
+
+def test_usr2_reexec_names_the_new_master_mainpid(server, notify):
+    rx = notify()
+    srv = server("-w", "1", app=APP, env={"NOTIFY_SOCKET": rx.address,
+                                          "WATCHDOG_USEC": "1000000"})
+    rx.wait_for(is_ready)
+    n = len(rx.snapshot())
+    srv.send_signal(signal.SIGUSR2)
+    main = rx.wait_for(lambda m: m.text.startswith("MAINPID="), after=n)
+    assert main.pid == srv.pid
+    new_pid = int(main.fields()["MAINPID"])
+    # A new master, started by the old one from the binary on disk.
+    assert new_pid != srv.pid and int(proc_stat(new_pid)[3]) == srv.pid
+    # The new master speaks for itself from now on, watchdog included; the
+    # old one falls silent.
+    rx.wait_for(lambda m: is_ready(m) and m.pid == new_pid, timeout=20)
+    rx.wait_for(lambda m: m.text == "WATCHDOG=1" and m.pid == new_pid, timeout=5)
+    t_handover = main.t
+    time.sleep(1.2)
+    assert not [m for m in rx.snapshot() if m.pid == srv.pid and m.t > t_handover + 0.05]
+    os.kill(new_pid, signal.SIGTERM)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{new_pid}") or
+                      open(f"/proc/{new_pid}/stat").read().split()[2] == "Z", timeout=15)
 
 
 def test_boot_error_in_status(server, notify):

@@ -232,7 +232,9 @@ def test_socket_activation_serves(box):
     # The first connection starts the service; it waits in the backlog.
     r = requests.get(url(box.sock_port), timeout=30)
     assert r.status_code == 200
-    assert box.show(UNIT, "ActiveState") == "active"
+    # (The first worker may serve it before the second is ready: "activating"
+    # until READY=1.)
+    assert wait_until(lambda: box.show(UNIT, "ActiveState") == "active", timeout=15)
     log = box.journal(UNIT, "-n", "100")
     assert "--bind is ignored" in log
     # Activated listeners replace --bind.

@@ -1,6 +1,8 @@
 """App for the systemd tests (tests/test_systemd.py).
 
-At import it sleeps SD_BOOT_SLEEP seconds (default 0), to play a slow app.
+At import it sleeps SD_BOOT_SLEEP seconds (default 0), to play a slow app,
+and raises when the file named by SD_FAIL_IF_EXISTS exists (a broken deploy
+for reload tests).
 
 Routes:
   /        "Hello, World!"
@@ -11,6 +13,8 @@ import os
 import time
 
 time.sleep(float(os.environ.get("SD_BOOT_SLEEP", "0")))
+if os.path.exists(os.environ.get("SD_FAIL_IF_EXISTS", "/nonexistent/")):
+    raise RuntimeError("broken deploy")
 
 
 def app(environ, start_response):
