@@ -704,6 +704,9 @@ def test_logs_go_to_journald_with_priority_and_pid(spawned, tmp_path, how):
         assert "CODE_FILE" in fields and "TARGET" in fields
         # Text lines were not written as well.
         assert "Booting worker" not in err.read_text()
+        # No logging thread: the master forks, it must stay single-threaded.
+        status = Path(f"/proc/{srv.pid}/status").read_text()
+        assert "\nThreads:\t1\n" in status, status
         assert srv.stop() == 0
         assert any(e[1].get("MESSAGE") == "Shutting down: Master" and e[0] == srv.pid
                    for e in rx.entries())
