@@ -9,10 +9,13 @@
 //! ([`logging`]).
 pub mod arbiter;
 pub mod config;
+pub mod control;
+pub mod hooks;
 pub mod http;
 pub mod http_date;
 pub mod logging;
 pub mod privileges;
+pub mod proctitle;
 pub mod python;
 pub mod scoreboard;
 pub mod sock;

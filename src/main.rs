@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use rgunicorn::config::{self, Settings};
+use rgunicorn::control::{server::ControlServer, server::ServerOptions};
 use rgunicorn::{arbiter, python, sock};
 use std::ffi::OsString;
 
@@ -57,6 +58,10 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     )
     .context("cannot set up logging")?;
 
+    if !rgunicorn::hooks::on_starting(&settings) {
+        return Ok(1);
+    }
+
     if let Some(dir) = &settings.chdir {
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot change directory to {}", dir.display()))?;
@@ -102,6 +107,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     };
     let mut listeners = Vec::new();
     let mut control_fd = None;
+    let reexecuted = std::env::var_os(arbiter::REEXEC_FDS_ENV).is_some();
     if let Ok(fds) = std::env::var(arbiter::REEXEC_FDS_ENV) {
         // Started by SIGUSR2 from an old master: serve on its listeners.
         std::env::remove_var(arbiter::REEXEC_FDS_ENV);
@@ -120,10 +126,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         listeners = sockets.listeners;
         control_fd = sockets.control;
     }
-    if control_fd.is_some() {
-        // TODO(issue 4): the control socket takes this descriptor.
-        tracing::info!("A control socket was passed by the service manager");
-    }
+    let control = control_server(&settings, reexecuted, control_fd)?;
 
     if let Some(pidfile) = &settings.pidfile {
         std::fs::write(pidfile, format!("{}\n", std::process::id()))
@@ -146,12 +149,54 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     };
 
     let pidfile = settings.pidfile.clone();
-    let arb = arbiter::Arbiter::new(settings, app_uri, argv, listeners, preloaded)?;
+    let mut arb = arbiter::Arbiter::new(settings, app_uri, argv, listeners, preloaded)?;
+    if let Some(c) = control {
+        arb.set_control(c);
+    }
     let code = arb.run();
     if let Some(p) = pidfile {
         let _ = std::fs::remove_file(p);
     }
     Ok(code)
+}
+
+/// The control socket: a socket-activated one named `control` if systemd
+/// passed it, else bound at the configured path. A path that was set and
+/// cannot be used stops the start; the default one only warns (two servers
+/// of one user would otherwise fight over it).
+/// `reexecuted`: this master was started by SIGUSR2 and takes the socket
+/// over from its parent. `activated` is the descriptor named `control`,
+/// taken by `rgunicorn::systemd::listeners` (the `LISTEN_*` variables are
+/// gone from the environment by now).
+fn control_server(
+    settings: &Settings,
+    reexecuted: bool,
+    activated: Option<std::os::fd::OwnedFd>,
+) -> Result<Option<ControlServer>> {
+    if settings.no_control_socket {
+        return Ok(None);
+    }
+    let path = settings.control_socket.clone().unwrap_or_default();
+    let mut opts = ServerOptions::new(path.clone(), settings.control_socket_mode);
+    opts.allow_uid = settings.control_allow_uid.clone();
+    opts.allow_gid = settings.control_allow_gid.clone();
+    opts.readonly_gid = settings.control_readonly_gid.clone();
+    opts.take_over = reexecuted;
+    if let Some(fd) = activated {
+        tracing::info!("Control socket: the one passed by the service manager");
+        return Ok(Some(ControlServer::from_listener(fd, opts)?));
+    }
+    if settings.control_socket.is_none() {
+        return Ok(None);
+    }
+    match ControlServer::bind(opts) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if !settings.control_socket_explicit => {
+            tracing::warn!("{e}; running without a control socket (set --control-socket)");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn remove_pidfile(s: &Settings) {

@@ -474,7 +474,7 @@ def test_socket_activation_control_name_is_not_http(spawned, tmp_path):
     srv = spawned(cmd, server_env(), port=p, listen_pid=False)
     assert wait_until(lambda: raw_request(p, GET_ROOT, timeout=20)
                       .startswith(b"HTTP/1.1 200"), timeout=20), srv.log()
-    srv.wait_for_log("control socket was passed")
+    srv.wait_for_log("Control socket: the one passed by the service manager")
     # One HTTP listener only: the control descriptor serves no HTTP.
     assert "Listening at: unix:" not in srv.log()
     assert srv.stop() == 0

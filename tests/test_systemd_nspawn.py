@@ -36,6 +36,7 @@ pytestmark = [
 
 CONTRIB = ROOT / "contrib" / "systemd"
 UNIT = "rgunicorn.service"
+CTL_UNIT = "rgunicorn-ctl.service"
 
 
 class Load:
@@ -117,6 +118,23 @@ WatchdogSec=3s
 RestartSec=1s
 TimeoutAbortSec=5s
 """)
+    # The same service with Type=notify and ExecReload=rgunicornctl reload
+    # (no notify-reload drop-in): the synchronous reload through the control
+    # socket.
+    c.ctl_port = free_port()
+    c.install(f"{etc}/{CTL_UNIT}", (CONTRIB / UNIT).read_text())
+    c.install(f"{etc}/{CTL_UNIT}.d/50-test.conf", f"""\
+[Service]
+WorkingDirectory={APPS_DIR}
+UnsetEnvironment=VIRTUAL_ENV
+Environment=SD_BOOT_SLEEP=1 PYTHONDONTWRITEBYTECODE=1
+RuntimeDirectory=
+RuntimeDirectory=rgunicorn-ctl
+ExecStart=
+ExecStart={SERVER_BIN} --workers 2 --bind 127.0.0.1:{c.ctl_port} --graceful-timeout 10 sd_app:app
+ExecReload=
+ExecReload={SERVER_BIN.parent}/rgunicornctl --socket /run/rgunicorn-ctl/rgunicorn.ctl reload
+""")
     c.install(f"{etc}/rgunicorn.socket.d/50-test.conf", f"""\
 [Socket]
 ListenStream=
@@ -186,6 +204,22 @@ def test_reload_under_load_fails_no_request(box):
     assert "Reloading" in box.journal(UNIT, "-n", "200")
 
 
+def test_execreload_rgunicornctl_is_synchronous(box):
+    assert box.show(CTL_UNIT, "Type") == "notify"
+    box.systemctl("start", CTL_UNIT, timeout=60)
+    with Load(url(box.ctl_port)) as load:
+        t0 = time.monotonic()
+        box.systemctl("reload", CTL_UNIT, timeout=60)
+        took = time.monotonic() - t0
+        # rgunicornctl reload answers once the new generation (1 s import)
+        # is ready, so systemctl reload returns no sooner.
+        assert took >= 0.9, took
+        time.sleep(1)
+    assert load.failures == [], load.failures[:5]
+    assert "Reload complete" in box.journal(CTL_UNIT, "-n", "200")
+    box.systemctl("stop", CTL_UNIT, timeout=60)
+
+
 def test_restart_keeps_listening_socket_with_fd_store(box):
     box.systemctl("start", UNIT)
     ino = listen_inode(box.port)
@@ -241,5 +275,5 @@ def test_socket_activation_serves(box):
     with pytest.raises(requests.ConnectionError):
         requests.get(url(box.port), timeout=3)
     # The control socket is passed under its name, not served as HTTP.
-    assert "control socket was passed" in log
+    assert "Control socket: the one passed by the service manager" in log
     box.systemctl("stop", UNIT, "rgunicorn.socket", "rgunicorn-control.socket", timeout=60)

@@ -15,6 +15,11 @@
 //! | USR1          | reopen log files (and tell the workers to)                    |
 //! | CHLD          | reap children; replace workers that died                      |
 //! | WINCH, USR2   | logged and ignored for now                                    |
+//!
+//! The control socket ([`crate::control`]) is served from the same loop;
+//! its commands call the very methods the signals call (see `control.rs`).
+
+mod control;
 
 mod sd;
 
@@ -80,6 +85,8 @@ struct WorkerRec {
     wants_retire: bool,
     /// Timed out: killed with SIGKILL at this instant if still alive.
     timed_out_kill_at: Option<Instant>,
+    /// When it was forked.
+    born: Instant,
 }
 
 /// How the last reload ended (reported by `status`, sent to systemd).
@@ -140,6 +147,13 @@ pub struct Arbiter {
     /// Times a worker had to be replaced because it died unexpectedly.
     restarts: u64,
     started_at: Instant,
+    /// Per scoreboard slot: workers in that position that died unexpectedly
+    /// and were replaced (`status` reports it per worker).
+    slot_restarts: Vec<u64>,
+    /// The control socket, served from the loop.
+    control: Option<crate::control::server::ControlServer>,
+    /// The reload outcome the control server was last told about.
+    notified_reload: Option<ReloadOutcome>,
     /// What the service manager is told (READY, STATUS, WATCHDOG, ...).
     sd: crate::systemd::Service,
 }
@@ -193,6 +207,9 @@ impl Arbiter {
             reexec_child: None,
             restarts: 0,
             started_at: Instant::now(),
+            slot_restarts: vec![0; MAX_SLOTS],
+            control: None,
+            notified_reload: None,
             sd: crate::systemd::Service::from_env(),
         })
     }
@@ -210,14 +227,24 @@ impl Arbiter {
                 crate::config::WorkerClass::Gthread => "gthread",
             }
         );
+        crate::proctitle::set(&self.settings);
+        if !crate::hooks::when_ready(&self.settings, self.target) {
+            return 1;
+        }
         self.manage_workers();
         loop {
             let timeout = self.poll_timeout();
-            let (sig_ready, pipe_ready) = {
-                let mut fds = [
+            let ctl_fds = self.control_poll_fds();
+            let (sig_ready, pipe_ready, ctl_ready) = {
+                let mut fds = vec![
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.pipe_r.as_fd(), PollFlags::POLLIN),
                 ];
+                // SAFETY: the control server owns these descriptors and
+                // keeps them open until `handle_control` runs below.
+                fds.extend(ctl_fds.iter().map(|(fd, f)| {
+                    PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }, *f)
+                }));
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => {
@@ -226,7 +253,14 @@ impl Arbiter {
                     }
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                let ctl_ready: Vec<_> = ctl_fds
+                    .iter()
+                    .zip(&fds[2..])
+                    .filter_map(|((fd, _), p)| {
+                        p.revents().filter(|r| !r.is_empty()).map(|r| (*fd, r))
+                    })
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), ctl_ready)
             };
             if sig_ready {
                 self.handle_signals();
@@ -237,6 +271,7 @@ impl Arbiter {
             self.reap_children();
             self.murder_workers();
             self.sd_tick();
+            self.handle_control(&ctl_ready);
             if let RunState::Stopping { deadline, .. } = self.state {
                 if self.workers.is_empty() {
                     break;
@@ -250,6 +285,9 @@ impl Arbiter {
             self.sd_tick();
         }
         tracing::info!("Shutting down: Master");
+        // Answers still owed are sent (best effort) and the socket removed.
+        drop(self.control.take());
+        crate::hooks::on_exit(&self.settings);
         self.exit_code
     }
 
@@ -279,6 +317,9 @@ impl Arbiter {
         }
         if let Some(d) = self.sd.next_deadline(now) {
             wait = wait.min(d);
+        }
+        if let Some(at) = self.control_deadline() {
+            wait = wait.min(at.saturating_duration_since(now));
         }
         PollTimeout::from(u16::try_from(wait.as_millis()).unwrap_or(1000))
     }
@@ -449,6 +490,7 @@ impl Arbiter {
         let slot_index = self.free_slots.pop().context("no free worker slot")?;
         let slot = self.scoreboard.slot(slot_index);
         slot.reset(0);
+        crate::hooks::pre_fork(&self.settings, self.target, slot_index);
         // SAFETY: the master is single-threaded (see the module doc), and the
         // child goes straight into worker::run, which never returns.
         let forked = unsafe { crate::python::fork() };
@@ -468,6 +510,7 @@ impl Arbiter {
                         state: WState::Booting,
                         wants_retire: false,
                         timed_out_kill_at: None,
+                        born: Instant::now(),
                     },
                 );
                 Ok(())
@@ -481,11 +524,15 @@ impl Arbiter {
         let _ = SigSet::empty().thread_set_mask();
         let _ = nix::unistd::close(self.sigfd.as_raw_fd());
         let _ = nix::unistd::close(self.pipe_r.as_raw_fd());
+        if let Some(c) = self.control.take() {
+            c.close_in_child();
+        }
         // If the master dies, stop too (TERM: finish what is in flight).
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
         if nix::unistd::getppid() != self.pid {
             std::process::exit(0);
         }
+        crate::hooks::post_fork(&self.settings, self.target, slot_index);
         let slot = self.scoreboard.slot(slot_index);
         slot.pid.store(
             std::process::id() as i32,
@@ -547,7 +594,9 @@ impl Arbiter {
             };
             self.free_slots.push(w.slot);
             self.scoreboard.slot(w.slot).set_state(SlotState::Free);
+            let age = w.slot;
             self.on_worker_exit(pid, w, status);
+            crate::hooks::child_exit(&self.settings, self.target, pid.as_raw(), age);
         }
     }
 
@@ -589,6 +638,7 @@ impl Arbiter {
                 } else if !expected {
                     tracing::error!("Worker (pid:{pid}) exited with code {code}.");
                     self.restarts += 1;
+                    self.slot_restarts[w.slot] += 1;
                     if w.state == WState::Booting {
                         self.boot_failed();
                     }
@@ -604,6 +654,7 @@ impl Arbiter {
                 }
                 if !expected {
                     self.restarts += 1;
+                    self.slot_restarts[w.slot] += 1;
                     if w.state == WState::Booting {
                         self.boot_failed();
                     }
@@ -670,6 +721,7 @@ impl Arbiter {
         }
     }
 
+    /// Stop (SIGTERM: graceful, SIGINT/SIGQUIT: quick; `stop [--quick]`).
     fn stop(&mut self, quick: bool) {
         if let RunState::Stopping { quick: q, .. } = self.state {
             if q || !quick {
@@ -738,6 +790,7 @@ impl Arbiter {
                     self.target = new.workers.clamp(1, MAX_SLOTS);
                 }
                 self.settings = new;
+                crate::hooks::on_reload(&self.settings, self.target);
             }
             Err(e) => {
                 let error = match e {
@@ -823,7 +876,8 @@ impl Arbiter {
         self.scaled = true;
         if n != self.target {
             tracing::info!("Scaling workers: {} -> {n}", self.target);
-            self.target = n;
+            let old = std::mem::replace(&mut self.target, n);
+            crate::hooks::nworkers_changed(&self.settings, n, old);
         }
     }
 
@@ -887,6 +941,7 @@ impl Arbiter {
                     }
                 }
                 let _ = SigSet::empty().thread_set_mask();
+                crate::hooks::pre_exec(&self.settings, self.target);
                 let _ = nix::unistd::execve(&cexe, &cargs, &envp);
                 // SAFETY: exec failed; leave without running destructors.
                 unsafe { libc::_exit(1) }
@@ -902,6 +957,7 @@ impl Arbiter {
         }
     }
 
+    /// SIGUSR1, `reopen-logs`.
     fn reopen_logs(&mut self) {
         tracing::info!("Handling signal: usr1");
         if let Err(e) = crate::logging::reopen() {

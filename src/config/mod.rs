@@ -68,6 +68,9 @@ pub enum RawValue {
     Tuple(Vec<RawValue>),
     Dict(Vec<(String, RawValue)>),
     Callable(HookRef),
+    /// A value of a type no setting takes (its Python type name), so the
+    /// error can name the setting instead of ignoring it.
+    Unknown(String),
 }
 
 /// Where the config file comes from.
@@ -130,6 +133,11 @@ pub struct Settings {
     pub sendfile: bool,
     pub forwarded_allow_ips: Vec<String>,
     pub secure_scheme_headers: Vec<(String, String)>,
+    /// Header names (upper case, with underscores) a trusted proxy may send.
+    pub forwarder_headers: Vec<String>,
+    /// `off`, `v1`, `v2` or `auto`.
+    pub proxy_protocol: String,
+    pub proxy_allow_ips: Vec<String>,
     /// The application to load: the APP_MODULE argument, else `wsgi_app`
     /// from the config file.
     pub wsgi_app: Option<String>,
@@ -138,14 +146,20 @@ pub struct Settings {
     pub config: Option<String>,
     pub print_config: bool,
     pub check_config: bool,
-    /// The control socket path; `None` when `--no-control-socket` is given
-    /// or no default location exists (neither XDG_RUNTIME_DIR nor HOME).
+    /// The control socket path (see [`crate::control::path`] for the
+    /// default); `None` when `--no-control-socket` is given.
     pub control_socket: Option<PathBuf>,
+    /// Whether `control_socket` was set (command line, environment, config
+    /// file) rather than defaulted: a set path that cannot be used is fatal,
+    /// a default one only a warning.
+    pub control_socket_explicit: bool,
     pub control_socket_mode: u32,
     /// Gunicorn's `control_socket_disable` (`--no-control-socket`).
     pub no_control_socket: bool,
     pub control_allow_uid: Vec<u32>,
     pub control_allow_gid: Vec<u32>,
+    /// Members of these gids may only run read-only commands (status, health).
+    pub control_readonly_gid: Vec<u32>,
     pub log_journald: bool,
     /// Server hooks set in the config file, by Gunicorn's hook name.
     pub hooks: Vec<(String, HookRef)>,

@@ -41,8 +41,7 @@ pub(crate) struct EnvSnapshot {
     port: Option<String>,
     forwarded_allow_ips: Option<String>,
     sendfile: Option<String>,
-    xdg_runtime_dir: Option<String>,
-    home: Option<String>,
+    control_paths: crate::control::path::PathEnv,
     pub(crate) cwd: Option<PathBuf>,
 }
 
@@ -53,8 +52,7 @@ impl EnvSnapshot {
             port: env("PORT"),
             forwarded_allow_ips: env("FORWARDED_ALLOW_IPS"),
             sendfile: env("SENDFILE"),
-            xdg_runtime_dir: env("XDG_RUNTIME_DIR").filter(|s| !s.is_empty()),
-            home: env("HOME").filter(|s| !s.is_empty()),
+            control_paths: crate::control::path::PathEnv::capture(env),
             cwd: std::env::current_dir().ok(),
         }
     }
@@ -108,11 +106,11 @@ fn dynamic_default(def: &SettingDef, env: &EnvSnapshot) -> Result<Value, ConfigE
                 .unwrap_or("127.0.0.1,::1"),
         )
         .map_err(ConfigError::invalid)?,
-        "control_socket" => match (&env.xdg_runtime_dir, &env.home) {
-            (Some(dir), _) => Value::Str(format!("{dir}/rgunicorn.ctl")),
-            (None, Some(home)) => Value::Str(format!("{home}/.rgunicorn/rgunicorn.ctl")),
-            (None, None) => Value::None,
-        },
+        "control_socket" => Value::Str(
+            crate::control::path::default_socket(&env.control_paths)
+                .display()
+                .to_string(),
+        ),
         "config" => Value::Str("./gunicorn.conf.py".into()),
         // chdir, user, group: None means "leave as is".
         _ => Value::None,
@@ -372,6 +370,13 @@ fn build(
             Value::Dict(d) => d.clone(),
             _ => Vec::new(),
         },
+        forwarder_headers: g
+            .list("forwarder_headers")
+            .iter()
+            .map(|h| h.to_ascii_uppercase())
+            .collect(),
+        proxy_protocol: g.str("proxy_protocol"),
+        proxy_allow_ips: g.list("proxy_allow_ips"),
         wsgi_app,
         config,
         print_config: g.bool("print_config"),
@@ -381,10 +386,12 @@ fn build(
         } else {
             g.opt_str("control_socket").map(PathBuf::from)
         },
+        control_socket_explicit: !matches!(g.entry("control_socket").2, Source::Default),
         control_socket_mode: g.int("control_socket_mode")?,
         no_control_socket,
         control_allow_uid: ids("control_allow_uid"),
         control_allow_gid: ids("control_allow_gid"),
+        control_readonly_gid: ids("control_readonly_gid"),
         log_journald: g.bool("log_journald"),
         hooks,
         warnings,

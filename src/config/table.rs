@@ -260,7 +260,6 @@ const NO_ASGI: Status = Status::NotSupported(
 const NO_HTTP2: Status =
     Status::NotSupported("rgunicorn speaks HTTP/1.1 only; HTTP/2 needs a proxy in front");
 const NO_DIRTY: Status = Status::NotSupported("dirty arbiters are not implemented");
-const NO_PROXY_PROTOCOL: Status = Status::NotSupported("the PROXY protocol is not implemented");
 const NO_UWSGI: Status = Status::NotSupported("only the HTTP protocol is implemented, not uWSGI");
 
 /// Every setting, in Gunicorn's order, then rgunicorn's own.
@@ -486,6 +485,7 @@ pub static TABLE: &[SettingDef] = &[
         ty: ValueType::CommaList,
         default: DefaultValue::Dynamic("`$FORWARDED_ALLOW_IPS` if set, else `'127.0.0.1,::1'`"),
         help: "Front-end IPs or networks trusted to set secure headers (comma separated, * for all).",
+        check: Some(super::value::check_addr_list),
         ..BASE
     },
     // ---- Logging
@@ -642,6 +642,10 @@ pub static TABLE: &[SettingDef] = &[
         meta: Some("STRING"),
         ty: ValueType::OptStr,
         help: "A base for process names in ps and top (default: default_proc_name).",
+        status: Status::Different(
+            "sets the kernel's 15-byte process name (`ps -o comm`, top) of master and workers to the name; \
+             the `gunicorn: master [name]` argv title is not rewritten yet",
+        ),
         ..BASE
     },
     SettingDef {
@@ -678,7 +682,9 @@ pub static TABLE: &[SettingDef] = &[
     hook("pre_fork", HOOKS, "Called just before a worker is forked.", Status::Same),
     hook("post_fork", HOOKS, "Called just after a worker has been forked.", Status::Same),
     hook("post_worker_init", HOOKS, "Called just after a worker has initialized the application.", Status::Same),
-    hook("worker_int", HOOKS, "Called just after a worker exited on SIGINT or SIGQUIT.", Status::Same),
+    hook("worker_int", HOOKS, "Called just after a worker exited on SIGINT or SIGQUIT.", Status::Different(
+        "accepted but not called: SIGINT/SIGQUIT end a worker at once from the signal handler, where Python cannot run",
+    )),
     hook("worker_abort", HOOKS, "Called when a worker received SIGABRT (generally on timeout).", Status::Same),
     hook("pre_exec", HOOKS, "Called just before a new master process is forked.", Status::Same),
     hook("pre_request", HOOKS, "Called just before a worker processes the request.", Status::Same),
@@ -698,7 +704,6 @@ pub static TABLE: &[SettingDef] = &[
         ty: ValueType::ProxyMode,
         default: DefaultValue::Str("off"),
         help: "Enable the PROXY protocol: off, v1, v2 or auto.",
-        status: NO_PROXY_PROTOCOL,
         ..BASE
     },
     SettingDef {
@@ -707,8 +712,8 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--proxy-allow-from"],
         ty: ValueType::CommaList,
         default: DefaultValue::List(&["127.0.0.1", "::1"]),
-        help: "Front-end IPs allowed to send PROXY protocol headers.",
-        status: NO_PROXY_PROTOCOL,
+        help: "Front-end IPs or networks allowed to send PROXY protocol headers (* for all).",
+        check: Some(super::value::check_addr_list),
         ..BASE
     },
     SettingDef {
@@ -811,8 +816,7 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--forwarder-headers"],
         ty: ValueType::CommaList,
         default: DefaultValue::List(&["SCRIPT_NAME", "PATH_INFO"]),
-        help: "Headers a trusted proxy may set to fill the WSGI environ.",
-        status: Status::NotSupported("only the default list SCRIPT_NAME,PATH_INFO is available"),
+        help: "Headers with underscores a trusted proxy may set (SCRIPT_NAME sets the environ's SCRIPT_NAME).",
         ..BASE
     },
     SettingDef {
@@ -910,7 +914,11 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--control-socket"],
         meta: Some("PATH"),
         ty: ValueType::OptStr,
-        default: DefaultValue::Dynamic("`$XDG_RUNTIME_DIR/rgunicorn.ctl`, else `$HOME/.rgunicorn/rgunicorn.ctl`"),
+        default: DefaultValue::Dynamic(
+            "`$RUNTIME_DIRECTORY/rgunicorn.ctl` (systemd `RuntimeDirectory=`), else \
+             `$XDG_RUNTIME_DIR/rgunicorn.ctl`, else `/tmp/rgunicorn-UID/rgunicorn.ctl` in a \
+             private directory (0700) that rgunicorn creates",
+        ),
         help: "Unix socket path for the control interface (rgunicornctl).",
         status: Status::Different(
             "serves rgunicorn's JSON protocol to `rgunicornctl`, not `gunicornc`; \
@@ -953,5 +961,18 @@ pub static TABLE: &[SettingDef] = &[
         help: "Also allow members of this numeric gid to use the control socket; repeatable.",
         status: Status::Rgunicorn,
         check: Some(super::value::check_ids),    },
+    SettingDef {
+        name: "control_readonly_gid",
+        section: CONTROL,
+        cli: &["--control-readonly-gid"],
+        meta: Some("GID"),
+        action: Action::Append,
+        ty: ValueType::StrList,
+        default: DefaultValue::List(&[]),
+        help: "Members of this numeric gid may run only read-only control commands \
+               (status, health); repeatable. The socket's mode must let them connect.",
+        status: Status::Rgunicorn,
+        check: Some(super::value::check_ids),
+    },
     flag("log_journald", LOG, &["--log-journald"], "Send logs to the systemd journal with structured fields.", Status::Rgunicorn),
 ];

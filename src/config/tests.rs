@@ -663,13 +663,22 @@ fn control_socket() {
         st.control_socket,
         Some("/run/user/1000/rgunicorn.ctl".into())
     );
+    assert!(!st.control_socket_explicit);
+    let sd = [
+        ("RUNTIME_DIRECTORY", "/run/app:/run/other"),
+        ("XDG_RUNTIME_DIR", "/run/user/1000"),
+    ];
+    let st = run(&["app:app"], &sd, &[]).unwrap();
+    assert_eq!(st.control_socket, Some("/run/app/rgunicorn.ctl".into()));
     let st = run(&["app:app"], &[("HOME", "/home/u")], &[]).unwrap();
+    let uid = nix::unistd::geteuid().as_raw();
     assert_eq!(
         st.control_socket,
-        Some("/home/u/.rgunicorn/rgunicorn.ctl".into())
+        Some(format!("/tmp/rgunicorn-{uid}/rgunicorn.ctl").into())
     );
     let st = run(&["--control-socket", "/tmp/c.sock", "app:app"], &env, &[]).unwrap();
     assert_eq!(st.control_socket, Some("/tmp/c.sock".into()));
+    assert!(st.control_socket_explicit);
     let st = run(&["--no-control-socket", "app:app"], &env, &[]).unwrap();
     assert!(st.no_control_socket && st.control_socket.is_none());
     let st = run(
@@ -680,12 +689,15 @@ fn control_socket() {
             "1000",
             "--control-allow-gid",
             "4",
+            "--control-readonly-gid",
+            "5",
             "a:b",
         ],
         &[],
         &[],
     )
     .unwrap();
+    assert_eq!(st.control_readonly_gid, vec![5]);
     assert_eq!(
         (st.control_allow_uid, st.control_allow_gid),
         (vec![33, 1000], vec![4])
@@ -775,5 +787,45 @@ fn settings_doc_covers_every_setting() {
     let doc = settings_markdown();
     for def in table() {
         assert!(doc.contains(&format!("`{}`<br>", def.name)), "{}", def.name);
+    }
+}
+
+/// Item "nothing silently ignored": the list of Gunicorn settings comes from
+/// the table itself (every entry that is not rgunicorn's own), and the
+/// checked-in `docs/settings.md` must have a row for each with a status.
+#[test]
+fn checked_in_settings_doc_gives_every_gunicorn_setting_a_status() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/settings.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/settings.md exists");
+    let gunicorn: Vec<&SettingDef> = table()
+        .iter()
+        .filter(|d| d.status != Status::Rgunicorn)
+        .collect();
+    assert!(
+        gunicorn.len() >= 118,
+        "{} Gunicorn settings",
+        gunicorn.len()
+    );
+    for def in gunicorn {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}`<br>", def.name)))
+            .unwrap_or_else(|| panic!("docs/settings.md has no row for `{}`", def.name));
+        let status = row
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap_or("")
+            .trim();
+        assert!(
+            status == "same"
+                || status.starts_with("different: ")
+                || status.starts_with("**not supported**: "),
+            "`{}` has no status in docs/settings.md: {row}",
+            def.name
+        );
+        if let Status::NotSupported(why) | Status::Different(why) = def.status {
+            assert!(!why.is_empty(), "`{}`: say why", def.name);
+        }
     }
 }

@@ -57,6 +57,7 @@ pub(crate) fn raw_repr(v: &RawValue) -> String {
             )
         ),
         RawValue::Callable(_) => "<callable>".into(),
+        RawValue::Unknown(t) => format!("<{t} object>"),
     }
 }
 
@@ -412,6 +413,15 @@ pub(crate) fn check_bind(v: &Value) -> Result<(), String> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Gunicorn's `validate_string_to_addr_list`: `*`, IP addresses and CIDR
+/// networks (strict: no host bits under the mask).
+pub(crate) fn check_addr_list(v: &Value) -> Result<(), String> {
+    if let Value::List(items) = v {
+        crate::http::proxy::AllowList::parse(items)?;
     }
     Ok(())
 }

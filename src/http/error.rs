@@ -116,6 +116,20 @@ pub enum ParseError {
     /// The trailer section is larger than we hold.
     #[error("trailer section is too large")]
     TrailerTooLarge,
+    /// A malformed PROXY protocol v1 line or v2 header.
+    #[error("invalid PROXY protocol header")]
+    InvalidProxyHeader,
+    /// A PROXY protocol header from a peer not in `proxy_allow_ips` (403).
+    #[error("PROXY protocol header from a peer not allowed to send one")]
+    ForbiddenProxyRequest,
+    /// Two secure-scheme headers (`secure_scheme_headers`) from a trusted
+    /// proxy that disagree on the scheme (Gunicorn's `InvalidSchemeHeaders`).
+    #[error("Contradictory scheme headers")]
+    InvalidSchemeHeaders,
+    /// The `SCRIPT_NAME` header a trusted proxy sent is not a prefix of the
+    /// path (Gunicorn's `ConfigurationProblem`, a 500).
+    #[error("request path does not start with SCRIPT_NAME")]
+    ScriptNameMismatch,
 }
 
 impl ParseError {
@@ -127,7 +141,11 @@ impl ParseError {
             | ParseError::HeadTooLarge { .. } => 431,
             ParseError::UnsupportedTransferCoding => 501,
             ParseError::ExpectationFailed => 417,
-            ParseError::RequestLineTooLong { .. }
+            ParseError::ForbiddenProxyRequest => 403,
+            ParseError::ScriptNameMismatch => 500,
+            ParseError::InvalidProxyHeader
+            | ParseError::InvalidSchemeHeaders
+            | ParseError::RequestLineTooLong { .. }
             | ParseError::TooManyEmptyLines
             | ParseError::InvalidRequestLine
             | ParseError::InvalidMethod
@@ -159,6 +177,8 @@ impl ParseError {
             431 => "Request Header Fields Too Large",
             501 => "Not Implemented",
             417 => "Expectation Failed",
+            403 => "Forbidden",
+            500 => "Internal Server Error",
             _ => "Bad Request",
         }
     }

@@ -28,6 +28,7 @@
 
 mod chunked;
 mod error;
+pub mod proxy;
 mod request;
 
 pub use chunked::{ChunkedDecoder, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS};

@@ -110,10 +110,15 @@ fn to_raw(v: &Bound<'_, PyAny>) -> Option<RawValue> {
     if v.is_instance_of::<PyModule>() || v.is_instance_of::<PyType>() {
         return None;
     }
-    if v.is_callable() {
-        let mut hooks = HOOKS.lock().unwrap_or_else(|p| p.into_inner());
-        hooks.push(v.clone().unbind());
-        return Some(RawValue::Callable(config::HookRef(hooks.len() - 1)));
+    if !v.is_callable() {
+        let ty = v
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        return Some(RawValue::Unknown(ty));
     }
-    None
+    let mut hooks = HOOKS.lock().unwrap_or_else(|p| p.into_inner());
+    hooks.push(v.clone().unbind());
+    Some(RawValue::Callable(config::HookRef(hooks.len() - 1)))
 }

@@ -68,6 +68,7 @@ fn watch(r: OwnedFd) {
             .unwrap_or_else(|e| format!("(no stack: {e})"))
     });
     crate::critical!("WORKER TIMEOUT (pid:{pid})\n{}", stacks.trim_end());
+    crate::hooks::worker_abort_now();
     // SAFETY: leaving at once is the point; nothing must run after this.
     unsafe { libc::_exit(1) }
 }

@@ -16,6 +16,7 @@
 //! and exit; INT/QUIT = exit now; USR1 = reopen logs.
 
 mod abort;
+mod proxy_header;
 
 use crate::config::{Settings, WorkerClass};
 use crate::http::{self, Limits};
@@ -75,10 +76,12 @@ pub struct Spec<'a> {
 /// Run a worker to the end. Never returns: the process exits with 0, or
 /// with 3/4 when it could not boot.
 pub fn run(spec: Spec<'_>) -> ! {
+    let (settings, age) = (spec.settings, spec.slot_index);
     let code = match boot_and_serve(spec) {
         Ok(()) => 0,
         Err(code) => code,
     };
+    crate::hooks::worker_exit(settings, age);
     if crate::python::is_initialized() {
         // Give the app's atexit handlers their turn, as a Python process would.
         Python::attach(|py| {
@@ -121,12 +124,19 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     } else {
         s.timeout.max(1)
     });
-    let bridge =
+    let mut bridge =
         Python::attach(|py| Bridge::new(py, app, &infos, threaded, spec.multiprocess, io_timeout))
             .map_err(|e| {
                 tracing::error!("Exception in worker process: {e}");
                 WORKER_BOOT_ERROR
             })?;
+    bridge.proxy = wsgi::ProxyPolicy::from_settings(s).map_err(|e| {
+        tracing::error!("Exception in worker process: {e}");
+        WORKER_BOOT_ERROR
+    })?;
+    crate::proctitle::set(s);
+    crate::hooks::post_worker_init(s, spec.slot_index);
+    bridge.request_hooks = crate::hooks::RequestHooks::new(s, spec.slot_index);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -439,8 +449,8 @@ async fn accept_loop(ctx: Arc<Ctx>, idx: usize, fd: RawFd, unix: bool) -> std::i
             match l.accept().await {
                 Ok((s, _)) => {
                     let peer = Peer {
-                        addr: String::new(),
-                        port: String::new(),
+                        trusted: true,
+                        ..Peer::default()
                     };
                     spawn_conn(ctx.clone(), s, peer, idx);
                 }
@@ -464,6 +474,8 @@ async fn accept_loop(ctx: Arc<Ctx>, idx: usize, fd: RawFd, unix: bool) -> std::i
                     let peer = Peer {
                         addr: addr.ip().to_string(),
                         port: addr.port().to_string(),
+                        trusted: ctx.bridge.proxy.trusts(Some(addr.ip())),
+                        proxy_info: None,
                     };
                     spawn_conn(ctx.clone(), s, peer, idx);
                 }
@@ -565,12 +577,17 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn serve_conn<S>(ctx: Arc<Ctx>, mut s: S, peer: Peer, idx: usize)
+async fn serve_conn<S>(ctx: Arc<Ctx>, mut s: S, mut peer: Peer, idx: usize)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
 {
     let fd = s.as_raw_fd();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    if ctx.bridge.proxy.proxy_mode != http::proxy::Mode::Off
+        && !proxy_header::read(&ctx.bridge.proxy, &mut s, &mut buf, &mut peer).await
+    {
+        return;
+    }
     let mut idle = false;
     loop {
         let (req, n) = match read_head(&ctx, &mut s, &mut buf, idle).await {

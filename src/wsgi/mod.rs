@@ -11,6 +11,7 @@
 //! so a slow reader never holds the Python slot for a small response.
 
 pub mod fdio;
+mod forwarded;
 mod input;
 mod response;
 
@@ -23,6 +24,7 @@ use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use forwarded::ProxyPolicy;
 pub use input::Input;
 use response::Writer;
 pub use response::{ErrorStream, FileWrapper, StartResponse};
@@ -45,13 +47,24 @@ pub struct Bridge {
     script_name: String,
     pub io_timeout: Duration,
     pub server_software: String,
+    /// What a front-end proxy may tell us (Gunicorn's defaults until the
+    /// worker sets it from the settings).
+    pub proxy: ProxyPolicy,
+    /// pre_request / post_request, when the config file set either.
+    pub request_hooks: Option<crate::hooks::RequestHooks>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Peer {
     pub addr: String,
     pub port: String,
+    /// The socket peer is in `forwarded_allow_ips` (always true on a Unix
+    /// socket, as in Gunicorn): its scheme and forwarder headers count.
+    /// Decided once per connection.
+    pub trusted: bool,
+    /// What a PROXY protocol header said (then `addr`/`port` are the client's).
+    pub proxy_info: Option<Box<crate::http::proxy::ProxyInfo>>,
 }
 
 /// How one request ended, for the connection loop.
@@ -126,7 +139,14 @@ impl Bridge {
             script_name,
             io_timeout,
             server_software: software,
+            proxy: ProxyPolicy::default(),
+            request_hooks: None,
         })
+    }
+
+    /// `wsgi.url_scheme` of a listener before any proxy header.
+    fn templates_scheme(&self, _listener: usize) -> &'static str {
+        "http"
     }
 
     /// The environ key for a request header (`HTTP_USER_AGENT`), interned
@@ -184,9 +204,13 @@ fn environ<'py>(
     req: &Request,
     peer: &Peer,
     input: Bound<'py, Input>,
+    fwd: &forwarded::Forwarded<'_>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let tmpl = bridge.templates[listener].bind(py);
     let env = tmpl.copy()?;
+    if fwd.https {
+        env.set_item(pyo3::intern!(py, "wsgi.url_scheme"), "https")?;
+    }
     env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), &req.method)?;
     env.set_item(
         pyo3::intern!(py, "SERVER_PROTOCOL"),
@@ -194,7 +218,11 @@ fn environ<'py>(
     )?;
     env.set_item(pyo3::intern!(py, "RAW_URI"), &req.uri)?;
     env.set_item(pyo3::intern!(py, "QUERY_STRING"), &req.query)?;
-    let path = if !bridge.script_name.is_empty() {
+    let path = if let Some(script_name) = fwd.script_name {
+        // Checked by forwarded::inspect: the path starts with it.
+        env.set_item(pyo3::intern!(py, "SCRIPT_NAME"), script_name)?;
+        req.path.get(script_name.len()..).unwrap_or("")
+    } else if !bridge.script_name.is_empty() {
         match req.path.strip_prefix(bridge.script_name.as_str()) {
             Some(rest) => rest,
             None => &req.path,
@@ -203,6 +231,9 @@ fn environ<'py>(
         &req.path
     };
     env.set_item(pyo3::intern!(py, "PATH_INFO"), path)?;
+    if let Some(info) = &peer.proxy_info {
+        forwarded::proxy_environ(py, &env, info)?;
+    }
     env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), &peer.addr)?;
     env.set_item(pyo3::intern!(py, "REMOTE_PORT"), &peer.port)?;
     env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
@@ -216,8 +247,11 @@ fn environ<'py>(
             env.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), latin1(py, &h.value))?;
             continue;
         }
-        let Some(key) = bridge.header_key(py, name) else {
-            continue;
+        let key = match bridge.header_key(py, name) {
+            Some(k) => k,
+            // A name with `_`: dropped, unless a trusted proxy may send it.
+            None if fwd.forwarder_allowed(name) => forwarded::underscore_key(py, name),
+            None => continue,
         };
         let key = key.bind(py);
         let value = latin1(py, &h.value);
@@ -252,16 +286,28 @@ pub fn handle(
         Err(e) => return internal_error(py, e, fd, req),
     };
     let writer = Writer::new(fd, req, bridge.io_timeout);
+    let fwd = match forwarded::inspect(&bridge.proxy, req, peer) {
+        Ok(f) => f,
+        Err(e) => return writer.fail(py, BodyError::BadRequest(e)),
+    };
     let start = match Bound::new(py, StartResponse::new(writer.clone())) {
         Ok(s) => s,
         Err(e) => return internal_error(py, e, fd, req),
     };
-    let env = match environ(py, bridge, listener, req, peer, input.clone()) {
+    let env = match environ(py, bridge, listener, req, peer, input.clone(), &fwd) {
         Ok(e) => e,
         Err(e) => return internal_error(py, e, fd, req),
     };
 
-    let result = bridge.app.bind(py).call1((env, start));
+    let scheme = if fwd.https {
+        "https"
+    } else {
+        bridge.templates_scheme(listener)
+    };
+    if let Some(h) = &bridge.request_hooks {
+        h.pre(py, req, scheme, &peer.addr);
+    }
+    let result = bridge.app.bind(py).call1((&env, start));
     let failure = |e: BodyError| match input.borrow().framing_error() {
         // The client sent a malformed body: that is a 400, not a 500.
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad)),
@@ -283,6 +329,18 @@ pub fn handle(
     let (keep, leftover) = input.borrow().finish(py);
     outcome.keep_alive &= keep;
     outcome.leftover_in = leftover;
+    if let Some(h) = &bridge.request_hooks {
+        h.post(
+            py,
+            req,
+            scheme,
+            &peer.addr,
+            &env,
+            outcome.status,
+            &outcome.response_headers,
+            outcome.sent,
+        );
+    }
     outcome
 }
 
