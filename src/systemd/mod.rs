@@ -6,6 +6,7 @@
 //! - [`fdstore`]: keeping our listeners in the manager's fd store across
 //!   restarts;
 //! - [`notify`]: sending `sd_notify` datagrams, to path and abstract sockets;
+//! - [`listeners`]: where the listeners come from (activation, fd store, --bind);
 //! - [`service`]: what the master says when (READY, RELOADING, STOPPING,
 //!   STATUS, WATCHDOG, MAINPID, EXTEND_TIMEOUT_USEC);
 //! - [`journal`]: is stderr the journal?

@@ -19,7 +19,6 @@
 //! (SIGSTOP), stuck or busy-looping sends nothing and the manager kills it.
 
 use super::notify::{watchdog_interval, Notifier};
-use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 /// How often EXTEND_TIMEOUT_USEC is sent while workers boot, and by how much.
@@ -284,28 +283,6 @@ impl Service {
         self.send("MAINPID", |n| n.mainpid(new_master));
         self.phase = Phase::HandedOver;
         self.next_watchdog = None;
-    }
-
-    /// Keep `fd` in the manager's fd store under `name` (when allowed).
-    pub fn store_fd(&self, fd: BorrowedFd<'_>, name: &str) -> bool {
-        if !super::env::get().fdstore_allowed() {
-            return false;
-        }
-        let Some(n) = &self.notifier else {
-            return false;
-        };
-        match n.fdstore(fd, name) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!("cannot store listener {name} with the service manager: {e}");
-                false
-            }
-        }
-    }
-
-    /// Remove a stored descriptor by name.
-    pub fn remove_stored(&self, name: &str) {
-        self.send("FDSTOREREMOVE=1", |n| n.fdstore_remove(name));
     }
 }
 
