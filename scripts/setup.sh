@@ -31,6 +31,14 @@ for cmd in "${!NEED[@]}"; do
         missing+=("${NEED[$cmd]}")
     fi
 done
+# The container tests (tests/test_docker.py): podman, run rootful with runc,
+# netavark (+ aardvark-dns, iptables) for published ports, and debootstrap to
+# make the stand-in base image once.
+for pkg in podman runc netavark aardvark-dns iptables debootstrap; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed"; then
+        missing+=("$pkg")
+    fi
+done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     SUDO=""

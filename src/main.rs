@@ -155,7 +155,12 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     }
     let code = arb.run();
     if let Some(p) = pidfile {
-        let _ = std::fs::remove_file(p);
+        // After SIGUSR2 the pidfile belongs to the new master and ours is
+        // PIDFILE.oldbin: remove only a file that still names us.
+        let mut old = p.clone().into_os_string();
+        old.push(".oldbin");
+        remove_if_ours(&p);
+        remove_if_ours(std::path::Path::new(&old));
     }
     Ok(code)
 }
@@ -196,6 +201,17 @@ fn control_server(
             Ok(None)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Remove a pidfile only if it holds this process's pid.
+fn remove_if_ours(p: &std::path::Path) {
+    let ours = std::fs::read_to_string(p)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(p);
     }
 }
 

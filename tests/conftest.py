@@ -23,6 +23,7 @@ fixed sleep.
 from __future__ import annotations
 
 import os
+import tempfile
 import re
 import shlex
 import signal
@@ -187,6 +188,15 @@ def session_members(sid: int) -> list[int]:
             if st is not None and int(st[5]) == sid:
                 out.append(int(d.name))
     return sorted(out)
+
+
+# Every server this session starts, and every rgunicornctl it runs, finds its
+# default control socket in this session's own runtime directory: no other
+# test run on the machine (nor a stale socket) can answer in its place.
+_RUNTIME_DIR = tempfile.mkdtemp(prefix="rg-test-xdg-")
+os.chmod(_RUNTIME_DIR, 0o700)
+os.environ["XDG_RUNTIME_DIR"] = _RUNTIME_DIR
+os.environ.pop("RUNTIME_DIRECTORY", None)
 
 
 def server_env(extra: dict | None = None) -> dict:

@@ -163,7 +163,10 @@ def test_no_control_socket(server, tmp_path):
     srv = server("--no-control-socket", app=APP, env={"XDG_RUNTIME_DIR": xdg})
     assert srv.get("/").status_code == 200
     assert list(xdg.iterdir()) == []
-    p = ctl(None, "status", env={"XDG_RUNTIME_DIR": str(xdg)})
+    # Where this server would have put it: nothing answers there. (Asking by
+    # the default search would also look in /tmp/rgunicorn-UID, where any
+    # other server on the machine may legitimately be.)
+    p = ctl(xdg / "rgunicorn.ctl", "status")
     assert p.returncode == 3, p
 
 

@@ -377,14 +377,22 @@ impl Arbiter {
         };
         match kind {
             msg::READY => {
+                let mut replacement = false;
                 if let Some(w) = self.workers.get_mut(&pid) {
                     if w.state == WState::Booting {
                         w.state = WState::Ready;
                     }
+                    replacement = w.generation == self.generation;
                 }
                 self.ever_ready = true;
                 self.boot_failures = 0;
-                self.retire_replaced();
+                // Only a worker of the current generation replaces one: an
+                // old-generation worker that reports ready just after a HUP
+                // must not make another old worker retire with nothing new
+                // ready to take over.
+                if replacement {
+                    self.retire_replaced();
+                }
                 self.check_reload_done();
             }
             msg::RETIRE => {

@@ -76,6 +76,7 @@ pub struct Spec<'a> {
 /// Run a worker to the end. Never returns: the process exits with 0, or
 /// with 3/4 when it could not boot.
 pub fn run(spec: Spec<'_>) -> ! {
+    default_fault_signals();
     let (settings, age) = (spec.settings, spec.slot_index);
     let code = match boot_and_serve(spec) {
         Ok(()) => 0,
@@ -97,6 +98,15 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     let s = spec.settings;
     let pid = std::process::id();
     tracing::info!("Booting worker with pid: {pid}");
+    // --user/--group/--initgroups: the listeners are already bound and
+    // inherited; the app is imported as the unprivileged user.
+    if let Err(e) = crate::privileges::drop_to(s.user.as_deref(), s.group.as_deref(), s.initgroups)
+    {
+        tracing::error!("Exception in worker process: cannot drop privileges: {e:#}");
+        spec.scoreboard
+            .set_error(spec.slot_index, &format!("cannot drop privileges: {e:#}"));
+        return Err(WORKER_BOOT_ERROR);
+    }
     let app = match spec.preloaded {
         Some(app) => app,
         None => {
@@ -286,6 +296,7 @@ fn start_pool(n: usize, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
                     let Some(bridge) = BRIDGE_FOR_POOL.get() else {
                         break;
                     };
+                    busy[i].store(now_ms(), Ordering::Relaxed);
                     let out = wsgi::handle(
                         py,
                         bridge,
@@ -316,6 +327,11 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
 
     install_quick_exit_handlers();
     abort::install();
+    // The master that forked us. Orphaned means "my parent is no longer this
+    // pid", not "my parent is pid 1": in a container the master *is* pid 1,
+    // and under a subreaper an orphan is not re-parented to pid 1 at all.
+    let master = nix::unistd::getppid();
+    let orphaned = move || nix::unistd::getppid() != master;
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -361,7 +377,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
                     .unwrap_or(0);
                 hb_ctx.slot.busy_since_ms.store(oldest, Ordering::Relaxed);
             }
-            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+            if orphaned() {
                 tracing::info!("Parent changed, shutting down");
                 break;
             }
@@ -375,7 +391,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     let parent_watch = async {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if nix::unistd::getppid().as_raw() == 1 && std::process::id() != 1 {
+            if orphaned() {
                 return;
             }
         }
@@ -399,6 +415,19 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
             break;
         }
         closed.await;
+    }
+}
+
+/// SIGSEGV and SIGBUS kill the worker, as they kill a Python process.
+/// Rust's runtime installs handlers for them (to report stack overflows)
+/// that, for a signal sent with kill(2), reset the action and return: the
+/// worker would survive its first SIGSEGV and the master would never know.
+/// A real fault still dies of the same signal, so the master logs it.
+fn default_fault_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
+        // SAFETY: installing the default action runs no code of ours.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     }
 }
 
@@ -557,7 +586,11 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
-        let empty = buf.is_empty();
+        // Only an idle keep-alive connection is closed at shutdown: a
+        // connection this worker accepted is served (its client has sent or
+        // is sending a request); the header timeout and --graceful-timeout
+        // bound the wait.
+        let empty = buf.is_empty() && idle;
         let read = tokio::time::timeout_at(deadline.into(), s.read_buf(buf));
         tokio::select! {
             r = read => match r {
@@ -568,11 +601,7 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
                     return None;
                 }
             },
-            // Only a keep-alive wait ends at shutdown: a connection just
-            // accepted has a client waiting for its first answer (its
-            // request may not have arrived yet), and the header timeout and
-            // --graceful-timeout still bound it.
-            _ = shutdown.wait_for(|v| *v), if empty && idle => return None,
+            _ = shutdown.wait_for(|v| *v), if empty => return None,
         }
     }
 }
