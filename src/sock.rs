@@ -190,6 +190,7 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<Listener> {
         sock.set_only_v6(true)?;
     }
     sock.bind(&SockAddr::from(addr))?;
+    set_defer_accept(&sock);
     sock.listen(opts.backlog)?;
     let local = sock
         .local_addr()?
@@ -201,6 +202,31 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<Listener> {
         unlink_on_exit: false,
         shared: false,
     })
+}
+
+/// TCP_DEFER_ACCEPT: wake an accepting worker only once the client has sent
+/// something (HTTP clients speak first). A sync worker then reads the
+/// request at accept time and is busy with it before it could accept a
+/// second client that another, idle worker should take.
+fn set_defer_accept(sock: &Socket) {
+    let secs: libc::c_int = 1;
+    // SAFETY: setsockopt on our own socket with a c_int option value of the
+    // right size; failure only means the option is not applied.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            "TCP_DEFER_ACCEPT not applied: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn bind_unix(path: &std::path::Path, opts: BindOptions) -> Result<Listener> {

@@ -366,7 +366,12 @@ def test_200_clients_while_serving_requests_and_signals(server, tmp_path):
         t.start()
     conns = [Conn(srv.sock) for _ in range(200)]
     for i, c in enumerate(conns):
-        c.send(json.dumps({"id": i, "cmd": "status"}).encode() + b"\n")
+        try:
+            c.send(json.dumps({"id": i, "cmd": "status"}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            # Over the client limit the server may already have answered
+            # "too_many_clients" and closed: reading below still tells.
+            pass
     srv.send_signal(signal.SIGTTIN)  # signals keep working meanwhile
     answered = refused = dropped = 0
     for i, c in enumerate(conns):

@@ -171,6 +171,8 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         inflight: AtomicUsize::new(0),
         conns: AtomicUsize::new(0),
         capacity: Notify::new(),
+        fresh: AtomicUsize::new(0),
+        fresh_done: Notify::new(),
         drained: Notify::new(),
         shutdown: shutdown_rx,
         limits: Limits {
@@ -233,6 +235,13 @@ struct Ctx {
     inflight: AtomicUsize,
     conns: AtomicUsize,
     capacity: Notify,
+    /// Connections accepted whose first request head has not been looked at
+    /// yet, and the wake-up when that count drops. A sync worker accepts the
+    /// next connection only once the last one's request (if it had arrived)
+    /// is being served: it must not grab a second client just before
+    /// becoming busy with the first.
+    fresh: AtomicUsize,
+    fresh_done: Notify,
     /// Woken when the last connection closes (for a graceful exit).
     drained: Notify,
     shutdown: watch::Receiver<bool>,
@@ -486,7 +495,7 @@ async fn accept_loop(ctx: Arc<Ctx>, idx: usize, fd: RawFd, unix: bool) -> std::i
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
                 Err(e) => accept_error(e).await,
             }
-            tokio::task::yield_now().await;
+            settle(&ctx).await;
         }
     } else {
         let std_l = std::net::TcpListener::from(dup);
@@ -514,7 +523,47 @@ async fn accept_loop(ctx: Arc<Ctx>, idx: usize, fd: RawFd, unix: bool) -> std::i
             // Let the new connection read and run its request before taking
             // another: a sync worker that is about to be busy should not
             // have grabbed a second client.
-            tokio::task::yield_now().await;
+            settle(&ctx).await;
+        }
+    }
+}
+
+/// Between two accepts: a sync worker waits for the last connection's
+/// request to be under way; a threaded one lets it run.
+async fn settle(ctx: &Ctx) {
+    if ctx.pool.is_none() {
+        wait_fresh(ctx).await;
+    } else {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One non-blocking read straight from the socket into `buf`. false: the
+/// client already closed (or the socket failed).
+fn read_now(fd: RawFd, buf: &mut Vec<u8>) -> bool {
+    let len = buf.len();
+    buf.resize(buf.capacity().max(len + 4096), 0);
+    // SAFETY: the connection task owns the socket and keeps it open.
+    let r = nix::unistd::read(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        &mut buf[len..],
+    );
+    match r {
+        Ok(0) => {
+            buf.truncate(len);
+            false
+        }
+        Ok(n) => {
+            buf.truncate(len + n);
+            true
+        }
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+            buf.truncate(len);
+            true
+        }
+        Err(_) => {
+            buf.truncate(len);
+            false
         }
     }
 }
@@ -535,15 +584,39 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Marks a connection as fresh (see `Ctx::fresh`) until dropped.
+struct Fresh(Arc<Ctx>);
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.0.fresh.fetch_sub(1, Ordering::AcqRel);
+        self.0.fresh_done.notify_waiters();
+    }
+}
+
+/// Sync workers: wait until every accepted connection's first request has
+/// been looked at (its head was complete and is being served, or it was not
+/// there yet and the connection waits without us).
+async fn wait_fresh(ctx: &Ctx) {
+    loop {
+        let done = ctx.fresh_done.notified();
+        if ctx.fresh.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        done.await;
+    }
+}
+
 fn spawn_conn<S>(ctx: Arc<Ctx>, s: S, peer: Peer, idx: usize)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
 {
     ctx.conns.fetch_add(1, Ordering::AcqRel);
+    ctx.fresh.fetch_add(1, Ordering::AcqRel);
+    let fresh = Fresh(ctx.clone());
     let guard = ConnGuard(ctx.clone());
     tokio::spawn(async move {
         let _guard = guard;
-        serve_conn(ctx, s, peer, idx).await;
+        serve_conn(ctx, s, peer, idx, fresh).await;
     });
 }
 
@@ -553,6 +626,7 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     idle: bool,
+    fresh: &mut Option<Fresh>,
 ) -> Option<Result<(http::Request, usize), http::ParseError>> {
     let mut shutdown = ctx.shutdown.clone();
     let mut deadline = if idle {
@@ -567,9 +641,9 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
     let mut scanned = 0;
     let mut parsed_at = 0;
     loop {
-        let fresh = &buf[scanned.min(buf.len())..];
+        let new_bytes = &buf[scanned.min(buf.len())..];
         let worth_parsing =
-            fresh.contains(&b'\n') || (buf.len() > 4096 && buf.len() >= parsed_at + 1024);
+            new_bytes.contains(&b'\n') || (buf.len() > 4096 && buf.len() >= parsed_at + 1024);
         scanned = buf.len();
         if !buf.is_empty() && worth_parsing {
             parsed_at = buf.len();
@@ -583,6 +657,9 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
             waiting_first_byte = false;
             deadline = Instant::now() + HEADER_TIMEOUT;
         }
+        // About to wait for the client: this connection no longer holds up
+        // the accept loop.
+        *fresh = None;
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
@@ -606,12 +683,18 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn serve_conn<S>(ctx: Arc<Ctx>, mut s: S, mut peer: Peer, idx: usize)
+async fn serve_conn<S>(ctx: Arc<Ctx>, mut s: S, mut peer: Peer, idx: usize, fresh: Fresh)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
 {
     let fd = s.as_raw_fd();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut fresh = Some(fresh);
+    // The listener defers accept until data has arrived, so the request is
+    // usually here already: take it now, without a trip through epoll.
+    if !read_now(fd, &mut buf) {
+        return;
+    }
     if ctx.bridge.proxy.proxy_mode != http::proxy::Mode::Off
         && !proxy_header::read(&ctx.bridge.proxy, &mut s, &mut buf, &mut peer).await
     {
@@ -619,7 +702,7 @@ where
     }
     let mut idle = false;
     loop {
-        let (req, n) = match read_head(&ctx, &mut s, &mut buf, idle).await {
+        let (req, n) = match read_head(&ctx, &mut s, &mut buf, idle, &mut fresh).await {
             None => return,
             Some(Ok(r)) => r,
             Some(Err(e)) => {
@@ -631,6 +714,7 @@ where
         };
         let rest = buf.split_off(n);
         buf.clear();
+        fresh = None;
         let started = Instant::now();
         ctx.inflight.fetch_add(1, Ordering::AcqRel);
         let (req, outcome) = if let Some(pool) = &ctx.pool {
