@@ -19,6 +19,11 @@ declare -A NEED=(
     [nginx]=nginx
     [ps]=procps
     [unshare]=util-linux
+    # systemd tests: socket activation, unit verification, the nspawn tier
+    [systemd-socket-activate]=systemd
+    [systemd-analyze]=systemd
+    [systemd-nspawn]=systemd-container
+    [debootstrap]=debootstrap
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

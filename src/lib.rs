@@ -19,5 +19,6 @@ pub mod proctitle;
 pub mod python;
 pub mod scoreboard;
 pub mod sock;
+pub mod systemd;
 pub mod worker;
 pub mod wsgi;

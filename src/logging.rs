@@ -6,6 +6,15 @@
 //! Both logs go to `-` (stderr for the error log, stdout for the access
 //! log) or to a file opened in append mode, which `reopen()` opens again
 //! (SIGUSR1, for logrotate). No logging thread exists: a write is a write.
+//!
+//! Under systemd, when stderr is the journal (`JOURNAL_STREAM`, see
+//! [`crate::systemd::journal`]) or with `--log-journald`, the error log is
+//! sent natively instead, through `tracing-journald` (one datagram per event
+//! to journald's socket, no thread): `PRIORITY` from the level (CRITICAL is
+//! 2), `SYSLOG_IDENTIFIER=rgunicorn`, `TARGET`, `CODE_FILE`/`CODE_LINE`,
+//! any fields of the event, and the kernel-attested `_PID` of the process
+//! that logged (the worker's or the master's). Raw text (tracebacks,
+//! `wsgi.errors`) and the access log still go to their sinks.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -13,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tracing::{Event, Level, Subscriber};
+use tracing_journald::Priority;
 use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -123,6 +133,7 @@ pub fn init(
     errorlog: &str,
     accesslog: Option<&str>,
     access_format: &str,
+    journald: bool,
 ) -> anyhow::Result<()> {
     let level = parse_level(level).map_err(anyhow::Error::msg)?;
     let logs = Logs {
@@ -136,6 +147,36 @@ pub fn init(
     if LOGS.set(logs).is_err() {
         return Ok(());
     }
+    if journald {
+        match journald_layer(Priority::Error)
+            .and_then(|l| Ok((l, journald_layer(Priority::Critical)?)))
+        {
+            Ok((layer, critical)) => {
+                use tracing_subscriber::filter::{filter_fn, LevelFilter};
+                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::Layer;
+                let is_critical = |m: &tracing::Metadata<'_>| m.target().ends_with("critical");
+                let subscriber = tracing_subscriber::registry()
+                    .with(
+                        layer
+                            .with_filter(LevelFilter::from_level(level))
+                            .with_filter(filter_fn(move |m| !is_critical(m))),
+                    )
+                    .with(critical.with_filter(filter_fn(is_critical)));
+                let _ = tracing::subscriber::set_global_default(subscriber);
+                return Ok(());
+            }
+            Err(e) => {
+                // Say it in the plain log we fall back to.
+                let line = format!(
+                    "[{}] [{}] [WARNING] cannot log to the journal ({e}); logging text to {errorlog}\n",
+                    chrono::Local::now().format("%Y-%m-%d %H:%M:%S %z"),
+                    std::process::id()
+                );
+                error_log_raw(line.as_bytes());
+            }
+        }
+    }
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(level)
         .event_format(GunicornFormat)
@@ -143,6 +184,22 @@ pub fn init(
         .finish();
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(())
+}
+
+/// A journald layer: Gunicorn's level names mapped to syslog priorities;
+/// `error` is what ERROR events get (2 for the CRITICAL layer, 3 otherwise).
+fn journald_layer(error: Priority) -> io::Result<tracing_journald::Layer> {
+    use tracing_journald::PriorityMappings;
+    Ok(tracing_journald::layer()?
+        .with_syslog_identifier("rgunicorn".to_string())
+        .with_field_prefix(None)
+        .with_priority_mappings(PriorityMappings {
+            error,
+            warn: Priority::Warning,
+            info: Priority::Informational,
+            debug: Priority::Debug,
+            trace: Priority::Debug,
+        }))
 }
 
 /// Reopen every file log (SIGUSR1).

@@ -5,11 +5,15 @@
 
 use anyhow::{Context, Result};
 use rgunicorn::config::{self, Settings};
-use rgunicorn::control::{self, server::ControlServer, server::ServerOptions};
+use rgunicorn::control::{server::ControlServer, server::ServerOptions};
 use rgunicorn::{arbiter, python, sock};
 use std::ffi::OsString;
 
 fn main() {
+    // First, while this process has one thread and before Python copies the
+    // environment: take the service manager's variables out of it, so no
+    // worker or app ever sees them (see rgunicorn::systemd::env).
+    rgunicorn::systemd::env::capture();
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
@@ -47,6 +51,10 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         &settings.errorlog,
         settings.accesslog.as_deref(),
         &settings.access_log_format,
+        settings.log_journald
+            || rgunicorn::systemd::journal::stderr_is_journal(
+                std::env::var("JOURNAL_STREAM").ok().as_deref(),
+            ),
     )
     .context("cannot set up logging")?;
 
@@ -98,6 +106,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         owner,
     };
     let mut listeners = Vec::new();
+    let mut control_fd = None;
     let reexecuted = std::env::var_os(arbiter::REEXEC_FDS_ENV).is_some();
     if let Ok(fds) = std::env::var(arbiter::REEXEC_FDS_ENV) {
         // Started by SIGUSR2 from an old master: serve on its listeners.
@@ -111,13 +120,13 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
             listeners.push(l);
         }
     } else {
-        for b in &settings.bind {
-            let addr = sock::BindAddr::parse(b)?;
-            listeners.extend(sock::bind(&addr, opts)?);
-        }
+        // Socket-activated listeners replace --bind; stored ones are reused
+        // (see rgunicorn::systemd::listeners).
+        let sockets = rgunicorn::systemd::listeners::resolve(&settings.bind, opts)?;
+        listeners = sockets.listeners;
+        control_fd = sockets.control;
     }
-
-    let control = control_server(&settings, reexecuted)?;
+    let control = control_server(&settings, reexecuted, control_fd)?;
 
     if let Some(pidfile) = &settings.pidfile {
         std::fs::write(pidfile, format!("{}\n", std::process::id()))
@@ -161,19 +170,25 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
 /// cannot be used stops the start; the default one only warns (two servers
 /// of one user would otherwise fight over it).
 /// `reexecuted`: this master was started by SIGUSR2 and takes the socket
-/// over from its parent.
-fn control_server(settings: &Settings, reexecuted: bool) -> Result<Option<ControlServer>> {
+/// over from its parent. `activated` is the descriptor named `control`,
+/// taken by `rgunicorn::systemd::listeners` (the `LISTEN_*` variables are
+/// gone from the environment by now).
+fn control_server(
+    settings: &Settings,
+    reexecuted: bool,
+    activated: Option<std::os::fd::OwnedFd>,
+) -> Result<Option<ControlServer>> {
     if settings.no_control_socket {
         return Ok(None);
     }
-    let env = |k: &str| std::env::var(k).ok();
     let path = settings.control_socket.clone().unwrap_or_default();
     let mut opts = ServerOptions::new(path.clone(), settings.control_socket_mode);
     opts.allow_uid = settings.control_allow_uid.clone();
     opts.allow_gid = settings.control_allow_gid.clone();
     opts.readonly_gid = settings.control_readonly_gid.clone();
     opts.take_over = reexecuted;
-    if let Some(fd) = control::activated_listener(&env) {
+    if let Some(fd) = activated {
+        tracing::info!("Control socket: the one passed by the service manager");
         return Ok(Some(ControlServer::from_listener(fd, opts)?));
     }
     if settings.control_socket.is_none() {

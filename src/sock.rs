@@ -97,6 +97,11 @@ pub struct Listener {
     pub kind: ListenerKind,
     /// Remove the socket file at exit (we created it).
     pub unlink_on_exit: bool,
+    /// Another process holds this socket too (the service manager's socket
+    /// unit or fd store, an `fd://` parent): a stop must leave it
+    /// listening, since `shutdown(2)` on a listening socket would close it
+    /// for them as well.
+    pub shared: bool,
 }
 
 impl Listener {
@@ -195,6 +200,7 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<Listener> {
         fd: OwnedFd::from(sock),
         kind: ListenerKind::Tcp(local),
         unlink_on_exit: false,
+        shared: false,
     })
 }
 
@@ -253,6 +259,7 @@ fn bind_unix(path: &std::path::Path, opts: BindOptions) -> Result<Listener> {
         fd: OwnedFd::from(sock),
         kind: ListenerKind::Unix(path.to_path_buf()),
         unlink_on_exit: true,
+        shared: false,
     })
 }
 
@@ -291,6 +298,7 @@ pub fn adopt_fd(fd: RawFd) -> Result<Listener> {
         fd: OwnedFd::from(sock),
         kind,
         unlink_on_exit: false,
+        shared: true,
     })
 }
 

@@ -480,3 +480,9 @@ def say(capsys):
 def pytest_report_header(config):
     return [f"server under test: {SERVER_KIND} ({SERVER_BIN})",
             f"python: {sys.version.split()[0]} ({sys.executable})"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "nspawn: end-to-end under a real systemd in a systemd-nspawn container "
+                   "(tests/test_systemd_nspawn.py; deselect with -m 'not nspawn')")

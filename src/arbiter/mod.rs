@@ -21,6 +21,8 @@
 
 mod control;
 
+mod sd;
+
 use crate::config::Settings;
 use crate::scoreboard::{now_ms, Scoreboard, SlotState, MAX_SLOTS};
 use crate::sock::Listener;
@@ -152,6 +154,8 @@ pub struct Arbiter {
     control: Option<crate::control::server::ControlServer>,
     /// The reload outcome the control server was last told about.
     notified_reload: Option<ReloadOutcome>,
+    /// What the service manager is told (READY, STATUS, WATCHDOG, ...).
+    sd: crate::systemd::Service,
 }
 
 impl Arbiter {
@@ -206,6 +210,7 @@ impl Arbiter {
             slot_restarts: vec![0; MAX_SLOTS],
             control: None,
             notified_reload: None,
+            sd: crate::systemd::Service::from_env(),
         })
     }
 
@@ -265,6 +270,7 @@ impl Arbiter {
             }
             self.reap_children();
             self.murder_workers();
+            self.sd_tick();
             self.handle_control(&ctl_ready);
             if let RunState::Stopping { deadline, .. } = self.state {
                 if self.workers.is_empty() {
@@ -276,6 +282,7 @@ impl Arbiter {
                 continue;
             }
             self.manage_workers();
+            self.sd_tick();
         }
         tracing::info!("Shutting down: Master");
         // Answers still owed are sent (best effort) and the socket removed.
@@ -307,6 +314,9 @@ impl Arbiter {
             if let WState::Retiring { kill_at } = w.state {
                 wait = wait.min(kill_at.saturating_duration_since(now));
             }
+        }
+        if let Some(d) = self.sd.next_deadline(now) {
+            wait = wait.min(d);
         }
         if let Some(at) = self.control_deadline() {
             wait = wait.min(at.saturating_duration_since(now));
@@ -619,6 +629,7 @@ impl Arbiter {
                         .scoreboard
                         .take_error(w.slot)
                         .unwrap_or_else(|| reason.to_string());
+                    self.sd.boot_error(&error);
                     if self.reload.is_some_and(|r| r.generation == w.generation) {
                         self.reload_failed(error);
                         return;
@@ -741,6 +752,7 @@ impl Arbiter {
             deadline: Instant::now() + grace,
             quick,
         };
+        self.sd.stopping();
         // Stop listening at once, for every process sharing the sockets: a
         // worker busy in Python could not close its copy until its request
         // ends, and connections would queue unserved meanwhile.
@@ -753,7 +765,7 @@ impl Arbiter {
                 l.unlink_on_exit = false;
                 continue;
             }
-            if matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) {
+            if matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) && !l.shared {
                 let _ = nix::sys::socket::shutdown(l.raw_fd(), nix::sys::socket::Shutdown::Read);
             }
         }
@@ -775,6 +787,7 @@ impl Arbiter {
             return;
         }
         tracing::info!("Handling signal: hup");
+        self.sd.reloading();
         let args: Vec<std::ffi::OsString> = self.argv.iter().skip(1).map(Into::into).collect();
         match crate::python::config::load_settings(args, &self.argv) {
             Ok(new) => {
@@ -793,6 +806,7 @@ impl Arbiter {
                     crate::python::config::LoadError::File(e) => format!("{e:#}"),
                 };
                 tracing::error!("Reload failed: cannot read the configuration: {error}");
+                self.sd.reload_failed(&error);
                 self.last_generation += 1;
                 self.last_reload = Some(ReloadOutcome::Failed {
                     generation: self.last_generation,
@@ -857,6 +871,7 @@ impl Arbiter {
             }
         }
         self.generation = r.previous;
+        self.sd.reload_failed(&error);
         self.last_reload = Some(ReloadOutcome::Failed {
             generation: r.generation,
             error,
@@ -914,6 +929,14 @@ impl Arbiter {
             })
             .collect();
         envp.extend(env_fds);
+        // The manager's variables were taken out of our environment at
+        // start; the new master needs them to take over as main process.
+        envp.extend(
+            self.sd
+                .reexec_env()
+                .into_iter()
+                .filter_map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).ok()),
+        );
         let listener_fds: Vec<i32> = self.listeners.iter().map(|l| l.raw_fd()).collect();
         // SAFETY: single-threaded master; the child only does
         // async-signal-safe work (fcntl, sigprocmask, execve) before exec.
@@ -934,6 +957,9 @@ impl Arbiter {
             Ok(ForkResult::Parent { child }) => {
                 tracing::info!("Started a new master (pid: {child})");
                 self.reexec_child = Some(child);
+                // It is the service's main process from now on (MAINPID=);
+                // we fall silent, watchdog included.
+                self.sd.handed_over(child.as_raw());
             }
             Err(e) => tracing::error!("USR2: fork failed: {e}"),
         }

@@ -1,0 +1,41 @@
+//! The arbiter's side of the systemd conversation: what it shows
+//! [`crate::systemd::Service`] each loop turn. Kept apart from the loop so
+//! the loop only has one call per event.
+
+use super::{Arbiter, WState};
+use crate::systemd::Snapshot;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+impl Arbiter {
+    /// The worker table, summed up for READY/STATUS decisions.
+    pub(super) fn sd_snapshot(&self) -> Snapshot {
+        let booting = self
+            .workers
+            .values()
+            .filter(|w| w.state == WState::Booting)
+            .count();
+        let requests = self
+            .workers
+            .values()
+            .map(|w| {
+                self.scoreboard
+                    .slot(w.slot)
+                    .requests
+                    .load(Ordering::Relaxed)
+            })
+            .sum();
+        Snapshot {
+            ready: self.ready_count(),
+            target: self.target,
+            booting,
+            requests,
+        }
+    }
+
+    /// Let the service manager know what changed (READY, watchdog, status).
+    pub(super) fn sd_tick(&mut self) {
+        let snap = self.sd_snapshot();
+        self.sd.tick(Instant::now(), &snap);
+    }
+}
