@@ -85,6 +85,8 @@ struct WorkerRec {
     wants_retire: bool,
     /// Timed out: killed with SIGKILL at this instant if still alive.
     timed_out_kill_at: Option<Instant>,
+    /// SIGKILL already sent: only its reaping is awaited (no timer, no resend).
+    killed: bool,
     /// When it was forked.
     born: Instant,
 }
@@ -310,9 +312,12 @@ impl Arbiter {
         if self.next_spawn_at > now && self.live_count() < self.target {
             wait = wait.min(self.next_spawn_at - now);
         }
-        for w in self.workers.values() {
+        for w in self.workers.values().filter(|w| !w.killed) {
             if let WState::Retiring { kill_at } = w.state {
                 wait = wait.min(kill_at.saturating_duration_since(now));
+            }
+            if let Some(at) = w.timed_out_kill_at {
+                wait = wait.min(at.saturating_duration_since(now));
             }
         }
         if let Some(d) = self.sd.next_deadline(now) {
@@ -518,6 +523,7 @@ impl Arbiter {
                         state: WState::Booting,
                         wants_retire: false,
                         timed_out_kill_at: None,
+                        killed: false,
                         born: Instant::now(),
                     },
                 );
@@ -688,19 +694,20 @@ impl Arbiter {
         let now = Instant::now();
         let mut to_kill = Vec::new();
         for (pid, w) in &self.workers {
-            if let Some(at) = w.timed_out_kill_at {
-                if now >= at {
-                    to_kill.push(*pid);
-                }
+            if w.killed {
+                continue;
             }
-            if let WState::Retiring { kill_at } = w.state {
-                if now >= kill_at {
-                    to_kill.push(*pid);
-                }
+            let timed_out = w.timed_out_kill_at.is_some_and(|at| now >= at);
+            let overdue = matches!(w.state, WState::Retiring { kill_at } if now >= kill_at);
+            if timed_out || overdue {
+                to_kill.push(*pid);
             }
         }
         for pid in to_kill {
             let _ = kill(pid, Signal::SIGKILL);
+            if let Some(w) = self.workers.get_mut(&pid) {
+                w.killed = true;
+            }
         }
         if self.settings.timeout == 0 {
             return;
