@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -275,6 +276,9 @@ def test_read_only_group_may_only_read(server):
     try:
         assert ctl(srv.sock, "status", as_nobody=True).returncode == 0
         assert ctl(srv.sock, "health", as_nobody=True).returncode == 0
+        p = ctl(srv.sock, "metrics", as_nobody=True)
+        assert p.returncode == 0, p
+        assert parse_prometheus(p.stdout)["rgunicorn_workers_target"] == [({}, 2.0)]
         p = ctl(srv.sock, "scale", "+1", as_nobody=True)
         assert p.returncode == 1 and "permission denied" in p.stderr, p
         assert status(srv.sock)["workers_target"] == 2
@@ -430,6 +434,119 @@ def test_status_reports_master_and_workers(server, tmp_path):
     # A worker that dies is replaced; its position counts a restart.
     os.kill(pids[0], signal.SIGKILL)
     assert wait_until(lambda: sum(w["restarts"] for w in status(srv.sock)["workers"]) == 1)
+
+
+# `metrics`: one sample line is `name{label="value",...} value`.
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"(?:,|$)')
+
+
+def parse_prometheus(text):
+    """Parse Prometheus text exposition strictly: {name: [(labels, value)]}.
+    Fails the test on any line that is not a comment or `name{labels} value`,
+    or on a sample whose family has no # HELP and # TYPE before it."""
+    out, helped, typed = {}, set(), {}
+    assert text.endswith("\n"), text
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helped.add(line.split(" ", 3)[2])
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            assert kind in ("counter", "gauge"), line
+            typed[name] = kind
+            continue
+        assert not line.startswith("#") and line.strip(), repr(line)
+        m = _SAMPLE.match(line)
+        assert m, f"not a sample line: {line!r}"
+        name, labels_text, value = m.groups()
+        labels = {}
+        if labels_text:
+            pairs = _LABEL.findall(labels_text)
+            assert ",".join(f'{k}="{v}"' for k, v in pairs) == labels_text, line
+            labels = dict(pairs)
+        assert name.startswith("rgunicorn_"), line
+        assert name in helped and name in typed, f"{name}: no # HELP / # TYPE before it"
+        out.setdefault(name, []).append((labels, float(value)))
+    return out
+
+
+def metrics(sock):
+    rc, r = ctl_json(sock, "metrics")
+    assert rc == 0 and r["ok"], r
+    return r["data"]
+
+
+def test_metrics_total_never_goes_down_when_workers_die(server, tmp_path):
+    srv = start(server, tmp_path, "-w", "2")
+    pids = srv.wait_for_workers(2)
+    n = 20
+    for _ in range(n):
+        assert srv.get("/").status_code == 200
+    m = metrics(srv.sock)
+    assert m["requests_total"] >= n
+    assert m["requests_total"] == sum(w["requests"] for w in m["workers"])
+    assert (m["workers_target"], m["workers_alive"], m["workers_ready"]) == (2, 2, 2)
+    assert m["worker_spawns_total"] == 2 and m["worker_restarts_total"] == 0
+    assert m["generation"] == 1 and m["state"] == "running" and m["uptime_s"] > 0
+    assert {w["pid"] for w in m["workers"]} == set(pids)
+    # Kill the worker that served the most: its count must stay in the total.
+    victim = max(m["workers"], key=lambda w: w["requests"])
+    assert victim["requests"] > 0
+    before = m["requests_total"]
+    os.kill(victim["pid"], signal.SIGKILL)
+    assert wait_until(lambda: (lambda m: m["worker_restarts_total"] == 1
+                               and m["workers_ready"] == 2)(metrics(srv.sock)))
+    m = metrics(srv.sock)
+    assert victim["pid"] not in {w["pid"] for w in m["workers"]}
+    assert m["requests_total"] >= before, (before, m)
+    assert m["worker_spawns_total"] == 3
+    # The replacement takes the dead worker's position.
+    assert victim["slot"] in {w["slot"] for w in m["workers"]}
+    # More requests, then a graceful kill and a reload: still never down.
+    for _ in range(5):
+        srv.get("/")
+    before = metrics(srv.sock)["requests_total"]
+    assert before >= n + 5
+    assert ctl(srv.sock, "worker", "kill", m["workers"][0]["pid"]).returncode == 0
+    assert ctl(srv.sock, "reload").returncode == 0
+    m = metrics(srv.sock)
+    assert m["requests_total"] >= before and m["generation"] == 2
+    assert m["reloads_succeeded_total"] == 1 and m["reloads_failed_total"] == 0
+    # A graceful kill and a reload are no unexpected deaths.
+    assert m["worker_restarts_total"] == 1
+
+
+def test_metrics_prometheus_text(server, tmp_path):
+    srv = start(server, tmp_path, "-w", "2")
+    pids = srv.wait_for_workers(2)
+    for _ in range(4):
+        srv.get("/")
+    t = sleeper(srv, 3)
+    p = ctl(srv.sock, "metrics")
+    assert p.returncode == 0, p
+    fam = parse_prometheus(p.stdout)
+    assert fam["rgunicorn_requests_total"][0][1] >= 4
+    assert fam["rgunicorn_requests_active"] == [({}, 1.0)]
+    assert fam["rgunicorn_workers_busy"] == [({}, 1.0)]
+    assert fam["rgunicorn_workers_alive"] == [({}, 2.0)]
+    assert fam["rgunicorn_generation"] == [({}, 1.0)]
+    assert ({"state": "running"}, 1.0) in fam["rgunicorn_state"]
+    assert sum(v for _, v in fam["rgunicorn_state"]) == 1
+    info = fam["rgunicorn_info"][0][0]
+    assert info["master_pid"] == str(srv.pid) and info["version"]
+    assert {l["outcome"] for l, _ in fam["rgunicorn_reloads_total"]} == {"succeeded", "failed"}
+    per = fam["rgunicorn_worker_requests_total"]
+    assert {int(l["pid"]) for l, _ in per} == set(pids)
+    assert all(set(l) == {"pid", "slot", "generation"} for l, _ in per)
+    assert sum(v for _, v in per) >= 4
+    assert all(v > 1 << 20 for _, v in fam["rgunicorn_worker_rss_bytes"])
+    t.join(30)
+    # --json prints the raw answer, with the same figures.
+    rc, r = ctl_json(srv.sock, "metrics")
+    assert rc == 0 and r["ok"] and r["id"] == 1 and r["version"] == 1
+    assert r["data"]["requests_total"] >= 5
+    assert len(r["data"]["workers"]) == 2
 
 
 def _write_app(path: Path, body: str):
@@ -658,7 +775,7 @@ def test_sigterm_and_stop_log_the_same(server, tmp_path):
 def test_json_for_every_command(server, tmp_path):
     srv = start(server, tmp_path, "-w", "2")
     srv.wait_for_workers(2)
-    for args in (["status"], ["health"], ["scale", "2"], ["reopen-logs"],
+    for args in (["status"], ["health"], ["metrics"], ["scale", "2"], ["reopen-logs"],
                  ["reload", "--no-wait"], ["worker", "kill"], ["stop"]):
         if args == ["worker", "kill"]:
             args = args + [status(srv.sock)["workers"][0]["pid"]]

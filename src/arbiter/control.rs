@@ -6,8 +6,8 @@
 
 use super::{Arbiter, RunState, WState};
 use crate::control::protocol::{
-    self as proto, ErrorBody, ErrorCode, HealthData, MasterState, ScaleData, ScaleTo, StatusData,
-    StopData, WorkerInfo, WorkerKillData, WorkerState,
+    self as proto, ErrorBody, ErrorCode, HealthData, MasterState, MetricsData, ScaleData, ScaleTo,
+    StatusData, StopData, WorkerInfo, WorkerKillData, WorkerMetrics, WorkerState,
 };
 use crate::control::server::{ControlServer, Master};
 use crate::scoreboard::{now_ms, MAX_SLOTS};
@@ -193,6 +193,49 @@ impl Master for Arbiter {
             workers_ready: clamp_u32(serving),
             workers_target: clamp_u32(self.target),
             reason,
+        }
+    }
+
+    fn metrics(&mut self) -> MetricsData {
+        let workers: Vec<WorkerMetrics> = self
+            .workers
+            .iter()
+            .map(|(pid, w)| {
+                let i = self.worker_info(*pid, w);
+                WorkerMetrics {
+                    pid: i.pid,
+                    slot: clamp_u32(w.slot),
+                    generation: i.generation,
+                    state: i.state,
+                    requests: i.requests,
+                    active: i.active,
+                    age_s: i.age_s,
+                    rss_bytes: i.rss_bytes,
+                }
+            })
+            .collect();
+        let count = |s: WorkerState| clamp_u32(workers.iter().filter(|w| w.state == s).count());
+        let live: u64 = workers.iter().map(|w| w.requests).sum();
+        MetricsData {
+            master_pid: self.pid.as_raw(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_s: self.uptime().as_secs_f64(),
+            state: self.master_state(),
+            generation: self.generation,
+            requests_total: self.totals.retired_requests.saturating_add(live),
+            requests_active: workers.iter().map(|w| u64::from(w.active)).sum(),
+            workers_target: clamp_u32(self.target),
+            workers_alive: clamp_u32(workers.len()),
+            workers_ready: clamp_u32(self.ready_count()),
+            workers_busy: count(WorkerState::Busy),
+            workers_booting: count(WorkerState::Booting),
+            workers_retiring: count(WorkerState::Retiring),
+            worker_spawns_total: self.totals.spawns,
+            worker_restarts_total: self.restarts,
+            worker_timeouts_total: self.totals.timeouts,
+            reloads_succeeded_total: self.totals.reloads_succeeded,
+            reloads_failed_total: self.totals.reloads_failed,
+            workers,
         }
     }
 

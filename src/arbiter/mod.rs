@@ -109,6 +109,21 @@ struct Reload {
     started: Instant,
 }
 
+/// Running totals for `metrics`; they only go up while the master lives.
+#[derive(Debug, Default)]
+struct Totals {
+    /// Requests served by workers already reaped: each one's last count,
+    /// read from its scoreboard slot before the slot is reused. Plus the
+    /// live workers' counts, this is the server's requests served.
+    retired_requests: u64,
+    /// Worker processes forked.
+    spawns: u64,
+    /// Workers aborted by `--timeout`.
+    timeouts: u64,
+    reloads_succeeded: u64,
+    reloads_failed: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunState {
     Running,
@@ -148,6 +163,8 @@ pub struct Arbiter {
     reexec_child: Option<Pid>,
     /// Times a worker had to be replaced because it died unexpectedly.
     restarts: u64,
+    /// The other running totals `metrics` reports.
+    totals: Totals,
     started_at: Instant,
     /// Per scoreboard slot: workers in that position that died unexpectedly
     /// and were replaced (`status` reports it per worker).
@@ -208,6 +225,7 @@ impl Arbiter {
             last_reload: None,
             reexec_child: None,
             restarts: 0,
+            totals: Totals::default(),
             started_at: Instant::now(),
             slot_restarts: vec![0; MAX_SLOTS],
             control: None,
@@ -513,6 +531,7 @@ impl Arbiter {
                 Err(e).context("fork failed")
             }
             Ok(ForkResult::Parent { child }) => {
+                self.totals.spawns += 1;
                 slot.pid
                     .store(child.as_raw(), std::sync::atomic::Ordering::Relaxed);
                 self.workers.insert(
@@ -606,6 +625,14 @@ impl Arbiter {
                 tracing::debug!("reaped child {pid}: {status:?}");
                 continue;
             };
+            // Its count stays in the slot until the slot's next worker is
+            // forked: keep it in the total before the slot is reused.
+            let served = self
+                .scoreboard
+                .slot(w.slot)
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.totals.retired_requests = self.totals.retired_requests.saturating_add(served);
             self.free_slots.push(w.slot);
             self.scoreboard.slot(w.slot).set_state(SlotState::Free);
             let age = w.slot;
@@ -729,6 +756,7 @@ impl Arbiter {
         }
         for pid in expired {
             crate::critical!("WORKER TIMEOUT (pid:{pid})");
+            self.totals.timeouts += 1;
             let _ = kill(pid, Signal::SIGABRT);
             if let Some(w) = self.workers.get_mut(&pid) {
                 w.timed_out_kill_at = Some(now + Duration::from_secs(2));
@@ -815,6 +843,7 @@ impl Arbiter {
                 tracing::error!("Reload failed: cannot read the configuration: {error}");
                 self.sd.reload_failed(&error);
                 self.last_generation += 1;
+                self.totals.reloads_failed += 1;
                 self.last_reload = Some(ReloadOutcome::Failed {
                     generation: self.last_generation,
                     error,
@@ -849,6 +878,7 @@ impl Arbiter {
                 took.as_secs_f64()
             );
             self.reload = None;
+            self.totals.reloads_succeeded += 1;
             self.last_reload = Some(ReloadOutcome::Succeeded {
                 generation: r.generation,
                 took,
@@ -879,6 +909,7 @@ impl Arbiter {
         }
         self.generation = r.previous;
         self.sd.reload_failed(&error);
+        self.totals.reloads_failed += 1;
         self.last_reload = Some(ReloadOutcome::Failed {
             generation: r.generation,
             error,

@@ -18,7 +18,8 @@
 use anyhow::Context;
 use rgunicorn::control::path::{candidates, PathEnv};
 use rgunicorn::control::protocol::{
-    Command, HealthData, ReloadOutcome, Response, ScaleData, ScaleTo, StatusData, WorkerInfo,
+    Command, HealthData, MetricsData, ReloadOutcome, Response, ScaleData, ScaleTo, StatusData,
+    WorkerInfo,
 };
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -44,6 +45,7 @@ struct Cli {
 #[derive(Debug)]
 enum Cmd {
     Status,
+    Metrics,
     Reload { no_wait: bool },
     Scale { workers: String },
     Health,
@@ -93,6 +95,11 @@ fn clap_command() -> clap::Command {
                 .help("Give up after this many seconds (default 10; `reload` 120)"),
         )
         .subcommand(C::new("status").about("The master, its listeners and every worker"))
+        .subcommand(
+            C::new("metrics").about(
+                "Counters and gauges as Prometheus text exposition (--json: the raw answer)",
+            ),
+        )
         .subcommand(
             C::new("reload")
                 .about("Start a new generation; answers once it is ready or failed")
@@ -149,6 +156,7 @@ impl Cli {
         })?;
         let cmd = match name {
             "status" => Cmd::Status,
+            "metrics" => Cmd::Metrics,
             "reload" => Cmd::Reload {
                 no_wait: sub.get_flag("no-wait"),
             },
@@ -248,6 +256,7 @@ fn main() {
 fn prepare(cli: &Cli) -> anyhow::Result<(Command, PathBuf, Duration)> {
     let command = match &cli.cmd {
         Cmd::Status => Command::Status,
+        Cmd::Metrics => Command::Metrics,
         Cmd::Health => Command::Health,
         Cmd::Reload { no_wait } => Command::Reload { wait: !no_wait },
         Cmd::Scale { workers } => Command::Scale(parse_scale(workers)?),
@@ -478,6 +487,10 @@ fn print_human(command: &Command, data: Value) -> anyhow::Result<()> {
         Command::Status => {
             let s: StatusData = serde_json::from_value(data).with_context(shape)?;
             print!("{}", status_table(&s));
+        }
+        Command::Metrics => {
+            let m: MetricsData = serde_json::from_value(data).with_context(shape)?;
+            print!("{}", rgunicorn::control::prometheus::render(&m));
         }
         Command::Reload { .. } => {
             let r: ReloadOutcome = serde_json::from_value(data).with_context(shape)?;

@@ -6,6 +6,7 @@
 //!   the two cannot drift apart. No Python, no I/O.
 //! - [`path`]: where the socket lives by default, computed the same way by
 //!   the server (to bind) and the client (to find it).
+//! - [`prometheus`]: `metrics` as Prometheus text, for `rgunicornctl`.
 //! - [`server`]: a non-blocking, single-threaded server driven by the
 //!   master's `poll(2)` loop. It checks each caller's credentials, frames and
 //!   parses requests, and calls the [`server::Master`] trait, which the
@@ -17,6 +18,7 @@
 //! link libpython.
 
 pub mod path;
+pub mod prometheus;
 pub mod protocol;
 pub mod server;
 

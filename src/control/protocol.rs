@@ -62,6 +62,8 @@ pub enum Command {
     Status,
     /// Ready, or why not: for health checks (Docker, Kubernetes).
     Health,
+    /// Counters and gauges for a monitoring system (Prometheus).
+    Metrics,
     /// Start a new generation of workers. With `wait` (the default) the
     /// answer comes once it is ready or has failed to boot.
     Reload { wait: bool },
@@ -121,9 +123,10 @@ struct PidArgs {
 
 impl Command {
     /// Every command name, as it appears on the wire.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "status",
         "health",
+        "metrics",
         "reload",
         "scale",
         "stop",
@@ -136,6 +139,7 @@ impl Command {
         match self {
             Command::Status => "status",
             Command::Health => "health",
+            Command::Metrics => "metrics",
             Command::Reload { .. } => "reload",
             Command::Scale(_) => "scale",
             Command::Stop { .. } => "stop",
@@ -147,7 +151,7 @@ impl Command {
     /// Whether the command changes anything.
     pub fn access(&self) -> Access {
         match self {
-            Command::Status | Command::Health => Access::ReadOnly,
+            Command::Status | Command::Health | Command::Metrics => Access::ReadOnly,
             _ => Access::Write,
         }
     }
@@ -155,7 +159,9 @@ impl Command {
     /// The `args` object on the wire.
     pub fn args(&self) -> Value {
         match self {
-            Command::Status | Command::Health | Command::ReopenLogs => serde_json::json!({}),
+            Command::Status | Command::Health | Command::Metrics | Command::ReopenLogs => {
+                serde_json::json!({})
+            }
             Command::Reload { wait } => serde_json::json!({ "wait": wait }),
             Command::Scale(ScaleTo::Absolute(n)) => serde_json::json!({ "workers": n }),
             Command::Scale(ScaleTo::Relative(d)) => serde_json::json!({ "delta": d }),
@@ -202,6 +208,7 @@ impl Command {
         Ok(match cmd {
             "status" => parse::<NoArgs>(cmd, args).map(|_| Command::Status)?,
             "health" => parse::<NoArgs>(cmd, args).map(|_| Command::Health)?,
+            "metrics" => parse::<NoArgs>(cmd, args).map(|_| Command::Metrics)?,
             "reopen-logs" => parse::<NoArgs>(cmd, args).map(|_| Command::ReopenLogs)?,
             "reload" => Command::Reload {
                 wait: parse::<ReloadArgs>(cmd, args)?.wait,
@@ -523,6 +530,65 @@ pub struct HealthData {
     pub reason: Option<String>,
 }
 
+/// `metrics`' data: what a monitoring system scrapes. Counters (`_total`)
+/// only go up while the master lives; everything else is a gauge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsData {
+    pub master_pid: i32,
+    /// rgunicorn's version.
+    pub server_version: String,
+    pub uptime_s: f64,
+    pub state: MasterState,
+    /// The current generation (1 at start, +1 per reload).
+    pub generation: u64,
+    /// Requests served since the master started: those of the workers alive
+    /// now plus those of every worker already gone.
+    pub requests_total: u64,
+    /// Requests in flight right now, over all workers.
+    pub requests_active: u64,
+    /// The number of workers the master keeps.
+    pub workers_target: u32,
+    /// Worker processes alive now, every generation and state.
+    pub workers_alive: u32,
+    /// Workers of the current generation that are ready (as in `status`).
+    pub workers_ready: u32,
+    /// Ready workers serving at least one request now.
+    pub workers_busy: u32,
+    /// Workers still importing the app.
+    pub workers_booting: u32,
+    /// Workers told to stop, finishing in-flight requests.
+    pub workers_retiring: u32,
+    /// Worker processes started since the master started.
+    pub worker_spawns_total: u64,
+    /// Workers that died unexpectedly (crash, signal, timeout kill, out of
+    /// memory) and were replaced.
+    pub worker_restarts_total: u64,
+    /// Workers aborted by `--timeout`.
+    pub worker_timeouts_total: u64,
+    /// Reloads whose new generation became ready.
+    pub reloads_succeeded_total: u64,
+    /// Reloads that failed (bad configuration, new code that did not boot).
+    pub reloads_failed_total: u64,
+    pub workers: Vec<WorkerMetrics>,
+}
+
+/// One worker in `metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerMetrics {
+    pub pid: i32,
+    /// Its position (scoreboard slot): reused by the worker that replaces it.
+    pub slot: u32,
+    pub generation: u64,
+    pub state: WorkerState,
+    /// Requests served since it started.
+    pub requests: u64,
+    /// Requests in flight now.
+    pub active: u32,
+    pub age_s: f64,
+    /// Resident memory in bytes; null when unreadable.
+    pub rss_bytes: Option<u64>,
+}
+
 /// `scale`'s data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScaleData {
@@ -595,6 +661,7 @@ mod tests {
         let all = [
             Command::Status,
             Command::Health,
+            Command::Metrics,
             Command::Reload { wait: true },
             Command::Reload { wait: false },
             Command::Scale(ScaleTo::Absolute(8)),
@@ -619,6 +686,7 @@ mod tests {
             Command::Scale(ScaleTo::Absolute(8))
         );
         assert_eq!(ok(r#"{"cmd":"status"}"#), Command::Status);
+        assert_eq!(ok(r#"{"cmd":"metrics","args":{}}"#), Command::Metrics);
         assert_eq!(ok(r#"{"cmd":"status","args":null}"#), Command::Status);
         assert_eq!(ok(r#"{"cmd":"reload"}"#), Command::Reload { wait: true });
         assert_eq!(ok(r#"{"cmd":"stop"}"#), Command::Stop { quick: false });
@@ -681,9 +749,10 @@ mod tests {
     }
 
     #[test]
-    fn only_status_and_health_are_read_only() {
+    fn only_status_health_and_metrics_are_read_only() {
         assert_eq!(Command::Status.access(), Access::ReadOnly);
         assert_eq!(Command::Health.access(), Access::ReadOnly);
+        assert_eq!(Command::Metrics.access(), Access::ReadOnly);
         assert_eq!(Command::ReopenLogs.access(), Access::Write);
         assert_eq!(Command::Reload { wait: true }.access(), Access::Write);
     }

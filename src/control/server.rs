@@ -29,8 +29,8 @@
 //! connection, see [`access_of`].
 
 use super::protocol::{
-    parse_request, Access, Command, ErrorBody, ErrorCode, HealthData, ReloadOutcome, ReloadStatus,
-    Response, ScaleData, ScaleTo, StatusData, StopData, WorkerKillData, MAX_LINE,
+    parse_request, Access, Command, ErrorBody, ErrorCode, HealthData, MetricsData, ReloadOutcome,
+    ReloadStatus, Response, ScaleData, ScaleTo, StatusData, StopData, WorkerKillData, MAX_LINE,
 };
 use nix::errno::Errno;
 use nix::poll::PollFlags;
@@ -61,6 +61,8 @@ pub trait Master {
     fn status(&mut self) -> StatusData;
     /// Fitness for traffic, for `health`.
     fn health(&mut self) -> HealthData;
+    /// Counters and gauges for `metrics`.
+    fn metrics(&mut self) -> MetricsData;
     /// Start a reload. `in_progress` defers a waiting client's answer until
     /// [`ControlServer::complete_reload`] reports that generation; any other
     /// status is answered at once.
@@ -717,6 +719,7 @@ impl ControlServer {
         let result: Result<Value, ErrorBody> = match cmd {
             Command::Status => Ok(to_value(&master.status())),
             Command::Health => Ok(to_value(&master.health())),
+            Command::Metrics => Ok(to_value(&master.metrics())),
             Command::Reload { wait } => match master.reload() {
                 Ok(outcome) if wait && outcome.status == ReloadStatus::InProgress => {
                     c.waiting_reload = Some((id, outcome.generation));

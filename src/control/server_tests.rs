@@ -51,6 +51,30 @@ impl Master for FakeMaster {
             reason: None,
         }
     }
+    fn metrics(&mut self) -> MetricsData {
+        self.calls.push("metrics".into());
+        MetricsData {
+            master_pid: 1,
+            server_version: "test".into(),
+            uptime_s: 1.0,
+            state: MasterState::Running,
+            generation: self.generation,
+            requests_total: 7,
+            requests_active: 0,
+            workers_target: self.target,
+            workers_alive: 1,
+            workers_ready: 1,
+            workers_busy: 0,
+            workers_booting: 0,
+            workers_retiring: 0,
+            worker_spawns_total: 1,
+            worker_restarts_total: 0,
+            worker_timeouts_total: 0,
+            reloads_succeeded_total: 0,
+            reloads_failed_total: 0,
+            workers: Vec::new(),
+        }
+    }
     fn reload(&mut self) -> Result<ReloadOutcome, ErrorBody> {
         self.calls.push("reload".into());
         self.generation += 1;
@@ -488,9 +512,12 @@ fn read_only_and_denied_callers() {
     }
     assert!(rig.ask(&mut ro, r#"{"cmd":"status"}"#).ok);
     assert!(rig.ask(&mut ro, r#"{"cmd":"health"}"#).ok);
+    let m = rig.ask(&mut ro, r#"{"cmd":"metrics"}"#);
+    assert!(m.ok);
+    assert_eq!(m.data.unwrap_or_default()["requests_total"], json!(7));
     let r = rig.ask(&mut ro, r#"{"cmd":"stop"}"#);
     assert_eq!(err_code(&r), ErrorCode::PermissionDenied);
-    assert_eq!(rig.master.calls, ["status", "health"]);
+    assert_eq!(rig.master.calls, ["status", "health", "metrics"]);
 
     let mut no = rig.connect();
     for c in rig.server.clients.values_mut() {
@@ -502,7 +529,7 @@ fn read_only_and_denied_callers() {
         (ErrorCode::PermissionDenied, json!(4))
     );
     assert!(r.error.unwrap().message.contains("permission denied"));
-    assert_eq!(rig.master.calls, ["status", "health"]);
+    assert_eq!(rig.master.calls, ["status", "health", "metrics"]);
     rig.turns(2);
     assert_eq!(read_to_end(&mut no), "");
 }
