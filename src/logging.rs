@@ -290,8 +290,49 @@ where
             std::process::id(),
             level
         )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        let _ = ctx;
+        // The message, with any structured fields (request_id, ...) at the
+        // end of its first line, so a traceback below it stays intact.
+        let mut v = TextFields::default();
+        event.record(&mut v);
+        let (first, rest) = match v.message.split_once('\n') {
+            Some((a, b)) => (a, Some(b)),
+            None => (v.message.as_str(), None),
+        };
+        write!(writer, "{first}")?;
+        if !v.extra.is_empty() {
+            write!(writer, " ({})", v.extra.join(", "))?;
+        }
+        if let Some(rest) = rest {
+            write!(writer, "\n{rest}")?;
+        }
         writeln!(writer)
+    }
+}
+
+/// Collects an event's message and its other fields as `key=value`.
+#[derive(Default)]
+struct TextFields {
+    message: String,
+    extra: Vec<String>,
+}
+
+impl tracing::field::Visit for TextFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            self.extra.push(format!("{}={value}", field.name()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write as _;
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.extra.push(format!("{}={value:?}", field.name()));
+        }
     }
 }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -98,7 +99,10 @@ class NotifyReceiver:
                     a.frombytes(payload[:len(payload) - len(payload) % fd_size])
                     fds += list(a)
             with self.lock:
-                self.msgs.append(Msg(time.monotonic(), pid, data.decode(errors="replace"), fds))
+                # surrogateescape: journal datagrams carry binary length
+                # fields, which must survive the round trip back to bytes.
+                self.msgs.append(Msg(time.monotonic(), pid,
+                                     data.decode(errors="surrogateescape"), fds))
 
     def stop(self):
         self._stop.set()
@@ -666,7 +670,8 @@ def parse_journal_datagram(data: bytes) -> dict[str, str]:
 
 class JournalReceiver(NotifyReceiver):
     def entries(self) -> list[tuple[int | None, dict[str, str]]]:
-        return [(m.pid, parse_journal_datagram(m.text.encode())) for m in self.snapshot()
+        return [(m.pid, parse_journal_datagram(m.text.encode(errors="surrogateescape")))
+                for m in self.snapshot()
                 if m.text]
 
 
@@ -704,6 +709,15 @@ def test_logs_go_to_journald_with_priority_and_pid(spawned, tmp_path, how):
         assert "CODE_FILE" in fields and "TARGET" in fields
         # Text lines were not written as well.
         assert "Booting worker" not in err.read_text()
+        # An app error carries the request id as its own field.
+        assert requests.get(f"http://127.0.0.1:{port}/error", timeout=10).status_code == 500
+        errs = wait_until(lambda: [e for e in rx.entries()
+                                   if "Error handling request /error" in e[1].get("MESSAGE", "")],
+                          timeout=10)
+        assert errs, rx.entries()
+        epid, efields = errs[0]
+        assert efields["PRIORITY"] == "3"
+        assert re.fullmatch(rf"{epid}-\d+", efields.get("REQUEST_ID", "")), efields
         # No logging thread: the master forks, it must stay single-threaded.
         status = Path(f"/proc/{srv.pid}/status").read_text()
         assert "\nThreads:\t1\n" in status, status

@@ -288,7 +288,7 @@ pub fn handle(
     let writer = Writer::new(fd, req, bridge.io_timeout);
     let fwd = match forwarded::inspect(&bridge.proxy, req, peer) {
         Ok(f) => f,
-        Err(e) => return writer.fail(py, BodyError::BadRequest(e)),
+        Err(e) => return writer.fail(py, BodyError::BadRequest(e), &req.uri),
     };
     let start = match Bound::new(py, StartResponse::new(writer.clone())) {
         Ok(s) => s,
@@ -310,15 +310,15 @@ pub fn handle(
     let result = bridge.app.bind(py).call1((&env, start));
     let failure = |e: BodyError| match input.borrow().framing_error() {
         // The client sent a malformed body: that is a 400, not a 500.
-        Some(bad) => writer.fail(py, BodyError::BadRequest(bad)),
-        None => writer.fail(py, e),
+        Some(bad) => writer.fail(py, BodyError::BadRequest(bad), &req.uri),
+        None => writer.fail(py, e, &req.uri),
     };
     let mut outcome = match result {
         Ok(body) => {
             let r = send_body(py, &writer, &body);
             close_result(py, &body);
             match r {
-                Ok(()) => writer.finish(py),
+                Ok(()) => writer.finish(py, &req.uri),
                 Err(e) => failure(e),
             }
         }
@@ -346,7 +346,7 @@ pub fn handle(
 
 fn internal_error(py: Python<'_>, e: PyErr, fd: RawFd, req: &Request) -> Outcome {
     let w = Writer::new(fd, req, Duration::from_secs(5));
-    w.fail(py, BodyError::App(e))
+    w.fail(py, BodyError::App(e), &req.uri)
 }
 
 /// Why a response could not be completed.

@@ -37,6 +37,8 @@ fn is_token(s: &str) -> bool {
 }
 
 struct State {
+    /// The request's number in this worker (for the request id in logs).
+    seq: u64,
     fd: RawFd,
     timeout: Duration,
     version: Version,
@@ -56,6 +58,9 @@ struct State {
     out: Vec<u8>,
 }
 
+/// Requests this worker has started (for request ids).
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The response being written; shared by the driver, `start_response` and
 /// the `write()` callable.
 #[derive(Clone)]
@@ -64,6 +69,7 @@ pub struct Writer(Arc<Mutex<State>>);
 impl Writer {
     pub fn new(fd: RawFd, req: &Request, timeout: Duration) -> Writer {
         Writer(Arc::new(Mutex::new(State {
+            seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             fd,
             timeout,
             version: req.version,
@@ -115,12 +121,12 @@ impl Writer {
     }
 
     /// The app is done: end the body and hand back what is left to send.
-    pub fn finish(&self, py: Python<'_>) -> Outcome {
+    pub fn finish(&self, py: Python<'_>, uri: &str) -> Outcome {
         let mut st = self.lock();
         if !st.headers_sent {
             if let Err(e) = st.send_head(Some(0)) {
                 drop(st);
-                return self.fail(py, BodyError::App(e));
+                return self.fail(py, BodyError::App(e), uri);
             }
         }
         if st.chunked {
@@ -156,13 +162,17 @@ impl Writer {
 
     /// The response failed: log why, answer 500 if nothing was sent yet,
     /// and close the connection.
-    pub fn fail(&self, py: Python<'_>, e: BodyError) -> Outcome {
+    pub fn fail(&self, py: Python<'_>, e: BodyError, uri: &str) -> Outcome {
         let mut st = self.lock();
         let mut pending_out = Vec::new();
         match e {
             BodyError::App(e) => {
+                // REQUEST_ID: this worker's pid and the request's number in
+                // it; a structured field in the journal, plain text otherwise.
+                let request_id = format!("{}-{}", std::process::id(), st.seq);
                 tracing::error!(
-                    "Error handling request\n{}",
+                    request_id = %request_id,
+                    "Error handling request {uri}\n{}",
                     crate::python::format_exception(py, &e).trim_end()
                 );
                 if st.headers_sent {
@@ -175,10 +185,10 @@ impl Writer {
                 }
             }
             BodyError::Io(e) => {
-                tracing::debug!("client went away: {e}");
+                tracing::debug!("client went away ({uri}): {e}");
             }
             BodyError::BadRequest(e) => {
-                tracing::debug!("invalid request body: {e}");
+                tracing::debug!("invalid request body ({uri}): {e}");
                 if !st.headers_sent {
                     st.code = e.status();
                     pending_out = super::error_response(e.status(), e.reason(), true);

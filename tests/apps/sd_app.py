@@ -7,6 +7,7 @@ for reload tests).
 Routes:
   /        "Hello, World!"
   /env     JSON list of the environment variable names the worker sees
+  /error   raises (an "Error handling request" record with a request id)
 """
 import json
 import os
@@ -18,6 +19,8 @@ if os.path.exists(os.environ.get("SD_FAIL_IF_EXISTS", "/nonexistent/")):
 
 
 def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/error":
+        raise RuntimeError("sd_app deliberate error")
     if environ.get("PATH_INFO") == "/env":
         body = json.dumps(sorted(os.environ)).encode()
     else:
