@@ -151,6 +151,7 @@ impl Writer {
             } else {
                 Vec::new()
             },
+            environ_atoms: Vec::new(),
         }
     }
 
@@ -161,7 +162,9 @@ impl Writer {
         let mut pending_out = Vec::new();
         match e {
             BodyError::App(e) => {
+                // Gunicorn's log.exception (StatsD counts it as such).
                 tracing::error!(
+                    target: "rgunicorn::exception",
                     "Error handling request\n{}",
                     crate::python::format_exception(py, &e).trim_end()
                 );
@@ -193,6 +196,7 @@ impl Writer {
             status: st.code,
             sent: st.sent,
             response_headers: Vec::new(),
+            environ_atoms: Vec::new(),
         }
     }
 }
