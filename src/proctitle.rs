@@ -43,8 +43,23 @@ pub fn init() {
     if arg_start == 0 || arg_end <= arg_start {
         return;
     }
+    // Only an area that holds exactly our argv is ours: under a loader or
+    // an emulator (valgrind, `ld.so ./rgunicorn`) the kernel's argv is the
+    // loader's, and its strings may still be in use.
+    let mut expected = Vec::new();
+    for a in std::env::args_os() {
+        use std::os::unix::ffi::OsStrExt;
+        expected.extend_from_slice(a.as_bytes());
+        expected.push(0);
+    }
+    // SAFETY: [arg_start, arg_end) is this process's argv string area, on
+    // the stack, mapped and readable for the life of the process.
+    let area = unsafe { std::slice::from_raw_parts(arg_start as *const u8, arg_end - arg_start) };
+    if area != expected.as_slice() {
+        return;
+    }
     let mut end = arg_end;
-    if env_start == arg_end && env_end > env_start {
+    if env_start == arg_end && env_end > env_start && environ_within(env_start, env_end) {
         // Re-home every variable: glibc's setenv allocates a new
         // "NAME=value" string and points environ at it.
         let vars: Vec<_> = std::env::vars_os().collect();
@@ -74,6 +89,26 @@ pub fn init() {
 
 extern "C" {
     static environ: *const *const libc::c_char;
+}
+
+/// Every environ entry points into [start, end): the kernel's environment
+/// area is the one libc uses.
+fn environ_within(start: usize, end: usize) -> bool {
+    // SAFETY: as in environ_off_area.
+    unsafe {
+        let mut p = environ;
+        if p.is_null() {
+            return false;
+        }
+        while !(*p).is_null() {
+            let a = *p as usize;
+            if a < start || a >= end {
+                return false;
+            }
+            p = p.add(1);
+        }
+    }
+    true
 }
 
 /// No environ entry points into [start, end) any more.
