@@ -15,6 +15,16 @@
 //! any fields of the event, and the kernel-attested `_PID` of the process
 //! that logged (the worker's or the master's). Raw text (tracebacks,
 //! `wsgi.errors`) and the access log still go to their sinks.
+//!
+//! Optional outputs, each set up once in the master before any fork (the
+//! workers inherit the sockets) and costing nothing when off:
+//! - `--capture-output`: fd 1 and 2 point at the error log file;
+//! - `--log-syslog`: error-log (and access-log) records also go to syslog
+//!   as Gunicorn's `SysLogHandler` sends them ([`syslog`]);
+//! - `--statsd-host`: Gunicorn's StatsD metrics ([`statsd`]).
+
+pub mod statsd;
+pub mod syslog;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -108,6 +118,13 @@ struct Logs {
     error: Sink,
     access: Option<Sink>,
     access_format: AccessFormat,
+    /// `--capture-output` with a file error log: the file fd 1 and 2 follow.
+    capture: Option<PathBuf>,
+    syslog: Option<syslog::Syslog>,
+    /// Access-log lines go to syslog too (`--log-syslog` without
+    /// `--disable-redirect-access-to-syslog`).
+    syslog_access: bool,
+    statsd: Option<statsd::Statsd>,
 }
 
 static LOGS: OnceLock<Logs> = OnceLock::new();
@@ -127,22 +144,41 @@ pub fn parse_level(s: &str) -> Result<Level, String> {
 }
 
 /// Install the logs. Called once in the master, before any fork; workers
-/// inherit them.
-pub fn init(
-    level: &str,
-    errorlog: &str,
-    accesslog: Option<&str>,
-    access_format: &str,
-    journald: bool,
-) -> anyhow::Result<()> {
-    let level = parse_level(level).map_err(anyhow::Error::msg)?;
+/// inherit them (and the syslog and StatsD sockets).
+/// `journald`: send the error log to the journal instead of as text.
+pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
+    let level = parse_level(&s.loglevel).map_err(anyhow::Error::msg)?;
+    let capture = if s.capture_output && s.errorlog != "-" {
+        let path = PathBuf::from(&s.errorlog);
+        redirect_stdio(&path)?;
+        Some(path)
+    } else {
+        None
+    };
+    let syslog = if s.syslog {
+        Some(syslog::Syslog::connect(s)?)
+    } else {
+        None
+    };
+    let statsd = match &s.statsd_host {
+        Some(h) => Some(statsd::Statsd::connect(
+            h,
+            &s.statsd_prefix,
+            &s.dogstatsd_tags,
+        )?),
+        None => None,
+    };
     let logs = Logs {
-        error: Sink::open(errorlog, false)?,
-        access: match accesslog {
+        error: Sink::open(&s.errorlog, false)?,
+        access: match s.accesslog.as_deref() {
             Some(a) => Some(Sink::open(a, true)?),
             None => None,
         },
-        access_format: AccessFormat::parse(access_format),
+        access_format: AccessFormat::parse(&s.access_log_format),
+        capture,
+        syslog_access: syslog.is_some() && !s.disable_redirect_access_to_syslog,
+        syslog,
+        statsd,
     };
     if LOGS.set(logs).is_err() {
         return Ok(());
@@ -169,9 +205,10 @@ pub fn init(
             Err(e) => {
                 // Say it in the plain log we fall back to.
                 let line = format!(
-                    "[{}] [{}] [WARNING] cannot log to the journal ({e}); logging text to {errorlog}\n",
+                    "[{}] [{}] [WARNING] cannot log to the journal ({e}); logging text to {}\n",
                     chrono::Local::now().format("%Y-%m-%d %H:%M:%S %z"),
-                    std::process::id()
+                    std::process::id(),
+                    s.errorlog
                 );
                 error_log_raw(line.as_bytes());
             }
@@ -202,10 +239,29 @@ fn journald_layer(error: Priority) -> io::Result<tracing_journald::Layer> {
         }))
 }
 
+/// `--capture-output`: point fd 1 and 2 at the error log file, as Gunicorn
+/// does (in the master, so the workers inherit it).
+fn redirect_stdio(path: &PathBuf) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = open_append(path)?;
+    let _ = io::stdout().lock().flush();
+    for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto the standard descriptors; `f` stays open for the
+        // call and the duplicates are independent of it.
+        if unsafe { libc::dup2(f.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Reopen every file log (SIGUSR1).
 pub fn reopen() -> io::Result<()> {
     if let Some(l) = LOGS.get() {
         l.error.reopen()?;
+        if let Some(p) = &l.capture {
+            redirect_stdio(p)?;
+        }
         if let Some(a) = &l.access {
             a.reopen()?;
         }
@@ -225,12 +281,64 @@ pub fn error_log_raw(buf: &[u8]) {
 
 /// Is the access log on? Lets the request path skip collecting its figures.
 pub fn access_enabled() -> bool {
-    LOGS.get().is_some_and(|l| l.access.is_some())
+    LOGS.get()
+        .is_some_and(|l| l.access.is_some() || l.syslog_access)
+}
+
+/// The environ keys (lower case) the access-log format reads with
+/// `%({key}e)s`, in the order [`AccessInfo::environ`] must give their values.
+/// Empty when the format has no `e` atom (or the access log is off): the
+/// worker then captures nothing per request.
+pub fn access_environ_keys() -> Vec<String> {
+    match LOGS.get() {
+        Some(l) if l.access.is_some() || l.syslog_access => l.access_format.environ_keys(),
+        _ => Vec::new(),
+    }
+}
+
+/// One request is done: its StatsD metrics, when `--statsd-host` is set.
+pub fn request_metrics(status: u16, took: Duration) {
+    if let Some(st) = LOGS.get().and_then(|l| l.statsd.as_ref()) {
+        st.request(status, took);
+    }
+}
+
+/// The master's worker count, as Gunicorn's `gunicorn.workers` gauge (sent
+/// when it changes).
+pub fn workers_gauge(n: usize) {
+    if let Some(st) = LOGS.get().and_then(|l| l.statsd.as_ref()) {
+        st.workers(n);
+    }
 }
 
 struct ErrorLogWriter;
 
-struct ErrorLogLine(Vec<u8>);
+struct ErrorLogLine(Vec<u8>, Option<Severity>);
+
+/// A record's level as syslog and StatsD see it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Severity {
+    Critical,
+    Error,
+    /// An ERROR record about an exception (Gunicorn's `log.exception`).
+    Exception,
+    Warning,
+    Info,
+    Debug,
+}
+
+impl Severity {
+    fn of(meta: &tracing::Metadata<'_>) -> Severity {
+        match *meta.level() {
+            Level::ERROR if meta.target().ends_with("critical") => Severity::Critical,
+            Level::ERROR if meta.target().ends_with("exception") => Severity::Exception,
+            Level::ERROR => Severity::Error,
+            Level::WARN => Severity::Warning,
+            Level::INFO => Severity::Info,
+            Level::DEBUG | Level::TRACE => Severity::Debug,
+        }
+    }
+}
 
 impl Write for ErrorLogLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -246,13 +354,38 @@ impl Drop for ErrorLogLine {
     fn drop(&mut self) {
         // One write per line, so lines of concurrent processes never interleave.
         error_log_raw(&self.0);
+        let (Some(l), Some(sev)) = (LOGS.get(), self.1) else {
+            return;
+        };
+        if let Some(sys) = &l.syslog {
+            sys.error_record(sev, message_of(&self.0));
+        }
+        if let Some(st) = &l.statsd {
+            st.log_record(sev);
+        }
     }
+}
+
+/// The message of a formatted line: what follows `[date] [pid] [LEVEL] `,
+/// without the final newline.
+fn message_of(line: &[u8]) -> &[u8] {
+    let mut rest = line;
+    for _ in 0..3 {
+        match rest.windows(2).position(|w| w == b"] ") {
+            Some(i) => rest = &rest[i + 2..],
+            None => return line,
+        }
+    }
+    rest.strip_suffix(b"\n").unwrap_or(rest)
 }
 
 impl<'a> MakeWriter<'a> for ErrorLogWriter {
     type Writer = ErrorLogLine;
     fn make_writer(&'a self) -> Self::Writer {
-        ErrorLogLine(Vec::with_capacity(128))
+        ErrorLogLine(Vec::with_capacity(128), None)
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        ErrorLogLine(Vec::with_capacity(128), Some(Severity::of(meta)))
     }
 }
 
@@ -357,16 +490,24 @@ enum Piece {
     Atom(String),
     ReqHeader(String),
     RespHeader(String),
-    Environ(String),
+    /// `%({key}e)s`: the index of the key in [`AccessFormat::environ_keys`].
+    Environ(usize),
 }
 
 /// A parsed `access_log_format`: literal text and `%(atom)s` pieces.
 #[derive(Debug, Clone)]
-pub struct AccessFormat(Vec<Piece>);
+pub struct AccessFormat {
+    pieces: Vec<Piece>,
+    /// The lower-case environ keys `e` atoms name, each once.
+    env_keys: Vec<String>,
+}
 
 impl AccessFormat {
     pub fn parse(fmt: &str) -> AccessFormat {
-        let mut pieces = Vec::new();
+        let mut f = AccessFormat {
+            pieces: Vec::new(),
+            env_keys: Vec::new(),
+        };
         let mut lit = String::new();
         let mut rest = fmt;
         while let Some(i) = rest.find('%') {
@@ -383,9 +524,10 @@ impl AccessFormat {
             match parsed {
                 Some((name, tail)) => {
                     if !lit.is_empty() {
-                        pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+                        f.pieces.push(Piece::Lit(std::mem::take(&mut lit)));
                     }
-                    pieces.push(classify(name));
+                    let piece = f.classify(name);
+                    f.pieces.push(piece);
                     rest = tail;
                 }
                 None => {
@@ -396,25 +538,40 @@ impl AccessFormat {
         }
         lit.push_str(rest);
         if !lit.is_empty() {
-            pieces.push(Piece::Lit(lit));
+            f.pieces.push(Piece::Lit(lit));
         }
-        AccessFormat(pieces)
+        f
     }
-}
 
-fn classify(name: &str) -> Piece {
-    if let Some(inner) = name.strip_prefix('{') {
-        if let Some((var, kind)) = inner.rsplit_once('}') {
-            let var = var.to_ascii_lowercase();
-            return match kind {
-                "i" => Piece::ReqHeader(var),
-                "o" => Piece::RespHeader(var),
-                "e" => Piece::Environ(var.to_ascii_uppercase()),
-                _ => Piece::Atom(name.to_string()),
-            };
-        }
+    /// The environ keys (lower case) the format reads, each once.
+    pub fn environ_keys(&self) -> Vec<String> {
+        self.env_keys.clone()
     }
-    Piece::Atom(name.to_string())
+
+    fn classify(&mut self, name: &str) -> Piece {
+        if let Some(inner) = name.strip_prefix('{') {
+            if let Some((var, kind)) = inner.rsplit_once('}') {
+                // Gunicorn's SafeAtoms looks `{..}` atoms up in lower case.
+                let var = var.to_lowercase();
+                return match kind.to_ascii_lowercase().as_str() {
+                    "i" => Piece::ReqHeader(var),
+                    "o" => Piece::RespHeader(var),
+                    "e" => {
+                        let idx = match self.env_keys.iter().position(|k| *k == var) {
+                            Some(i) => i,
+                            None => {
+                                self.env_keys.push(var);
+                                self.env_keys.len() - 1
+                            }
+                        };
+                        Piece::Environ(idx)
+                    }
+                    _ => Piece::Atom(name.to_string()),
+                };
+            }
+        }
+        Piece::Atom(name.to_string())
+    }
 }
 
 /// What the access log needs to know about one request.
@@ -430,8 +587,9 @@ pub struct AccessInfo<'a> {
     pub request_headers: &'a [crate::http::Header],
     pub response_headers: &'a [(String, String)],
     pub duration: Duration,
-    pub user: Option<&'a str>,
-    pub environ: &'a dyn Fn(&str) -> Option<String>,
+    /// The values of [`access_environ_keys`], in that order (`None`: not in
+    /// the environ); empty when the format has no `e` atom.
+    pub environ: &'a [Option<String>],
 }
 
 fn find_header<'a>(h: &'a [crate::http::Header], name: &str) -> Option<&'a [u8]> {
@@ -440,70 +598,130 @@ fn find_header<'a>(h: &'a [crate::http::Header], name: &str) -> Option<&'a [u8]>
         .map(|h| h.value.as_slice())
 }
 
+/// `%(u)s`: the user name of an `Authorization: Basic` header, as
+/// Gunicorn's `_get_user` finds it (None when absent or undecodable).
+pub fn basic_auth_user(headers: &[crate::http::Header]) -> Option<String> {
+    let v = find_header(headers, "authorization")?;
+    if v.len() < 5 || !v[..5].eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let sp = v.iter().position(|&b| b == b' ')?;
+    let decoded = b64decode(v[sp + 1..].trim_ascii())?;
+    let user = decoded.split(|&b| b == b':').next().unwrap_or(&[]);
+    String::from_utf8(user.to_vec()).ok()
+}
+
+/// Python's `base64.b64decode` without `validate`: characters outside the
+/// alphabet are skipped; wrong padding is an error.
+fn b64decode(s: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut n, mut pad) = (0u32, 0usize, 0usize);
+    for &c in s {
+        if c == b'=' {
+            pad += 1;
+            continue;
+        }
+        let Some(v) = val(c) else { continue };
+        if pad > 0 {
+            return None; // data after padding
+        }
+        acc = (acc << 6) | v;
+        n += 1;
+        if n % 4 == 0 {
+            out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]);
+            acc = 0;
+        }
+    }
+    match n % 4 {
+        0 => {}
+        2 if pad >= 2 => out.push((acc >> 4) as u8),
+        3 if pad >= 1 => out.extend_from_slice(&[(acc >> 10) as u8, (acc >> 2) as u8]),
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// Append an atom's text as Gunicorn's SafeAtoms does: `"` becomes `\"`;
+/// missing or empty values print as `-`.
+fn push_atom(out: &mut String, v: Option<&str>) {
+    match v.filter(|s| !s.is_empty()) {
+        None => out.push('-'),
+        Some(s) if s.contains('"') => out.push_str(&s.replace('"', "\\\"")),
+        Some(s) => out.push_str(s),
+    }
+}
+
 /// Format one access-log line (without the newline).
 pub fn format_access(fmt: &AccessFormat, i: &AccessInfo<'_>) -> String {
     let mut out = String::with_capacity(160);
-    let dash =
-        |o: &mut String, v: Option<&str>| o.push_str(v.filter(|s| !s.is_empty()).unwrap_or("-"));
-    for p in &fmt.0 {
+    let lossy = |v: Option<&[u8]>| v.map(|v| String::from_utf8_lossy(v).into_owned());
+    for p in &fmt.pieces {
         match p {
             Piece::Lit(s) => out.push_str(s),
-            Piece::ReqHeader(n) => dash(
+            Piece::ReqHeader(n) => push_atom(
                 &mut out,
-                find_header(i.request_headers, n)
-                    .map(|v| String::from_utf8_lossy(v))
-                    .as_deref(),
+                lossy(find_header(i.request_headers, n)).as_deref(),
             ),
-            Piece::RespHeader(n) => dash(
+            Piece::RespHeader(n) => push_atom(
                 &mut out,
                 i.response_headers
                     .iter()
+                    .rev()
                     .find(|(k, _)| k.eq_ignore_ascii_case(n))
                     .map(|(_, v)| v.as_str()),
             ),
-            Piece::Environ(n) => dash(&mut out, (i.environ)(n).as_deref()),
+            Piece::Environ(idx) => {
+                push_atom(&mut out, i.environ.get(*idx).and_then(|v| v.as_deref()))
+            }
             Piece::Atom(a) => match a.as_str() {
-                "h" => out.push_str(i.remote),
+                "h" => push_atom(&mut out, Some(i.remote)),
                 "l" => out.push('-'),
-                "u" => dash(&mut out, i.user),
+                "u" => push_atom(&mut out, basic_auth_user(i.request_headers).as_deref()),
                 "t" => out.push_str(
                     &chrono::Local::now()
                         .format("[%d/%b/%Y:%H:%M:%S %z]")
                         .to_string(),
                 ),
-                "r" => {
-                    out.push_str(i.method);
-                    out.push(' ');
-                    out.push_str(i.uri);
-                    out.push(' ');
-                    out.push_str(i.protocol);
-                }
-                "m" => out.push_str(i.method),
-                "U" => out.push_str(i.path),
-                "q" => out.push_str(i.query),
-                "H" => out.push_str(i.protocol),
+                "r" => push_atom(
+                    &mut out,
+                    Some(&format!("{} {} {}", i.method, i.uri, i.protocol)),
+                ),
+                "m" => push_atom(&mut out, Some(i.method)),
+                "U" => push_atom(&mut out, Some(i.path)),
+                "q" => push_atom(&mut out, Some(i.query)),
+                "H" => push_atom(&mut out, Some(i.protocol)),
                 "s" => out.push_str(itoa::Buffer::new().format(i.status)),
                 "B" => out.push_str(itoa::Buffer::new().format(i.sent.unwrap_or(0))),
                 "b" => match i.sent {
                     Some(n) => out.push_str(itoa::Buffer::new().format(n)),
                     None => out.push('-'),
                 },
-                "f" => dash(
+                "f" => push_atom(
                     &mut out,
-                    find_header(i.request_headers, "referer")
-                        .map(|v| String::from_utf8_lossy(v))
-                        .as_deref(),
+                    lossy(find_header(i.request_headers, "referer")).as_deref(),
                 ),
-                "a" => dash(
+                "a" => push_atom(
                     &mut out,
-                    find_header(i.request_headers, "user-agent")
-                        .map(|v| String::from_utf8_lossy(v))
-                        .as_deref(),
+                    lossy(find_header(i.request_headers, "user-agent")).as_deref(),
                 ),
                 "T" => out.push_str(itoa::Buffer::new().format(i.duration.as_secs())),
                 "M" => out.push_str(itoa::Buffer::new().format(i.duration.as_millis())),
                 "D" => out.push_str(itoa::Buffer::new().format(i.duration.as_micros())),
-                "L" => out.push_str(&format!("{:.6}", i.duration.as_secs_f64())),
+                "L" => out.push_str(&format!(
+                    "{}.{:06}",
+                    i.duration.as_secs(),
+                    i.duration.subsec_micros()
+                )),
                 "p" => {
                     out.push('<');
                     out.push_str(itoa::Buffer::new().format(std::process::id()));
@@ -517,11 +735,20 @@ pub fn format_access(fmt: &AccessFormat, i: &AccessInfo<'_>) -> String {
     out
 }
 
-/// Write one access-log line, if the access log is on.
+/// Write one access-log line to the access log and, with `--log-syslog`,
+/// to syslog.
 pub fn access(i: &AccessInfo<'_>) {
     if let Some(l) = LOGS.get() {
+        if l.access.is_none() && !l.syslog_access {
+            return;
+        }
+        let mut line = format_access(&l.access_format, i);
+        if l.syslog_access {
+            if let Some(sys) = &l.syslog {
+                sys.access_record(line.as_bytes());
+            }
+        }
         if let Some(sink) = &l.access {
-            let mut line = format_access(&l.access_format, i);
             line.push('\n');
             sink.write_all(line.as_bytes());
         }
@@ -539,7 +766,6 @@ mod tests {
             name: b"User-Agent".to_vec(),
             value: b"curl/8".to_vec(),
         }];
-        let env = |_: &str| None;
         let i = AccessInfo {
             remote: "127.0.0.1",
             method: "GET",
@@ -552,8 +778,7 @@ mod tests {
             request_headers: &hdrs,
             response_headers: &[],
             duration: Duration::from_micros(1500),
-            user: None,
-            environ: &env,
+            environ: &[],
         };
         let line = format_access(&f, &i);
         assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
@@ -565,5 +790,73 @@ mod tests {
         let line2 = format_access(&f2, &i);
         assert!(line2.starts_with("1500 - <"), "{line2}");
         assert!(line2.ends_with("> 100%"), "{line2}");
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    fn hdr(n: &str, v: &str) -> crate::http::Header {
+        crate::http::Header {
+            name: n.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn basic_auth_user_as_gunicorn() {
+        // "alice:secret"
+        let h = [hdr("Authorization", "Basic YWxpY2U6c2VjcmV0")];
+        assert_eq!(basic_auth_user(&h).as_deref(), Some("alice"));
+        // "bob" (no colon), padded
+        let h = [hdr("authorization", "basic Ym9i")];
+        assert_eq!(basic_auth_user(&h).as_deref(), Some("bob"));
+        let h = [hdr("Authorization", "Basic Ym9iOg==")];
+        assert_eq!(basic_auth_user(&h).as_deref(), Some("bob"));
+        assert_eq!(basic_auth_user(&[hdr("Authorization", "Bearer x")]), None);
+        assert_eq!(
+            basic_auth_user(&[hdr("Authorization", "Basic Ym9iO")]),
+            None
+        );
+        assert_eq!(basic_auth_user(&[]), None);
+    }
+
+    #[test]
+    fn environ_atoms_and_quotes() {
+        let f = AccessFormat::parse(
+            "%({REMOTE_ADDR}e)s %({wsgi.url_scheme}e)s %({remote_addr}e)s %({x}e)s %(a)s",
+        );
+        assert_eq!(
+            f.environ_keys(),
+            vec!["remote_addr", "wsgi.url_scheme", "x"]
+        );
+        let hdrs = [hdr("User-Agent", "a \"b\"")];
+        let env = [Some("1.2.3.4".to_string()), Some("http".to_string()), None];
+        let i = AccessInfo {
+            remote: "h",
+            method: "GET",
+            uri: "/",
+            path: "/",
+            query: "",
+            protocol: "HTTP/1.1",
+            status: 200,
+            sent: None,
+            request_headers: &hdrs,
+            response_headers: &[],
+            duration: Duration::from_micros(1_000_001),
+            environ: &env,
+        };
+        assert_eq!(format_access(&f, &i), r#"1.2.3.4 http 1.2.3.4 - a \"b\""#);
+        let l = format_access(&AccessFormat::parse("%(L)s %(M)s"), &i);
+        assert_eq!(l, "1.000001 1000");
+    }
+
+    #[test]
+    fn message_of_strips_prefix() {
+        assert_eq!(
+            message_of(b"[2026-11-26 22:12:04 +0000] [12] [INFO] Booting [x] ok\n"),
+            b"Booting [x] ok"
+        );
     }
 }

@@ -18,6 +18,8 @@ fn main() {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // Before anything else runs: the argv strings become the process title.
+    rgunicorn::proctitle::init();
     let settings = match python::config::load_settings(args, &argv) {
         Ok(s) => s,
         Err(python::config::LoadError::Config(e)) => e.exit(),
@@ -46,17 +48,11 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         eprintln!("rgunicorn: error: No application module specified.");
         return Ok(2);
     };
-    rgunicorn::logging::init(
-        &settings.loglevel,
-        &settings.errorlog,
-        settings.accesslog.as_deref(),
-        &settings.access_log_format,
-        settings.log_journald
-            || rgunicorn::systemd::journal::stderr_is_journal(
-                std::env::var("JOURNAL_STREAM").ok().as_deref(),
-            ),
-    )
-    .context("cannot set up logging")?;
+    let journald = settings.log_journald
+        || rgunicorn::systemd::journal::stderr_is_journal(
+            std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        );
+    rgunicorn::logging::init(&settings, journald).context("cannot set up logging")?;
 
     if !rgunicorn::hooks::on_starting(&settings) {
         return Ok(1);
@@ -135,6 +131,8 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
 
     let preloaded = if settings.preload_app {
         python::initialize(&argv)?;
+        // The workers inherit the configured `logging` with the app.
+        python::apply_logconfig(&settings)?;
         match python::load_app(&app_uri, None, &settings.pythonpath) {
             Ok(app) => Some(app),
             Err(e) => {

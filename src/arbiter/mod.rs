@@ -247,7 +247,7 @@ impl Arbiter {
                 crate::config::WorkerClass::Gthread => "gthread",
             }
         );
-        crate::proctitle::set(&self.settings);
+        crate::proctitle::set("master", &self.settings);
         if !crate::hooks::when_ready(&self.settings, self.target) {
             return 1;
         }
@@ -515,6 +515,7 @@ impl Arbiter {
                 break;
             }
         }
+        crate::logging::workers_gauge(self.live_count());
     }
 
     fn spawn_worker(&mut self) -> Result<()> {

@@ -128,6 +128,22 @@ pub struct Settings {
     pub accesslog: Option<String>,
     pub access_log_format: String,
     pub capture_output: bool,
+    /// `--log-syslog` and its address (`udp://`, `tcp://`, `unix://`),
+    /// prefix (None: the process name) and facility name.
+    pub syslog: bool,
+    pub syslog_addr: String,
+    pub syslog_prefix: Option<String>,
+    pub syslog_facility: String,
+    pub disable_redirect_access_to_syslog: bool,
+    /// `HOST:PORT` or `unix:PATH`; None: no StatsD metrics.
+    pub statsd_host: Option<String>,
+    pub statsd_prefix: String,
+    pub dogstatsd_tags: String,
+    /// Python `logging` configuration applied in the workers: an ini file
+    /// (`fileConfig`), a dictConfig dict as JSON text, a JSON file.
+    pub logconfig: Option<String>,
+    pub logconfig_dict_json: Option<String>,
+    pub logconfig_json: Option<String>,
     pub reuse_port: bool,
     /// Whether file bodies may go out with sendfile (`--no-sendfile`, `$SENDFILE`).
     pub sendfile: bool,

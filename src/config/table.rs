@@ -60,6 +60,8 @@ pub enum ValueType {
     CommaList,
     /// A dict of strings to strings.
     Dict,
+    /// A nested dict of plain data (`logconfig_dict`), kept as JSON text.
+    JsonDict,
     /// A Python callable (server hooks), only from a config file.
     Callable,
     /// A class given by name (`worker_class`, `logger_class`).
@@ -81,7 +83,7 @@ impl ValueType {
             ValueType::OptStr => "string or None",
             ValueType::StrList => "list of strings",
             ValueType::CommaList => "comma-separated list",
-            ValueType::Dict => "dict",
+            ValueType::Dict | ValueType::JsonDict => "dict",
             ValueType::Callable => "callable",
             ValueType::Ignored => "any",
         }
@@ -239,11 +241,13 @@ const NO_TLS: Status = Status::NotSupported(
 const NO_RELOAD: Status = Status::NotSupported(
     "automatic code reloading is not implemented yet; reload with SIGHUP or `rgunicornctl reload`",
 );
-const NO_SYSLOG: Status = Status::NotSupported(
-    "rgunicorn does not speak syslog; log to stderr/stdout or use `--log-journald`",
-);
 const NO_STATSD: Status = Status::NotSupported(
     "StatsD metrics are not implemented; `rgunicornctl status` reports worker figures",
+);
+const PYLOGGING: Status = Status::Different(
+    "applied to Python's `logging` in every worker (and in the master with --preload) before the app is imported, \
+     so the app's loggers follow it; rgunicorn's own error and access logs are written by Rust and keep \
+     their settings (errorlog, accesslog, loglevel, formats), see docs/logging.md",
 );
 const NO_PYLOGGING: Status = Status::NotSupported(
     "rgunicorn's logs are written by the Rust master, not Python's `logging` module",
@@ -498,7 +502,7 @@ pub static TABLE: &[SettingDef] = &[
         help: "The access log file to write to; '-' means stdout.",
         ..BASE
     },
-    flag("disable_redirect_access_to_syslog", LOG, &["--disable-redirect-access-to-syslog"], "Do not send access logs to syslog.", NO_SYSLOG),
+    flag("disable_redirect_access_to_syslog", LOG, &["--disable-redirect-access-to-syslog"], "Do not send access logs to syslog.", Status::Same),
     SettingDef {
         name: "access_log_format",
         section: LOG,
@@ -528,7 +532,7 @@ pub static TABLE: &[SettingDef] = &[
         check: Some(super::value::check_loglevel),
         ..BASE
     },
-    flag("capture_output", LOG, &["--capture-output"], "Redirect the workers' stdout/stderr to the error log.", Status::Same),
+    flag("capture_output", LOG, &["--capture-output"], "Redirect stdout/stderr (fd 1 and 2) of master and workers to the error log file (only when errorlog is a file).", Status::Same),
     SettingDef {
         name: "logger_class",
         section: LOG,
@@ -546,17 +550,17 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--log-config"],
         meta: Some("FILE"),
         ty: ValueType::OptStr,
-        help: "A Python logging config file.",
-        status: NO_PYLOGGING,
+        help: "A Python logging config file (ini format, `logging.config.fileConfig`).",
+        status: PYLOGGING,
         ..BASE
     },
     SettingDef {
         name: "logconfig_dict",
         section: LOG,
-        ty: ValueType::Dict,
+        ty: ValueType::JsonDict,
         default: DefaultValue::Dict(&[]),
-        help: "A Python logging dictConfig dictionary.",
-        status: NO_PYLOGGING,
+        help: "A Python logging dictConfig dictionary (merged over Gunicorn's CONFIG_DEFAULTS).",
+        status: PYLOGGING,
         ..BASE
     },
     SettingDef {
@@ -565,8 +569,8 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--log-config-json"],
         meta: Some("FILE"),
         ty: ValueType::OptStr,
-        help: "A Python logging config in a JSON file.",
-        status: NO_PYLOGGING,
+        help: "A Python logging dictConfig in a JSON file.",
+        status: PYLOGGING,
         ..BASE
     },
     SettingDef {
@@ -575,19 +579,22 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--log-syslog-to"],
         meta: Some("SYSLOG_ADDR"),
         default: DefaultValue::Str("udp://localhost:514"),
-        help: "Address to send syslog messages to.",
-        status: NO_SYSLOG,
+        help: "Address to send syslog messages to: udp://HOST:PORT, tcp://HOST:PORT, unix://PATH[#dgram].",
+        status: Status::Different(
+            "a unix:// path that is a datagram socket (as /dev/log) works without `#dgram` (Gunicorn fails to connect); \
+             records the socket cannot take at once are dropped rather than waited for",
+        ),
         ..BASE
     },
-    flag("syslog", LOG, &["--log-syslog"], "Send logs to syslog.", NO_SYSLOG),
+    flag("syslog", LOG, &["--log-syslog"], "Send error-log and access-log records to syslog too.", Status::Same),
     SettingDef {
         name: "syslog_prefix",
         section: LOG,
         cli: &["--log-syslog-prefix"],
         meta: Some("SYSLOG_PREFIX"),
         ty: ValueType::OptStr,
-        help: "The program name in syslog entries.",
-        status: NO_SYSLOG,
+        help: "The program name in syslog entries: gunicorn.PREFIX.error (default: the process name).",
+        status: Status::Same,
         ..BASE
     },
     SettingDef {
@@ -597,7 +604,7 @@ pub static TABLE: &[SettingDef] = &[
         meta: Some("SYSLOG_FACILITY"),
         default: DefaultValue::Str("user"),
         help: "The syslog facility name.",
-        status: NO_SYSLOG,
+        status: Status::Same,
         ..BASE
     },
     flag("enable_stdio_inheritance", LOG, &["-R", "--enable-stdio-inheritance"], "Keep stdio open in daemon mode.", Status::NotSupported(
@@ -609,8 +616,8 @@ pub static TABLE: &[SettingDef] = &[
         cli: &["--statsd-host"],
         meta: Some("STATSD_ADDR"),
         ty: ValueType::OptStr,
-        help: "The StatsD server to send metrics to.",
-        status: NO_STATSD,
+        help: "The StatsD server to send metrics to: HOST:PORT (UDP, port 8125 by default) or unix:PATH.",
+        status: Status::Same,
         ..BASE
     },
     SettingDef {
@@ -620,7 +627,7 @@ pub static TABLE: &[SettingDef] = &[
         meta: Some("DOGSTATSD_TAGS"),
         default: DefaultValue::Str(""),
         help: "Comma-separated dogstatsd tags for StatsD metrics.",
-        status: NO_STATSD,
+        status: Status::Same,
         ..BASE
     },
     SettingDef {
@@ -630,7 +637,7 @@ pub static TABLE: &[SettingDef] = &[
         meta: Some("STATSD_PREFIX"),
         default: DefaultValue::Str(""),
         help: "Prefix for StatsD metric names.",
-        status: NO_STATSD,
+        status: Status::Same,
         ..BASE
     },
     flag("enable_backlog_metric", LOG, &["--enable-backlog-metric"], "Emit the socket backlog as a StatsD metric.", NO_STATSD),
@@ -643,8 +650,9 @@ pub static TABLE: &[SettingDef] = &[
         ty: ValueType::OptStr,
         help: "A base for process names in ps and top (default: default_proc_name).",
         status: Status::Different(
-            "sets the kernel's 15-byte process name (`ps -o comm`, top) of master and workers to the name; \
-             the `gunicorn: master [name]` argv title is not rewritten yet",
+            "the title is `rgunicorn: master [NAME]` / `rgunicorn: worker [NAME]` (`ps -o args`), cut to the \
+             length of the original command line and environment; the kernel's 15-byte name \
+             (`ps -o comm`, top) is NAME itself",
         ),
         ..BASE
     },

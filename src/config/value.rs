@@ -202,7 +202,7 @@ pub(crate) fn from_cli(ty: ValueType, text: &str) -> Result<Value, String> {
         ValueType::ProxyMode => proxy_mode(text),
         ValueType::StrList => Ok(Value::List(vec![text.trim().to_string()])),
         ValueType::Str | ValueType::OptStr | ValueType::Class => Ok(Value::Str(text.trim().into())),
-        ValueType::Dict | ValueType::Callable => {
+        ValueType::Dict | ValueType::JsonDict | ValueType::Callable => {
             Err("this setting can only be set in a config file".into())
         }
         ValueType::Ignored => Ok(Value::Str(text.trim().into())),
@@ -293,6 +293,12 @@ pub(crate) fn from_raw(ty: ValueType, v: &RawValue) -> Result<Value, String> {
                 .collect::<Result<Vec<_>, String>>()
                 .map(Value::Dict)
                 .map_err(|_| expected("a dict of strings to strings", v)),
+            other => Err(expected("a dict", other)),
+        },
+        ValueType::JsonDict => match v {
+            RawValue::Dict(_) => raw_json(v).map(|j| Value::Str(j.to_string())).map_err(|e| {
+                format!("expected a dict of plain data (strings, numbers, lists, dicts): {e}")
+            }),
             other => Err(expected("a dict", other)),
         },
         ValueType::Callable => match v {
@@ -468,6 +474,31 @@ pub(crate) fn check_group(v: &Value) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// A config-file value as JSON (for `logconfig_dict`, which the workers
+/// hand to Python's `dictConfig`).
+fn raw_json(v: &RawValue) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        RawValue::None => J::Null,
+        RawValue::Bool(b) => J::Bool(*b),
+        RawValue::Int(i) => J::from(*i),
+        RawValue::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .ok_or_else(|| format!("{f} is not a JSON number"))?,
+        RawValue::Str(s) => J::String(s.clone()),
+        RawValue::List(l) | RawValue::Tuple(l) => {
+            J::Array(l.iter().map(raw_json).collect::<Result<_, _>>()?)
+        }
+        RawValue::Dict(d) => J::Object(
+            d.iter()
+                .map(|(k, v)| Ok((k.clone(), raw_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        RawValue::Callable(_) => return Err("a callable cannot be passed on".into()),
+        RawValue::Unknown(t) => return Err(format!("a {t} object cannot be passed on")),
+    })
 }
 
 #[cfg(test)]

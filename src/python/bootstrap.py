@@ -99,3 +99,69 @@ def dump_stacks():
         out.append("Thread %s (%s), most recent call last:\n" % (ident, names.get(ident, "?")))
         out.extend(traceback.format_stack(frame))
     return "".join(out)
+
+
+# Gunicorn's glogging.CONFIG_DEFAULTS: a logconfig is merged over it.
+LOG_CONFIG_DEFAULTS = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {
+            "level": "INFO",
+            "handlers": ["error_console"],
+            "propagate": True,
+            "qualname": "gunicorn.error",
+        },
+        "gunicorn.access": {
+            "level": "INFO",
+            "handlers": ["console"],
+            "propagate": True,
+            "qualname": "gunicorn.access",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stdout",
+        },
+        "error_console": {
+            "class": "logging.StreamHandler",
+            "formatter": "generic",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "formatters": {
+        "generic": {
+            "format": "%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
+            "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
+            "class": "logging.Formatter",
+        }
+    },
+}
+
+
+def apply_logconfig(kind, arg):
+    """Configure Python's logging as Gunicorn's Logger.setup does:
+    kind "dict" (arg: the dict as JSON), "json" (a JSON file) or "ini"."""
+    import json
+    import logging.config
+
+    if kind == "ini":
+        if not os.path.exists(arg):
+            raise RuntimeError("Error: log config '%s' not found" % arg)
+        defaults = dict(LOG_CONFIG_DEFAULTS)
+        defaults["__file__"] = arg
+        defaults["here"] = os.path.dirname(arg)
+        logging.config.fileConfig(arg, defaults=defaults, disable_existing_loggers=False)
+        return
+    config = dict(LOG_CONFIG_DEFAULTS)
+    if kind == "json":
+        if not os.path.exists(arg):
+            raise RuntimeError("Error: log config '%s' not found" % arg)
+        with open(arg) as f:
+            config.update(json.load(f))
+    else:
+        config.update(json.loads(arg))
+    logging.config.dictConfig(config)

@@ -103,6 +103,37 @@ pub fn initialize(argv: &[String]) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("Python start-up failed: {e}"))
 }
 
+/// `logconfig_dict` / `logconfig_json` / `logconfig`: configure Python's
+/// `logging` as Gunicorn's `Logger.setup` does (the first one set wins, in
+/// that order). Call right after [`initialize`], before the app is imported.
+pub fn apply_logconfig(s: &crate::config::Settings) -> Result<()> {
+    let (kind, arg) = if let Some(j) = &s.logconfig_dict_json {
+        ("dict", j)
+    } else if let Some(f) = &s.logconfig_json {
+        ("json", f)
+    } else if let Some(f) = &s.logconfig {
+        ("ini", f)
+    } else {
+        return Ok(());
+    };
+    Python::attach(|py| {
+        bootstrap(py)
+            .and_then(|b| b.call_method1("apply_logconfig", (kind, arg)))
+            .map(|_| ())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot apply the logging configuration ({}):\n{}",
+                    match kind {
+                        "dict" => "logconfig_dict".to_string(),
+                        "json" => format!("logconfig_json {arg}"),
+                        _ => format!("logconfig {arg}"),
+                    },
+                    format_exception(py, &e).trim_end()
+                )
+            })
+    })
+}
+
 /// The helper module from `bootstrap.py`.
 pub fn bootstrap(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     let m = BOOTSTRAP.get_or_try_init(py, || -> PyResult<Py<PyModule>> {

@@ -110,7 +110,9 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     let app = match spec.preloaded {
         Some(app) => app,
         None => {
-            if let Err(e) = crate::python::initialize(spec.argv) {
+            if let Err(e) = crate::python::initialize(spec.argv)
+                .and_then(|()| crate::python::apply_logconfig(s))
+            {
                 tracing::error!("Exception in worker process: {e:#}");
                 spec.scoreboard
                     .set_error(spec.slot_index, &format!("{e:#}"));
@@ -144,7 +146,9 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         tracing::error!("Exception in worker process: {e}");
         WORKER_BOOT_ERROR
     })?;
-    crate::proctitle::set(s);
+    // Decided once: the environ keys the access log reads after each call.
+    bridge.access_environ = crate::logging::access_environ_keys();
+    crate::proctitle::set("worker", s);
     crate::hooks::post_worker_init(s, spec.slot_index);
     bridge.request_hooks = crate::hooks::RequestHooks::new(s, spec.slot_index);
 
@@ -749,9 +753,11 @@ where
         ctx.inflight.fetch_sub(1, Ordering::AcqRel);
         ctx.capacity.notify_one();
         ctx.request_done();
+        let took = started.elapsed();
         if crate::logging::access_enabled() {
-            access_log(&req, &peer, &outcome, started.elapsed());
+            access_log(&req, &peer, &outcome, took);
         }
+        crate::logging::request_metrics(outcome.status, took);
         if !outcome.pending_out.is_empty() {
             let w = tokio::time::timeout(ctx.io_timeout, s.write_all(&outcome.pending_out)).await;
             if !matches!(w, Ok(Ok(()))) {
@@ -768,7 +774,6 @@ where
 }
 
 fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
-    let env = |_: &str| None;
     crate::logging::access(&crate::logging::AccessInfo {
         remote: &peer.addr,
         method: &req.method,
@@ -784,7 +789,6 @@ fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
         request_headers: &req.headers,
         response_headers: &o.response_headers,
         duration: took,
-        user: None,
-        environ: &env,
+        environ: &o.environ_atoms,
     });
 }

@@ -52,6 +52,9 @@ pub struct Bridge {
     pub proxy: ProxyPolicy,
     /// pre_request / post_request, when the config file set either.
     pub request_hooks: Option<crate::hooks::RequestHooks>,
+    /// The environ keys (lower case) the access-log format reads with
+    /// `%({key}e)s`; empty (nothing captured) when it has none.
+    pub access_environ: Vec<String>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
@@ -79,6 +82,8 @@ pub struct Outcome {
     pub status: u16,
     pub sent: u64,
     pub response_headers: Vec<(String, String)>,
+    /// The values of `Bridge::access_environ` after the app ran.
+    pub environ_atoms: Vec<Option<String>>,
 }
 
 /// What to do with a connection whose request could not be served at all.
@@ -141,6 +146,7 @@ impl Bridge {
             server_software: software,
             proxy: ProxyPolicy::default(),
             request_hooks: None,
+            access_environ: Vec::new(),
         })
     }
 
@@ -329,6 +335,9 @@ pub fn handle(
     let (keep, leftover) = input.borrow().finish(py);
     outcome.keep_alive &= keep;
     outcome.leftover_in = leftover;
+    if !bridge.access_environ.is_empty() {
+        outcome.environ_atoms = capture_environ(&env, &bridge.access_environ);
+    }
     if let Some(h) = &bridge.request_hooks {
         h.post(
             py,
@@ -342,6 +351,29 @@ pub fn handle(
         );
     }
     outcome
+}
+
+/// The environ values the access log's `e` atoms name, looked up without
+/// regard to case as Gunicorn's atoms are, and shown with `str()`.
+fn capture_environ(env: &Bound<'_, PyDict>, keys: &[String]) -> Vec<Option<String>> {
+    let text = |v: Bound<'_, PyAny>| v.str().ok().map(|s| s.to_string_lossy().into_owned());
+    keys.iter()
+        .map(|k| {
+            let upper = k.to_uppercase();
+            if let Ok(Some(v)) = env.get_item(&upper) {
+                return text(v);
+            }
+            if let Ok(Some(v)) = env.get_item(k) {
+                return text(v);
+            }
+            env.iter()
+                .find(|(ek, _)| {
+                    ek.extract::<String>()
+                        .is_ok_and(|ek| ek.to_lowercase() == *k)
+                })
+                .and_then(|(_, v)| text(v))
+        })
+        .collect()
 }
 
 fn internal_error(py: Python<'_>, e: PyErr, fd: RawFd, req: &Request) -> Outcome {

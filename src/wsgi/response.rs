@@ -157,6 +157,7 @@ impl Writer {
             } else {
                 Vec::new()
             },
+            environ_atoms: Vec::new(),
         }
     }
 
@@ -169,8 +170,10 @@ impl Writer {
             BodyError::App(e) => {
                 // REQUEST_ID: this worker's pid and the request's number in
                 // it; a structured field in the journal, plain text otherwise.
+                // Target `exception`: Gunicorn's log.exception (StatsD counts it).
                 let request_id = format!("{}-{}", std::process::id(), st.seq);
                 tracing::error!(
+                    target: "rgunicorn::exception",
                     request_id = %request_id,
                     "Error handling request {uri}\n{}",
                     crate::python::format_exception(py, &e).trim_end()
@@ -203,6 +206,7 @@ impl Writer {
             status: st.code,
             sent: st.sent,
             response_headers: Vec::new(),
+            environ_atoms: Vec::new(),
         }
     }
 }
