@@ -304,7 +304,9 @@ def test_sample_app_serves_as_pid1_non_root_logs_on_stdout(container):
     info = requests.get(c.url + "/info", timeout=5).json()
     assert info["uid"] == 10001
     pid1 = c.exec("cat", "/proc/1/cmdline").stdout.split("\0")
-    assert pid1[:2] == ["rgunicorn", "--config"], pid1
+    # PID 1 is rgunicorn's master, titled as Gunicorn titles it (-n, else
+    # the app module): "rgunicorn: master [run:app]".
+    assert pid1[0] == "rgunicorn: master [run:app]", pid1
     assert c.exec("stat", "-c", "%u %a", "/run/rgunicorn").stdout.split() == ["10001", "700"]
     # The access log (stdout) and the error log (stderr) reach `podman logs` at
     # once, each on its own stream.
