@@ -152,6 +152,14 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     crate::hooks::post_worker_init(s, spec.slot_index);
     bridge.request_hooks = crate::hooks::RequestHooks::new(s, spec.slot_index);
 
+    // From here until `serve` has its handlers, TERM and USR1 wait (blocked)
+    // instead of being lost: signal-hook installs its sigaction a moment
+    // before it records what to do with the signal, and a TERM landing in
+    // between was dropped (a worker booting at the moment of a stop then
+    // never stopped). Threads started meanwhile (Python threads, the abort
+    // watcher) keep them blocked for good, so they always reach this one.
+    set_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -353,6 +361,8 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
         }
     };
     let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
+    // Handlers in place: a TERM that came while booting is delivered now.
+    set_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
 
     let mut accepts = Vec::new();
     for (i, (fd, unix)) in listeners.into_iter().enumerate() {
@@ -441,6 +451,16 @@ fn default_fault_signals() {
     for sig in [Signal::SIGSEGV, Signal::SIGBUS] {
         // SAFETY: installing the default action runs no code of ours.
         let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+}
+
+/// Block or unblock TERM and USR1 on this thread.
+fn set_mask(how: nix::sys::signal::SigmaskHow) {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    set.add(nix::sys::signal::Signal::SIGUSR1);
+    if let Err(e) = nix::sys::signal::pthread_sigmask(how, Some(&set), None) {
+        tracing::warn!("cannot change the signal mask: {e}");
     }
 }
 
