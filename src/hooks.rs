@@ -316,6 +316,14 @@ pub fn worker_abort(s: &Settings, age: usize) {
     });
 }
 
+/// `worker_int(worker)` from the signal watcher, if the worker set itself
+/// up for hooks.
+pub fn worker_int_now() {
+    if let Some((s, age)) = WORKER.get() {
+        worker_int(s, *age);
+    }
+}
+
 /// `worker_int(worker)`, on SIGINT/SIGQUIT.
 pub fn worker_int(s: &Settings, age: usize) {
     let pid = std::process::id() as i32;

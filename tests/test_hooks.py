@@ -8,6 +8,10 @@ import json
 import signal
 import socket
 import subprocess
+import time
+
+import pytest
+import requests
 
 from conftest import wait_until, free_port, SERVER_BIN, server_env, APPS_DIR, rgunicorn_only
 
@@ -161,3 +165,49 @@ def test_name_sets_the_process_name_of_master_and_workers(server):
     pids = s.wait_for_workers(2)
     for pid in [s.pid, *pids]:
         assert Path(f"/proc/{pid}/comm").read_text().strip() == "myshop"
+
+
+SIGNAL_HOOKS_CFG = r'''
+import json, os
+LOG = os.environ["HOOK_LOG"]
+
+def rec(name, **kw):
+    kw["hook"] = name
+    kw["in_pid"] = os.getpid()
+    with open(LOG, "a") as f:
+        f.write(json.dumps(kw) + "\n")
+
+def worker_int(worker):
+    rec("worker_int", worker_pid=worker.pid)
+def worker_abort(worker):
+    rec("worker_abort", worker_pid=worker.pid)
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT], ids=["SIGINT", "SIGQUIT"])
+def test_worker_int_runs_on_quick_stop(server, tmp_path, sig):
+    cfg = tmp_path / "sig.conf.py"
+    cfg.write_text(SIGNAL_HOOKS_CFG + "workers = 2\n")
+    log = tmp_path / "hooks.log"
+    s = server("-c", cfg, env={"HOOK_LOG": log})
+    workers = s.wait_for_workers(2)
+    t0 = time.monotonic()
+    assert s.stop(sig, timeout=10) == 0
+    assert time.monotonic() - t0 < 3
+    got = sorted(r["worker_pid"] for r in records(log) if r["hook"] == "worker_int")
+    assert got == sorted(workers), records(log)
+    assert all(r["in_pid"] == r["worker_pid"] for r in records(log))
+
+
+def test_worker_abort_runs_on_timeout(server, tmp_path):
+    cfg = tmp_path / "sig.conf.py"
+    cfg.write_text(SIGNAL_HOOKS_CFG + "workers = 2\ntimeout = 1\n")
+    log = tmp_path / "hooks.log"
+    s = server("-c", cfg, app="wsgi_probe:app", env={"HOOK_LOG": log, "PROBE_DIR": tmp_path})
+    s.wait_for_workers(2)
+    try:
+        requests.get(s.url + "/sleep?s=6", timeout=10)
+    except requests.RequestException:
+        pass  # the worker is aborted mid-request: the connection drops
+    assert wait_until(lambda: "worker_abort" in names(log), timeout=10), s.log()
+    s.wait_for_log("WORKER TIMEOUT")

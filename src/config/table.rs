@@ -690,9 +690,7 @@ pub static TABLE: &[SettingDef] = &[
     hook("pre_fork", HOOKS, "Called just before a worker is forked.", Status::Same),
     hook("post_fork", HOOKS, "Called just after a worker has been forked.", Status::Same),
     hook("post_worker_init", HOOKS, "Called just after a worker has initialized the application.", Status::Same),
-    hook("worker_int", HOOKS, "Called just after a worker exited on SIGINT or SIGQUIT.", Status::Different(
-        "accepted but not called: SIGINT/SIGQUIT end a worker at once from the signal handler, where Python cannot run",
-    )),
+    hook("worker_int", HOOKS, "Called just after a worker exited on SIGINT or SIGQUIT.", Status::Same),
     hook("worker_abort", HOOKS, "Called when a worker received SIGABRT (generally on timeout).", Status::Same),
     hook("pre_exec", HOOKS, "Called just before a new master process is forked.", Status::Same),
     hook("pre_request", HOOKS, "Called just before a worker processes the request.", Status::Same),

@@ -1,64 +1,88 @@
-//! WORKER TIMEOUT: when the master finds a request running past
-//! `--timeout`, it sends SIGABRT. The handler only writes a byte to a pipe
-//! (async-signal-safe); a watcher thread then takes the GIL (which a stuck
-//! request in `sleep`, I/O or bytecode gives up every few milliseconds),
-//! logs every Python thread's stack at CRITICAL, and exits. A request stuck
-//! in C code that never releases the GIL is SIGKILLed by the master after a
-//! short grace instead.
+//! Signals that end a worker while Python may be running:
+//!
+//! - ABRT, WORKER TIMEOUT: the master found a request running past
+//!   `--timeout`. A watcher thread takes the GIL (which a request stuck in
+//!   `sleep`, I/O or bytecode gives up every few milliseconds), logs every
+//!   Python thread's stack at CRITICAL, runs the `worker_abort` hook, and
+//!   exits. A request stuck in C code that never releases the GIL is
+//!   SIGKILLed by the master after a short grace instead.
+//! - INT and QUIT, quick stop: the worker exits at once; when the config
+//!   file sets a `worker_int` hook, the watcher runs it first (the master's
+//!   quick-stop deadline still bounds how long that may take).
+//!
+//! The handlers only write one byte to a pipe or call `_exit`, both
+//! async-signal-safe; everything else happens on the watcher thread.
 
 use pyo3::prelude::*;
 use std::os::fd::{IntoRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static PIPE_W: AtomicI32 = AtomicI32::new(-1);
+/// A `worker_int` hook is set: INT/QUIT go through the watcher.
+static INT_HOOK: AtomicBool = AtomicBool::new(false);
+
+fn notify(byte: &'static [u8; 1]) -> bool {
+    let fd = PIPE_W.load(Ordering::Relaxed);
+    // SAFETY: write(2) is async-signal-safe; the buffer is static.
+    fd >= 0 && unsafe { libc::write(fd, byte.as_ptr().cast(), 1) } == 1
+}
 
 extern "C" fn on_abort(_sig: libc::c_int) {
-    let fd = PIPE_W.load(Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: write(2) is async-signal-safe; the buffer is static.
-        unsafe {
-            libc::write(fd, b"A".as_ptr().cast(), 1);
-        }
+    notify(b"A");
+}
+
+extern "C" fn on_int(_sig: libc::c_int) {
+    if !(INT_HOOK.load(Ordering::Relaxed) && notify(b"I")) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) }
     }
 }
 
-/// Install the SIGABRT handler and its watcher thread.
-pub fn install() {
-    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!("cannot set up the timeout report: {e}");
-            return;
+fn handle(sig: nix::sys::signal::Signal, f: extern "C" fn(libc::c_int)) {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let act = SigAction::new(SigHandler::Handler(f), SaFlags::SA_RESTART, SigSet::empty());
+    // SAFETY: the handlers only call write(2) or _exit(2), both
+    // async-signal-safe.
+    if let Err(e) = unsafe { sigaction(sig, &act) } {
+        tracing::warn!("cannot install the {sig} handler: {e}");
+    }
+}
+
+/// Install the ABRT, INT and QUIT handlers and the watcher thread.
+pub fn install(worker_int_hook: bool) {
+    use nix::sys::signal::Signal;
+    INT_HOOK.store(worker_int_hook, Ordering::Relaxed);
+    match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((r, w)) => {
+            PIPE_W.store(w.into_raw_fd(), Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name("signal-watch".into())
+                .spawn(move || watch(r));
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start the signal watcher: {e}");
+                PIPE_W.store(-1, Ordering::Relaxed);
+            }
         }
-    };
-    PIPE_W.store(w.into_raw_fd(), Ordering::Relaxed);
-    let act = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_abort),
-        nix::sys::signal::SaFlags::SA_RESTART,
-        nix::sys::signal::SigSet::empty(),
-    );
-    // SAFETY: the handler only calls write(2), which is async-signal-safe.
-    if let Err(e) = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGABRT, &act) }
-    {
-        tracing::warn!("cannot install the SIGABRT handler: {e}");
-        return;
+        Err(e) => tracing::warn!("cannot set up the timeout report: {e}"),
     }
-    let spawned = std::thread::Builder::new()
-        .name("abort-watch".into())
-        .spawn(move || watch(r));
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start the timeout watcher: {e}");
-    }
+    handle(Signal::SIGABRT, on_abort);
+    handle(Signal::SIGINT, on_int);
+    handle(Signal::SIGQUIT, on_int);
 }
 
 fn watch(r: OwnedFd) {
     let mut b = [0u8; 1];
-    loop {
+    let what = loop {
         match nix::unistd::read(&r, &mut b) {
-            Ok(1) => break,
+            Ok(1) => break b[0],
             Err(nix::errno::Errno::EINTR) => continue,
             _ => return,
         }
+    };
+    if what == b'I' {
+        crate::hooks::worker_int_now();
+        // SAFETY: a quick stop: leave at once, as the plain handler does.
+        unsafe { libc::_exit(0) }
     }
     let pid = std::process::id();
     let stacks = Python::attach(|py| {

@@ -201,6 +201,7 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         retire_sent: AtomicBool::new(false),
         notify_fd: spec.notify_fd,
         slot_index: spec.slot_index,
+        worker_int_hook: s.hook("worker_int").is_some(),
     });
     let listener_fds: Vec<(RawFd, bool)> = spec
         .listeners
@@ -240,6 +241,8 @@ struct Job {
 /// Everything a connection task needs.
 struct Ctx {
     bridge: Bridge,
+    /// The config file set a `worker_int` hook (INT/QUIT run it first).
+    worker_int_hook: bool,
     pool: Option<mpsc::Sender<Job>>,
     /// gthread: when each Python thread's current request began (0 = idle).
     thread_busy: Arc<Vec<AtomicU64>>,
@@ -346,8 +349,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     let leaked: &'static Arc<Ctx> = Box::leak(Box::new(ctx.clone()));
     let _ = BRIDGE_FOR_POOL.set(&leaked.bridge);
 
-    install_quick_exit_handlers();
-    abort::install();
+    abort::install(ctx.worker_int_hook);
     // The master that forked us. Orphaned means "my parent is no longer this
     // pid", not "my parent is pid 1": in a container the master *is* pid 1,
     // and under a subreaper an orphan is not re-parented to pid 1 at all.
@@ -461,27 +463,6 @@ fn set_mask(how: nix::sys::signal::SigmaskHow) {
     set.add(nix::sys::signal::Signal::SIGUSR1);
     if let Err(e) = nix::sys::signal::pthread_sigmask(how, Some(&set), None) {
         tracing::warn!("cannot change the signal mask: {e}");
-    }
-}
-
-extern "C" fn quick_exit(_sig: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(0) }
-}
-
-/// INT and QUIT end the worker at once, even while Python runs.
-fn install_quick_exit_handlers() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(quick_exit),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
-        // SAFETY: the handler only calls _exit, which is async-signal-safe.
-        if let Err(e) = unsafe { sigaction(sig, &act) } {
-            tracing::warn!("cannot install the {sig} handler: {e}");
-        }
     }
 }
 
