@@ -13,7 +13,8 @@ import time
 import pytest
 import requests
 
-from conftest import wait_until, free_port, SERVER_BIN, server_env, APPS_DIR, rgunicorn_only
+from conftest import (wait_until, free_port, SERVER_BIN, RGUNICORNCTL_BIN, server_env, APPS_DIR,
+                      rgunicorn_only)
 
 HOOKS_CFG = r'''
 import json, os
@@ -184,6 +185,17 @@ def worker_abort(worker):
 '''
 
 
+def all_idle(n):
+    """The session's server (default control socket) has n idle workers."""
+    p = subprocess.run([str(RGUNICORNCTL_BIN), "--json", "status"], capture_output=True,
+                       text=True, timeout=10)
+    if p.returncode != 0:
+        return False
+    ws = json.loads(p.stdout)["data"]["workers"]
+    return len(ws) == n and all(w["state"] == "idle" for w in ws)
+
+
+@rgunicorn_only
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT], ids=["SIGINT", "SIGQUIT"])
 def test_worker_int_runs_on_quick_stop(server, tmp_path, sig):
     cfg = tmp_path / "sig.conf.py"
@@ -191,6 +203,9 @@ def test_worker_int_runs_on_quick_stop(server, tmp_path, sig):
     log = tmp_path / "hooks.log"
     s = server("-c", cfg, env={"HOOK_LOG": log})
     workers = s.wait_for_workers(2)
+    # Both workers serving (signal handlers in place), not merely forked: a
+    # worker still importing the app dies of INT/QUIT without hooks.
+    assert wait_until(lambda: all_idle(2), timeout=10)
     t0 = time.monotonic()
     assert s.stop(sig, timeout=10) == 0
     assert time.monotonic() - t0 < 3
