@@ -107,9 +107,15 @@ def box(tmp_path_factory):
             c.install(f"{etc}/{f.name}", f.read_text())
     c.install(f"{etc}/{UNIT}.d/notify-reload.conf",
               (CONTRIB / f"{UNIT}.d" / "notify-reload.conf").read_text())
+    # The unit's PrivateTmp=yes hides the host's /tmp from the service: when
+    # this checkout (binary and app) lives there, as a CI clone may, the
+    # service could not see them. A real install lives under /srv or
+    # /usr/local and keeps PrivateTmp.
+    in_tmp = any(str(ROOT).startswith(t) for t in ("/tmp/", "/var/tmp/"))
+    private_tmp = "PrivateTmp=no\n" if in_tmp else ""
     c.install(f"{etc}/{UNIT}.d/50-test.conf", f"""\
 [Service]
-WorkingDirectory={APPS_DIR}
+{private_tmp}WorkingDirectory={APPS_DIR}
 UnsetEnvironment=VIRTUAL_ENV
 Environment=SD_BOOT_SLEEP=1 PYTHONDONTWRITEBYTECODE=1
 ExecStart=
@@ -125,7 +131,7 @@ TimeoutAbortSec=5s
     c.install(f"{etc}/{CTL_UNIT}", (CONTRIB / UNIT).read_text())
     c.install(f"{etc}/{CTL_UNIT}.d/50-test.conf", f"""\
 [Service]
-WorkingDirectory={APPS_DIR}
+{private_tmp}WorkingDirectory={APPS_DIR}
 UnsetEnvironment=VIRTUAL_ENV
 Environment=SD_BOOT_SLEEP=1 PYTHONDONTWRITEBYTECODE=1
 RuntimeDirectory=
