@@ -455,7 +455,12 @@ def server(tmp_path):
         return srv
 
     yield start
+    stop_servers(started)
 
+
+def stop_servers(started: list) -> None:
+    """Fixture teardown: SIGTERM every server still running, wait briefly,
+    then kill whatever is left in each server's session."""
     for srv in started:
         if srv.proc.poll() is None:
             srv.proc.send_signal(signal.SIGTERM)

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, Server, free_port, proc_stat,
+from conftest import (stop_servers, APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, Server, free_port, proc_stat,
                       raw_request, server_env, wait_until)
 
 pytestmark = pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn-only: systemd protocol")
@@ -193,15 +193,7 @@ def spawned(tmp_path):
         return srv
 
     yield spawn
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.proc.send_signal(signal.SIGTERM)
-    for srv in started:
-        try:
-            srv.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        srv.kill()
+    stop_servers(started)
 
 
 def fcntl_dup_high(fd: int) -> int:
