@@ -62,9 +62,11 @@ fn oldbin(p: &std::path::Path) -> std::path::PathBuf {
     s.into()
 }
 
-/// Gunicorn's exit codes for a server that could not start its workers.
-pub const EXIT_WORKER_BOOT_ERROR: i32 = 3;
-pub const EXIT_APP_LOAD_ERROR: i32 = 4;
+/// Gunicorn's exit codes for a server that could not start its workers
+/// (the same codes its workers end with).
+pub use crate::worker::msg::{
+    APP_LOAD_ERROR as EXIT_APP_LOAD_ERROR, WORKER_BOOT_ERROR as EXIT_WORKER_BOOT_ERROR,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WState {
@@ -372,12 +374,12 @@ impl Arbiter {
     }
 
     fn handle_worker_messages(&mut self) {
-        let mut buf = [0u8; 8 * 64];
+        let mut buf = [0u8; msg::LEN * 64];
         loop {
             match nix::unistd::read(&self.pipe_r, &mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    for rec in buf[..n].chunks_exact(8) {
+                    for rec in buf[..n].chunks_exact(msg::LEN) {
                         if let Some((kind, slot)) = msg::decode(rec) {
                             self.on_worker_message(kind, slot);
                         }
@@ -394,12 +396,12 @@ impl Arbiter {
             .map(|(p, _)| *p)
     }
 
-    fn on_worker_message(&mut self, kind: u8, slot: usize) {
+    fn on_worker_message(&mut self, kind: msg::Msg, slot: usize) {
         let Some(pid) = self.pid_of_slot(slot) else {
             return;
         };
         match kind {
-            msg::READY => {
+            msg::Msg::Ready => {
                 let mut replacement = false;
                 if let Some(w) = self.workers.get_mut(&pid) {
                     if w.state == WState::Booting {
@@ -418,12 +420,11 @@ impl Arbiter {
                 }
                 self.check_reload_done();
             }
-            msg::RETIRE => {
+            msg::Msg::Retire => {
                 if let Some(w) = self.workers.get_mut(&pid) {
                     w.wants_retire = true;
                 }
             }
-            _ => {}
         }
     }
 

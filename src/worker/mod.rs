@@ -16,6 +16,7 @@
 //! and exit; INT/QUIT = exit now; USR1 = reopen logs.
 
 mod abort;
+pub mod msg;
 mod proxy_header;
 
 use crate::config::{Settings, WorkerClass};
@@ -23,6 +24,7 @@ use crate::http::{self, Limits};
 use crate::scoreboard::{now_ms, Slot, SlotState};
 use crate::sock::{Listener, ListenerKind};
 use crate::wsgi::{self, Bridge, ListenerInfo, Outcome, Peer};
+use msg::{Msg, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use pyo3::prelude::*;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,32 +33,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, Notify};
 
-/// Exit codes a worker reports to the master (Gunicorn's).
-pub const WORKER_BOOT_ERROR: i32 = 3;
-pub const APP_LOAD_ERROR: i32 = 4;
-
 /// How long a client may take to send a complete request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Messages a worker writes to the master's pipe: one byte of kind, then
-/// the slot number; 8 bytes, so each write is atomic.
-pub mod msg {
-    pub const READY: u8 = b'R';
-    /// `--max-requests` reached: please start my replacement.
-    pub const RETIRE: u8 = b'M';
-
-    pub fn encode(kind: u8, slot: usize) -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[0] = kind;
-        b[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
-        b
-    }
-
-    pub fn decode(b: &[u8]) -> Option<(u8, usize)> {
-        let s = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
-        Some((*b.first()?, s as usize))
-    }
-}
 
 /// What the master hands a new worker.
 pub struct Spec<'a> {
@@ -282,7 +260,7 @@ impl Ctx {
         *self.shutdown.borrow()
     }
 
-    fn tell_master(&self, kind: u8) {
+    fn tell_master(&self, kind: Msg) {
         let b = msg::encode(kind, self.slot_index);
         // SAFETY: the pipe's write end is inherited from the master and
         // stays open for the life of the worker.
@@ -298,7 +276,7 @@ impl Ctx {
             && !self.retire_sent.swap(true, Ordering::Relaxed)
         {
             tracing::info!("Autorestarting worker after current request.");
-            self.tell_master(msg::RETIRE);
+            self.tell_master(Msg::Retire);
         }
     }
 }
@@ -410,7 +388,7 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     });
 
     ctx.slot.set_state(SlotState::Ready);
-    ctx.tell_master(msg::READY);
+    ctx.tell_master(Msg::Ready);
 
     // Wait for SIGTERM (graceful) or the parent to die.
     let parent_watch = async {
