@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -69,33 +68,14 @@ class Load:
     * no complete response within ``timeout`` seconds: failure, on any
       connection, reused or not.
 
-    Clean closes, for keep-alive clients only -- HTTP lets a server close a
-    keep-alive connection while it is idle (between responses):
-
-    * a response carrying ``Connection: close`` is simply followed by a new
-      connection for the next request;
-    * before reusing a connection the client checks, as urllib3 does,
-      whether the server already closed it (readable with EOF or a reset):
-      then it opens a new one without sending anything on the old one.
-      Counted as ``idle_closed``, not a failure;
-    * the server's close may still cross the client's request on the wire,
-      and neither side can tell. Every HTTP client (browsers, urllib3, Go's
-      net/http; RFC 9112 section 9.3.1) retries an idempotent request once on
-      a new connection then. So when a request on a *reused* connection (one
-      that already carried a complete response) fails while sending, or
-      before the first byte of the status line arrives
-      (``RemoteDisconnected``, ``ConnectionResetError``, ``BrokenPipeError``),
-      it is retried once on a fresh connection: if the retry succeeds it
-      counts as ``retried``, not failed; if the retry fails, it is a failure.
-
-    A failure after any response byte arrived, on a fresh connection, or by
-    timeout is never retried. ``retried`` is reported next to ``failed`` so a
-    server that closes connections carrying a request shows up even when no
-    request was lost.
+    A keep-alive client follows a response carrying ``Connection: close``
+    with a new connection for its next request. It never checks an idle
+    connection before reusing it and never retries: a request that gets an
+    empty reply or a reset on a reused connection is a failure, as it is for
+    a client sending a POST (which no client retries). The server may close
+    an idle keep-alive connection only after its keep-alive timeout, which
+    the ``pace`` between requests stays far below, so no race is excused.
     """
-
-    RACE_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError,
-                   BrokenPipeError, ConnectionAbortedError)
 
     def __init__(self, host: str, port: int, keepalive: int = 4, fresh: int = 2,
                  path: str = "/", timeout: float = 5.0, max_seconds: float = 150.0,
@@ -107,7 +87,7 @@ class Load:
             timeout, max_seconds, max_requests, pace
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
-        self.sent = self.ok = self.retried = self.idle_closed = 0
+        self.sent = self.ok = 0
         self.failures: list[tuple[float, str, str]] = []  # (t, client, what)
         self.versions: dict[str, int] = {}
         self.first_seen: dict[str, float] = {}      # version -> monotonic time
@@ -146,7 +126,6 @@ class Load:
     def summary(self) -> dict:
         with self.lock:
             return {"sent": self.sent, "ok": self.ok, "failed": len(self.failures),
-                    "retried": self.retried, "idle_closed": self.idle_closed,
                     "versions": dict(self.versions),
                     "worker_pids": len(self.pid_first_seen),
                     "seconds": round((self.t_end or time.monotonic()) - self.t_start, 1)}
@@ -210,11 +189,6 @@ class Load:
         name = f"keepalive-{idx}"
         conn, reused = None, False
         while self._running():
-            if conn is not None and reused and self._closed_by_server(conn):
-                conn.close()
-                conn = None
-                with self.lock:
-                    self.idle_closed += 1
             if conn is None:
                 conn, reused = http.client.HTTPConnection(self.host, self.port,
                                                           timeout=self.timeout), False
@@ -227,31 +201,13 @@ class Load:
                 resp = conn.getresponse()
                 stage = "body"
                 body = resp.read()
-            except Exception as e:  # noqa: BLE001 - classified below
+            except Exception as e:  # noqa: BLE001 - every error is a failure
                 conn.close()
                 conn = None
-                race = (reused and stage in ("send", "status line")
-                        and isinstance(e, self.RACE_ERRORS))
-                if not race:
-                    self._fail(t, name, f"{stage}: {type(e).__name__}: {e}")
-                    continue
-                # The idle-close race: retry once on a fresh connection.
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                try:
-                    conn.request("GET", self.path)
-                    resp = conn.getresponse()
-                    body = resp.read()
-                except Exception as e2:  # noqa: BLE001
-                    conn.close()
-                    conn = None
-                    self._fail(t, name, f"{stage}: {type(e).__name__}, then the retry on a "
-                                        f"new connection: {type(e2).__name__}: {e2}")
-                    continue
-                if self._record(t, name, resp.status, body):
-                    with self.lock:
-                        self.retried += 1
-            else:
-                self._record(t, name, resp.status, body)
+                self._fail(t, name, f"{stage} ({'reused' if reused else 'new'} connection): "
+                                    f"{type(e).__name__}: {e}")
+                continue
+            self._record(t, name, resp.status, body)
             reused = True
             if resp.will_close:
                 conn.close()
@@ -260,17 +216,6 @@ class Load:
                 time.sleep(self.pace)
         if conn is not None:
             conn.close()
-
-    @staticmethod
-    def _closed_by_server(conn) -> bool:
-        """An idle connection is readable only when the server closed it (EOF
-        or reset) -- or sent bytes nobody asked for, equally unusable."""
-        if conn.sock is None:
-            return True
-        try:
-            return bool(select.select([conn.sock], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
 
     def _fresh_client(self, idx: int):
         name = f"new-conn-{idx}"
@@ -441,9 +386,7 @@ def test_twenty_reloads_under_load_drop_nothing(server, appdir, load, figures):
         wait_workers_settled(srv, 2, exclude=old)
     assert ld.wait_requests(50)
     s = ld.stop()
-    figures(reloads=20, sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"],
-            app_boot_s=round(boot, 3), new_code_median_s=round(statistics.median(lags), 3),
+    figures(reloads=20, sent=s["sent"], failed=s["failed"], app_boot_s=round(boot, 3), new_code_median_s=round(statistics.median(lags), 3),
             new_code_max_s=round(max(lags), 3))
     ld.assert_no_failures(srv)
     assert max(lags) <= boot + 1.0, f"new code took {max(lags):.2f} s (app boot {boot:.2f} s)"
@@ -485,9 +428,7 @@ def test_reload_with_broken_code_keeps_old_generation(server, appdir, load, figu
     assert first, srv.log()[-4000:]
     wait_workers_settled(srv, 2, exclude=before)
     s = ld.stop()
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"],
-            fixed_code_after_s=round(first - t_hup, 3))
+    figures(sent=s["sent"], failed=s["failed"], fixed_code_after_s=round(first - t_hup, 3))
     ld.assert_no_failures(srv)
     assert srv.stop() == 0
 
@@ -520,8 +461,7 @@ def test_ttin_ttou_and_the_count_survives_reload(server, appdir, load, figures):
     new = wait_workers_settled(srv, 3, exclude=old)
     assert stays(lambda: len(srv.worker_pids()) == 3, 1.5), srv.worker_pids()
     s = ld.stop()
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"], workers_after_hup=len(new))
+    figures(sent=s["sent"], failed=s["failed"], workers_after_hup=len(new))
     ld.assert_no_failures(srv)
     assert srv.stop() == 0
 
@@ -576,7 +516,9 @@ def timeout_report_with_frame(log: str, pid: int) -> bool:
                 "worker's SystemExit turns into a 500)")
 def test_timeout_aborts_with_stack_and_others_keep_serving(server, appdir, load, figures):
     srv = start_life(server, appdir, "-w", "2", "--timeout", "2", env={"LIFE_BOOT_DELAY": "0"})
-    ld = load(srv)
+    # New connections only: a keep-alive connection the stuck worker holds
+    # cannot be served by the other worker (see the xfail test below).
+    ld = load(srv, keepalive=0, fresh=6)
     assert ld.wait_requests(20)
     t0 = time.monotonic()
     sleeper, pid = start_sleeper(srv, 10)
@@ -590,14 +532,30 @@ def test_timeout_aborts_with_stack_and_others_keep_serving(server, appdir, load,
     assert sleeper.status != 200, "the timed-out request must not have completed"
     assert ld.wait_requests(50)
     s = ld.stop()
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"],
-            timeout_reported_after_s=round(t_report, 2), replaced_after_s=round(t_replaced, 2))
+    figures(sent=s["sent"], failed=s["failed"], timeout_reported_after_s=round(t_report, 2), replaced_after_s=round(t_replaced, 2))
     ld.assert_no_failures(srv)
     # The CRITICAL record itself carries the stack: the app's file and the
     # sleeping frame (not merely some later error traceback).
     assert wait_until(lambda: timeout_report_with_frame(srv.log(), pid), timeout=5), srv.log()
     assert srv.stop() == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limitation: keep-alive connections belong to the worker that accepted them; "
+    "a request sent on one while that worker runs a request that then times out is "
+    "lost with the worker (gunicorn's gthread worker loses them too; its sync worker "
+    "has no keep-alive). Fixing it means handing the connections to another worker."))
+def test_keepalive_requests_behind_a_timed_out_request_are_not_lost(server, appdir, load):
+    # One worker, so the keep-alive clients are surely behind the stuck request.
+    srv = start_life(server, appdir, "-w", "1", "--timeout", "2", env={"LIFE_BOOT_DELAY": "0"})
+    ld = load(srv, keepalive=4, fresh=0)
+    assert ld.wait_requests(20)
+    sleeper, pid = start_sleeper(srv, 10)
+    srv.wait_for_log(rf"CRITICAL.*WORKER TIMEOUT \(pid:{pid}\)", timeout=10)
+    wait_workers_settled(srv, 1, exclude={pid}, timeout=10)
+    assert ld.wait_requests(50)
+    ld.stop()
+    ld.assert_no_failures(srv)
 
 
 @gunicorn_xfail("gthread workers heartbeat from their main loop: a stuck request in a "
@@ -635,9 +593,7 @@ def test_timeout_with_threads_is_per_request(server, appdir, load, figures):
     assert ld.wait_requests(20)
     s = ld.stop()
     # Requests in flight on the aborted worker are lost by design: not asserted.
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"],
-            timeout_reported_after_s=round(t_report, 2))
+    figures(sent=s["sent"], failed=s["failed"], timeout_reported_after_s=round(t_report, 2))
     assert srv.stop() == 0
 
 
@@ -654,8 +610,7 @@ def test_max_requests_recycles_without_failures(server, appdir, load, figures):
         f"{len(ld.pid_first_seen)} worker pids seen\n{ld.summary()}"
     s = ld.stop()
     recycles = s["worker_pids"] - 2
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"], recycles=recycles,
+    figures(sent=s["sent"], failed=s["failed"], recycles=recycles,
             seconds=s["seconds"])
     ld.assert_no_failures(srv)
     assert recycles >= 100
@@ -707,9 +662,7 @@ def test_crashed_workers_are_replaced_and_the_log_says_why(server, appdir, load,
     assert ld.wait_requests(20)
     s = ld.stop()
     # Requests in flight on a killed worker are lost: figures, not asserted.
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"],
-            replacement_serves_after_sigkill_s=times["sigkill"],
+    figures(sent=s["sent"], failed=s["failed"], replacement_serves_after_sigkill_s=times["sigkill"],
             replacement_serves_after_sigsegv_s=times["sigsegv"],
             replacement_serves_after_os_exit_s=times["os_exit"])
     assert srv.stop() == 0
@@ -769,8 +722,7 @@ def test_usr1_reopens_log_files(server, appdir, load, figures, tmp_path):
     ld.wait_requests(200)
     assert (tmp_path / "access.log.1").stat().st_size == rotated
     s = ld.stop()
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"])
+    figures(sent=s["sent"], failed=s["failed"])
     ld.assert_no_failures()
     assert srv.stop() == 0
 
@@ -811,9 +763,7 @@ def test_usr2_reexec_then_term_old_master(server, appdir, load, figures, tmp_pat
     assert pid_alive(new_master), srv.log()[-3000:]
     assert ld.wait_requests(200)  # served by the new master alone now
     s = ld.stop()
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"],
-            new_master_serves_after_s=round(t_new - t_usr2, 2))
+    figures(sent=s["sent"], failed=s["failed"], new_master_serves_after_s=round(t_new - t_usr2, 2))
     ld.assert_no_failures(srv)
     assert wait_until(lambda: read_pid(pidfile) == new_master, timeout=5), \
         "the pidfile does not name the new master after the old one exited"
@@ -834,8 +784,7 @@ def test_winch_changes_nothing_and_pidfile_lifecycle(server, appdir, load, figur
     assert stays(lambda: srv.worker_pids() == before, 1.5), srv.log()[-3000:]
     assert ld.wait_requests(50)
     s = ld.stop()
-    figures(sent=s["sent"], failed=s["failed"], retried=s["retried"],
-            idle_closed=s["idle_closed"])
+    figures(sent=s["sent"], failed=s["failed"])
     ld.assert_no_failures(srv)
     assert srv.stop() == 0
     assert not pidfile.exists()

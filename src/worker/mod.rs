@@ -171,6 +171,8 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
             field_size: s.limit_request_field_size,
         },
         keepalive: Duration::from_secs(s.keepalive),
+        graceful: Duration::from_secs(s.graceful_timeout),
+        drain_deadline: std::sync::OnceLock::new(),
         io_timeout,
         max_conns: s.worker_connections.max(1),
         slot,
@@ -240,6 +242,11 @@ struct Ctx {
     shutdown: watch::Receiver<bool>,
     limits: Limits,
     keepalive: Duration,
+    /// `--graceful-timeout`: how long a retiring worker may take.
+    graceful: Duration,
+    /// Set when the worker starts retiring: idle keep-alive connections are
+    /// closed by then at the latest (a moment before the master's kill).
+    drain_deadline: std::sync::OnceLock<Instant>,
     io_timeout: Duration,
     max_conns: usize,
     slot: &'static Slot,
@@ -258,6 +265,15 @@ impl Ctx {
 
     fn draining(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// When a retiring worker closes the keep-alive connections still idle:
+    /// a little before `--graceful-timeout` ends, so it exits by itself.
+    fn drain_deadline(&self) -> Instant {
+        *self.drain_deadline.get_or_init(|| {
+            let margin = Duration::from_millis(500).min(self.graceful / 4);
+            Instant::now() + self.graceful.saturating_sub(margin)
+        })
     }
 
     fn tell_master(&self, kind: Msg) {
@@ -405,13 +421,16 @@ async fn serve(ctx: Arc<Ctx>, listeners: Vec<(RawFd, bool)>, shutdown_tx: watch:
     }
     tracing::info!("Worker exiting (pid: {})", std::process::id());
     ctx.slot.set_state(SlotState::Retiring);
+    ctx.drain_deadline();
     let _ = shutdown_tx.send(true);
     for a in &accepts {
         a.abort();
     }
     ctx.capacity.notify_waiters();
-    // In-flight requests finish; idle connections close at once (they see
-    // the shutdown flag). The master bounds this with --graceful-timeout.
+    // Open connections are work in flight: each one's next request is still
+    // answered (with `Connection: close`), and an idle one closes only after
+    // the keep-alive timeout, or just before --graceful-timeout ends. A
+    // client that sent a request just as we began retiring gets its answer.
     loop {
         let closed = ctx.drained.notified();
         if ctx.conns.load(Ordering::Acquire) == 0 {
@@ -646,22 +665,26 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
-        // Only an idle keep-alive connection is closed at shutdown: a
-        // connection this worker accepted is served (its client has sent or
-        // is sending a request); the header timeout and --graceful-timeout
-        // bound the wait.
-        let empty = buf.is_empty() && idle;
+        // Retiring: an idle keep-alive connection is not closed at once
+        // (its client may be sending a request right now, and a client does
+        // not retry a POST), but it waits no longer than the drain deadline.
+        if ctx.draining() {
+            deadline = deadline.min(ctx.drain_deadline());
+        }
+        let watch_shutdown = idle && buf.is_empty() && !ctx.draining();
         let read = tokio::time::timeout_at(deadline.into(), s.read_buf(buf));
         tokio::select! {
             r = read => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(_)) => {}
                 Err(_) => {
-                    // Header timeout: a trickling client never reaches Python.
+                    // Header or keep-alive timeout: a trickling client never
+                    // reaches Python; an idle connection closes.
                     return None;
                 }
             },
-            _ = shutdown.wait_for(|v| *v), if empty => return None,
+            // Retirement began: go round again with the deadline capped.
+            _ = shutdown.wait_for(|v| *v), if watch_shutdown => {}
         }
     }
 }
@@ -685,7 +708,7 @@ where
     }
     let mut idle = false;
     loop {
-        let (req, n) = match read_head(&ctx, &mut s, &mut buf, idle, &mut fresh).await {
+        let (mut req, n) = match read_head(&ctx, &mut s, &mut buf, idle, &mut fresh).await {
             None => return,
             Some(Ok(r)) => r,
             Some(Err(e)) => {
@@ -698,6 +721,11 @@ where
         let rest = buf.split_off(n);
         buf.clear();
         fresh = None;
+        if ctx.draining() {
+            // A retiring worker answers this request and says it closes, so
+            // the client's next request goes to a worker that stays.
+            req.keep_alive = false;
+        }
         let started = Instant::now();
         ctx.inflight.fetch_add(1, Ordering::AcqRel);
         let (req, outcome) = if let Some(pool) = &ctx.pool {
@@ -743,7 +771,10 @@ where
                 return;
             }
         }
-        if !outcome.keep_alive || ctx.keepalive.is_zero() || ctx.draining() {
+        // A response that promised keep-alive is honoured even while
+        // retiring: the connection waits (see read_head) for the next
+        // request, which is then answered with `Connection: close`.
+        if !outcome.keep_alive || ctx.keepalive.is_zero() {
             let _ = s.shutdown().await;
             return;
         }

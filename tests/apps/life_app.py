@@ -9,7 +9,7 @@ Environment (read at import, i.e. at each worker boot):
   LIFE_CRASH_FLAG=PATH when PATH exists, die at import with os._exit(1): a
                        release that boots once, then crashes every new worker
 
-Routes:
+Routes (a POST body is read, then the route answers as for GET):
   /            "version=V pid=P ppid=Q" (the load generator parses this)
   /boot        seconds this worker spent importing the app
   /sleep?s=N   prints "sleep-start N pid=P", sleeps N s in sleepy_handler_for_timeout
@@ -52,6 +52,8 @@ def sleepy_handler_for_timeout(seconds):
 
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
+    if environ["REQUEST_METHOD"] == "POST":
+        environ["wsgi.input"].read()  # as an app handling a form would
     q = parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/boot":
         return _text(start_response, f"{BOOT_SECONDS:.3f}")
