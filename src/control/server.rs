@@ -383,10 +383,13 @@ impl ControlServer {
         self.clients.len()
     }
 
-    /// The descriptors to poll and for what.
+    /// The descriptors to poll and for what. The listener comes last: the
+    /// caller handles ready descriptors in this order, so clients that hung
+    /// up in the same turn free their places before new ones are accepted
+    /// (else a client connecting just after 128 others left would be told
+    /// `too_many_clients`).
     pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
         let mut out = Vec::with_capacity(1 + self.clients.len());
-        out.push((self.listener.as_fd(), PollFlags::POLLIN));
         for c in self.clients.values() {
             let mut f = PollFlags::empty();
             let reading = !c.eof && !c.closing && c.waiting_reload.is_none();
@@ -398,6 +401,7 @@ impl ControlServer {
             }
             out.push((c.stream.as_fd(), f));
         }
+        out.push((self.listener.as_fd(), PollFlags::POLLIN));
         out
     }
 

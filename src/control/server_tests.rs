@@ -451,6 +451,22 @@ fn too_many_clients_are_turned_away() {
 }
 
 #[test]
+fn places_freed_in_the_same_turn_are_given_to_new_clients() {
+    let mut rig = Rig::new(|o| o.max_clients = 2);
+    let a = rig.connect();
+    let b = rig.connect();
+    assert_eq!(rig.server.client_count(), 2);
+    // Both leave and a third arrives before the loop's next turn: the
+    // hang-ups are handled first, so the newcomer is served.
+    drop(a);
+    drop(b);
+    let mut c = UnixStream::connect(&rig.path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = rig.ask(&mut c, "{\"id\":1,\"cmd\":\"health\"}");
+    assert!(r.ok, "{r:?}");
+}
+
+#[test]
 fn reload_waits_for_its_generation() {
     let mut rig = Rig::new(|o| o.idle_timeout = Duration::from_millis(50));
     let mut s = rig.connect();
