@@ -39,7 +39,9 @@ use std::path::PathBuf;
 pub use cli::command;
 pub use docs::settings_markdown;
 pub use resolve::{print_config, resolve};
-pub use table::{Action, DefaultValue, SettingDef, Status, ValueType};
+pub use table::{Action, DefaultValue, SettingDef, Status};
+pub(crate) use value::Value as SettingValue;
+pub use value::ValueType;
 
 /// The worker classes rgunicorn implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,9 +70,18 @@ pub enum RawValue {
     Tuple(Vec<RawValue>),
     Dict(Vec<(String, RawValue)>),
     Callable(HookRef),
+    /// A class (its qualified name): a helper, or a custom `worker_class`,
+    /// which rgunicorn refuses.
+    Class(String),
+    /// An imported module (its name): always a helper.
+    Module(String),
     /// A value of a type no setting takes (its Python type name), so the
     /// error can name the setting instead of ignoring it.
     Unknown(String),
+    /// A value of a familiar type that cannot be carried over, described
+    /// (an integer too large for 64 bits, a dict with a non-string key):
+    /// an error if it is a setting's value.
+    Unreadable(String),
 }
 
 /// Where the config file comes from.
@@ -185,6 +196,8 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// Every setting's value, for [`print_config`].
     printed: Vec<(&'static str, String)>,
+    /// Every setting's resolved value, in table order, for [`Settings::each`].
+    values: Vec<SettingValue>,
 }
 
 impl Settings {
@@ -194,6 +207,12 @@ impl Settings {
             WorkerClass::Sync if self.threads > 1 => WorkerClass::Gthread,
             other => other,
         }
+    }
+
+    /// Every setting with its resolved value, in table order (the hooks'
+    /// `cfg` object is built from this).
+    pub(crate) fn each(&self) -> impl Iterator<Item = (&'static SettingDef, &SettingValue)> {
+        table::TABLE.iter().zip(&self.values)
     }
 
     /// The hook of that name, if the config file set one.
@@ -247,7 +266,7 @@ impl CliPass {
         self.layers
             .iter()
             .rev()
-            .find_map(|layer| layer.get("config"))
+            .find_map(|layer| layer.get(table::setting!("config")))
             .and_then(|v| match v {
                 value::Value::Str(s) if !s.is_empty() => Some(s.clone()),
                 _ => None,
