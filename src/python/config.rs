@@ -129,7 +129,9 @@ fn to_raw(v: &Bound<'_, PyAny>) -> RawValue {
     if let Ok(t) = v.cast::<PyType>() {
         let module = t.module().map(|m| m.to_string()).unwrap_or_default();
         let name = t.qualname().map(|n| n.to_string()).unwrap_or_default();
-        return RawValue::Class(if module.is_empty() || module == "builtins" {
+        // The config file's own classes live in `__config__`; say `MyWorker`.
+        let own = module.is_empty() || module == "builtins" || module.starts_with("__");
+        return RawValue::Class(if own {
             name
         } else {
             format!("{module}.{name}")
