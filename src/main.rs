@@ -29,6 +29,11 @@ fn main() {
         }
     };
     if settings.print_config {
+        // --print-config implies --check-config, but exits before logging
+        // is set up: its warnings go straight to stderr.
+        for w in &settings.warnings {
+            eprintln!("Warning: {w}");
+        }
         print!("{}", config::print_config(&settings));
         std::process::exit(0);
     }

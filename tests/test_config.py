@@ -179,6 +179,11 @@ def test_check_config_prints_the_warnings(tmp_path):
     assert "`worker_tmp_dir` is accepted but has no effect" in r.stderr, r.stderr
     assert "extra argument 'extra-arg' ignored" in r.stderr, r.stderr
     assert "`helper`" not in r.stderr and "`Options`" not in r.stderr, r.stderr
+    # --print-config implies --check-config: same warnings, on stderr
+    r = run(["-c", cfg, "--print-config", "hello:app"])
+    assert r.returncode == 0, r.stderr
+    assert "`wokers` is not a setting (did you mean `workers`?)" in r.stderr, r.stderr
+    assert "wokers" not in r.stdout
 
 
 @rgunicorn_only
