@@ -95,8 +95,11 @@ pub enum ConfigSource {
 
 /// Everything resolved and typed. Field names are Gunicorn's setting names.
 ///
-/// Only settings rgunicorn acts on have a field; not-supported settings are
-/// guaranteed to be at their defaults. `--print-config` shows every setting.
+/// Only settings rgunicorn acts on have a field, filled in `resolve::build`
+/// by `setting!("name")` (checked against the table when compiling);
+/// not-supported settings are guaranteed to be at their defaults.
+/// [`Settings::each`] gives every setting's value (the hooks' `cfg`), and
+/// `--print-config` shows every setting.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub bind: Vec<String>,
@@ -192,7 +195,8 @@ pub struct Settings {
     pub hooks: Vec<(String, HookRef)>,
     /// Things that are accepted but worth telling the user, e.g. config-file
     /// names that are not settings (ignored, as Gunicorn does) and settings
-    /// that have no effect here. `--check-config` prints them.
+    /// that have no effect here. Logged at start (so `--check-config`
+    /// shows them too); `--print-config` writes them to stderr.
     pub warnings: Vec<String>,
     /// Every setting's value, for [`print_config`].
     printed: Vec<(&'static str, String)>,

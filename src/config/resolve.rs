@@ -189,8 +189,10 @@ fn unknown_name_warning(name: &str, raw: &RawValue, label: &str) -> Option<Strin
 /// produce Settings.
 ///
 /// `file_values` are the config file's module globals; names that are not
-/// settings are ignored, as Gunicorn does, and listed in
-/// [`Settings::warnings`]. `file_label` names the file in messages.
+/// settings are ignored, as Gunicorn does, and all but the file's helpers
+/// are listed in [`Settings::warnings`], with a did-you-mean when a
+/// setting's name is close. A value that cannot be converted is an error
+/// naming the setting. `file_label` names the file in messages.
 pub fn resolve(
     cli: CliPass,
     file_values: Vec<(String, RawValue)>,
