@@ -15,17 +15,23 @@
 //! - `resp` (post_request): `status` (`"200 OK"`), `status_code`, `headers`,
 //!   `sent`.
 //!
-//! `cfg` reads settings as attributes (`server.cfg.workers`,
-//! `server.cfg.bind`); `log` has `debug`/`info`/`warning`/`error`/
-//! `critical`/`exception` and writes to the error log.
+//! `cfg` is `gunicorn.config.Config`'s interface, built from the settings
+//! table: every setting as an attribute with its Python type
+//! (`server.cfg.workers` is an int, `cfg.bind` a list), `cfg.settings`
+//! (name → object with `.value`), Gunicorn's derived properties
+//! (`worker_class_str`, `address`, `uid`, `gid`, `proc_name`, `env`,
+//! `sendfile`...), and an AttributeError for a name that is not a setting.
+//! `worker_class` and `logger_class` are the configured names: rgunicorn
+//! has no Python classes to hand out. `log` has `debug`/`info`/`warning`/
+//! `error`/`critical`/`exception` and writes to the error log.
 //!
 //! A hook that raises is logged and the server carries on, except
 //! `on_starting` and `when_ready`: Gunicorn calls those outside its error
 //! handling, so an exception there stops it, and rgunicorn exits with 1.
 
-use crate::config::{HookRef, Settings};
+use crate::config::{HookRef, SettingDef, SettingValue, Settings, ValueType, WorkerClass};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyModule, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyList, PyModule, PyString, PyTuple};
 use std::sync::OnceLock;
 
 const HELPER: &str = r#"
@@ -53,6 +59,39 @@ class Log:
 
 def ns(**kw):
     return types.SimpleNamespace(**kw)
+
+def noop(*args, **kw):
+    """Gunicorn's default for a hook the config file does not set."""
+
+class Setting:
+    """One setting, as gunicorn.config.Setting: `.value` (also `.get()`)."""
+    def __init__(self, name, value, section, cli, desc):
+        self.name, self.value, self.section = name, value, section
+        self.cli, self.desc, self.short = cli, desc, desc
+    def get(self):
+        return self.value
+    def __repr__(self):
+        return "<Setting %s=%r>" % (self.name, self.value)
+
+class Config:
+    """The hooks' `cfg`, as gunicorn.config.Config: every setting as an
+    attribute, `settings` (name -> Setting), and Gunicorn's derived
+    properties (worker_class_str, address, uid, gid, proc_name, env...)."""
+    def __init__(self, settings, derived):
+        object.__setattr__(self, "settings", settings)
+        object.__setattr__(self, "_derived", derived)
+    def __getattr__(self, name):
+        derived = object.__getattribute__(self, "_derived")
+        if name in derived:
+            return derived[name]
+        settings = object.__getattribute__(self, "settings")
+        if name not in settings:
+            raise AttributeError("No configuration setting for: %s" % name)
+        return settings[name].get()
+    def __setattr__(self, name, value):
+        if name != "settings" and name in self.settings:
+            raise AttributeError("Invalid access!")
+        object.__setattr__(self, name, value)
 
 def status_line(code):
     return "%d %s" % (code, http.client.responses.get(code, "Unknown"))
@@ -82,69 +121,120 @@ fn emit(level: &str, text: &str) {
     }
 }
 
-/// The settings as a namespace (`cfg.workers`, `cfg.bind`...).
+/// One setting's resolved value as the Python object Gunicorn's `Config`
+/// holds for it.
+fn setting_object<'py>(
+    py: Python<'py>,
+    helper: &Bound<'py, PyModule>,
+    def: &SettingDef,
+    v: &SettingValue,
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        SettingValue::None => py.None().into_bound(py),
+        SettingValue::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        SettingValue::Int(i) => i.into_pyobject(py)?.into_any(),
+        // logconfig_dict is kept as JSON text; Python sees the dict.
+        SettingValue::Str(s) if def.ty == ValueType::JsonDict => PyModule::import(py, "json")?
+            .getattr("loads")?
+            .call1((s,))?,
+        SettingValue::Str(s) => PyString::new(py, s).into_any(),
+        SettingValue::List(l) => PyList::new(py, l)?.into_any(),
+        SettingValue::Dict(d) => {
+            let dict = PyDict::new(py);
+            for (k, v) in d {
+                dict.set_item(k, v)?;
+            }
+            dict.into_any()
+        }
+        SettingValue::Hook(Some(h)) => match crate::python::config::hook(*h) {
+            Some(f) => f.into_bound(py),
+            None => helper.getattr("noop")?,
+        },
+        SettingValue::Hook(None) => helper.getattr("noop")?,
+    })
+}
+
+/// The `cfg` object (`gunicorn.config.Config`'s interface): every setting
+/// in the table, by its name and with its Python type, plus Gunicorn's
+/// derived properties. Built from [`Settings::each`], so a new table entry
+/// shows up here with nothing else to change.
 fn cfg_object<'py>(
     py: Python<'py>,
     helper: &Bound<'py, PyModule>,
     s: &Settings,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let setting_class = helper.getattr("Setting")?;
+    let settings = PyDict::new(py);
+    for (def, v) in s.each() {
+        let value = setting_object(py, helper, def, v)?;
+        let setting =
+            setting_class.call1((def.name, value, def.section, def.cli.to_vec(), def.help))?;
+        settings.set_item(def.name, setting)?;
+    }
+    // Values Gunicorn's validators turn into something else than what was
+    // given: chdir is absolute (the current directory by default), user and
+    // group are numeric ids (the effective ones by default).
+    let uid = match &s.user {
+        Some(u) => crate::privileges::uid_of(u)
+            .ok()
+            .map(|(uid, _)| uid.as_raw()),
+        None => Some(nix::unistd::geteuid().as_raw()),
+    };
+    let gid = match &s.group {
+        Some(g) => crate::privileges::gid_of(g).ok().map(|gid| gid.as_raw()),
+        None => Some(nix::unistd::getegid().as_raw()),
+    };
+    let chdir = match &s.chdir {
+        Some(dir) => Some(dir.clone()),
+        None => std::env::current_dir().ok(),
+    };
+    let fixed = [
+        (
+            "chdir",
+            chdir
+                .map(|d| d.display().to_string())
+                .into_pyobject(py)?
+                .into_any(),
+        ),
+        ("user", uid.into_pyobject(py)?.into_any()),
+        ("group", gid.into_pyobject(py)?.into_any()),
+    ];
+    for (name, value) in fixed {
+        settings
+            .get_item(name)?
+            .map(|st| st.setattr("value", value))
+            .transpose()?;
+    }
+
+    // Gunicorn's `Config` properties.
     let d = PyDict::new(py);
-    d.set_item("bind", &s.bind)?;
-    d.set_item("backlog", s.backlog)?;
-    d.set_item("workers", s.workers)?;
     d.set_item(
         "worker_class_str",
         match s.effective_worker_class() {
-            crate::config::WorkerClass::Sync => "sync",
-            crate::config::WorkerClass::Gthread => "gthread",
+            WorkerClass::Sync => "sync",
+            WorkerClass::Gthread => "gthread",
         },
     )?;
-    d.set_item("threads", s.threads)?;
-    d.set_item("worker_connections", s.worker_connections)?;
-    d.set_item("max_requests", s.max_requests)?;
-    d.set_item("max_requests_jitter", s.max_requests_jitter)?;
-    d.set_item("timeout", s.timeout)?;
-    d.set_item("graceful_timeout", s.graceful_timeout)?;
-    d.set_item("keepalive", s.keepalive)?;
-    d.set_item("limit_request_line", s.limit_request_line)?;
-    d.set_item("limit_request_fields", s.limit_request_fields)?;
-    d.set_item("limit_request_field_size", s.limit_request_field_size)?;
-    d.set_item("preload_app", s.preload_app)?;
-    d.set_item("chdir", s.chdir.as_ref().map(|p| p.display().to_string()))?;
-    d.set_item("pythonpath", s.pythonpath.join(","))?;
-    d.set_item("raw_env", &s.raw_env)?;
-    d.set_item(
-        "pidfile",
-        s.pidfile.as_ref().map(|p| p.display().to_string()),
-    )?;
-    d.set_item("user", &s.user)?;
-    d.set_item("group", &s.group)?;
-    d.set_item("umask", s.umask)?;
+    d.set_item("address", &s.bind)?;
+    d.set_item("uid", uid)?;
+    d.set_item("gid", gid)?;
     d.set_item(
         "proc_name",
         s.proc_name.as_deref().unwrap_or(&s.default_proc_name),
     )?;
-    d.set_item("loglevel", &s.loglevel)?;
-    d.set_item("errorlog", &s.errorlog)?;
-    d.set_item("accesslog", &s.accesslog)?;
-    d.set_item("access_log_format", &s.access_log_format)?;
-    d.set_item("capture_output", s.capture_output)?;
-    d.set_item("reuse_port", s.reuse_port)?;
-    d.set_item("sendfile", s.sendfile)?;
-    d.set_item("forwarded_allow_ips", &s.forwarded_allow_ips)?;
-    let ssh = PyDict::new(py);
-    for (k, v) in &s.secure_scheme_headers {
-        ssh.set_item(k, v)?;
-    }
-    d.set_item("secure_scheme_headers", ssh)?;
-    d.set_item("forwarder_headers", &s.forwarder_headers)?;
-    d.set_item("proxy_protocol", &s.proxy_protocol)?;
-    d.set_item("proxy_allow_ips", &s.proxy_allow_ips)?;
-    d.set_item("wsgi_app", &s.wsgi_app)?;
-    d.set_item("config", &s.config)?;
-    d.set_item("address", &s.bind)?;
     d.set_item("is_ssl", false)?;
-    helper.getattr("ns")?.call((), Some(&d))
+    d.set_item("ssl_options", PyDict::new(py))?;
+    let env = PyDict::new(py);
+    for kv in &s.raw_env {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.set_item(k, v)?;
+        }
+    }
+    d.set_item("env", env)?;
+    d.set_item("sendfile", s.sendfile)?;
+    d.set_item("reuse_port", s.reuse_port)?;
+    d.set_item("paste_global_conf", py.None())?;
+    helper.getattr("Config")?.call1((settings, d))
 }
 
 /// Prepare the hook objects for this process (master: after the settings

@@ -29,6 +29,11 @@ fn main() {
         }
     };
     if settings.print_config {
+        // --print-config implies --check-config, but exits before logging
+        // is set up: its warnings go straight to stderr.
+        for w in &settings.warnings {
+            eprintln!("Warning: {w}");
+        }
         print!("{}", config::print_config(&settings));
         std::process::exit(0);
     }
@@ -53,6 +58,11 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
             std::env::var("JOURNAL_STREAM").ok().as_deref(),
         );
     rgunicorn::logging::init(&settings, journald).context("cannot set up logging")?;
+    // Nothing is silently ignored: extra arguments, config-file names that
+    // are not settings, settings that do nothing here (also --check-config).
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
 
     if !rgunicorn::hooks::on_starting(&settings) {
         return Ok(1);

@@ -6,12 +6,13 @@ port unbound."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 
 import pytest
 
-from conftest import APPS_DIR, SERVER_BIN, free_port, server_env, rgunicorn_only
+from conftest import APPS_DIR, SERVER_BIN, free_port, server_env, rgunicorn_only, wait_until
 
 # The deployment guide's config file, verbatim.
 SEED_CFG = '''bind = "0.0.0.0:8000"
@@ -136,3 +137,137 @@ def test_bad_config_files_exit_before_binding(tmp_path, body, expect):
 def test_missing_config_file_is_an_error(tmp_path):
     r = run(["-c", tmp_path / "nope.py", "hello:app"])
     assert r.returncode != 0 and "nope.py" in r.stderr
+
+
+# ---- nothing silently ignored ---------------------------------------------
+
+TYPO_CFG = '''import os
+import json as _json
+
+def helper():
+    return 2
+
+class Options:
+    pass
+
+_private = 1
+workers = helper()
+wokers = 3
+'''
+
+
+@rgunicorn_only
+def test_a_misspelled_setting_is_warned_about_at_start(server, tmp_path):
+    cfg = tmp_path / "typo.conf.py"
+    cfg.write_text(TYPO_CFG)
+    s = server("-c", cfg)
+    s.wait_for_workers(2)
+    log = s.wait_for_log(r"`wokers` is not a setting \(did you mean `workers`\?\); ignored")
+    assert "typo.conf.py" in log
+    # imports, functions, classes and _names are the file's own helpers
+    for helper in ("`os`", "`_json`", "`helper`", "`Options`", "`_private`"):
+        assert helper not in log, log
+
+
+@rgunicorn_only
+def test_check_config_prints_the_warnings(tmp_path):
+    cfg = tmp_path / "typo.conf.py"
+    cfg.write_text(TYPO_CFG + "worker_tmp_dir = '/dev/shm'\n")
+    r = run(["-c", cfg, "--check-config", "hello:app", "extra-arg"])
+    assert r.returncode == 0, r.stderr
+    assert "`wokers` is not a setting (did you mean `workers`?)" in r.stderr, r.stderr
+    assert "`worker_tmp_dir` is accepted but has no effect" in r.stderr, r.stderr
+    assert "extra argument 'extra-arg' ignored" in r.stderr, r.stderr
+    assert "`helper`" not in r.stderr and "`Options`" not in r.stderr, r.stderr
+    # --print-config implies --check-config: same warnings, on stderr
+    r = run(["-c", cfg, "--print-config", "hello:app"])
+    assert r.returncode == 0, r.stderr
+    assert "`wokers` is not a setting (did you mean `workers`?)" in r.stderr, r.stderr
+    assert "wokers" not in r.stdout
+
+
+@rgunicorn_only
+@pytest.mark.parametrize("body,expect", [
+    ("class MyWorker:\n    pass\nworker_class = MyWorker\n",
+     "setting `worker_class`: got the class MyWorker; custom Python classes are not supported"),
+    ("class MyLogger:\n    pass\nlogger_class = MyLogger\n",
+     "rgunicorn does not support `logger_class`"),
+    ("workers = 10 ** 30\n",
+     "setting `workers`: cannot use the integer 1000000000000000000000000000000, too large"),
+    ("secure_scheme_headers = {1: 'https'}\n",
+     "setting `secure_scheme_headers`: cannot use a dict with the non-string key 1"),
+    ("logconfig_dict = {'version': 1, 2: 'x'}\n",
+     "`logconfig_dict`"),
+    ("bind = ['127.0.0.1:0', 2 ** 70]\n",
+     "setting `bind`"),
+])
+def test_values_rgunicorn_cannot_convert_are_errors_naming_the_setting(tmp_path, body, expect):
+    cfg = tmp_path / "bad-cfg.py"
+    cfg.write_text(body)
+    port = free_port()
+    r = run(["-c", cfg, "-b", f"127.0.0.1:{port}", "hello:app"])
+    # Gunicorn exits 1 on a bad setting ("Error: ..."), and so does rgunicorn.
+    assert r.returncode == 1, r.stderr
+    assert "bad-cfg.py" in r.stderr and expect in r.stderr, r.stderr
+    assert port_is_free(port)
+
+
+CFG_HOOK = r'''
+import json, os
+
+def when_ready(server):
+    cfg = server.cfg
+    try:
+        cfg.nonexistent
+        missing = "no error"
+    except AttributeError as e:
+        missing = str(e)
+    out = os.environ["CFG_OUT"]
+    with open(out + ".tmp", "w") as f:
+        json.dump({
+            "worker_connections": cfg.worker_connections,
+            "workers": [cfg.workers, type(cfg.workers).__name__],
+            "settings_workers": cfg.settings["workers"].value,
+            "bind": [cfg.bind, type(cfg.bind).__name__],
+            "keepalive": cfg.keepalive,
+            "worker_class_str": cfg.worker_class_str,
+            "preload_app": cfg.preload_app,
+            "secure_scheme_headers": cfg.secure_scheme_headers,
+            "logconfig_dict": cfg.logconfig_dict,
+            "proxy_protocol": cfg.proxy_protocol,
+            "proc_name": cfg.proc_name,
+            "when_ready_is_this_hook": cfg.when_ready is when_ready,
+            "post_fork_callable": callable(cfg.post_fork),
+            "nsettings": len(cfg.settings),
+            "missing": missing,
+        }, f)
+    os.replace(out + ".tmp", out)
+
+workers = 2
+worker_connections = 77
+threads = 3
+'''
+
+
+@rgunicorn_only
+def test_hooks_cfg_exposes_every_setting_like_gunicorns_config(server, tmp_path):
+    cfg = tmp_path / "cfg.conf.py"
+    cfg.write_text(CFG_HOOK)
+    out = tmp_path / "cfg.json"
+    s = server("-c", cfg, "--keep-alive", "9", env={"CFG_OUT": out})
+    assert wait_until(out.exists)
+    got = json.loads(out.read_text())
+    assert got["worker_connections"] == 77
+    assert got["workers"] == [2, "int"]
+    assert got["settings_workers"] == 2
+    assert got["bind"] == [[f"127.0.0.1:{s.port}"], "list"]
+    assert got["keepalive"] == 9
+    assert got["worker_class_str"] == "gthread"  # sync with threads > 1, as Gunicorn
+    assert got["preload_app"] is False
+    assert got["secure_scheme_headers"]["X-FORWARDED-PROTO"] == "https"
+    assert got["logconfig_dict"] == {}
+    assert got["proxy_protocol"] == "off"
+    assert got["proc_name"] == "hello:app"
+    assert got["when_ready_is_this_hook"] is True and got["post_fork_callable"] is True
+    assert got["nsettings"] > 100
+    assert got["missing"] == "No configuration setting for: nonexistent"

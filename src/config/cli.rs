@@ -13,8 +13,8 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use super::resolve::Layer;
-use super::table::{Action, DefaultValue, SettingDef, Status, ValueType, TABLE};
-use super::value::{self, Value};
+use super::table::{Action, DefaultValue, SettingDef, Status, TABLE};
+use super::value::{self, Value, ValueType};
 use super::ConfigError;
 
 const APP: &str = "APP_MODULE";

@@ -39,7 +39,9 @@ use std::path::PathBuf;
 pub use cli::command;
 pub use docs::settings_markdown;
 pub use resolve::{print_config, resolve};
-pub use table::{Action, DefaultValue, SettingDef, Status, ValueType};
+pub use table::{Action, DefaultValue, SettingDef, Status};
+pub(crate) use value::Value as SettingValue;
+pub use value::ValueType;
 
 /// The worker classes rgunicorn implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,9 +70,18 @@ pub enum RawValue {
     Tuple(Vec<RawValue>),
     Dict(Vec<(String, RawValue)>),
     Callable(HookRef),
+    /// A class (its qualified name): a helper, or a custom `worker_class`,
+    /// which rgunicorn refuses.
+    Class(String),
+    /// An imported module (its name): always a helper.
+    Module(String),
     /// A value of a type no setting takes (its Python type name), so the
     /// error can name the setting instead of ignoring it.
     Unknown(String),
+    /// A value of a familiar type that cannot be carried over, described
+    /// (an integer too large for 64 bits, a dict with a non-string key):
+    /// an error if it is a setting's value.
+    Unreadable(String),
 }
 
 /// Where the config file comes from.
@@ -84,8 +95,11 @@ pub enum ConfigSource {
 
 /// Everything resolved and typed. Field names are Gunicorn's setting names.
 ///
-/// Only settings rgunicorn acts on have a field; not-supported settings are
-/// guaranteed to be at their defaults. `--print-config` shows every setting.
+/// Only settings rgunicorn acts on have a field, filled in `resolve::build`
+/// by `setting!("name")` (checked against the table when compiling);
+/// not-supported settings are guaranteed to be at their defaults.
+/// [`Settings::each`] gives every setting's value (the hooks' `cfg`), and
+/// `--print-config` shows every setting.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub bind: Vec<String>,
@@ -181,10 +195,13 @@ pub struct Settings {
     pub hooks: Vec<(String, HookRef)>,
     /// Things that are accepted but worth telling the user, e.g. config-file
     /// names that are not settings (ignored, as Gunicorn does) and settings
-    /// that have no effect here. `--check-config` prints them.
+    /// that have no effect here. Logged at start (so `--check-config`
+    /// shows them too); `--print-config` writes them to stderr.
     pub warnings: Vec<String>,
     /// Every setting's value, for [`print_config`].
     printed: Vec<(&'static str, String)>,
+    /// Every setting's resolved value, in table order, for [`Settings::each`].
+    values: Vec<SettingValue>,
 }
 
 impl Settings {
@@ -194,6 +211,12 @@ impl Settings {
             WorkerClass::Sync if self.threads > 1 => WorkerClass::Gthread,
             other => other,
         }
+    }
+
+    /// Every setting with its resolved value, in table order (the hooks'
+    /// `cfg` object is built from this).
+    pub(crate) fn each(&self) -> impl Iterator<Item = (&'static SettingDef, &SettingValue)> {
+        table::TABLE.iter().zip(&self.values)
     }
 
     /// The hook of that name, if the config file set one.
@@ -247,7 +270,7 @@ impl CliPass {
         self.layers
             .iter()
             .rev()
-            .find_map(|layer| layer.get("config"))
+            .find_map(|layer| layer.get(table::setting!("config")))
             .and_then(|v| match v {
                 value::Value::Str(s) if !s.is_empty() => Some(s.clone()),
                 _ => None,

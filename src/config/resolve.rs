@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use super::table::{DefaultValue, SettingDef, Status, TABLE};
-use super::value::{self, Value};
+use super::table::{setting, DefaultValue, SettingDef, Status, TABLE};
+use super::value::{self, Value, ValueType};
 use super::{CliPass, ConfigError, HookRef, RawValue, Settings, WorkerClass};
 
 /// Values from one source (`GUNICORN_CMD_ARGS`, ..., the command line).
@@ -24,7 +24,9 @@ impl Layer {
         }
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
+    /// The last value given for setting number `i` (see [`setting!`]).
+    pub(crate) fn get(&self, i: usize) -> Option<&Value> {
+        let name = TABLE[i].name;
         self.values
             .iter()
             .rev()
@@ -86,41 +88,100 @@ fn not_supported(def: &SettingDef, why: &str, source: &Source) -> ConfigError {
     ))
 }
 
-/// The default of a setting whose default depends on the environment.
-fn dynamic_default(def: &SettingDef, env: &EnvSnapshot) -> Result<Value, ConfigError> {
-    Ok(match def.name {
-        "workers" => match &env.web_concurrency {
+/// The default of setting number `i`, whose default depends on the
+/// environment.
+fn dynamic_default(i: usize, env: &EnvSnapshot) -> Result<Value, ConfigError> {
+    const WORKERS: usize = setting!("workers");
+    const BIND: usize = setting!("bind");
+    const FORWARDED_ALLOW_IPS: usize = setting!("forwarded_allow_ips");
+    const CONTROL_SOCKET: usize = setting!("control_socket");
+    const CONFIG: usize = setting!("config");
+    let def = &TABLE[i];
+    Ok(match i {
+        WORKERS => match &env.web_concurrency {
             Some(text) => value::from_cli(def.ty, text).map_err(|m| {
                 ConfigError::invalid(format!("WEB_CONCURRENCY: setting `workers`: {m}"))
             })?,
             None => Value::Int(1),
         },
-        "bind" => Value::List(vec![match &env.port {
+        BIND => Value::List(vec![match &env.port {
             Some(port) => format!("0.0.0.0:{port}"),
             None => "127.0.0.1:8000".to_string(),
         }]),
-        "forwarded_allow_ips" => value::from_cli(
+        FORWARDED_ALLOW_IPS => value::from_cli(
             def.ty,
             env.forwarded_allow_ips
                 .as_deref()
                 .unwrap_or("127.0.0.1,::1"),
         )
         .map_err(ConfigError::invalid)?,
-        "control_socket" => Value::Str(
+        CONTROL_SOCKET => Value::Str(
             crate::control::path::default_socket(&env.control_paths)
                 .display()
                 .to_string(),
         ),
-        "config" => Value::Str("./gunicorn.conf.py".into()),
+        CONFIG => Value::Str("./gunicorn.conf.py".into()),
         // chdir, user, group: None means "leave as is".
         _ => Value::None,
     })
 }
 
-fn default_of(def: &SettingDef, env: &EnvSnapshot) -> Result<Value, ConfigError> {
-    match def.default {
-        DefaultValue::Dynamic(_) => dynamic_default(def, env),
+/// The default of setting number `i`.
+fn default_of(i: usize, env: &EnvSnapshot) -> Result<Value, ConfigError> {
+    match TABLE[i].default {
+        DefaultValue::Dynamic(_) => dynamic_default(i, env),
         other => Ok(other.to_value()),
+    }
+}
+
+/// Settings accepted for compatibility that do nothing here; a value other
+/// than the default is warned about.
+const NO_EFFECT: [usize; 3] = [
+    setting!("worker_tmp_dir"),
+    setting!("tmp_upload_dir"),
+    setting!("ssl_version"),
+];
+
+/// The setting a config-file name was probably meant to be: the closest by
+/// edit distance (ignoring case), if close enough to be a typo. `pick`
+/// limits the candidates.
+pub(crate) fn closest_setting(
+    name: &str,
+    pick: impl Fn(&SettingDef) -> bool,
+) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let limit = if lower.chars().count() <= 5 { 1 } else { 2 };
+    TABLE
+        .iter()
+        .filter(|d| pick(d))
+        .map(|d| (strsim::damerau_levenshtein(&lower, d.name), d.name))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
+/// What to say about a config-file name that is not a setting, if
+/// anything. Gunicorn config files define helpers freely: imports,
+/// functions, classes and `_private` names are left alone, except a
+/// function or class named like a hook (`def post_frok(...)`), which is
+/// surely a typo. Any other value was meant as a setting: it is warned
+/// about, with a did-you-mean when a setting's name is close.
+fn unknown_name_warning(name: &str, raw: &RawValue, label: &str) -> Option<String> {
+    if name.starts_with('_') {
+        return None;
+    }
+    let helper = match raw {
+        RawValue::Module(_) => return None,
+        RawValue::Callable(_) | RawValue::Class(_) => true,
+        _ => false,
+    };
+    let guess = closest_setting(name, |d| !helper || d.ty == ValueType::Callable);
+    match guess {
+        Some(s) => Some(format!(
+            "{label}: `{name}` is not a setting (did you mean `{s}`?); ignored"
+        )),
+        None if helper => None,
+        None => Some(format!("{label}: `{name}` is not a setting; ignored")),
     }
 }
 
@@ -128,8 +189,10 @@ fn default_of(def: &SettingDef, env: &EnvSnapshot) -> Result<Value, ConfigError>
 /// produce Settings.
 ///
 /// `file_values` are the config file's module globals; names that are not
-/// settings are ignored, as Gunicorn does, and listed in
-/// [`Settings::warnings`]. `file_label` names the file in messages.
+/// settings are ignored, as Gunicorn does, and all but the file's helpers
+/// are listed in [`Settings::warnings`], with a did-you-mean when a
+/// setting's name is close. A value that cannot be converted is an error
+/// naming the setting. `file_label` names the file in messages.
 pub fn resolve(
     cli: CliPass,
     file_values: Vec<(String, RawValue)>,
@@ -146,11 +209,11 @@ pub fn resolve(
         })
         .collect();
     let mut values: Vec<(Value, Source)> = Vec::with_capacity(TABLE.len());
-    for def in TABLE {
-        let mut v = default_of(def, &cli.env)?;
+    for i in 0..TABLE.len() {
+        let mut v = default_of(i, &cli.env)?;
         // Gunicorn sets default_proc_name to the APP_MODULE before it reads
         // the config file.
-        if def.name == "default_proc_name" {
+        if i == setting!("default_proc_name") {
             v = Value::Str(cli.app.clone().unwrap_or_else(|| "rgunicorn".into()));
         }
         values.push((v, Source::Default));
@@ -160,12 +223,7 @@ pub fn resolve(
     let file_source = Source::Label(file_label.unwrap_or_else(|| "config file".into()));
     for (name, raw) in &file_values {
         let Some(i) = index(name) else {
-            if !name.starts_with('_') {
-                warnings.push(format!(
-                    "{}: `{name}` is not a setting; ignored",
-                    file_source.label()
-                ));
-            }
+            warnings.extend(unknown_name_warning(name, raw, file_source.label()));
             continue;
         };
         let def = &TABLE[i];
@@ -184,20 +242,16 @@ pub fn resolve(
         }
     }
 
-    for (def, (v, source)) in TABLE.iter().zip(&values) {
+    for (i, (def, (v, source))) in TABLE.iter().zip(&values).enumerate() {
         if let Status::NotSupported(why) = def.status {
-            if *v != default_of(def, &cli.env)? {
+            if *v != default_of(i, &cli.env)? {
                 return Err(not_supported(def, why, source));
             }
         }
         if let Some(check) = def.check {
             check(v).map_err(|m| setting_error(def, source, m))?;
         }
-        let ignored = matches!(
-            def.name,
-            "worker_tmp_dir" | "tmp_upload_dir" | "ssl_version"
-        );
-        if ignored && *v != default_of(def, &cli.env)? {
+        if NO_EFFECT.contains(&i) && *v != default_of(i, &cli.env)? {
             warnings.push(format!(
                 "{}: `{}` is accepted but has no effect in rgunicorn",
                 source.label(),
@@ -209,27 +263,26 @@ pub fn resolve(
     build(&cli, &values, warnings)
 }
 
-/// Typed access to the merged values. The table guarantees each setting's
-/// value has its type's shape; a mismatch would be a table bug, caught by
-/// the tests, and falls back to the type's empty value.
+/// Typed access to the merged values, by a setting's index in the table
+/// (`g.int(setting!("timeout"))`: the name is checked at compile time). The
+/// table guarantees each setting's value has its type's shape; a mismatch
+/// would be a table bug, caught by the tests, and falls back to the type's
+/// empty value.
 struct Get<'a> {
     values: &'a [(Value, Source)],
 }
 
 impl<'a> Get<'a> {
-    fn entry(&self, name: &str) -> (&'a SettingDef, &'a Value, &'a Source) {
-        let i = TABLE.iter().position(|d| d.name == name);
-        debug_assert!(i.is_some(), "unknown setting {name}");
-        let i = i.unwrap_or(0);
+    fn entry(&self, i: usize) -> (&'static SettingDef, &'a Value, &'a Source) {
         (&TABLE[i], &self.values[i].0, &self.values[i].1)
     }
 
-    fn bool(&self, name: &str) -> bool {
-        matches!(self.entry(name).1, Value::Bool(true))
+    fn bool(&self, i: usize) -> bool {
+        matches!(self.entry(i).1, Value::Bool(true))
     }
 
-    fn int<T: TryFrom<i64>>(&self, name: &str) -> Result<T, ConfigError> {
-        let (def, v, source) = self.entry(name);
+    fn int<T: TryFrom<i64>>(&self, i: usize) -> Result<T, ConfigError> {
+        let (def, v, source) = self.entry(i);
         let n = match v {
             Value::Int(n) => *n,
             _ => 0,
@@ -237,19 +290,19 @@ impl<'a> Get<'a> {
         T::try_from(n).map_err(|_| setting_error(def, source, format!("{n} is too large")))
     }
 
-    fn opt_str(&self, name: &str) -> Option<String> {
-        match self.entry(name).1 {
+    fn opt_str(&self, i: usize) -> Option<String> {
+        match self.entry(i).1 {
             Value::Str(s) => Some(s.clone()),
             _ => None,
         }
     }
 
-    fn str(&self, name: &str) -> String {
-        self.opt_str(name).unwrap_or_default()
+    fn str(&self, i: usize) -> String {
+        self.opt_str(i).unwrap_or_default()
     }
 
-    fn list(&self, name: &str) -> Vec<String> {
-        match self.entry(name).1 {
+    fn list(&self, i: usize) -> Vec<String> {
+        match self.entry(i).1 {
             Value::List(l) => l.clone(),
             _ => Vec::new(),
         }
@@ -262,16 +315,16 @@ fn build(
     warnings: Vec<String>,
 ) -> Result<Settings, ConfigError> {
     let g = Get { values };
-    let wsgi_app = cli.app.clone().or_else(|| g.opt_str("wsgi_app"));
+    let wsgi_app = cli.app.clone().or_else(|| g.opt_str(setting!("wsgi_app")));
     if wsgi_app.is_none() {
         return Err(ConfigError::invalid(
             "No application module specified.".into(),
         ));
     }
-    let worker_class = value::worker_class_of(&g.str("worker_class")).unwrap_or(WorkerClass::Sync);
-    let ids =
-        |name: &str| -> Vec<u32> { g.list(name).iter().filter_map(|s| s.parse().ok()).collect() };
-    let sendfile = match g.entry("sendfile").1 {
+    let worker_class =
+        value::worker_class_of(&g.str(setting!("worker_class"))).unwrap_or(WorkerClass::Sync);
+    let ids = |i: usize| -> Vec<u32> { g.list(i).iter().filter_map(|s| s.parse().ok()).collect() };
+    let sendfile = match g.entry(setting!("sendfile")).1 {
         Value::Bool(b) => *b,
         _ => match &cli.env.sendfile {
             Some(s) => matches!(s.to_ascii_lowercase().as_str(), "y" | "1" | "yes" | "true"),
@@ -286,8 +339,8 @@ fn build(
             _ => None,
         })
         .collect::<Vec<(String, HookRef)>>();
-    let no_control_socket = g.bool("control_socket_disable");
-    let chdir = g.opt_str("chdir").map(|d| {
+    let no_control_socket = g.bool(setting!("control_socket_disable"));
+    let chdir = g.opt_str(setting!("chdir")).map(|d| {
         let p = PathBuf::from(d);
         match (&cli.env.cwd, p.is_absolute()) {
             (Some(cwd), false) => cwd.join(p),
@@ -304,44 +357,38 @@ fn build(
         .zip(values)
         .map(|(d, (v, _))| (d.name, value::render(v, d.name)))
         .collect();
-    for (name, text) in printed.iter_mut() {
-        match *name {
-            "chdir" => {
-                if let Some(dir) = chdir.as_ref().or(cli.env.cwd.as_ref()) {
-                    *text = dir.display().to_string();
-                }
-            }
-            // SAFETY: geteuid/getegid cannot fail and touch no memory.
-            "user" if matches!(g.entry("user").1, Value::None) => {
-                *text = unsafe { libc::geteuid() }.to_string()
-            }
-            "group" if matches!(g.entry("group").1, Value::None) => {
-                *text = unsafe { libc::getegid() }.to_string()
-            }
-            _ => {}
-        }
+    if let Some(dir) = chdir.as_ref().or(cli.env.cwd.as_ref()) {
+        printed[setting!("chdir")].1 = dir.display().to_string();
+    }
+    if matches!(g.entry(setting!("user")).1, Value::None) {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        printed[setting!("user")].1 = unsafe { libc::geteuid() }.to_string();
+    }
+    if matches!(g.entry(setting!("group")).1, Value::None) {
+        // SAFETY: getegid cannot fail and touches no memory.
+        printed[setting!("group")].1 = unsafe { libc::getegid() }.to_string();
     }
     printed.sort_by(|a, b| a.0.cmp(b.0));
 
     Ok(Settings {
-        bind: g.list("bind"),
-        backlog: g.int("backlog")?,
-        workers: g.int("workers")?,
+        bind: g.list(setting!("bind")),
+        backlog: g.int(setting!("backlog"))?,
+        workers: g.int(setting!("workers"))?,
         worker_class,
-        threads: g.int("threads")?,
-        worker_connections: g.int("worker_connections")?,
-        max_requests: g.int("max_requests")?,
-        max_requests_jitter: g.int("max_requests_jitter")?,
-        timeout: g.int("timeout")?,
-        graceful_timeout: g.int("graceful_timeout")?,
-        keepalive: g.int("keepalive")?,
-        limit_request_line: g.int("limit_request_line")?,
-        limit_request_fields: g.int("limit_request_fields")?,
-        limit_request_field_size: g.int("limit_request_field_size")?,
-        preload_app: g.bool("preload_app"),
+        threads: g.int(setting!("threads"))?,
+        worker_connections: g.int(setting!("worker_connections"))?,
+        max_requests: g.int(setting!("max_requests"))?,
+        max_requests_jitter: g.int(setting!("max_requests_jitter"))?,
+        timeout: g.int(setting!("timeout"))?,
+        graceful_timeout: g.int(setting!("graceful_timeout"))?,
+        keepalive: g.int(setting!("keepalive"))?,
+        limit_request_line: g.int(setting!("limit_request_line"))?,
+        limit_request_fields: g.int(setting!("limit_request_fields"))?,
+        limit_request_field_size: g.int(setting!("limit_request_field_size"))?,
+        preload_app: g.bool(setting!("preload_app")),
         chdir,
         pythonpath: g
-            .opt_str("pythonpath")
+            .opt_str(setting!("pythonpath"))
             .map(|p| {
                 p.split(',')
                     .map(str::trim)
@@ -350,63 +397,64 @@ fn build(
                     .collect()
             })
             .unwrap_or_default(),
-        raw_env: g.list("raw_env"),
-        pidfile: g.opt_str("pidfile").map(PathBuf::from),
-        user: g.opt_str("user"),
-        group: g.opt_str("group"),
-        umask: g.int("umask")?,
-        initgroups: g.bool("initgroups"),
-        proc_name: g.opt_str("proc_name"),
-        default_proc_name: g.str("default_proc_name"),
-        loglevel: g.str("loglevel").to_ascii_lowercase(),
-        errorlog: g.str("errorlog"),
-        accesslog: g.opt_str("accesslog"),
-        access_log_format: g.str("access_log_format"),
-        capture_output: g.bool("capture_output"),
-        syslog: g.bool("syslog"),
-        syslog_addr: g.str("syslog_addr"),
-        syslog_prefix: g.opt_str("syslog_prefix"),
-        syslog_facility: g.str("syslog_facility"),
-        disable_redirect_access_to_syslog: g.bool("disable_redirect_access_to_syslog"),
-        statsd_host: g.opt_str("statsd_host"),
-        statsd_prefix: g.str("statsd_prefix"),
-        dogstatsd_tags: g.str("dogstatsd_tags"),
-        logconfig: g.opt_str("logconfig"),
-        logconfig_dict_json: g.opt_str("logconfig_dict").filter(|j| j != "{}"),
-        logconfig_json: g.opt_str("logconfig_json"),
-        reuse_port: g.bool("reuse_port"),
+        raw_env: g.list(setting!("raw_env")),
+        pidfile: g.opt_str(setting!("pidfile")).map(PathBuf::from),
+        user: g.opt_str(setting!("user")),
+        group: g.opt_str(setting!("group")),
+        umask: g.int(setting!("umask"))?,
+        initgroups: g.bool(setting!("initgroups")),
+        proc_name: g.opt_str(setting!("proc_name")),
+        default_proc_name: g.str(setting!("default_proc_name")),
+        loglevel: g.str(setting!("loglevel")).to_ascii_lowercase(),
+        errorlog: g.str(setting!("errorlog")),
+        accesslog: g.opt_str(setting!("accesslog")),
+        access_log_format: g.str(setting!("access_log_format")),
+        capture_output: g.bool(setting!("capture_output")),
+        syslog: g.bool(setting!("syslog")),
+        syslog_addr: g.str(setting!("syslog_addr")),
+        syslog_prefix: g.opt_str(setting!("syslog_prefix")),
+        syslog_facility: g.str(setting!("syslog_facility")),
+        disable_redirect_access_to_syslog: g.bool(setting!("disable_redirect_access_to_syslog")),
+        statsd_host: g.opt_str(setting!("statsd_host")),
+        statsd_prefix: g.str(setting!("statsd_prefix")),
+        dogstatsd_tags: g.str(setting!("dogstatsd_tags")),
+        logconfig: g.opt_str(setting!("logconfig")),
+        logconfig_dict_json: g.opt_str(setting!("logconfig_dict")).filter(|j| j != "{}"),
+        logconfig_json: g.opt_str(setting!("logconfig_json")),
+        reuse_port: g.bool(setting!("reuse_port")),
         sendfile,
-        forwarded_allow_ips: g.list("forwarded_allow_ips"),
-        secure_scheme_headers: match g.entry("secure_scheme_headers").1 {
+        forwarded_allow_ips: g.list(setting!("forwarded_allow_ips")),
+        secure_scheme_headers: match g.entry(setting!("secure_scheme_headers")).1 {
             Value::Dict(d) => d.clone(),
             _ => Vec::new(),
         },
         forwarder_headers: g
-            .list("forwarder_headers")
+            .list(setting!("forwarder_headers"))
             .iter()
             .map(|h| h.to_ascii_uppercase())
             .collect(),
-        proxy_protocol: g.str("proxy_protocol"),
-        proxy_allow_ips: g.list("proxy_allow_ips"),
+        proxy_protocol: g.str(setting!("proxy_protocol")),
+        proxy_allow_ips: g.list(setting!("proxy_allow_ips")),
         wsgi_app,
         config,
-        print_config: g.bool("print_config"),
-        check_config: g.bool("check_config"),
+        print_config: g.bool(setting!("print_config")),
+        check_config: g.bool(setting!("check_config")),
         control_socket: if no_control_socket {
             None
         } else {
-            g.opt_str("control_socket").map(PathBuf::from)
+            g.opt_str(setting!("control_socket")).map(PathBuf::from)
         },
-        control_socket_explicit: !matches!(g.entry("control_socket").2, Source::Default),
-        control_socket_mode: g.int("control_socket_mode")?,
+        control_socket_explicit: !matches!(g.entry(setting!("control_socket")).2, Source::Default),
+        control_socket_mode: g.int(setting!("control_socket_mode"))?,
         no_control_socket,
-        control_allow_uid: ids("control_allow_uid"),
-        control_allow_gid: ids("control_allow_gid"),
-        control_readonly_gid: ids("control_readonly_gid"),
-        log_journald: g.bool("log_journald"),
+        control_allow_uid: ids(setting!("control_allow_uid")),
+        control_allow_gid: ids(setting!("control_allow_gid")),
+        control_readonly_gid: ids(setting!("control_readonly_gid")),
+        log_journald: g.bool(setting!("log_journald")),
         hooks,
         warnings,
         printed,
+        values: values.iter().map(|(v, _)| v.clone()).collect(),
     })
 }
 

@@ -3,12 +3,19 @@
 //!
 //! Every other part of `config` is driven from [`TABLE`]: the clap
 //! arguments (`cli.rs`), the conversion of config-file values and
-//! `GUNICORN_CMD_ARGS` (`value.rs`, `resolve.rs`), `--print-config`, and
-//! `docs/settings.md` (`docs.rs`). Adding a setting means adding one entry
-//! here; the invariant tests in `tests.rs` check names and flags are unique
-//! and that every Gunicorn setting is present.
+//! `GUNICORN_CMD_ARGS` (`value.rs`, `resolve.rs`), `--print-config`, the
+//! hooks' `cfg` object (`crate::hooks`, through [`super::Settings::each`]),
+//! and `docs/settings.md` (`docs.rs`). Adding a setting means adding one
+//! entry here; a setting rgunicorn acts on also gets a typed field in
+//! [`super::Settings`], read in `resolve::build` by [`setting!`], whose
+//! name is checked against this table at compile time. The invariant tests
+//! in `tests.rs` check names and flags are unique and that every Gunicorn
+//! setting is present.
+//!
+//! This module depends on `value.rs` (value types, checks), never the
+//! other way round.
 
-use super::value::Value;
+use super::value::{Value, ValueType};
 
 /// What rgunicorn does with a setting, compared with Gunicorn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,58 +43,6 @@ pub enum Action {
     Append,
     /// `--flag [VALUE]`; without a value it means the given string.
     StoreOptional(&'static str),
-}
-
-/// The type of a setting's value, which selects its base validator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueType {
-    /// `True`/`False`, or the strings "true"/"false".
-    Bool,
-    /// Like `Bool`, but `None` (unset) is a distinct value.
-    OptBool,
-    /// A non-negative integer (`validate_pos_int`).
-    PosInt,
-    /// A non-negative integer whose string form may be octal: `0022`,
-    /// `0o22`, `0x12` (Gunicorn's `auto_int`, used for `umask`).
-    OctalInt,
-    /// A string; `None` is refused.
-    Str,
-    /// A string or `None`.
-    OptStr,
-    /// A list of strings; a single string counts as a one-item list.
-    StrList,
-    /// A comma-separated string, kept as a list (`validate_string_to_list`).
-    CommaList,
-    /// A dict of strings to strings.
-    Dict,
-    /// A nested dict of plain data (`logconfig_dict`), kept as JSON text.
-    JsonDict,
-    /// A Python callable (server hooks), only from a config file.
-    Callable,
-    /// A class given by name (`worker_class`, `logger_class`).
-    Class,
-    /// `off`/`v1`/`v2`/`auto`; Gunicorn < 24.1 used a bool.
-    ProxyMode,
-    /// Anything; the setting is accepted and ignored (`ssl_version`).
-    Ignored,
-}
-
-impl ValueType {
-    /// The name shown in `docs/settings.md`.
-    pub fn doc_name(self) -> &'static str {
-        match self {
-            ValueType::Bool | ValueType::OptBool => "bool",
-            ValueType::PosInt => "int",
-            ValueType::OctalInt => "int (octal)",
-            ValueType::Str | ValueType::Class | ValueType::ProxyMode => "string",
-            ValueType::OptStr => "string or None",
-            ValueType::StrList => "list of strings",
-            ValueType::CommaList => "comma-separated list",
-            ValueType::Dict | ValueType::JsonDict => "dict",
-            ValueType::Callable => "callable",
-            ValueType::Ignored => "any",
-        }
-    }
 }
 
 /// A default value that can live in a `static`.
@@ -267,7 +222,53 @@ const NO_DIRTY: Status = Status::NotSupported("dirty arbiters are not implemente
 const NO_UWSGI: Status = Status::NotSupported("only the HTTP protocol is implemented, not uWSGI");
 
 /// Every setting, in Gunicorn's order, then rgunicorn's own.
-pub static TABLE: &[SettingDef] = &[
+pub static TABLE: &[SettingDef] = DEFS;
+
+/// The position of setting `name` in [`TABLE`]. Use it through
+/// [`setting!`], which runs it at compile time: a name that is not in the
+/// table does not build.
+pub(crate) const fn index_of(name: &str) -> usize {
+    let mut i = 0;
+    while i < DEFS.len() {
+        if str_eq(DEFS[i].name, name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("setting!(..) names a setting that is not in config/table.rs")
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `setting!("timeout")`: the index of that setting in [`TABLE`], found at
+/// compile time, so a misspelled name is a build error rather than a
+/// silently wrong value.
+macro_rules! setting {
+    // A named `const` item (not an inline `const {}` block) is evaluated
+    // by `cargo check` and clippy too, not only when code is generated.
+    ($name:literal) => {{
+        const INDEX: usize = $crate::config::table::index_of($name);
+        INDEX
+    }};
+}
+pub(crate) use setting;
+
+// The table itself is a `const` so that `setting!` can search it at compile
+// time; `TABLE` above is the one `static` copy the program uses.
+const DEFS: &[SettingDef] = &[
     // ---- Config File
     SettingDef {
         name: "config",

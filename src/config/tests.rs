@@ -646,6 +646,108 @@ fn hooks_and_unknown_names_from_the_file() {
 }
 
 #[test]
+fn a_name_close_to_a_setting_gets_a_did_you_mean() {
+    let f = [
+        ("wokers", RawValue::Int(3)),
+        ("WORKERS", RawValue::Int(3)),
+        ("max_request", RawValue::Int(3)),
+        ("totally_unrelated", RawValue::Int(3)),
+    ];
+    let st = run(&["app:app"], &[], &f).unwrap();
+    assert_eq!(st.workers, 1);
+    let expect = [
+        "gunicorn-cfg.py: `wokers` is not a setting (did you mean `workers`?); ignored",
+        "gunicorn-cfg.py: `WORKERS` is not a setting (did you mean `workers`?); ignored",
+        "gunicorn-cfg.py: `max_request` is not a setting (did you mean `max_requests`?); ignored",
+        "gunicorn-cfg.py: `totally_unrelated` is not a setting; ignored",
+    ];
+    assert_eq!(st.warnings, expect);
+}
+
+#[test]
+fn helper_names_are_not_warned_about_unless_named_like_a_hook() {
+    let f = [
+        ("os", RawValue::Module("os".into())),
+        ("bnd", RawValue::Module("bnd".into())),
+        ("helper", RawValue::Callable(HookRef(0))),
+        ("bind_all", RawValue::Callable(HookRef(1))),
+        ("Thing", RawValue::Class("cfg.Thing".into())),
+        ("_workers", RawValue::Int(3)),
+        ("post_frok", RawValue::Callable(HookRef(2))),
+    ];
+    let st = run(&["app:app"], &[], &f).unwrap();
+    assert_eq!(
+        st.warnings,
+        ["gunicorn-cfg.py: `post_frok` is not a setting (did you mean `post_fork`?); ignored"]
+    );
+}
+
+#[test]
+fn unreadable_file_values_are_errors_naming_the_setting() {
+    let big = RawValue::Unreadable("the integer 100000000000000000000, too large".into());
+    let e = err(&["app:app"], &[], &[("workers", big.clone())]);
+    assert_eq!(
+        e,
+        "gunicorn-cfg.py: setting `workers`: cannot use the integer 100000000000000000000, too large"
+    );
+    // A helper name with such a value is still only a helper.
+    assert!(run(&["app:app"], &[], &[("BIG", big)]).is_ok());
+    let keys = RawValue::Unreadable("a dict with the non-string key 1".into());
+    let e = err(&["app:app"], &[], &[("secure_scheme_headers", keys)]);
+    assert!(
+        e.starts_with("gunicorn-cfg.py: setting `secure_scheme_headers`: cannot use a dict"),
+        "{e}"
+    );
+    let e = err(
+        &["app:app"],
+        &[],
+        &[("worker_class", RawValue::Class("mod.MyWorker".into()))],
+    );
+    assert!(
+        e.starts_with("gunicorn-cfg.py: setting `worker_class`: got the class mod.MyWorker;"),
+        "{e}"
+    );
+    let e = err(
+        &["app:app"],
+        &[],
+        &[("logger_class", RawValue::Class("mod.MyLogger".into()))],
+    );
+    assert!(
+        e.starts_with("gunicorn-cfg.py: rgunicorn does not support `logger_class`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_setting_reaches_the_resolved_settings() {
+    let st = run(&["--timeout", "7", "app:app"], &[], &[]).unwrap();
+    let each: Vec<_> = st.each().collect();
+    assert_eq!(each.len(), table().len());
+    for ((def, _), t) in each.iter().zip(table()) {
+        assert_eq!(def.name, t.name);
+    }
+    let timeout = each.iter().find(|(d, _)| d.name == "timeout");
+    assert!(matches!(timeout, Some((_, SettingValue::Int(7)))));
+}
+
+#[test]
+fn environment_dependent_defaults_are_computed() {
+    // A dynamic default that falls through to `None` would be a
+    // `dynamic_default` arm missing for that setting.
+    let st = run(&["app:app"], &[], &[]).unwrap();
+    for (def, v) in st.each() {
+        if matches!(def.default, DefaultValue::Dynamic(_)) {
+            let may_be_none = matches!(def.name, "chdir" | "user" | "group");
+            assert!(
+                may_be_none || !matches!(v, SettingValue::None),
+                "{} has no computed default",
+                def.name
+            );
+        }
+    }
+}
+
+#[test]
 fn accepted_but_ignored_settings_warn() {
     let st = run(&["--worker-tmp-dir", "/dev/shm", "app:app"], &[], &[]).unwrap();
     assert!(

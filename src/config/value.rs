@@ -6,8 +6,59 @@
 //! `validate_bool`, `validate_string_to_list`, `auto_int`...) so a value
 //! Gunicorn accepts is accepted here, and the error says what was expected.
 
-use super::table::ValueType;
 use super::{HookRef, RawValue};
+
+/// The type of a setting's value, which selects its base validator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueType {
+    /// `True`/`False`, or the strings "true"/"false".
+    Bool,
+    /// Like `Bool`, but `None` (unset) is a distinct value.
+    OptBool,
+    /// A non-negative integer (`validate_pos_int`).
+    PosInt,
+    /// A non-negative integer whose string form may be octal: `0022`,
+    /// `0o22`, `0x12` (Gunicorn's `auto_int`, used for `umask`).
+    OctalInt,
+    /// A string; `None` is refused.
+    Str,
+    /// A string or `None`.
+    OptStr,
+    /// A list of strings; a single string counts as a one-item list.
+    StrList,
+    /// A comma-separated string, kept as a list (`validate_string_to_list`).
+    CommaList,
+    /// A dict of strings to strings.
+    Dict,
+    /// A nested dict of plain data (`logconfig_dict`), kept as JSON text.
+    JsonDict,
+    /// A Python callable (server hooks), only from a config file.
+    Callable,
+    /// A class given by name (`worker_class`, `logger_class`).
+    Class,
+    /// `off`/`v1`/`v2`/`auto`; Gunicorn < 24.1 used a bool.
+    ProxyMode,
+    /// Anything; the setting is accepted and ignored (`ssl_version`).
+    Ignored,
+}
+
+impl ValueType {
+    /// The name shown in `docs/settings.md`.
+    pub fn doc_name(self) -> &'static str {
+        match self {
+            ValueType::Bool | ValueType::OptBool => "bool",
+            ValueType::PosInt => "int",
+            ValueType::OctalInt => "int (octal)",
+            ValueType::Str | ValueType::Class | ValueType::ProxyMode => "string",
+            ValueType::OptStr => "string or None",
+            ValueType::StrList => "list of strings",
+            ValueType::CommaList => "comma-separated list",
+            ValueType::Dict | ValueType::JsonDict => "dict",
+            ValueType::Callable => "callable",
+            ValueType::Ignored => "any",
+        }
+    }
+}
 
 /// A converted setting value.
 #[derive(Clone, Debug)]
@@ -57,7 +108,10 @@ pub(crate) fn raw_repr(v: &RawValue) -> String {
             )
         ),
         RawValue::Callable(_) => "<callable>".into(),
+        RawValue::Class(name) => format!("<class '{name}'>"),
+        RawValue::Module(name) => format!("<module '{name}'>"),
         RawValue::Unknown(t) => format!("<{t} object>"),
+        RawValue::Unreadable(what) => format!("<{what}>"),
     }
 }
 
@@ -230,6 +284,9 @@ fn raw_string(v: &RawValue) -> Result<String, String> {
 
 /// Converts one config-file value, following Gunicorn's validators.
 pub(crate) fn from_raw(ty: ValueType, v: &RawValue) -> Result<Value, String> {
+    if let RawValue::Unreadable(what) = v {
+        return Err(format!("cannot use {what}"));
+    }
     match ty {
         ValueType::Bool | ValueType::OptBool => match v {
             RawValue::None if ty == ValueType::OptBool => Ok(Value::None),
@@ -257,6 +314,10 @@ pub(crate) fn from_raw(ty: ValueType, v: &RawValue) -> Result<Value, String> {
         },
         ValueType::Class => match v {
             RawValue::Str(s) => Ok(Value::Str(s.trim().into())),
+            RawValue::Class(name) => Err(format!(
+                "got the class {name}; custom Python classes are not supported, \
+                 give one of the names listed in the docs"
+            )),
             RawValue::Callable(_) => Err(
                 "custom Python classes are not supported; give one of the names listed in the docs"
                     .into(),
@@ -497,7 +558,10 @@ fn raw_json(v: &RawValue) -> Result<serde_json::Value, String> {
                 .collect::<Result<_, String>>()?,
         ),
         RawValue::Callable(_) => return Err("a callable cannot be passed on".into()),
-        RawValue::Unknown(t) => return Err(format!("a {t} object cannot be passed on")),
+        RawValue::Class(_) | RawValue::Module(_) | RawValue::Unknown(_) => {
+            return Err(format!("{} cannot be passed on", raw_repr(v)))
+        }
+        RawValue::Unreadable(what) => return Err(format!("{what} cannot be passed on")),
     })
 }
 

@@ -58,11 +58,7 @@ pub fn read_config_file(src: &ConfigSource, argv: &[String]) -> Result<FileValue
         let mut out = Vec::new();
         for (k, v) in dict.bind(py).iter() {
             let name: String = k.extract()?;
-            // Modules, classes and other objects are not settings; they are
-            // left out the way Gunicorn ignores them.
-            if let Some(raw) = to_raw(&v) {
-                out.push((name, raw));
-            }
+            out.push((name, to_raw(&v)));
         }
         Ok((out, Some(label)))
     })
@@ -71,44 +67,75 @@ pub fn read_config_file(src: &ConfigSource, argv: &[String]) -> Result<FileValue
 /// Callables (server hooks) are kept alive here; settings refer to them by index.
 static HOOKS: std::sync::Mutex<Vec<Py<PyAny>>> = std::sync::Mutex::new(Vec::new());
 
-fn to_raw(v: &Bound<'_, PyAny>) -> Option<RawValue> {
+/// Every module-level value becomes a [`RawValue`], none is dropped: the
+/// settings decide what a name means (helpers such as imports, functions
+/// and classes are recognised there), and a value that cannot be carried
+/// over is an [`RawValue::Unreadable`] that becomes an error naming the
+/// setting if it is one.
+fn to_raw(v: &Bound<'_, PyAny>) -> RawValue {
     use pyo3::types::{
         PyBool, PyDict, PyFloat, PyInt, PyList, PyModule, PyString, PyTuple, PyType,
     };
+    let repr = |v: &Bound<'_, PyAny>| {
+        v.repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
     if v.is_none() {
-        return Some(RawValue::None);
+        return RawValue::None;
     }
     if let Ok(b) = v.cast::<PyBool>() {
-        return Some(RawValue::Bool(b.is_true()));
+        return RawValue::Bool(b.is_true());
     }
     if v.is_instance_of::<PyInt>() {
-        return v.extract::<i64>().ok().map(RawValue::Int);
+        return match v.extract::<i64>() {
+            Ok(i) => RawValue::Int(i),
+            Err(_) => RawValue::Unreadable(format!("the integer {}, too large", repr(v))),
+        };
     }
     if let Ok(f) = v.cast::<PyFloat>() {
-        return Some(RawValue::Float(f.value()));
+        return RawValue::Float(f.value());
     }
     if let Ok(s) = v.cast::<PyString>() {
-        return s.to_str().ok().map(|s| RawValue::Str(s.to_string()));
+        return match s.to_str() {
+            Ok(s) => RawValue::Str(s.to_string()),
+            Err(_) => RawValue::Unreadable(format!("the string {}, not valid UTF-8", repr(v))),
+        };
     }
     if let Ok(l) = v.cast::<PyList>() {
-        return Some(RawValue::List(
-            l.iter().filter_map(|i| to_raw(&i)).collect(),
-        ));
+        return RawValue::List(l.iter().map(|i| to_raw(&i)).collect());
     }
     if let Ok(t) = v.cast::<PyTuple>() {
-        return Some(RawValue::Tuple(
-            t.iter().filter_map(|i| to_raw(&i)).collect(),
-        ));
+        return RawValue::Tuple(t.iter().map(|i| to_raw(&i)).collect());
     }
     if let Ok(d) = v.cast::<PyDict>() {
-        let items = d
-            .iter()
-            .filter_map(|(k, v)| Some((k.extract::<String>().ok()?, to_raw(&v)?)))
-            .collect();
-        return Some(RawValue::Dict(items));
+        let mut items = Vec::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            match k.extract::<String>() {
+                Ok(k) => items.push((k, to_raw(&v))),
+                Err(_) => {
+                    return RawValue::Unreadable(format!(
+                        "a dict with the non-string key {}",
+                        repr(&k)
+                    ))
+                }
+            }
+        }
+        return RawValue::Dict(items);
     }
-    if v.is_instance_of::<PyModule>() || v.is_instance_of::<PyType>() {
-        return None;
+    if let Ok(m) = v.cast::<PyModule>() {
+        return RawValue::Module(m.name().map(|n| n.to_string()).unwrap_or_default());
+    }
+    if let Ok(t) = v.cast::<PyType>() {
+        let module = t.module().map(|m| m.to_string()).unwrap_or_default();
+        let name = t.qualname().map(|n| n.to_string()).unwrap_or_default();
+        // The config file's own classes live in `__config__`; say `MyWorker`.
+        let own = module.is_empty() || module == "builtins" || module.starts_with("__");
+        return RawValue::Class(if own {
+            name
+        } else {
+            format!("{module}.{name}")
+        });
     }
     if !v.is_callable() {
         let ty = v
@@ -116,9 +143,9 @@ fn to_raw(v: &Bound<'_, PyAny>) -> Option<RawValue> {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "?".into());
-        return Some(RawValue::Unknown(ty));
+        return RawValue::Unknown(ty);
     }
     let mut hooks = HOOKS.lock().unwrap_or_else(|p| p.into_inner());
     hooks.push(v.clone().unbind());
-    Some(RawValue::Callable(config::HookRef(hooks.len() - 1)))
+    RawValue::Callable(config::HookRef(hooks.len() - 1))
 }
