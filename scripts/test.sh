@@ -9,6 +9,19 @@
 #   RG_TEST_SERVER=gunicorn   run the integration tests against gunicorn
 #                             (same command line) instead of rgunicorn
 #   RG_TEST_TIMEOUT=SECONDS   per-test timeout (default 120)
+#   RG_SKIP_TIERS=T1,T2       leave out these tiers, on purpose. A tier is a
+#                             part of the suite that needs root, a system tool
+#                             or the network (tests/conftest.py, TIERS):
+#                               nspawn           real systemd in systemd-nspawn
+#                               podman           the container image, rootful podman
+#                               nginx            a real nginx in front
+#                               socket-activate  systemd-socket-activate
+#                               systemd-analyze  systemd-analyze verify of the units
+#                               unshare          root + unshare/nsenter (PID 1,
+#                                                journald, dropping privileges)
+#                               ipv6             IPv6 loopback listeners
+#                             Without it every tier runs, and a tier that cannot
+#                             run here FAILS the run, naming the reason.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,6 +72,9 @@ fi
 echo "-- pytest took $((SECONDS - t0)) s"
 
 section "result"
+if [ -n "${RG_SKIP_TIERS:-}" ]; then
+    echo "tiers left out on purpose (RG_SKIP_TIERS): $RG_SKIP_TIERS"
+fi
 if [ "${#failed[@]}" -gt 0 ]; then
     printf 'FAILED step: %s\n' "${failed[@]}"
     exit 1

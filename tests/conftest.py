@@ -22,16 +22,19 @@ fixed sleep.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import requests
@@ -54,6 +57,104 @@ SERVER_BIN = GUNICORN_BIN if IS_GUNICORN else RGUNICORN_BIN
 #: Mark a test whose expectation only rgunicorn meets (or that inspects the
 #: rgunicorn binary itself): skipped when running against gunicorn.
 rgunicorn_only = pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn-only expectation")
+
+
+# --------------------------------------------------------------------------
+# tiers: the parts of the suite that need root, a system tool or the network
+# --------------------------------------------------------------------------
+#
+# On the machine the suite is made for (Debian, as root, scripts/setup.sh
+# run), every tier runs. A tier that cannot run FAILS its tests and says why:
+# a skipped tier would let the run pass with the feature untested. The test
+# command may leave tiers out on purpose, and only by naming them:
+#
+#     RG_SKIP_TIERS=nspawn,podman bash scripts/test.sh
+#
+# A test belongs to a tier by ``@pytest.mark.tier("name")`` (or a module's
+# pytestmark); its fixtures call ``tier_missing(name, reason)`` for what only
+# they can find out (no network to build a root filesystem, ...).
+
+#: tier -> what it covers (scripts/test.sh lists the same names).
+TIERS = {
+    "nspawn": "tests/test_systemd_nspawn.py: a real systemd booted with systemd-nspawn "
+              "(root, systemd-container, debootstrap and the network once)",
+    "podman": "tests/test_docker.py: the image run by rootful podman "
+              "(root, podman, runc, netavark, debootstrap and the network once)",
+    "nginx": "tests/test_proxy.py: a real nginx in front (nginx, openssl)",
+    "socket-activate": "tests/test_systemd.py: socket activation by systemd-socket-activate",
+    "systemd-analyze": "tests/test_systemd.py: `systemd-analyze verify` of contrib/systemd",
+    "unshare": "root with unshare and nsenter: rgunicorn as PID 1 (tests/test_container.py), "
+               "journald in a private mount namespace, workers dropping privileges",
+    "ipv6": "an IPv6 loopback (::1) for the IPv6 listeners",
+}
+
+SKIP_TIERS = {t.strip() for t in os.environ.get("RG_SKIP_TIERS", "").split(",") if t.strip()}
+if SKIP_TIERS - TIERS.keys():
+    raise RuntimeError(f"RG_SKIP_TIERS: unknown tier(s) {sorted(SKIP_TIERS - TIERS.keys())}; "
+                       f"the tiers are {', '.join(TIERS)}")
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _tools_missing(*tools: str) -> list[str]:
+    return [t for t in tools if not (shutil.which(t) or os.access(f"/usr/sbin/{t}", os.X_OK))]
+
+
+def tier_missing(tier: str, reason: str) -> NoReturn:
+    """The tier ``tier`` cannot run here: skip when the test command said
+    to (RG_SKIP_TIERS), else fail, naming the reason."""
+    assert tier in TIERS, tier
+    if tier in SKIP_TIERS:
+        pytest.skip(f"tier {tier!r} left out by RG_SKIP_TIERS ({reason})")
+    pytest.fail(f"tier {tier!r} cannot run on this machine: {reason}\n"
+                f"  ({TIERS[tier]})\n"
+                f"  scripts/setup.sh installs what the tiers need; to leave this tier out on "
+                f"purpose, run with RG_SKIP_TIERS={tier}", pytrace=False)
+
+
+def tier_available(tier: str, ok: bool, reason: str) -> bool:
+    """For a test that has a part in another tier: True when that part can
+    run; False when it cannot and RG_SKIP_TIERS names the tier (the test goes
+    on without it); otherwise the test fails, naming the reason."""
+    if ok:
+        return True
+    if tier in SKIP_TIERS:
+        return False
+    tier_missing(tier, reason)
+
+
+def _tier_precondition(tier: str) -> str | None:
+    """Why ``tier`` cannot run here (checked before each of its tests), or None."""
+    need_root = {"nspawn", "podman", "unshare"}
+    tools = {"nspawn": ("systemd-nspawn", "debootstrap"),
+             "podman": (),  # the podman fixture installs its tools if they are missing
+             "nginx": ("nginx", "openssl"),
+             "socket-activate": ("systemd-socket-activate",),
+             "systemd-analyze": ("systemd-analyze",),
+             "unshare": ("unshare", "nsenter"),
+             "ipv6": ()}[tier]
+    if tier in need_root and not _is_root():
+        return "needs root (the suite runs as root on its machines)"
+    missing = _tools_missing(*tools)
+    if missing:
+        return f"{', '.join(missing)} not installed"
+    return None
+
+
+def pytest_runtest_setup(item):
+    """Tier markers: skip the tiers RG_SKIP_TIERS names, fail those that
+    cannot run. (Runs after the skip marks, so the gunicorn-only skips win.)"""
+    for mark in item.iter_markers("tier"):
+        (tier,) = mark.args
+        if tier not in TIERS:
+            raise RuntimeError(f"{item.nodeid}: unknown tier {tier!r}")
+        if tier in SKIP_TIERS:
+            pytest.skip(f"tier {tier!r} left out by RG_SKIP_TIERS")
+        why = _tier_precondition(tier)
+        if why:
+            tier_missing(tier, why)
 
 
 def gunicorn_xfail(reason: str):
@@ -215,6 +316,45 @@ def server_env(extra: dict | None = None) -> dict:
         else:
             env[k] = str(v)
     return env
+
+
+_LINKED_PYTHON_PROBE = r"""
+import json, os, sys
+libs = sorted({line.split()[-1] for line in open("/proc/self/maps") if "/libpython" in line})
+exe = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+with open(os.environ["RG_LINKED_PYTHON_OUT"], "w") as f:
+    json.dump({"base_prefix": os.path.realpath(sys.base_prefix), "libpython": libs,
+               "executable": exe, "version": "%d.%d" % sys.version_info[:2]}, f)
+"""
+
+
+def linked_python() -> dict:
+    """The CPython the built rgunicorn embeds, asked of the binary itself (not
+    of this machine's layout): it evaluates a config file that reports
+    ``base_prefix`` (the installation's root, real path), ``libpython`` (the
+    libpython files mapped into the process: what the loader found by the
+    binary's rpath), ``executable`` (that installation's python3.X) and
+    ``version``. Cached; fails the test when the binary cannot say."""
+    global _linked_python
+    if _linked_python is None:
+        if not RGUNICORN_BIN.exists():
+            pytest.fail(f"{RGUNICORN_BIN} does not exist: run scripts/test.sh (or cargo build --release)")
+        with tempfile.TemporaryDirectory() as d:
+            probe, out = Path(d) / "probe.py", Path(d) / "out.json"
+            probe.write_text(_LINKED_PYTHON_PROBE)
+            # No VIRTUAL_ENV: the interpreter the binary was built against.
+            env = server_env({"VIRTUAL_ENV": None, "RG_LINKED_PYTHON_OUT": out})
+            r = subprocess.run([str(RGUNICORN_BIN), "--config", str(probe), "--check-config",
+                                "rg_no_such_module:app"], cwd=d, env=env, capture_output=True,
+                               text=True, timeout=60)
+            if not out.exists():
+                pytest.fail(f"{RGUNICORN_BIN} did not evaluate {probe} (exit {r.returncode}):\n"
+                            f"{r.stdout}{r.stderr}")
+            _linked_python = json.loads(out.read_text())
+    return _linked_python
+
+
+_linked_python: dict | None = None
 
 
 def _parse_bind(value: str):
@@ -484,10 +624,14 @@ def say(capsys):
 
 def pytest_report_header(config):
     return [f"server under test: {SERVER_KIND} ({SERVER_BIN})",
+            "tiers left out (RG_SKIP_TIERS): " + (", ".join(sorted(SKIP_TIERS)) or "none"),
             f"python: {sys.version.split()[0]} ({sys.executable})"]
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "tier(name): the test needs that tier (root, a tool, the network): it fails "
+                   "when the tier cannot run, unless RG_SKIP_TIERS names it (see TIERS)")
     config.addinivalue_line(
         "markers", "nspawn: end-to-end under a real systemd in a systemd-nspawn container "
                    "(tests/test_systemd_nspawn.py; deselect with -m 'not nspawn')")

@@ -29,8 +29,9 @@ from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, ch
 
 pytestmark = [
     pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn-only: PID-1 and rgunicornctl behaviour"),
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
-                       reason="needs root with unshare and nsenter (util-linux)"),
+    # root with unshare and nsenter (util-linux): fails without, unless
+    # RG_SKIP_TIERS=unshare
+    pytest.mark.tier("unshare"),
 ]
 
 APP = "container_app:app"
@@ -139,20 +140,6 @@ class Fetch(threading.Thread):
             self.error = e
 
 
-def _health_implemented() -> bool:
-    """rgunicornctl's health command exits 0 or 1, never 2 (issue 4); the
-    placeholder client that predates it exits 2 for everything."""
-    with tempfile.TemporaryDirectory(dir="/tmp") as d:
-        env = dict(os.environ, XDG_RUNTIME_DIR=d)
-        r = subprocess.run([str(RGUNICORNCTL_BIN), "health"], env=env, capture_output=True, timeout=10)
-        return r.returncode != 2
-
-
-needs_health = pytest.mark.skipif(
-    not RGUNICORNCTL_BIN.exists() or not _health_implemented(),
-    reason="`rgunicornctl health` is not implemented in this build yet (control socket, issue 4)")
-
-
 # --------------------------------------------------------------------------
 
 def test_pid1_workers_stay_and_serve(pid1):
@@ -222,7 +209,6 @@ def test_pid1_logs_unbuffered(pid1):
     assert srv.proc.poll() is None
 
 
-@needs_health
 def test_pid1_health_booting_ready_draining(pid1, say):
     """``rgunicornctl health`` inside the namespace: 1 while the workers
     boot, 0 once one is ready, 1 as soon as SIGTERM starts the drain; every

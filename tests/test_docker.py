@@ -12,10 +12,14 @@ No registry is reachable, so:
   tests/docker/base-image.sh (debootstrap + Debian's python3) and cached;
 * the Dockerfile's build stage (rust image, PyPI) is replaced by
   tests/docker/build-stage.Containerfile, which brings the host-built binaries
-  and a venv made by the host's CPython; the runtime stage is taken verbatim
-  from contrib/docker/Dockerfile;
-* the host's CPython (whose libpython the binaries link, by rpath) is mounted
-  read-only at its own path, at build and at run time.
+  and a venv made by the CPython they embed; the runtime stage is taken
+  verbatim from contrib/docker/Dockerfile;
+* that CPython (whose libpython the binaries link, by rpath) is mounted
+  read-only at its own path, at build and at run time. Where it lives is asked
+  of the built binary (conftest.linked_python), not assumed.
+
+The podman part is the ``podman`` tier: when it cannot run here it fails with
+the reason, unless ``RG_SKIP_TIERS=podman`` leaves it out.
 
 The image and the containers are made once per module; every connection is to
 a port published on 127.0.0.1.
@@ -39,7 +43,7 @@ import pytest
 import requests
 
 from conftest import (IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, ROOT, TESTS_DIR, VENV, free_port,
-                      wait_until)
+                      linked_python, tier_missing, wait_until)
 
 DOCKER_DIR = ROOT / "contrib" / "docker"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
@@ -47,8 +51,6 @@ K8S_DIR = ROOT / "contrib" / "kubernetes"
 CACHE = ROOT / "target" / "docker"
 BASE_IMAGE = "localhost/python:3.11-slim-bookworm"
 IMAGE = "localhost/rgunicorn-test:latest"
-HOST_PYTHON_HOME = Path("/root/.pyenv/versions/3.11.7")
-PYENV_MOUNT = f"{HOST_PYTHON_HOME}:{HOST_PYTHON_HOME}:ro"
 # The adjustments podman needs on these machines.
 RUN_ADJUST = ["--runtime", "runc", "--ulimit", "nofile=10000:10000", "--ulimit", "nproc=32768:32768"]
 HEALTH_START_PERIOD = 3  # seconds; see test_health_starting_healthy_unhealthy
@@ -93,7 +95,7 @@ def test_dockerfile_shape():
 
 
 def test_kubernetes_manifest():
-    yaml = pytest.importorskip("yaml")
+    import yaml  # PyYAML: tests/requirements.txt
     docs = [d for d in yaml.safe_load_all((K8S_DIR / "deployment.yaml").read_text()) if d]
     kinds = {d["kind"]: d for d in docs}
     assert {"Deployment", "Service"} <= set(kinds), kinds.keys()
@@ -145,10 +147,11 @@ def _tools_missing() -> list[str]:
 
 @pytest.fixture(scope="module")
 def podman():
+    """-> the host CPython to mount into the containers (see python_mount)."""
     if IS_GUNICORN:
         pytest.skip("rgunicorn-only: the image runs rgunicorn")
     if os.geteuid() != 0:
-        pytest.skip("the podman tests run rootful podman (needs root)")
+        tier_missing("podman", "the podman tests run rootful podman (needs root)")
     if _tools_missing():  # scripts/setup.sh installs them; try once if it was not run
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], env=env, stdin=subprocess.DEVNULL,
@@ -157,9 +160,32 @@ def podman():
                         "netavark", "aardvark-dns", "iptables", "debootstrap"],
                        env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
     if _tools_missing():
-        pytest.skip(f"{', '.join(_tools_missing())} not installed and apt-get could not install them")
-    if not HOST_PYTHON_HOME.is_dir():
-        pytest.skip(f"{HOST_PYTHON_HOME} (the CPython the binaries link) is not on this machine")
+        tier_missing("podman", f"{', '.join(_tools_missing())} not installed and apt-get could not "
+                               "install them")
+    return python_mount()
+
+
+def python_mount() -> tuple[str, str]:
+    """(the CPython installation the built binaries embed, its python3.X).
+
+    The binaries find libpython by their rpath, so the installation is
+    mounted at its own path. A libpython outside that installation (a
+    system Python's /usr/lib/...) cannot be mounted without hiding the
+    image's own /usr: the tier cannot run with such a build."""
+    py = linked_python()
+    home = py["base_prefix"]
+    libs = [os.path.realpath(p) for p in py["libpython"]]
+    if not libs:
+        tier_missing("podman", f"{RGUNICORN_BIN} maps no shared libpython (statically linked?); "
+                               f"the test image mounts the host's: {py}")
+    outside = [p for p in libs if not p.startswith(home.rstrip("/") + "/")]
+    if outside or home in ("/usr", "/"):
+        tier_missing("podman", f"the binaries link {libs}, from the installation at {home}, which "
+                               "cannot be mounted into the image without hiding its own files; "
+                               "build with a CPython installed in its own prefix (pyenv, /opt/...)")
+    if not os.access(py["executable"], os.X_OK):
+        pytest.fail(f"{py['executable']} (the interpreter of {home}) is not executable: {py}")
+    return home, py["executable"]
 
 
 def _wheels() -> Path:
@@ -173,7 +199,8 @@ def _wheels() -> Path:
         shutil.rmtree(wheels, ignore_errors=True)
         wheels.mkdir(parents=True)
         _run([str(VENV / "bin" / "pip"), "download", "-q", "--disable-pip-version-check",
-              "--only-binary=:all:", "-d", str(wheels), "-r", str(req)], timeout=300)
+              "--only-binary=:all:", "--python-version", linked_python()["version"],
+              "-d", str(wheels), "-r", str(req)], timeout=300)
         stamp.write_text(want)
     return wheels
 
@@ -205,7 +232,9 @@ def image(podman, tmp_path_factory):
         r = _run(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE], check=False)
         return r.stdout.strip() if r.returncode == 0 else None
     previous = image_id()
-    _run(["podman", "build", "--format", "docker", *RUN_ADJUST, "-v", PYENV_MOUNT,
+    home, python = podman
+    _run(["podman", "build", "--format", "docker", *RUN_ADJUST, "-v", f"{home}:{home}:ro",
+          "--build-arg", f"HOST_PYTHON={python}",
           "-t", IMAGE, "-f", str(ctx / "Containerfile"), str(ctx)], timeout=600)
     if previous and previous != image_id():  # the last run's image, now untagged
         _run(["podman", "rmi", previous], check=False)
@@ -222,8 +251,9 @@ class Container:
         self.name = f"rg-test-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        home, _ = python_mount()
         _run(["podman", "run", "-d", "--name", self.name, *RUN_ADJUST,
-              "-p", f"127.0.0.1:{self.port}:8000", "-v", PYENV_MOUNT, *args,
+              "-p", f"127.0.0.1:{self.port}:8000", "-v", f"{home}:{home}:ro", *args,
               image, *(cmd or [])], timeout=60)
 
     def inspect(self, fmt: str) -> str:
@@ -343,17 +373,6 @@ def test_podman_stop_finishes_inflight_request_exit_0(container, say):
     assert '"GET /sleep?s=2 HTTP/1.1" 200' in out, out
 
 
-def _health_implemented() -> bool:
-    import tempfile
-    with tempfile.TemporaryDirectory(dir="/tmp") as d:
-        r = subprocess.run([str(RGUNICORNCTL_BIN), "health"], env=dict(os.environ, XDG_RUNTIME_DIR=d),
-                           capture_output=True, timeout=10)
-        return r.returncode != 2
-
-
-@pytest.mark.skipif(not RGUNICORNCTL_BIN.exists() or not _health_implemented(),
-                    reason="`rgunicornctl health` is not implemented in this build yet "
-                           "(control socket, issue 4)")
 def test_health_starting_healthy_unhealthy(container, say):
     """starting -> healthy -> unhealthy once the app is broken.
 

@@ -925,7 +925,7 @@ exec "$@"
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+@pytest.mark.tier("unshare")  # root (and unshare): fails without, unless RG_SKIP_TIERS=unshare
 def test_workers_drop_privileges_listeners_bound_before(spawned, appdir, load, figures):
     import grp
     import pwd

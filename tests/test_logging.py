@@ -5,17 +5,21 @@ metrics, the process title (-n/--name), and logconfig_dict / logconfig_json
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
 import re
+import select
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 import requests
 
-from conftest import IS_GUNICORN, gunicorn_xfail, wait_until
+from conftest import IS_GUNICORN, gunicorn_xfail, tier_available, wait_until
 
 APP = "log_app:app"
 
@@ -204,11 +208,96 @@ def test_statsd_metrics(server, udp):
     d.wait_for(lambda b: b == b"myapp.gunicorn.log.exception:1|c|@1.0" + tags)
 
 
-def test_statsd_off_sends_nothing(server, udp):
-    server(app=APP).get("/")
-    udp.settimeout(0.5)
-    with pytest.raises(socket.timeout):
-        udp.recv(100)
+#: Where a server sends its metrics when ``statsd_host`` names a host and no
+#: port (Gunicorn's default port; rgunicorn's too).
+STATSD_DEFAULT_PORT = 8125
+
+
+@pytest.fixture
+def statsd_default_port():
+    """UDP sockets on 127.0.0.1 and [::1], port 8125: every address a server
+    would send to with ``statsd_host = "localhost"``. The port is fixed, so it
+    is bound exclusively; when another test run holds it, wait (bounded)."""
+    addrs = [(socket.AF_INET, "127.0.0.1")]
+    if tier_available("ipv6", _can_bind_v6(), "cannot bind [::1]: no IPv6 loopback"):
+        addrs.append((socket.AF_INET6, "::1"))
+    deadline = time.monotonic() + 60
+    while True:
+        socks, busy = [], None
+        for family, host in addrs:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                s.bind((host, STATSD_DEFAULT_PORT))
+            except OSError as e:
+                s.close()
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                busy = f"[{host}]:{STATSD_DEFAULT_PORT}"
+                break
+            socks.append(s)
+        if busy is None:
+            break
+        for s in socks:  # all or nothing: two runs never hold half each
+            s.close()
+        if time.monotonic() > deadline:
+            pytest.fail(f"{busy} stayed in use for 60 s (`ss -lunp` shows by whom)")
+        time.sleep(0.2 + random.random() / 2)
+    yield socks
+    for s in socks:
+        s.close()
+
+
+def _can_bind_v6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _received(socks, quiet: float = 1.0) -> list[bytes]:
+    """Every datagram waiting on ``socks``, and any arriving until ``quiet``
+    seconds pass without one (bounded at 30 s)."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select(socks, [], [], quiet)
+        if not ready:
+            break
+        for s in ready:
+            got.append(s.recv(65536))
+    return got
+
+
+def test_statsd_off_sends_nothing(server, statsd_default_port):
+    """StatsD is on only when ``statsd_host`` is set, as in Gunicorn (None:
+    off): the other statsd settings alone send nothing.
+
+    The listener is where such a server would send (statsd_host "localhost",
+    port 8125 by default), and the test proves it listens in the right place:
+    the same command line with ``--statsd-host localhost`` added sends its
+    metrics there. Both servers are stopped before the datagrams are counted,
+    so everything they sent is already in the sockets' queues."""
+    prefix = f"rgtest{uuid.uuid4().hex[:12]}"  # this test's datagrams only
+    base = ["-w", "2", "--statsd-prefix", prefix, "--dogstatsd-tags", "env:off"]
+
+    def run_server(*extra) -> list[bytes]:
+        s = server(*base, *extra, app=APP)
+        s.wait_for_workers(2)
+        assert s.get("/").status_code == 200
+        assert s.get("/missing").status_code == 404
+        assert s.get("/boom").status_code == 500
+        assert s.stop() == 0, s.log()
+        return [d for d in _received(statsd_default_port) if d.startswith(prefix.encode() + b".")]
+
+    assert run_server() == []
+    # Positive control: statsd on, nothing else changed.
+    sent = run_server("--statsd-host", "localhost")
+    tags = b"|#env:off"
+    for want in (b"gunicorn.workers:2|g", b"gunicorn.requests:1|c|@1.0",
+                 b"gunicorn.request.status.404:1|c|@1.0", b"gunicorn.log.exception:1|c|@1.0"):
+        assert prefix.encode() + b"." + want + tags in sent, sent
 
 
 # --------------------------------------------------------------------------

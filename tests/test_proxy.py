@@ -162,7 +162,7 @@ def test_proxy_protocol_from_peer_not_allowed_is_403(server):
 
 # -- a real nginx in front ------------------------------------------------------
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def nginx_conf(tmp: Path, tcp_port: int, unix_path: str, ports: dict, cert) -> str:
@@ -218,21 +218,20 @@ http {{
 
 @pytest.fixture
 def nginx(tmp_path):
-    if NGINX is None:
-        pytest.skip("nginx is not installed (scripts/setup.sh installs it)")
+    """Start nginx in front: ``nginx(tcp_port, unix_path) -> (ports, tls)``.
+    The ``nginx`` tier: it fails where nginx or openssl is missing, unless
+    RG_SKIP_TIERS=nginx."""
     procs = []
 
     def start(tcp_port: int, unix_path: str):
         ndir = tmp_path / "nginx"
         ndir.mkdir()
-        cert = None
-        if shutil.which("openssl"):
-            c, k = ndir / "cert.pem", ndir / "key.pem"
-            r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                                "-subj", "/CN=example.test", "-keyout", str(k), "-out", str(c)],
-                               capture_output=True, timeout=60)
-            if r.returncode == 0:
-                cert = (c, k)
+        c, k = ndir / "cert.pem", ndir / "key.pem"
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-subj", "/CN=example.test", "-keyout", str(k), "-out", str(c)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"openssl could not make the test certificate:\n{r.stderr}"
+        cert = (c, k)
         ports = {"tcp": free_port(), "unix": free_port(), "tls": free_port()}
         conf = ndir / "nginx.conf"
         conf.write_text(nginx_conf(ndir, tcp_port, unix_path, ports, cert))
@@ -258,6 +257,7 @@ def nginx(tmp_path):
             p.kill()
 
 
+@pytest.mark.tier("nginx")
 def test_behind_nginx_tcp_and_unix_upstreams(server, nginx, tmp_path):
     port = free_port()
     sock = str(tmp_path / "app.sock")
@@ -283,11 +283,11 @@ def test_behind_nginx_tcp_and_unix_upstreams(server, nginx, tmp_path):
     assert env["HTTP_HOST"] == "example.test"
     assert env["wsgi.url_scheme"] == "http"
 
-    if tls:
-        # nginx terminates TLS: X-Forwarded-Proto https gives wsgi.url_scheme https.
-        env = requests.get(f"https://127.0.0.1:{ports['tls']}/environ", headers=hdrs,
-                           timeout=10, verify=False).json()
-        assert env["HTTP_X_FORWARDED_PROTO"] == "https"
-        assert env["wsgi.url_scheme"] == "https"
-        assert env["HTTP_HOST"] == "example.test"
+    # nginx terminates TLS: X-Forwarded-Proto https gives wsgi.url_scheme https.
+    assert tls
+    env = requests.get(f"https://127.0.0.1:{ports['tls']}/environ", headers=hdrs,
+                       timeout=10, verify=False).json()
+    assert env["HTTP_X_FORWARDED_PROTO"] == "https"
+    assert env["wsgi.url_scheme"] == "https"
+    assert env["HTTP_HOST"] == "example.test"
     assert s.running()

@@ -7,8 +7,10 @@ shares the host's network namespace). The tests drive it with
 ``nsenter -t <container pid 1> -a systemctl ...`` and talk HTTP from the host.
 
 The root filesystem is built once (debootstrap, ~90 s, needs the network) and
-cached under target/nspawn/; without it every test here is skipped with the
-reason. Marked ``nspawn``: ``pytest -m "not nspawn"`` leaves them out.
+cached under target/nspawn/. The tier is ``nspawn``: when it cannot run here
+(not root, no systemd-nspawn, no root filesystem, the container does not
+boot) every test fails with the reason, unless ``RG_SKIP_TIERS=nspawn``
+leaves the tier out (``pytest -m "not nspawn"`` deselects it too).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, free_port, wait_until
-from systemd_nspawn.container import Container, Unavailable, _python_home
+from conftest import (APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, free_port, linked_python, tier_missing,
+                      wait_until)
+from systemd_nspawn.container import Container, Unavailable
 
 pytestmark = [
     pytest.mark.nspawn,
     pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn-only: systemd protocol"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="systemd-nspawn needs root"),
+    pytest.mark.tier("nspawn"),
     # The first test may build the root filesystem (once, ~2 minutes).
     pytest.mark.timeout(900),
 ]
@@ -84,15 +87,22 @@ class Load:
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     if not SERVER_BIN.exists():
-        pytest.skip(f"{SERVER_BIN} not built")
+        pytest.fail(f"{SERVER_BIN} does not exist: run scripts/test.sh (or cargo build --release)")
     work = tmp_path_factory.mktemp("nspawn")
-    pyhome = _python_home()
+    # The CPython the binary embeds (asked of the binary), bound at its own
+    # path: the binary finds its libpython there by rpath.
+    py = linked_python()
+    pyhome = py["base_prefix"]
+    if pyhome in ("/usr", "/") or not all(os.path.realpath(p).startswith(pyhome + "/")
+                                          for p in py["libpython"]):
+        tier_missing("nspawn", f"the binary links {py['libpython']} (installation {pyhome}), which "
+                               "cannot be bound into the container without hiding its own files")
     binds = [str(SERVER_BIN.parent), str(APPS_DIR), pyhome]
     c = Container(work, binds)
     try:
         rootfs = c.build_rootfs()
     except (Unavailable, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"no container root filesystem: {e}")
+        tier_missing("nspawn", f"no container root filesystem: {e}")
     # The binary links the host's libpython: the path must be traversable by
     # the service's user (www-data) inside the container too.
     for p in Path(pyhome).parents:
@@ -150,7 +160,7 @@ ListenStream=127.0.0.1:{sock_port}
         c.boot()
     except Unavailable as e:
         c.shutdown()
-        pytest.skip(f"container did not boot: {e}")
+        tier_missing("nspawn", f"the container did not boot: {e}")
     try:
         yield c
     finally:

@@ -41,9 +41,9 @@ if [ ! -s "$TARBALL" ]; then
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
            "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
     # One difference from python:3.11-slim, for the tests only: /root is
-    # 0755, so that the host's CPython, mounted at its own path under
-    # /root/.pyenv (where the host-built binaries look for libpython), is
-    # reachable by the image's unprivileged user.
+    # 0755, so that the host's CPython, mounted at its own path (under /root
+    # when it is a pyenv one, where the host-built binaries look for
+    # libpython), is reachable by the image's unprivileged user.
     chmod 0755 "$rootfs/root"
     tar -C "$rootfs" --numeric-owner -czf "$TARBALL.tmp" .
     mv "$TARBALL.tmp" "$TARBALL"

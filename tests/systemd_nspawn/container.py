@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,12 +25,6 @@ ROOT = HERE.parent.parent
 
 class Unavailable(Exception):
     """The container cannot be had here (no network for debootstrap, ...)."""
-
-
-def _python_home() -> str:
-    """The installation the binary links: the base prefix of the test venv's
-    interpreter (e.g. /root/.pyenv/versions/3.11.7)."""
-    return os.path.realpath(sys.base_prefix)
 
 
 class Container:

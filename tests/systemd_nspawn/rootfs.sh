@@ -7,7 +7,8 @@
 #
 # Needs root and the Debian mirror this machine's apt uses (read from its
 # apt sources, so no host is named here). Exit 2 (with the reason on stderr)
-# when the rootfs cannot be built, e.g. without network: the tests skip.
+# when the rootfs cannot be built, e.g. without network: the nspawn tier
+# fails with that reason (unless RG_SKIP_TIERS=nspawn).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
