@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, SERVER_KIND, Server,
-                      children_of, descendants_of, free_port, gunicorn_xfail, pid_alive,
+                      children_of, descendants_of, free_port, gunicorn_xfail, linked_python, pid_alive,
                       proc_stat, server_env, session_members, wait_until)
 
 APP = "life_app:app"
@@ -909,20 +909,31 @@ def test_workers_exit_when_master_is_sigkilled(server, appdir, figures):
 # 9. Privileges
 # ==========================================================================
 
-# Python lives under /root (mode 700) on these machines; so that workers
-# running as nobody can read it, the server runs in a private mount namespace
-# where /root is a world-readable tmpfs holding only a bind mount of
-# /root/.pyenv. Nothing outside the test's namespace changes.
-_ROOT_PREFIX = r"""
+# The CPython the binary embeds may live where `nobody` cannot reach it
+# (pyenv under /root, mode 700, on these machines). So that workers running
+# as nobody can read it, the server then runs in a private mount namespace
+# where the first unreachable directory above it is a world-readable tmpfs
+# holding only a bind mount of that Python. Nothing outside the test's
+# namespace changes.
+_REVEAL_PYTHON = r"""
 set -e
+py="$1"; block="$2"; shift 2
 hold=$(mktemp -d)
-mount --bind /root/.pyenv "$hold"
-mount -t tmpfs -o mode=755 tmpfs /root
-mkdir /root/.pyenv
-mount --bind "$hold" /root/.pyenv
+mount --bind "$py" "$hold"
+mount -t tmpfs -o mode=755 tmpfs "$block"
+mkdir -p "$py"
+mount --bind "$hold" "$py"
 umount -l "$hold"
 exec "$@"
 """
+
+
+def _unreachable_ancestor(path: Path) -> Path | None:
+    """The top-most directory above ``path`` that others may not enter."""
+    for d in reversed(path.parents):
+        if d != Path("/") and not os.stat(d).st_mode & 0o001:
+            return d
+    return None
 
 
 @pytest.mark.tier("unshare")  # root (and unshare): fails without, unless RG_SKIP_TIERS=unshare
@@ -932,9 +943,12 @@ def test_workers_drop_privileges_listeners_bound_before(spawned, appdir, load, f
     nobody, nogroup = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
     port = free_port()
     sock_path = appdir.path / "app.sock"
-    prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c", _ROOT_PREFIX, "sh"]
-    if not Path("/root/.pyenv").is_dir():
-        prefix = []
+    py = Path(linked_python()["base_prefix"])
+    block = _unreachable_ancestor(py)
+    prefix = []
+    if block is not None:
+        prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c", _REVEAL_PYTHON, "sh",
+                  str(py), str(block)]
     srv = spawned.start(prefix, ["-w", "2", "--user", "nobody", "--group", "nogroup",
                                  "--umask", "0o007", "--bind", f"unix:{sock_path}"],
                         appdir, port, env={"LIFE_BOOT_DELAY": "0"})
