@@ -1,5 +1,6 @@
-//! HTTP/1.1 request parsing for the workers: the request head, the body's
-//! framing, and the chunked transfer coding.
+//! HTTP/1.1 for the workers: request parsing (the request head, the body's
+//! framing, and the chunked transfer coding), and in [`response`] the
+//! response side (framing, head encoding, error responses).
 //!
 //! This is the part of rgunicorn that stands where Gunicorn's `gunicorn/http/`
 //! stands, and it keeps Gunicorn's limits (`--limit-request-line`,
@@ -30,6 +31,7 @@ mod chunked;
 mod error;
 pub mod proxy;
 mod request;
+pub mod response;
 
 pub use chunked::{ChunkedDecoder, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS};
 pub use error::ParseError;
