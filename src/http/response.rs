@@ -45,8 +45,9 @@ impl Version {
 /// The interim response to `Expect: 100-continue` (RFC 9110 §10.1.1).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// The `Server` header's value.
-pub const SERVER: &str = "rgunicorn";
+/// What follows the status line up to the date (our `Server` header), in
+/// one piece.
+const SERVER_AND_DATE: &[u8] = b"\r\nServer: rgunicorn\r\nDate: ";
 
 /// What the request says about its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,12 +299,12 @@ pub fn encode_head(
     date: &[u8],
 ) {
     out.reserve(256);
-    out.extend_from_slice(ex.version.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(match ex.version {
+        Version::Http10 => b"HTTP/1.0 ",
+        Version::Http11 => b"HTTP/1.1 ",
+    });
     put_latin1(out, &head.status);
-    out.extend_from_slice(b"\r\nServer: ");
-    out.extend_from_slice(SERVER.as_bytes());
-    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(SERVER_AND_DATE);
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\n");
     if !keep_alive {
@@ -561,9 +562,7 @@ pub fn error_dated(status: u16, reason: &str, message: &str, date: &[u8]) -> Vec
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
     put_latin1(&mut out, reason);
-    out.extend_from_slice(b"\r\nServer: ");
-    out.extend_from_slice(SERVER.as_bytes());
-    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(SERVER_AND_DATE);
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\nConnection: close\r\nContent-Type: text/html\r\nContent-Length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
