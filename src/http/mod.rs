@@ -13,8 +13,8 @@
 //!
 //! 1. Append what the socket gives to a buffer and call [`parse_head`] with
 //!    it. `Ok(None)` means read more; an `Err` means answer with
-//!    [`ParseError::status`] / [`ParseError::reason`] and close the
-//!    connection.
+//!    [`response::parse_error`] (its [`ParseError::status`] and
+//!    [`ParseError::reason`]) and close the connection.
 //! 2. `Ok(Some((request, n)))`: the head was `buf[..n]`. Build the environ
 //!    from the [`Request`] (`path` and `query` are already the PEP 3333
 //!    strings).
