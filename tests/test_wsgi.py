@@ -409,3 +409,98 @@ def test_body_iterator_error_closes_connection(server, tmp_path):
     assert not data.endswith(b"0\r\n\r\n"), "truncated response looks complete"
     srv.wait_for_log("wsgi_probe iterator error")
     assert srv.get("/pid").text == pid_before
+
+
+# --------------------------------------------------------------------------
+# response headers on the wire: latin-1 (PEP 3333), and what is refused
+
+
+def raw_get(port, target):
+    """One GET with Connection: close on a raw socket: the bytes sent back."""
+    s = connect(port)
+    s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data, closed = read_until_close(s)
+    s.close()
+    assert closed, data[:300]
+    return data
+
+
+def test_header_value_is_sent_as_latin1(server, tmp_path):
+    srv = start_probe(server, tmp_path)
+    # The app's str "café": é (U+00E9) leaves as the one byte 0xE9.
+    data = raw_get(srv.port, b"/header?name=X-Word&value=caf%C3%A9")
+    head = data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    assert b"\r\nX-Word: caf\xe9\r\n" in head, head
+    assert b"caf\xc3\xa9" not in head, "sent as UTF-8"
+    (r,) = parse_all(data)
+    assert (r.status, r.body) == (200, b"header")
+
+
+def test_header_value_bytes_through_latin1_are_not_double_encoded(server, tmp_path):
+    srv = start_probe(server, tmp_path)
+    # The usual way to send UTF-8 from WSGI: the bytes of "é" (C3 A9) as
+    # the latin-1 str "Ã©". The client must get exactly C3 A9.
+    data = raw_get(srv.port, b"/header?name=X-Utf8&value=%C3%83%C2%A9")
+    head = data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    assert b"\r\nX-Utf8: \xc3\xa9\r\n" in head, head
+    r = requests.get(srv.url + "/header", params={"name": "X-Utf8", "value": "Ã©"}, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["X-Utf8"].encode("latin-1").decode("utf-8") == "é"
+
+
+@pytest.mark.parametrize("name,value", [
+    pytest.param(b"X-Euro", b"5%20%E2%82%AC", id="value-above-latin1"),
+    pytest.param(b"X-Emoji", b"%F0%9F%98%80", id="value-astral"),
+    pytest.param(b"Caf%C3%A9", b"1", id="name-not-a-token"),
+])
+def test_header_not_latin1_is_500_and_logged(server, tmp_path, name, value):
+    srv = start_probe(server, tmp_path, "--workers", "1")
+    pid_before = srv.get("/pid").text
+    data = raw_get(srv.port, b"/header?name=" + name + b"&value=" + value)
+    (r,) = parse_all(data)
+    assert r.status == 500, r
+    assert r.header("X-Euro") is None and r.header("X-Emoji") is None
+    assert b"\xe2\x82\xac" not in data and b"\xf0\x9f" not in data
+    assert b"<title>Internal Server Error</title>" in r.body
+    srv.wait_for_log(r"Error handling request (GET )?/header")
+    assert srv.get("/pid").text == pid_before
+
+
+# --------------------------------------------------------------------------
+# error responses: Gunicorn's page, status line and Content-Type
+
+
+def gunicorn_error_page(reason, message=""):
+    """The body of gunicorn.util.write_error, for comparison."""
+    return ("<html>\n  <head>\n    <title>%s</title>\n  </head>\n  <body>\n"
+            "    <h1><p>%s</p></h1>\n    %s\n  </body>\n</html>\n"
+            % (reason, reason, message)).encode("latin-1")
+
+
+def test_app_error_500_is_gunicorns_page(server, tmp_path):
+    srv = start_probe(server, tmp_path)
+    data = raw_get(srv.port, b"/error")
+    (r,) = parse_all(data)
+    assert data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert r.header("Content-Type") == "text/html"
+    assert r.header("Connection") == "close"
+    assert int(r.header("Content-Length")) == len(r.body)
+    assert r.body == gunicorn_error_page("Internal Server Error")
+
+
+def test_bad_request_is_gunicorns_page(server, tmp_path):
+    srv = start_probe(server, tmp_path)
+    s = connect(srv.port)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Name: x\r\n\r\n")
+    data, closed = read_until_close(s)
+    s.close()
+    assert closed
+    (r,) = parse_all(data)
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert r.header("Content-Type") == "text/html"
+    assert r.header("Connection") == "close"
+    assert int(r.header("Content-Length")) == len(r.body)
+    prefix, suffix = gunicorn_error_page("Bad Request", "\0").split(b"\0")
+    assert r.body.startswith(prefix) and r.body.endswith(suffix), r.body
+    message = r.body[len(prefix):-len(suffix)]
+    assert message and b"<" not in message, "the message is HTML-escaped text"

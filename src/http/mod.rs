@@ -1,5 +1,6 @@
-//! HTTP/1.1 request parsing for the workers: the request head, the body's
-//! framing, and the chunked transfer coding.
+//! HTTP/1.1 for the workers: request parsing (the request head, the body's
+//! framing, and the chunked transfer coding), and in [`response`] the
+//! response side (framing, head encoding, error responses).
 //!
 //! This is the part of rgunicorn that stands where Gunicorn's `gunicorn/http/`
 //! stands, and it keeps Gunicorn's limits (`--limit-request-line`,
@@ -12,8 +13,8 @@
 //!
 //! 1. Append what the socket gives to a buffer and call [`parse_head`] with
 //!    it. `Ok(None)` means read more; an `Err` means answer with
-//!    [`ParseError::status`] / [`ParseError::reason`] and close the
-//!    connection.
+//!    [`response::parse_error`] (its [`ParseError::status`] and
+//!    [`ParseError::reason`]) and close the connection.
 //! 2. `Ok(Some((request, n)))`: the head was `buf[..n]`. Build the environ
 //!    from the [`Request`] (`path` and `query` are already the PEP 3333
 //!    strings).
@@ -30,6 +31,7 @@ mod chunked;
 mod error;
 pub mod proxy;
 mod request;
+pub mod response;
 
 pub use chunked::{ChunkedDecoder, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS};
 pub use error::ParseError;

@@ -14,7 +14,7 @@ fn testdata(kind: &str) -> PathBuf {
 }
 
 /// Undo the escapes of a `.http` file; real newlines are dropped.
-fn unescape(text: &str) -> Vec<u8> {
+pub(super) fn unescape(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     let mut bytes = text.bytes().filter(|&b| b != b'\n');
     while let Some(b) = bytes.next() {
@@ -40,7 +40,7 @@ fn unescape(text: &str) -> Vec<u8> {
 }
 
 /// `.expect` lines as (key, value), in order.
-fn expectations(path: &Path) -> Vec<(String, String)> {
+pub(super) fn expectations(path: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
         .filter(|l| !l.trim().is_empty())

@@ -713,7 +713,7 @@ where
             Some(Ok(r)) => r,
             Some(Err(e)) => {
                 tracing::debug!("invalid request from {}: {e}", peer.addr);
-                let out = wsgi::error_response(e.status(), e.reason(), true);
+                let out = http::response::parse_error(&e);
                 let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
                 return;
             }
@@ -790,10 +790,7 @@ fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
         uri: &req.uri,
         path: &req.path,
         query: &req.query,
-        protocol: match req.version {
-            http::Version::Http10 => "HTTP/1.0",
-            http::Version::Http11 => "HTTP/1.1",
-        },
+        protocol: req.version.as_str(),
         status: o.status,
         sent: Some(o.sent),
         request_headers: &req.headers,

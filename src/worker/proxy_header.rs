@@ -30,7 +30,7 @@ pub(super) async fn read<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!("invalid PROXY header from {}: {e}", peer.addr);
-                let out = crate::wsgi::error_response(e.status(), e.reason(), true);
+                let out = crate::http::response::parse_error(&e);
                 let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
                 return false;
             }

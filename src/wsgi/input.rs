@@ -179,7 +179,7 @@ impl State {
         if self.send_continue {
             self.send_continue = false;
             let (fd, t) = (self.fd, self.timeout);
-            py.detach(|| fdio::send_all(fd, b"HTTP/1.1 100 Continue\r\n\r\n", t))
+            py.detach(|| fdio::send_all(fd, crate::http::response::CONTINUE, t))
                 .map_err(|e| self.io_error(e))?;
         }
         let pos = self.raw_pos;

@@ -15,7 +15,7 @@ mod forwarded;
 mod input;
 mod response;
 
-use crate::http::{Request, Version};
+use crate::http::Request;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -84,26 +84,6 @@ pub struct Outcome {
     pub response_headers: Vec<(String, String)>,
     /// The values of `Bridge::access_environ` after the app ran.
     pub environ_atoms: Vec<Option<String>>,
-}
-
-/// What to do with a connection whose request could not be served at all.
-pub fn error_response(status: u16, reason: &str, close: bool) -> Vec<u8> {
-    let body = format!("{reason}\n");
-    let mut out = Vec::with_capacity(160);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\nServer: rgunicorn\r\nDate: ");
-    out.extend_from_slice(crate::http_date::now().as_bytes());
-    if close {
-        out.extend_from_slice(b"\r\nConnection: close");
-    }
-    out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body.as_bytes());
-    out
 }
 
 impl Bridge {
@@ -195,13 +175,6 @@ fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     }
 }
 
-fn version_str(v: Version) -> &'static str {
-    match v {
-        Version::Http10 => "HTTP/1.0",
-        Version::Http11 => "HTTP/1.1",
-    }
-}
-
 /// Build the environ for one request.
 fn environ<'py>(
     py: Python<'py>,
@@ -218,10 +191,7 @@ fn environ<'py>(
         env.set_item(pyo3::intern!(py, "wsgi.url_scheme"), "https")?;
     }
     env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), &req.method)?;
-    env.set_item(
-        pyo3::intern!(py, "SERVER_PROTOCOL"),
-        version_str(req.version),
-    )?;
+    env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), req.version.as_str())?;
     env.set_item(pyo3::intern!(py, "RAW_URI"), &req.uri)?;
     env.set_item(pyo3::intern!(py, "QUERY_STRING"), &req.query)?;
     let path = if let Some(script_name) = fwd.script_name {

@@ -22,6 +22,9 @@ Routes (matched on PATH_INFO, i.e. after SCRIPT_NAME is removed):
   /head-check         fixed body with Content-Length
   /status/NNN         answers NNN with an empty body and no Content-Length
   /hop                sets hop-by-hop headers the server must drop
+  /header?name=N&value=V
+                      sends header N: V (the query is decoded as UTF-8, so
+                      %C3%A9 is the one character U+00E9), body "header"
   /error              raises before start_response
   /iter-error         body iterator raises after the first piece
   /close-check?tag=T[&fail=1|&slow=1]
@@ -223,6 +226,9 @@ def app(environ, start_response):
             ("X-Probe", "kept"),
         ])
         return [body]
+
+    if path == "/header":
+        return _respond(start_response, b"header", extra=[(q["name"], q["value"])])
 
     if path == "/error":
         raise RuntimeError("wsgi_probe deliberate error")
