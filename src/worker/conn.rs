@@ -1,0 +1,632 @@
+//! The connection loop every worker class shares, on a tokio
+//! current-thread runtime on the worker's main thread: one accept loop per
+//! listener (TCP and Unix through the same code), accepting only while the
+//! class has a free slot; per connection, the PROXY header, reading and
+//! parsing request heads (header timeout, limits), handing each request to
+//! the class, the access log and metrics, writing what the app left
+//! unwritten, and keep-alive. It also owns the worker's signals (TERM,
+//! USR1, and the abort watcher), the heartbeat, readiness, `--max-requests`
+//! and the graceful drain.
+
+use super::boot::{set_mask, Booted};
+use super::msg::{self, Msg, WORKER_BOOT_ERROR};
+use super::{proxy_header, Call, Class, HEADER_TIMEOUT};
+use crate::http::{self, Limits};
+use crate::scoreboard::{now_ms, Slot, SlotState};
+use crate::sock::ListenerKind;
+use crate::wsgi::{self, Outcome, Peer, ProxyPolicy};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+
+/// Run the worker's loop with class `C` until it stops (TERM, or the
+/// master went away). `Err` is the worker's exit code.
+pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
+    let s = b.settings;
+    // From here until `serve` has its handlers, TERM and USR1 wait (blocked)
+    // instead of being lost: signal-hook installs its sigaction a moment
+    // before it records what to do with the signal, and a TERM landing in
+    // between was dropped (a worker booting at the moment of a stop then
+    // never stopped). Threads started meanwhile (Python threads, the abort
+    // watcher) keep them blocked for good, so they always reach this one.
+    set_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            tracing::error!("cannot start the worker's I/O runtime: {e}");
+            WORKER_BOOT_ERROR
+        })?;
+    class.start()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx = Arc::new(Ctx {
+        cap: Arc::new(Capacity::new(class.slots(), s.worker_connections.max(1))),
+        class,
+        proxy: b.proxy.clone(),
+        shutdown: shutdown_rx,
+        head: HeadRules {
+            limits: Limits {
+                request_line: s.limit_request_line,
+                fields: s.limit_request_fields,
+                field_size: s.limit_request_field_size,
+            },
+            keepalive: Duration::from_secs(s.keepalive),
+            header_timeout: HEADER_TIMEOUT,
+        },
+        io_timeout: b.io_timeout,
+        slot: b.slot,
+        served: AtomicU64::new(0),
+        max_requests: b.max_requests,
+        retire_sent: AtomicBool::new(false),
+        notify_fd: b.notify_fd,
+        slot_index: b.slot_index,
+        worker_int_hook: s.hook("worker_int").is_some(),
+    });
+    let listener_fds: Vec<(RawFd, bool)> = b
+        .listeners
+        .iter()
+        .map(|l| (l.raw_fd(), matches!(l.kind, ListenerKind::Unix(_))))
+        .collect();
+    runtime.block_on(serve(ctx, listener_fds, shutdown_tx));
+    Ok(())
+}
+
+/// Everything a connection task needs.
+struct Ctx<C> {
+    class: C,
+    cap: Arc<Capacity>,
+    /// The config file set a `worker_int` hook (INT/QUIT run it first).
+    worker_int_hook: bool,
+    proxy: ProxyPolicy,
+    shutdown: watch::Receiver<bool>,
+    head: HeadRules,
+    io_timeout: Duration,
+    slot: &'static Slot,
+    served: AtomicU64,
+    max_requests: u64,
+    retire_sent: AtomicBool,
+    notify_fd: RawFd,
+    slot_index: usize,
+}
+
+impl<C> Ctx<C> {
+    fn draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn tell_master(&self, kind: Msg) {
+        let b = msg::encode(kind, self.slot_index);
+        // SAFETY: the pipe's write end is inherited from the master and
+        // stays open for the life of the worker.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.notify_fd) };
+        let _ = nix::unistd::write(fd, &b);
+    }
+
+    fn request_done(&self) {
+        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        self.slot.requests.store(n, Ordering::Relaxed);
+        if self.max_requests > 0
+            && n >= self.max_requests
+            && !self.retire_sent.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!("Autorestarting worker after current request.");
+            self.tell_master(Msg::Retire);
+        }
+    }
+}
+
+/// What the worker can take on: requests in flight against the class's
+/// slots, open connections against `worker_connections`, and the
+/// connections accepted whose first request has not been looked at yet.
+struct Capacity {
+    slots: usize,
+    max_conns: usize,
+    inflight: AtomicUsize,
+    conns: AtomicUsize,
+    /// Woken when a slot or a connection frees up.
+    freed: Notify,
+    /// Connections accepted whose first request head has not been looked at
+    /// yet, and the wake-up when that count drops. A class that runs the
+    /// app inline accepts the next connection only once the last one's
+    /// request (if it had arrived) is being served: it must not grab a
+    /// second client just before becoming busy with the first.
+    fresh: AtomicUsize,
+    fresh_done: Notify,
+    /// Woken when the last connection closes (for a graceful exit).
+    drained: Notify,
+}
+
+impl Capacity {
+    fn new(slots: usize, max_conns: usize) -> Capacity {
+        Capacity {
+            slots,
+            max_conns,
+            inflight: AtomicUsize::new(0),
+            conns: AtomicUsize::new(0),
+            freed: Notify::new(),
+            fresh: AtomicUsize::new(0),
+            fresh_done: Notify::new(),
+            drained: Notify::new(),
+        }
+    }
+
+    fn available(&self) -> bool {
+        self.inflight.load(Ordering::Acquire) < self.slots
+            && self.conns.load(Ordering::Acquire) < self.max_conns
+    }
+
+    /// Wait until `available()` or the worker drains.
+    async fn wait(&self, draining: impl Fn() -> bool) {
+        loop {
+            let notified = self.freed.notified();
+            if self.available() || draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wait until every accepted connection's first request has been looked
+    /// at (its head was complete and is being served, or it was not there
+    /// yet and the connection waits without us).
+    async fn wait_fresh(&self) {
+        loop {
+            let done = self.fresh_done.notified();
+            if self.fresh.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// Wait until no connection is open.
+    async fn wait_drained(&self) {
+        loop {
+            let closed = self.drained.notified();
+            if self.conns.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    fn request_started(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn request_finished(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+
+    /// Count a new connection: open and fresh, until the guards drop.
+    fn opened(self: &Arc<Self>) -> (ConnGuard, Fresh) {
+        self.conns.fetch_add(1, Ordering::AcqRel);
+        self.fresh.fetch_add(1, Ordering::AcqRel);
+        (ConnGuard(self.clone()), Fresh(self.clone()))
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct ConnGuard(Arc<Capacity>);
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.conns.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+        self.0.freed.notify_one();
+    }
+}
+
+/// Marks a connection as fresh (see `Capacity::fresh`) until dropped.
+struct Fresh(Arc<Capacity>);
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.0.fresh.fetch_sub(1, Ordering::AcqRel);
+        self.0.fresh_done.notify_waiters();
+    }
+}
+
+async fn serve<C: Class>(
+    ctx: Arc<Ctx<C>>,
+    listeners: Vec<(RawFd, bool)>,
+    shutdown_tx: watch::Sender<bool>,
+) {
+    super::abort::install(ctx.worker_int_hook);
+    // The master that forked us. Orphaned means "my parent is no longer this
+    // pid", not "my parent is pid 1": in a container the master *is* pid 1,
+    // and under a subreaper an orphan is not re-parented to pid 1 at all.
+    let master = nix::unistd::getppid();
+    let orphaned = move || nix::unistd::getppid() != master;
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
+    // Handlers in place: a TERM that came while booting is delivered now.
+    set_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
+
+    let mut accepts = Vec::new();
+    for (i, (fd, unix)) in listeners.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        accepts.push(tokio::spawn(async move {
+            let r = if unix {
+                accept_loop::<C, tokio::net::UnixListener>(ctx, i, fd).await
+            } else {
+                accept_loop::<C, tokio::net::TcpListener>(ctx, i, fd).await
+            };
+            if let Err(e) = r {
+                tracing::error!("accept loop on listener {i} ended: {e}");
+            }
+        }));
+    }
+    if let Ok(mut usr1) = usr1 {
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                if let Err(e) = crate::logging::reopen() {
+                    tracing::error!("cannot reopen log files: {e}");
+                }
+            }
+        });
+    }
+    // Heartbeat: proves the event loop turns (the master reads it).
+    let hb_ctx = ctx.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            t.tick().await;
+            hb_ctx.slot.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            hb_ctx.class.heartbeat(hb_ctx.slot);
+            if orphaned() {
+                tracing::info!("Parent changed, shutting down");
+                break;
+            }
+        }
+    });
+
+    ctx.slot.set_state(SlotState::Ready);
+    ctx.tell_master(Msg::Ready);
+
+    // Wait for SIGTERM (graceful) or the parent to die.
+    let parent_watch = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if orphaned() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = parent_watch => {},
+    }
+    tracing::info!("Worker exiting (pid: {})", std::process::id());
+    ctx.slot.set_state(SlotState::Retiring);
+    let _ = shutdown_tx.send(true);
+    for a in &accepts {
+        a.abort();
+    }
+    ctx.cap.freed.notify_waiters();
+    // In-flight requests finish; idle connections close at once (they see
+    // the shutdown flag). The master bounds this with --graceful-timeout.
+    ctx.cap.wait_drained().await;
+    ctx.class.stopped();
+}
+
+/// A listening socket the worker inherited: TCP and Unix go through the
+/// same accept loop.
+trait Listen: Sized {
+    type Stream: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static;
+
+    /// Take over a (duplicated) listening descriptor.
+    fn open(fd: OwnedFd) -> std::io::Result<Self>;
+
+    /// The next connection, and its client's address (`None` on a Unix
+    /// socket).
+    fn accept_one(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, Option<SocketAddr>)>> + Send;
+}
+
+impl Listen for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    fn open(fd: OwnedFd) -> std::io::Result<Self> {
+        let l = std::net::TcpListener::from(fd);
+        l.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(l)
+    }
+
+    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (s, addr) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, Some(addr)))
+    }
+}
+
+impl Listen for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    fn open(fd: OwnedFd) -> std::io::Result<Self> {
+        let l = std::os::unix::net::UnixListener::from(fd);
+        l.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(l)
+    }
+
+    async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, None))
+    }
+}
+
+/// The peer a new connection starts with (the PROXY header or forwarded
+/// headers may refine it later). A Unix-socket client is trusted, as in
+/// Gunicorn.
+fn peer_for(addr: Option<SocketAddr>, proxy: &ProxyPolicy) -> Peer {
+    match addr {
+        Some(addr) => Peer {
+            addr: addr.ip().to_string(),
+            port: addr.port().to_string(),
+            trusted: proxy.trusts(Some(addr.ip())),
+            proxy_info: None,
+        },
+        None => Peer {
+            trusted: true,
+            ..Peer::default()
+        },
+    }
+}
+
+async fn accept_loop<C: Class, L: Listen>(
+    ctx: Arc<Ctx<C>>,
+    idx: usize,
+    fd: RawFd,
+) -> std::io::Result<()> {
+    // The descriptor is the master's listener, inherited across fork; the
+    // worker gets its own duplicate so the runtime can own it.
+    // SAFETY: the inherited listener stays open for the life of the worker.
+    let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+    let l = L::open(dup)?;
+    loop {
+        ctx.cap.wait(|| ctx.draining()).await;
+        if ctx.draining() {
+            return Ok(());
+        }
+        match l.accept_one().await {
+            Ok((s, addr)) => {
+                let peer = peer_for(addr, &ctx.proxy);
+                spawn_conn(ctx.clone(), s, peer, idx);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+            Err(e) => accept_error(e).await,
+        }
+        // Let the new connection read and run its request before taking
+        // another: a worker that is about to be busy should not have
+        // grabbed a second client.
+        if C::INLINE {
+            ctx.cap.wait_fresh().await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn accept_error(e: std::io::Error) {
+    // EMFILE and friends: back off instead of spinning.
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn spawn_conn<C, S>(ctx: Arc<Ctx<C>>, s: S, peer: Peer, idx: usize)
+where
+    C: Class,
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+{
+    let (guard, fresh) = ctx.cap.opened();
+    tokio::spawn(async move {
+        let _guard = guard;
+        serve_conn(ctx, s, peer, idx, fresh).await;
+    });
+}
+
+/// One non-blocking read straight from the socket into `buf`. false: the
+/// client already closed (or the socket failed).
+fn read_now(fd: RawFd, buf: &mut Vec<u8>) -> bool {
+    let len = buf.len();
+    buf.resize(buf.capacity().max(len + 4096), 0);
+    // SAFETY: the connection task owns the socket and keeps it open.
+    let r = nix::unistd::read(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        &mut buf[len..],
+    );
+    match r {
+        Ok(0) => {
+            buf.truncate(len);
+            false
+        }
+        Ok(n) => {
+            buf.truncate(len + n);
+            true
+        }
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+            buf.truncate(len);
+            true
+        }
+        Err(_) => {
+            buf.truncate(len);
+            false
+        }
+    }
+}
+
+/// How request heads are read: the parser's limits, how long an idle
+/// keep-alive connection may wait for its next request, and how long a
+/// client may take to send a head once it started.
+struct HeadRules {
+    limits: Limits,
+    keepalive: Duration,
+    header_timeout: Duration,
+}
+
+/// Read until a complete request head is buffered. None: close quietly.
+/// `fresh` is dropped (the accept loop may go on) as soon as the head is
+/// not all there and the connection has to wait for its client.
+async fn read_head<S: AsyncRead + Unpin, F>(
+    rules: &HeadRules,
+    shutdown: &watch::Receiver<bool>,
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    idle: bool,
+    fresh: &mut Option<F>,
+) -> Option<Result<(http::Request, usize), http::ParseError>> {
+    let mut shutdown = shutdown.clone();
+    let mut deadline = if idle {
+        Instant::now() + rules.keepalive
+    } else {
+        Instant::now() + rules.header_timeout
+    };
+    let mut waiting_first_byte = idle;
+    // parse_head starts from the beginning each time: call it only when a
+    // line may have ended or a limit may have been crossed, so a client
+    // trickling bytes cannot make us rescan its head over and over.
+    let mut scanned = 0;
+    let mut parsed_at = 0;
+    loop {
+        let new_bytes = &buf[scanned.min(buf.len())..];
+        let worth_parsing =
+            new_bytes.contains(&b'\n') || (buf.len() > 4096 && buf.len() >= parsed_at + 1024);
+        scanned = buf.len();
+        if !buf.is_empty() && worth_parsing {
+            parsed_at = buf.len();
+            match http::parse_head(buf, &rules.limits) {
+                Ok(Some(r)) => return Some(Ok(r)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if !buf.is_empty() && waiting_first_byte {
+            waiting_first_byte = false;
+            deadline = Instant::now() + rules.header_timeout;
+        }
+        // About to wait for the client: this connection no longer holds up
+        // the accept loop.
+        *fresh = None;
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        // Only an idle keep-alive connection is closed at shutdown: a
+        // connection this worker accepted is served (its client has sent or
+        // is sending a request); the header timeout and --graceful-timeout
+        // bound the wait.
+        let empty = buf.is_empty() && idle;
+        let read = tokio::time::timeout_at(deadline.into(), s.read_buf(buf));
+        tokio::select! {
+            r = read => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    // Header timeout: a trickling client never reaches Python.
+                    return None;
+                }
+            },
+            _ = shutdown.wait_for(|v| *v), if empty => return None,
+        }
+    }
+}
+
+async fn serve_conn<C, S>(ctx: Arc<Ctx<C>>, mut s: S, mut peer: Peer, idx: usize, fresh: Fresh)
+where
+    C: Class,
+    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+{
+    let fd = s.as_raw_fd();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut fresh = Some(fresh);
+    // The listener defers accept until data has arrived, so the request is
+    // usually here already: take it now, without a trip through epoll.
+    if !read_now(fd, &mut buf) {
+        return;
+    }
+    if ctx.proxy.proxy_mode != http::proxy::Mode::Off
+        && !proxy_header::read(&ctx.proxy, &mut s, &mut buf, &mut peer).await
+    {
+        return;
+    }
+    let mut idle = false;
+    loop {
+        let (req, n) =
+            match read_head(&ctx.head, &ctx.shutdown, &mut s, &mut buf, idle, &mut fresh).await {
+                None => return,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    tracing::debug!("invalid request from {}: {e}", peer.addr);
+                    let out = wsgi::error_response(e.status(), e.reason(), true);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
+                    return;
+                }
+            };
+        let rest = buf.split_off(n);
+        buf.clear();
+        fresh = None;
+        let started = Instant::now();
+        ctx.cap.request_started();
+        let call = Call {
+            listener: idx,
+            req,
+            prebuffered: rest,
+            fd,
+            peer: &peer,
+        };
+        let Some((req, outcome)) = ctx.class.dispatch(call).await else {
+            return;
+        };
+        ctx.cap.request_finished();
+        ctx.request_done();
+        let took = started.elapsed();
+        if crate::logging::access_enabled() {
+            access_log(&req, &peer, &outcome, took);
+        }
+        crate::logging::request_metrics(outcome.status, took);
+        if !outcome.pending_out.is_empty() {
+            let w = tokio::time::timeout(ctx.io_timeout, s.write_all(&outcome.pending_out)).await;
+            if !matches!(w, Ok(Ok(()))) {
+                return;
+            }
+        }
+        if !outcome.keep_alive || ctx.head.keepalive.is_zero() || ctx.draining() {
+            let _ = s.shutdown().await;
+            return;
+        }
+        buf = outcome.leftover_in;
+        idle = buf.is_empty();
+    }
+}
+
+fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
+    crate::logging::access(&crate::logging::AccessInfo {
+        remote: &peer.addr,
+        method: &req.method,
+        uri: &req.uri,
+        path: &req.path,
+        query: &req.query,
+        protocol: match req.version {
+            http::Version::Http10 => "HTTP/1.0",
+            http::Version::Http11 => "HTTP/1.1",
+        },
+        status: o.status,
+        sent: Some(o.sent),
+        request_headers: &req.headers,
+        response_headers: &o.response_headers,
+        duration: took,
+        environ: &o.environ_atoms,
+    });
+}
