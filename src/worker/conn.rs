@@ -630,3 +630,296 @@ fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
         environ: &o.environ_atoms,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    fn rules() -> HeadRules {
+        HeadRules {
+            limits: Limits::default(),
+            keepalive: Duration::from_millis(300),
+            header_timeout: Duration::from_millis(150),
+        }
+    }
+
+    /// Stands in for the accept loop's `Fresh` guard: records its drop.
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn flag() -> (Option<Flag>, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        (Some(Flag(dropped.clone())), dropped)
+    }
+
+    #[tokio::test]
+    async fn a_head_already_buffered_is_served_without_releasing_the_accept_loop() {
+        let (_client, mut server) = duplex(1024);
+        let (_tx, shutdown) = watch::channel(false);
+        let mut buf = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\nrest".to_vec();
+        let (mut fresh, dropped) = flag();
+        let r = read_head(
+            &rules(),
+            &shutdown,
+            &mut server,
+            &mut buf,
+            false,
+            &mut fresh,
+        )
+        .await;
+        let (req, n) = r.expect("a head").expect("valid");
+        assert_eq!((req.method.as_str(), req.path.as_str()), ("GET", "/a"));
+        assert_eq!(&buf[n..], b"rest");
+        // The request is about to run: the accept loop must still wait.
+        assert!(!dropped.load(Ordering::SeqCst));
+        assert!(fresh.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_head_in_pieces_is_assembled_and_releases_the_accept_loop() {
+        let (mut client, mut server) = duplex(1024);
+        let (_tx, shutdown) = watch::channel(false);
+        let mut buf = b"GET / HT".to_vec();
+        let (mut fresh, dropped) = flag();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"TP/1.1\r\nHost: x\r\n").await.ok();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(b"\r\n").await.ok();
+            client
+        });
+        let r = read_head(
+            &rules(),
+            &shutdown,
+            &mut server,
+            &mut buf,
+            false,
+            &mut fresh,
+        )
+        .await;
+        assert!(matches!(r, Some(Ok(_))));
+        assert!(dropped.load(Ordering::SeqCst));
+        drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn a_trickling_client_is_dropped_at_the_header_timeout() {
+        let (mut client, mut server) = duplex(1024);
+        let (_tx, shutdown) = watch::channel(false);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.ok();
+        let mut buf = Vec::new();
+        let started = Instant::now();
+        let r = read_head(
+            &rules(),
+            &shutdown,
+            &mut server,
+            &mut buf,
+            false,
+            &mut None::<()>,
+        )
+        .await;
+        assert!(r.is_none());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(140), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_keepalive_connection_waits_keepalive_then_closes() {
+        let (_client, mut server) = duplex(1024);
+        let (_tx, shutdown) = watch::channel(false);
+        let started = Instant::now();
+        let r = read_head(
+            &rules(),
+            &shutdown,
+            &mut server,
+            &mut Vec::new(),
+            true,
+            &mut None::<()>,
+        )
+        .await;
+        assert!(r.is_none());
+        // keepalive (300 ms), not the shorter header timeout.
+        assert!(started.elapsed() >= Duration::from_millis(290));
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_but_not_a_request_under_way() {
+        let (_c1, mut idle) = duplex(1024);
+        let (mut c2, mut busy) = duplex(1024);
+        let (tx, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(true);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            c2.write_all(b"\r\n").await.ok();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop((tx, c2));
+        });
+        let started = Instant::now();
+        let r = read_head(
+            &rules(),
+            &shutdown,
+            &mut idle,
+            &mut Vec::new(),
+            true,
+            &mut None::<()>,
+        )
+        .await;
+        assert!(r.is_none());
+        assert!(started.elapsed() < Duration::from_millis(250));
+        // Half a head is there: the client is served despite the shutdown.
+        let mut buf = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        let r = read_head(
+            &rules(),
+            &shutdown,
+            &mut busy,
+            &mut buf,
+            true,
+            &mut None::<()>,
+        )
+        .await;
+        assert!(matches!(r, Some(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn a_bad_head_is_an_error_to_answer() {
+        let (_client, mut server) = duplex(1024);
+        let (_tx, shutdown) = watch::channel(false);
+        let mut buf = b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec();
+        let r = read_head(
+            &rules(),
+            &shutdown,
+            &mut server,
+            &mut buf,
+            false,
+            &mut None::<()>,
+        )
+        .await;
+        let e = r.expect("an answer").expect_err("invalid");
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn capacity_counts_requests_and_connections() {
+        let cap = Arc::new(Capacity::new(2, 3));
+        assert!(cap.available());
+        cap.request_started();
+        cap.request_started();
+        assert!(!cap.available(), "both slots busy");
+        cap.request_finished();
+        assert!(cap.available());
+        let a = cap.opened();
+        let b = cap.opened();
+        assert!(cap.available());
+        let c = cap.opened();
+        assert!(!cap.available(), "worker_connections reached");
+        assert_eq!(cap.fresh.load(Ordering::SeqCst), 3);
+        drop((a, b));
+        assert!(cap.available());
+        assert_eq!(cap.conns.load(Ordering::SeqCst), 1);
+        drop(c);
+        assert_eq!(cap.conns.load(Ordering::SeqCst), 0);
+        assert_eq!(cap.fresh.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn waits_end_when_the_guards_drop() {
+        let cap = Arc::new(Capacity::new(1, 1));
+        let (guard, fresh) = cap.opened();
+        let waiter = {
+            let cap = cap.clone();
+            tokio::spawn(async move {
+                cap.wait_fresh().await;
+                let fresh_done = cap.conns.load(Ordering::SeqCst) == 1;
+                cap.wait(|| false).await;
+                cap.wait_drained().await;
+                fresh_done
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(fresh);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the connection is still open");
+        drop(guard);
+        let fresh_first = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken")
+            .expect("no panic");
+        assert!(
+            fresh_first,
+            "wait_fresh returned while the connection was open"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_draining_worker_stops_waiting_for_capacity() {
+        let cap = Capacity::new(1, 1);
+        cap.request_started();
+        tokio::time::timeout(Duration::from_secs(2), cap.wait(|| true))
+            .await
+            .expect("returns at once");
+    }
+
+    #[test]
+    fn peers_from_tcp_carry_the_address_and_unix_peers_are_trusted() {
+        let policy = ProxyPolicy::default();
+        let p = peer_for(Some("127.0.0.1:4321".parse().expect("addr")), &policy);
+        assert_eq!(
+            (p.addr.as_str(), p.port.as_str(), p.trusted),
+            ("127.0.0.1", "4321", true)
+        );
+        let p = peer_for(Some("[2001:db8::1]:80".parse().expect("addr")), &policy);
+        assert_eq!((p.addr.as_str(), p.trusted), ("2001:db8::1", false));
+        let p = peer_for(None, &policy);
+        assert_eq!((p.addr.as_str(), p.trusted), ("", true));
+    }
+
+    /// Both listener kinds go through `Listen`: a duplicated descriptor,
+    /// then connections with (TCP) or without (Unix) a client address.
+    #[tokio::test]
+    async fn tcp_and_unix_listeners_accept_through_one_trait() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        let l = tokio::net::TcpListener::open(OwnedFd::from(tcp)).expect("open");
+        let client = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        let (accepted, _c) = tokio::join!(l.accept_one(), client);
+        let (_s, addr) = accepted.expect("accepted");
+        assert_eq!(addr.map(|a| a.ip().to_string()), Some("127.0.0.1".into()));
+
+        let dir = std::env::temp_dir().join(format!("rgunicorn-conn-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let unix = std::os::unix::net::UnixListener::bind(&dir).expect("bind unix");
+        let l = tokio::net::UnixListener::open(OwnedFd::from(unix)).expect("open");
+        let client = tokio::net::UnixStream::connect(&dir);
+        let (accepted, _c) = tokio::join!(l.accept_one(), client);
+        let (_s, addr) = accepted.expect("accepted");
+        assert!(addr.is_none());
+        let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn read_now_takes_what_is_there_and_sees_a_close() {
+        use std::io::Write;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        b.set_nonblocking(true).expect("nonblocking");
+        let mut buf = Vec::new();
+        assert!(
+            read_now(b.as_raw_fd(), &mut buf),
+            "nothing yet is not a close"
+        );
+        assert!(buf.is_empty());
+        a.write_all(b"GET /").expect("write");
+        assert!(read_now(b.as_raw_fd(), &mut buf));
+        assert_eq!(buf, b"GET /");
+        drop(a);
+        assert!(!read_now(b.as_raw_fd(), &mut buf));
+        assert_eq!(buf, b"GET /");
+    }
+}
