@@ -19,7 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
@@ -58,6 +58,8 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
             },
             keepalive: Duration::from_secs(s.keepalive),
             header_timeout: HEADER_TIMEOUT,
+            graceful: Duration::from_secs(s.graceful_timeout),
+            drain_deadline: OnceLock::new(),
         },
         io_timeout: b.io_timeout,
         slot: b.slot,
@@ -311,13 +313,16 @@ async fn serve<C: Class>(
     }
     tracing::info!("Worker exiting (pid: {})", std::process::id());
     ctx.slot.set_state(SlotState::Retiring);
+    ctx.head.drain_deadline();
     let _ = shutdown_tx.send(true);
     for a in &accepts {
         a.abort();
     }
     ctx.cap.freed.notify_waiters();
-    // In-flight requests finish; idle connections close at once (they see
-    // the shutdown flag). The master bounds this with --graceful-timeout.
+    // Open connections are work in flight: each one's next request is still
+    // answered (with `Connection: close`), and an idle one closes only after
+    // the keep-alive timeout, or just before --graceful-timeout ends. A
+    // client that sent a request just as we began retiring gets its answer.
     ctx.cap.wait_drained().await;
     ctx.class.stopped();
 }
@@ -469,12 +474,29 @@ fn read_now(fd: RawFd, buf: &mut Vec<u8>) -> bool {
 }
 
 /// How request heads are read: the parser's limits, how long an idle
-/// keep-alive connection may wait for its next request, and how long a
-/// client may take to send a head once it started.
+/// keep-alive connection may wait for its next request, how long a client
+/// may take to send a head once it started, and when a retiring worker
+/// stops waiting.
 struct HeadRules {
     limits: Limits,
     keepalive: Duration,
     header_timeout: Duration,
+    /// `--graceful-timeout`: how long a retiring worker may take.
+    graceful: Duration,
+    /// Set when the worker starts retiring: idle keep-alive connections are
+    /// closed by then at the latest (a moment before the master's kill).
+    drain_deadline: OnceLock<Instant>,
+}
+
+impl HeadRules {
+    /// When a retiring worker closes the keep-alive connections still idle:
+    /// a little before `--graceful-timeout` ends, so it exits by itself.
+    fn drain_deadline(&self) -> Instant {
+        *self.drain_deadline.get_or_init(|| {
+            let margin = Duration::from_millis(500).min(self.graceful / 4);
+            Instant::now() + self.graceful.saturating_sub(margin)
+        })
+    }
 }
 
 /// Read until a complete request head is buffered. None: close quietly.
@@ -523,22 +545,27 @@ async fn read_head<S: AsyncRead + Unpin, F>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
-        // Only an idle keep-alive connection is closed at shutdown: a
-        // connection this worker accepted is served (its client has sent or
-        // is sending a request); the header timeout and --graceful-timeout
-        // bound the wait.
-        let empty = buf.is_empty() && idle;
+        // Retiring: an idle keep-alive connection is not closed at once
+        // (its client may be sending a request right now, and a client does
+        // not retry a POST), but it waits no longer than the drain deadline.
+        let draining = *shutdown.borrow();
+        if draining {
+            deadline = deadline.min(rules.drain_deadline());
+        }
+        let watch_shutdown = idle && buf.is_empty() && !draining;
         let read = tokio::time::timeout_at(deadline.into(), s.read_buf(buf));
         tokio::select! {
             r = read => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(_)) => {}
                 Err(_) => {
-                    // Header timeout: a trickling client never reaches Python.
+                    // Header or keep-alive timeout: a trickling client never
+                    // reaches Python; an idle connection closes.
                     return None;
                 }
             },
-            _ = shutdown.wait_for(|v| *v), if empty => return None,
+            // Retirement began: go round again with the deadline capped.
+            _ = shutdown.wait_for(|v| *v), if watch_shutdown => {}
         }
     }
 }
@@ -563,7 +590,7 @@ where
     }
     let mut idle = false;
     loop {
-        let (req, n) =
+        let (mut req, n) =
             match read_head(&ctx.head, &ctx.shutdown, &mut s, &mut buf, idle, &mut fresh).await {
                 None => return,
                 Some(Ok(r)) => r,
@@ -577,6 +604,11 @@ where
         let rest = buf.split_off(n);
         buf.clear();
         fresh = None;
+        if ctx.draining() {
+            // A retiring worker answers this request and says it closes, so
+            // the client's next request goes to a worker that stays.
+            req.keep_alive = false;
+        }
         let started = Instant::now();
         ctx.cap.request_started();
         let call = Call {
@@ -602,7 +634,10 @@ where
                 return;
             }
         }
-        if !outcome.keep_alive || ctx.head.keepalive.is_zero() || ctx.draining() {
+        // A response that promised keep-alive is honoured even while
+        // retiring: the connection waits (see read_head) for the next
+        // request, which is then answered with `Connection: close`.
+        if !outcome.keep_alive || ctx.head.keepalive.is_zero() {
             let _ = s.shutdown().await;
             return;
         }
@@ -641,6 +676,8 @@ mod tests {
             limits: Limits::default(),
             keepalive: Duration::from_millis(300),
             header_timeout: Duration::from_millis(150),
+            graceful: Duration::from_secs(30),
+            drain_deadline: OnceLock::new(),
         }
     }
 
@@ -749,42 +786,78 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shutdown_closes_idle_connections_but_not_a_request_under_way() {
+    async fn retiring_keeps_an_idle_connection_until_its_keepalive_ends() {
         let (_c1, mut idle) = duplex(1024);
         let (mut c2, mut busy) = duplex(1024);
         let (tx, shutdown) = watch::channel(false);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let _ = tx.send(true);
+            // A request sent just after retirement began.
             tokio::time::sleep(Duration::from_millis(30)).await;
-            c2.write_all(b"\r\n").await.ok();
+            c2.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .ok();
             tokio::time::sleep(Duration::from_secs(1)).await;
             drop((tx, c2));
         });
+        let rules = rules();
+        let (mut buf_a, mut buf_b) = (Vec::new(), Vec::new());
+        let (mut fresh_a, mut fresh_b) = (None::<()>, None::<()>);
         let started = Instant::now();
-        let r = read_head(
-            &rules(),
-            &shutdown,
-            &mut idle,
-            &mut Vec::new(),
-            true,
-            &mut None::<()>,
-        )
-        .await;
+        let (a, b) = tokio::join!(
+            read_head(&rules, &shutdown, &mut idle, &mut buf_a, true, &mut fresh_a),
+            read_head(&rules, &shutdown, &mut busy, &mut buf_b, true, &mut fresh_b),
+        );
+        // The idle one closed at its keep-alive timeout (300 ms), not at once.
+        assert!(a.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(290));
+        // The request that came during the drain is read, to be answered.
+        assert!(matches!(b, Some(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn retiring_closes_idle_connections_before_graceful_timeout_ends() {
+        let (_client, mut idle) = duplex(1024);
+        let (tx, shutdown) = watch::channel(false);
+        let rules = HeadRules {
+            keepalive: Duration::from_secs(30),
+            graceful: Duration::from_millis(400),
+            ..rules()
+        };
+        let (mut buf, mut fresh) = (Vec::new(), None::<()>);
+        let started = Instant::now();
+        let retire = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            rules.drain_deadline();
+            let _ = tx.send(true);
+        };
+        let (r, ()) = tokio::join!(
+            read_head(&rules, &shutdown, &mut idle, &mut buf, true, &mut fresh),
+            retire,
+        );
         assert!(r.is_none());
-        assert!(started.elapsed() < Duration::from_millis(250));
-        // Half a head is there: the client is served despite the shutdown.
-        let mut buf = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
-        let r = read_head(
-            &rules(),
-            &shutdown,
-            &mut busy,
-            &mut buf,
-            true,
-            &mut None::<()>,
-        )
-        .await;
-        assert!(matches!(r, Some(Ok(_))));
+        // 20 ms + 400 ms less a 100 ms margin (see the next test), not the
+        // keep-alive timeout.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn the_drain_deadline_is_fixed_once_a_margin_before_graceful_timeout() {
+        for (graceful, left) in [(30_000, 29_500), (400, 300), (0, 0)] {
+            let rules = HeadRules {
+                graceful: Duration::from_millis(graceful),
+                ..rules()
+            };
+            let before = Instant::now();
+            let d = rules.drain_deadline();
+            let after = Instant::now();
+            let left = Duration::from_millis(left);
+            assert!(d >= before + left && d <= after + left, "{graceful}");
+            assert_eq!(rules.drain_deadline(), d, "fixed when retiring began");
+        }
     }
 
     #[tokio::test]
