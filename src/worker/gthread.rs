@@ -1,0 +1,150 @@
+//! The `gthread` worker class: `--threads` Python threads, each attached to
+//! the interpreter once and releasing the GIL while it waits for the next
+//! request. The I/O thread hands each parsed request over a channel and
+//! awaits the outcome, so slow clients (reading heads, draining responses,
+//! idle keep-alive) never hold a Python thread.
+
+use super::boot::Booted;
+use super::{Call, Class};
+use crate::http;
+use crate::scoreboard::{now_ms, Slot};
+use crate::wsgi::{self, Bridge, Outcome, Peer};
+use pyo3::prelude::*;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+
+pub(super) struct Gthread {
+    bridge: Arc<Bridge>,
+    threads: usize,
+    /// When each Python thread's current request began (0 = idle).
+    busy: Arc<Vec<AtomicU64>>,
+    /// Set by `start`.
+    pool: Option<mpsc::Sender<Job>>,
+    slot: &'static Slot,
+}
+
+/// A request on its way to a Python thread.
+struct Job {
+    listener: usize,
+    req: http::Request,
+    prebuffered: Vec<u8>,
+    fd: RawFd,
+    peer: Peer,
+    reply: oneshot::Sender<(http::Request, Outcome)>,
+}
+
+impl Gthread {
+    pub fn new(b: &Booted<'_>) -> Result<Gthread, i32> {
+        let threads = b.settings.threads.max(1);
+        Ok(Gthread {
+            bridge: Arc::new(b.wsgi_bridge(true)?),
+            threads,
+            busy: Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect()),
+            pool: None,
+            slot: b.slot,
+        })
+    }
+}
+
+impl Class for Gthread {
+    const INLINE: bool = false;
+
+    fn slots(&self) -> usize {
+        self.threads
+    }
+
+    fn start(&mut self) -> Result<(), i32> {
+        self.pool = Some(start_pool(
+            self.threads,
+            self.bridge.clone(),
+            self.busy.clone(),
+        ));
+        Ok(())
+    }
+
+    async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(http::Request, Outcome)> {
+        let pool = self.pool.as_ref()?;
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            listener: call.listener,
+            req: call.req,
+            prebuffered: call.prebuffered,
+            fd: call.fd,
+            peer: call.peer.clone(),
+            reply: tx,
+        };
+        self.slot.active.fetch_add(1, Ordering::Relaxed);
+        if pool.send(job).is_err() {
+            return None;
+        }
+        let r = rx.await;
+        self.slot.active.fetch_sub(1, Ordering::Relaxed);
+        r.ok()
+    }
+
+    fn heartbeat(&self, slot: &Slot) {
+        slot.busy_since_ms
+            .store(oldest_busy(&self.busy), Ordering::Relaxed);
+    }
+}
+
+/// --timeout applies per request: the start of the oldest one running
+/// (0 when every thread is idle).
+fn oldest_busy(busy: &[AtomicU64]) -> u64 {
+    busy.iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .filter(|&t| t != 0)
+        .min()
+        .unwrap_or(0)
+}
+
+/// Start `n` Python threads that share the bridge and take jobs from one
+/// channel until it closes.
+fn start_pool(n: usize, bridge: Arc<Bridge>, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = rx.clone();
+        let busy = busy.clone();
+        let bridge = bridge.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("python-{i}"))
+            .spawn(move || {
+                Python::attach(|py| loop {
+                    let job = py.detach(|| rx.lock().unwrap_or_else(|p| p.into_inner()).recv());
+                    let Ok(job) = job else { break };
+                    busy[i].store(now_ms(), Ordering::Relaxed);
+                    let out = wsgi::handle(
+                        py,
+                        &bridge,
+                        job.listener,
+                        &job.req,
+                        job.prebuffered,
+                        job.fd,
+                        &job.peer,
+                    );
+                    busy[i].store(0, Ordering::Relaxed);
+                    let _ = job.reply.send((job.req, out));
+                })
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start Python thread {i}: {e}");
+        }
+    }
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oldest_busy_ignores_idle_threads() {
+        let busy: Vec<AtomicU64> = [0, 500, 300, 0].into_iter().map(AtomicU64::new).collect();
+        assert_eq!(oldest_busy(&busy), 300);
+        let idle: Vec<AtomicU64> = [0, 0].into_iter().map(AtomicU64::new).collect();
+        assert_eq!(oldest_busy(&idle), 0);
+    }
+}
