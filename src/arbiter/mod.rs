@@ -3,8 +3,16 @@
 //!
 //! One thread, one `poll(2)` loop over: a signalfd (every signal below is
 //! blocked and read from it, so handlers never run), the pipe workers write
-//! to (ready, retire), and a timer. No other thread ever exists here, so a
-//! fork never copies a lock held by a thread the child does not have.
+//! to (ready, retire), the control socket, and a timeout (the next deadline
+//! of the supervisor, systemd or the control server, at most 1 s). No other
+//! thread ever exists here, so a fork never copies a lock held by a thread
+//! the child does not have.
+//!
+//! The loop decides nothing about workers: each turn it turns what it read
+//! (signals, pipe messages, reaped children, each worker's heartbeat and
+//! oldest request in the [`crate::scoreboard`]) into events for the
+//! [`supervisor`], and performs the actions it answers (fork, signal, tell
+//! systemd), running the hooks around them.
 //!
 //! | signal        | meaning                                                       |
 //! |---------------|---------------------------------------------------------------|
@@ -29,7 +37,7 @@ pub use supervisor::ReloadOutcome;
 use supervisor::{Action, Event, Exit, Limits, Supervisor};
 
 use crate::config::Settings;
-use crate::scoreboard::{now_ms, Scoreboard, SlotState, MAX_SLOTS};
+use crate::scoreboard::{now_ms, Scoreboard, MAX_SLOTS};
 use crate::sock::Listener;
 use crate::worker::{self, msg};
 use anyhow::{Context, Result};
@@ -333,6 +341,7 @@ impl Arbiter {
                     }
                 }
                 Action::Signal(pid, sig) => {
+                    // ESRCH: it died meanwhile; its reaping is the next event.
                     let _ = kill(pid, sig);
                 }
                 Action::Stopping { quick } => self.stopping(quick),
@@ -456,7 +465,6 @@ impl Arbiter {
             let s = self.scoreboard.slot(slot);
             let served = s.requests.load(Ordering::Relaxed);
             self.totals.retired_requests = self.totals.retired_requests.saturating_add(served);
-            s.set_state(SlotState::Free);
             let error = self.scoreboard.take_error(slot);
             events.push(Event::Exited { pid, exit, error });
             exited.push((pid, slot));

@@ -338,7 +338,14 @@ impl Supervisor {
         let mut at: Option<Ms> = None;
         let mut at_least = |t: Ms| at = Some(at.map_or(t, |a| a.min(t)));
         if let Run::Stopping { deadline, .. } = self.run {
-            at_least(deadline);
+            // Once all are killed, only their reaping (SIGCHLD) is awaited.
+            if self
+                .workers
+                .values()
+                .any(|w| !matches!(w.state, WorkerState::Killed(_)))
+            {
+                at_least(deadline);
+            }
         } else if self.next_spawn_at > now && self.live_count() < self.target {
             at_least(self.next_spawn_at);
         }

@@ -638,6 +638,11 @@ fn graceful_stop_waits_for_the_graceful_timeout_then_kills() {
     assert_eq!(h.signalled(pids[1]), vec![Signal::SIGTERM, Signal::SIGKILL]);
     h.tick(vec![]);
     assert_eq!(h.signals.len(), 3, "SIGKILL once");
+    assert_eq!(
+        h.sup.next_deadline(h.now),
+        None,
+        "no timer while awaiting reaping"
+    );
     assert!(h.exit(pids[1], Exit::Signal(Signal::SIGKILL)).is_empty());
     assert!(h.sup.finished());
     assert_eq!(h.sup.exit_code(), 0);
