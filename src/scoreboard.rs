@@ -1,6 +1,7 @@
 //! The scoreboard: a shared-memory table, one slot per worker, that workers
-//! write with plain atomic stores and the master reads when it needs to
-//! (timeouts, `status`). It replaces Gunicorn's per-request `fchmod` of a
+//! write with plain atomic stores and the master reads each turn of its
+//! loop (`--timeout`: the heartbeat and the oldest request) and for
+//! `status` and `metrics`. It replaces Gunicorn's per-request `fchmod` of a
 //! temporary file: no system call on the request path.
 //!
 //! It is mapped `MAP_SHARED | MAP_ANONYMOUS` by the master before any fork,
@@ -12,7 +13,11 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 /// Most workers one server can have at once.
 pub const MAX_SLOTS: usize = 1024;
 
-/// A worker's life, as the worker reports it.
+/// A worker's life, as the worker records it. Nothing reads it: the master
+/// learns that a worker is ready from the pipe ([`crate::worker::msg`]) and
+/// keeps its own view of each worker
+/// (`arbiter::supervisor::WorkerState`). Left for the worker to stop
+/// writing (then it goes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum SlotState {
@@ -34,7 +39,10 @@ pub struct Slot {
     pub requests: AtomicU64,
     /// Monotonic milliseconds at which the oldest running request began; 0 = idle.
     pub busy_since_ms: AtomicU64,
-    /// Monotonic milliseconds of the worker's last sign of life.
+    /// Monotonic milliseconds of the worker's last heartbeat: the fork time
+    /// until its event loop runs, then written by the loop every 500 ms.
+    /// A worker whose loop stops beating for `--timeout` while no request
+    /// runs is aborted; one still booting that long is killed.
     pub heartbeat_ms: AtomicU64,
     _pad2: [u64; 3],
 }

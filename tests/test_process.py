@@ -25,8 +25,8 @@ import pytest
 import requests
 
 from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, VENV,
-                      free_port, gunicorn_xfail, proc_stat, raw_request, rgunicorn_only,
-                      session_members, wait_until)
+                      free_port, gunicorn_xfail, pid_alive, proc_stat, raw_request,
+                      rgunicorn_only, session_members, wait_until)
 
 APP = "proc_app:app"
 
@@ -540,6 +540,33 @@ def test_error_logfile_and_level(server, tmp_path):
     assert srv.get("/").status_code == 200
     srv.stop()
     assert "[INFO]" not in quiet.read_text()
+
+
+def test_worker_hanging_at_boot_is_timed_out_and_replaced(server, tmp_path):
+    """--timeout covers the app's import too: a worker stuck importing is
+    killed and replaced (with the boot-failure backoff), and the log says so."""
+    flag = tmp_path / "hang"
+    flag.touch()
+    t0 = time.monotonic()
+    srv = server("-w", "1", "--timeout", "2", app="proc_boothang:app",
+                 env={"BOOT_HANG_FLAG": str(flag)}, wait=False)
+    log = srv.wait_for_log(r"boothang import pid=\d+")
+    hung = int(re.search(r"boothang import pid=(\d+)", log).group(1))
+    srv.wait_for_log(rf"WORKER TIMEOUT \(pid:{hung}\)", timeout=15)
+    took = time.monotonic() - t0
+    assert took >= 2, f"timed out after {took:.2f} s, before --timeout"
+    assert wait_until(lambda: not pid_alive(hung), timeout=5), srv.log()
+    # Still hanging: the replacement hangs too and is killed in turn.
+    log = srv.wait_for_log(rf"boothang import pid=(?!{hung}\b)\d+", timeout=10)
+    second = int(re.findall(r"boothang import pid=(\d+)", log)[-1])
+    assert second != hung
+    assert srv.running(), srv.log()
+    # Fixed: the next worker gets through its import and serves.
+    flag.unlink()
+    srv.wait_ready(timeout=20)
+    assert srv.get("/").text == "ok"
+    assert hung not in srv.worker_pids()
+    assert srv.stop() == 0
 
 
 def test_worker_boot_error_exits_3(server):

@@ -4,10 +4,11 @@
 //! [`Arbiter::scale`], SIGTERM/SIGINT → `stop`, SIGUSR1 → `reopen_logs`), and
 //! drives the [`ControlServer`] from the master's poll loop.
 
-use super::{Arbiter, RunState, WState};
+use super::supervisor::{Worker, WorkerState};
+use super::{Arbiter, ReloadOutcome};
 use crate::control::protocol::{
     self as proto, ErrorBody, ErrorCode, HealthData, MasterState, MetricsData, ScaleData, ScaleTo,
-    StatusData, StopData, WorkerInfo, WorkerKillData, WorkerMetrics, WorkerState,
+    StatusData, StopData, WorkerInfo, WorkerKillData, WorkerMetrics,
 };
 use crate::control::server::{ControlServer, Master};
 use crate::scoreboard::{now_ms, MAX_SLOTS};
@@ -46,11 +47,11 @@ impl Arbiter {
             ctl.on_ready(*fd, *revents, self);
         }
         ctl.on_timer(self);
-        if self.last_reload != self.notified_reload {
-            if let Some(outcome) = &self.last_reload {
+        if self.sup.last_reload() != self.notified_reload.as_ref() {
+            if let Some(outcome) = self.sup.last_reload() {
                 ctl.complete_reload(&to_proto(outcome));
             }
-            self.notified_reload = self.last_reload.clone();
+            self.notified_reload = self.sup.last_reload().cloned();
         }
         self.control = Some(ctl);
     }
@@ -61,26 +62,18 @@ impl Arbiter {
     }
 
     fn master_state(&self) -> MasterState {
-        if matches!(self.state, RunState::Stopping { .. }) {
+        if !self.sup.is_running() {
             MasterState::Draining
-        } else if self.reload.is_some() {
+        } else if self.sup.reload_in_progress().is_some() {
             MasterState::Reloading
-        } else if self.serving_count() == 0 {
+        } else if self.sup.serving_count() == 0 {
             MasterState::Booting
         } else {
             MasterState::Running
         }
     }
 
-    /// Ready workers of any generation that are not retiring.
-    fn serving_count(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| w.state == WState::Ready)
-            .count()
-    }
-
-    fn worker_info(&self, pid: nix::unistd::Pid, w: &super::WorkerRec) -> WorkerInfo {
+    fn worker_info(&self, pid: nix::unistd::Pid, w: &Worker) -> WorkerInfo {
         let slot = self.scoreboard.slot(w.slot);
         let busy_since = slot.busy_since_ms.load(Ordering::Relaxed);
         // The sync worker marks only `busy_since`; gthread also counts.
@@ -89,22 +82,26 @@ impl Arbiter {
             .load(Ordering::Relaxed)
             .max(u32::from(busy_since != 0));
         let state = match w.state {
-            WState::Booting => WorkerState::Booting,
-            WState::Retiring { .. } => WorkerState::Retiring,
-            WState::Ready if active > 0 || busy_since != 0 => WorkerState::Busy,
-            WState::Ready => WorkerState::Idle,
+            WorkerState::Booting { .. } => proto::WorkerState::Booting,
+            WorkerState::Retiring { .. } | WorkerState::Killed(_) => proto::WorkerState::Retiring,
+            // Aborted for a request past --timeout (or a stuck loop): busy.
+            WorkerState::Aborting { .. } => proto::WorkerState::Busy,
+            WorkerState::Ready | WorkerState::Recycling if active > 0 || busy_since != 0 => {
+                proto::WorkerState::Busy
+            }
+            WorkerState::Ready | WorkerState::Recycling => proto::WorkerState::Idle,
         };
         WorkerInfo {
             pid: pid.as_raw(),
             generation: w.generation,
             state,
-            age_s: w.born.elapsed().as_secs_f64(),
+            age_s: now_ms().saturating_sub(w.born) as f64 / 1000.0,
             requests: slot.requests.load(Ordering::Relaxed),
             active,
             current_request_s: (busy_since != 0)
                 .then(|| now_ms().saturating_sub(busy_since) as f64 / 1000.0),
             rss_bytes: rss_of(pid.as_raw()),
-            restarts: self.slot_restarts.get(w.slot).copied().unwrap_or(0),
+            restarts: self.sup.slot_restarts(w.slot),
         }
     }
 }
@@ -121,15 +118,15 @@ fn rss_of(pid: i32) -> Option<u64> {
     Some(pages.saturating_mul(page))
 }
 
-fn to_proto(o: &super::ReloadOutcome) -> proto::ReloadOutcome {
+fn to_proto(o: &ReloadOutcome) -> proto::ReloadOutcome {
     match o {
-        super::ReloadOutcome::Succeeded { generation, took } => proto::ReloadOutcome {
+        ReloadOutcome::Succeeded { generation, took } => proto::ReloadOutcome {
             generation: *generation,
             status: proto::ReloadStatus::Succeeded,
             duration_s: Some(took.as_secs_f64()),
             error: None,
         },
-        super::ReloadOutcome::Failed { generation, error } => proto::ReloadOutcome {
+        ReloadOutcome::Failed { generation, error } => proto::ReloadOutcome {
             generation: *generation,
             status: proto::ReloadStatus::Failed,
             duration_s: None,
@@ -151,37 +148,37 @@ fn clamp_u32(n: usize) -> u32 {
 
 impl Master for Arbiter {
     fn status(&mut self) -> StatusData {
-        let last_reload = match self.reload {
+        let last_reload = match self.sup.reload_in_progress() {
             Some(r) => Some(proto::ReloadOutcome {
                 generation: r.generation,
                 status: proto::ReloadStatus::InProgress,
                 duration_s: None,
                 error: None,
             }),
-            None => self.last_reload.as_ref().map(to_proto),
+            None => self.sup.last_reload().map(to_proto),
         };
         StatusData {
             master_pid: self.pid.as_raw(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: self.uptime().as_secs_f64(),
             state: self.master_state(),
-            generation: self.generation,
+            generation: self.sup.generation(),
             listeners: self.listeners.iter().map(|l| l.describe()).collect(),
-            workers_target: clamp_u32(self.target),
-            workers_actual: clamp_u32(self.workers.len()),
-            workers_ready: clamp_u32(self.ready_count()),
+            workers_target: clamp_u32(self.sup.target()),
+            workers_actual: clamp_u32(self.sup.workers().count()),
+            workers_ready: clamp_u32(self.sup.ready_count()),
             last_reload,
             workers: self
-                .workers
-                .iter()
-                .map(|(pid, w)| self.worker_info(*pid, w))
+                .sup
+                .workers()
+                .map(|(pid, w)| self.worker_info(pid, w))
                 .collect(),
         }
     }
 
     fn health(&mut self) -> HealthData {
         let state = self.master_state();
-        let serving = self.serving_count();
+        let serving = self.sup.serving_count();
         let reason = match state {
             MasterState::Draining => Some("the server is stopping (draining)".to_string()),
             _ if serving == 0 => Some("no worker is ready yet (booting)".to_string()),
@@ -191,17 +188,17 @@ impl Master for Arbiter {
             healthy: reason.is_none(),
             state,
             workers_ready: clamp_u32(serving),
-            workers_target: clamp_u32(self.target),
+            workers_target: clamp_u32(self.sup.target()),
             reason,
         }
     }
 
     fn metrics(&mut self) -> MetricsData {
         let workers: Vec<WorkerMetrics> = self
-            .workers
-            .iter()
+            .sup
+            .workers()
             .map(|(pid, w)| {
-                let i = self.worker_info(*pid, w);
+                let i = self.worker_info(pid, w);
                 WorkerMetrics {
                     pid: i.pid,
                     slot: clamp_u32(w.slot),
@@ -214,38 +211,39 @@ impl Master for Arbiter {
                 }
             })
             .collect();
-        let count = |s: WorkerState| clamp_u32(workers.iter().filter(|w| w.state == s).count());
+        let count =
+            |s: proto::WorkerState| clamp_u32(workers.iter().filter(|w| w.state == s).count());
         let live: u64 = workers.iter().map(|w| w.requests).sum();
         MetricsData {
             master_pid: self.pid.as_raw(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: self.uptime().as_secs_f64(),
             state: self.master_state(),
-            generation: self.generation,
+            generation: self.sup.generation(),
             requests_total: self.totals.retired_requests.saturating_add(live),
             requests_active: workers.iter().map(|w| u64::from(w.active)).sum(),
-            workers_target: clamp_u32(self.target),
+            workers_target: clamp_u32(self.sup.target()),
             workers_alive: clamp_u32(workers.len()),
-            workers_ready: clamp_u32(self.ready_count()),
-            workers_busy: count(WorkerState::Busy),
-            workers_booting: count(WorkerState::Booting),
-            workers_retiring: count(WorkerState::Retiring),
+            workers_ready: clamp_u32(self.sup.ready_count()),
+            workers_busy: count(proto::WorkerState::Busy),
+            workers_booting: count(proto::WorkerState::Booting),
+            workers_retiring: count(proto::WorkerState::Retiring),
             worker_spawns_total: self.totals.spawns,
-            worker_restarts_total: self.restarts,
-            worker_timeouts_total: self.totals.timeouts,
-            reloads_succeeded_total: self.totals.reloads_succeeded,
-            reloads_failed_total: self.totals.reloads_failed,
+            worker_restarts_total: self.sup.counters().restarts,
+            worker_timeouts_total: self.sup.counters().timeouts,
+            reloads_succeeded_total: self.sup.counters().reloads_succeeded,
+            reloads_failed_total: self.sup.counters().reloads_failed,
             workers,
         }
     }
 
     fn reload(&mut self) -> Result<proto::ReloadOutcome, ErrorBody> {
-        if self.state != RunState::Running {
+        if !self.sup.is_running() {
             return Err(stopping());
         }
-        let before = self.last_generation;
+        let before = self.sup.last_generation();
         Arbiter::reload(self);
-        if let Some(r) = self.reload {
+        if let Some(r) = self.sup.reload_in_progress() {
             if r.generation > before {
                 return Ok(proto::ReloadOutcome {
                     generation: r.generation,
@@ -255,12 +253,13 @@ impl Master for Arbiter {
                 });
             }
         }
-        match &self.last_reload {
-            Some(o @ super::ReloadOutcome::Failed { generation, .. }) if *generation > before => {
+        match self.sup.last_reload() {
+            Some(o @ ReloadOutcome::Failed { generation, .. }) if *generation > before => {
                 // Failed before any worker was started (the config could
                 // not be read): answered at once, and not again later.
-                self.notified_reload = self.last_reload.clone();
-                Ok(to_proto(o))
+                let answer = to_proto(o);
+                self.notified_reload = Some(o.clone());
+                Ok(answer)
             }
             _ => Err(ErrorBody::new(
                 ErrorCode::Internal,
@@ -270,10 +269,10 @@ impl Master for Arbiter {
     }
 
     fn scale(&mut self, to: ScaleTo) -> Result<ScaleData, ErrorBody> {
-        if self.state != RunState::Running {
+        if !self.sup.is_running() {
             return Err(stopping());
         }
-        let previous = self.target;
+        let previous = self.sup.target();
         let n = match to {
             ScaleTo::Absolute(n) => usize::try_from(n).unwrap_or(MAX_SLOTS),
             ScaleTo::Relative(d) if d >= 0 => {
@@ -286,7 +285,7 @@ impl Master for Arbiter {
         Arbiter::scale(self, n);
         Ok(ScaleData {
             previous: clamp_u32(previous),
-            target: clamp_u32(self.target),
+            target: clamp_u32(self.sup.target()),
         })
     }
 
@@ -302,12 +301,17 @@ impl Master for Arbiter {
 
     fn kill_worker(&mut self, pid: i32) -> Result<WorkerKillData, ErrorBody> {
         let p = nix::unistd::Pid::from_raw(pid);
-        match self.workers.get(&p).map(|w| w.state) {
+        match self.sup.worker(p).map(|w| w.state) {
             None => Err(ErrorBody::new(
                 ErrorCode::NoSuchWorker,
                 format!("no worker of this server has pid {pid}"),
             )),
-            Some(WState::Retiring { .. }) => Ok(WorkerKillData { pid }),
+            // Already on its way out.
+            Some(
+                WorkerState::Retiring { .. }
+                | WorkerState::Aborting { .. }
+                | WorkerState::Killed(_),
+            ) => Ok(WorkerKillData { pid }),
             Some(_) => {
                 tracing::info!("Control: stopping worker (pid:{pid})");
                 self.retire(p);

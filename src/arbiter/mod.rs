@@ -3,8 +3,16 @@
 //!
 //! One thread, one `poll(2)` loop over: a signalfd (every signal below is
 //! blocked and read from it, so handlers never run), the pipe workers write
-//! to (ready, retire), and a timer. No other thread ever exists here, so a
-//! fork never copies a lock held by a thread the child does not have.
+//! to (ready, retire), the control socket, and a timeout (the next deadline
+//! of the supervisor, systemd or the control server, at most 1 s). No other
+//! thread ever exists here, so a fork never copies a lock held by a thread
+//! the child does not have.
+//!
+//! The loop decides nothing about workers: each turn it turns what it read
+//! (signals, pipe messages, reaped children, each worker's heartbeat and
+//! oldest request in the [`crate::scoreboard`]) into events for the
+//! [`supervisor`], and performs the actions it answers (fork, signal, tell
+//! systemd), running the hooks around them.
 //!
 //! | signal        | meaning                                                       |
 //! |---------------|---------------------------------------------------------------|
@@ -23,8 +31,13 @@ mod control;
 
 mod sd;
 
+mod supervisor;
+
+pub use supervisor::ReloadOutcome;
+use supervisor::{Action, Event, Exit, Limits, Supervisor};
+
 use crate::config::Settings;
-use crate::scoreboard::{now_ms, Scoreboard, SlotState, MAX_SLOTS};
+use crate::scoreboard::{now_ms, Scoreboard, MAX_SLOTS};
 use crate::sock::Listener;
 use crate::worker::{self, msg};
 use anyhow::{Context, Result};
@@ -35,8 +48,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use pyo3::prelude::*;
-use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The signals the master handles (all read from the signalfd).
@@ -68,50 +81,8 @@ pub use crate::worker::msg::{
     APP_LOAD_ERROR as EXIT_APP_LOAD_ERROR, WORKER_BOOT_ERROR as EXIT_WORKER_BOOT_ERROR,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WState {
-    Booting,
-    Ready,
-    /// Told to stop; killed outright at the deadline.
-    Retiring {
-        kill_at: Instant,
-    },
-}
-
-#[derive(Debug)]
-struct WorkerRec {
-    slot: usize,
-    generation: u64,
-    state: WState,
-    /// A worker that asked to retire (max-requests) and awaits its replacement.
-    wants_retire: bool,
-    /// Timed out: killed with SIGKILL at this instant if still alive.
-    timed_out_kill_at: Option<Instant>,
-    /// SIGKILL already sent: only its reaping is awaited (no timer, no resend).
-    killed: bool,
-    /// When it was forked.
-    born: Instant,
-}
-
-/// How the last reload ended (reported by `status`, sent to systemd).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// The new generation is ready; the old one retires.
-    Succeeded { generation: u64, took: Duration },
-    /// The new generation could not boot (or the config could not be
-    /// read); the previous generation keeps serving.
-    Failed { generation: u64, error: String },
-}
-
-/// A reload in progress.
-#[derive(Debug, Clone, Copy)]
-struct Reload {
-    generation: u64,
-    previous: u64,
-    started: Instant,
-}
-
-/// Running totals for `metrics`; they only go up while the master lives.
+/// Running totals for `metrics` kept by the loop (the supervisor keeps the
+/// others); they only go up while the master lives.
 #[derive(Debug, Default)]
 struct Totals {
     /// Requests served by workers already reaped: each one's last count,
@@ -120,16 +91,6 @@ struct Totals {
     retired_requests: u64,
     /// Worker processes forked.
     spawns: u64,
-    /// Workers aborted by `--timeout`.
-    timeouts: u64,
-    reloads_succeeded: u64,
-    reloads_failed: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RunState {
-    Running,
-    Stopping { deadline: Instant, quick: bool },
 }
 
 pub struct Arbiter {
@@ -139,38 +100,18 @@ pub struct Arbiter {
     listeners: Vec<Listener>,
     scoreboard: Scoreboard,
     free_slots: Vec<usize>,
-    workers: BTreeMap<Pid, WorkerRec>,
-    target: usize,
-    generation: u64,
-    /// The highest generation number handed out (numbers are never reused).
-    last_generation: u64,
-    state: RunState,
+    /// The workers' states and every decision about them.
+    sup: Supervisor,
     sigfd: SignalFd,
     pipe_r: OwnedFd,
     pipe_w: OwnedFd,
     preloaded: Option<Py<PyAny>>,
-    /// Some worker has reported ready since start.
-    ever_ready: bool,
-    exit_code: i32,
-    /// Consecutive workers that died before becoming ready.
-    boot_failures: u32,
-    next_spawn_at: Instant,
     pid: Pid,
-    /// The worker count was changed at run time (TTIN/TTOU, `scale`): a
-    /// reload keeps it instead of taking `workers` from the config again.
-    scaled: bool,
-    reload: Option<Reload>,
-    last_reload: Option<ReloadOutcome>,
     /// A new master started by SIGUSR2, sharing our listeners.
     reexec_child: Option<Pid>,
-    /// Times a worker had to be replaced because it died unexpectedly.
-    restarts: u64,
-    /// The other running totals `metrics` reports.
+    /// The running totals `metrics` reports that the loop keeps.
     totals: Totals,
     started_at: Instant,
-    /// Per scoreboard slot: workers in that position that died unexpectedly
-    /// and were replaced (`status` reports it per worker).
-    slot_restarts: Vec<u64>,
     /// The control socket, served from the loop.
     control: Option<crate::control::server::ControlServer>,
     /// The reload outcome the control server was last told about.
@@ -200,7 +141,7 @@ impl Arbiter {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .context("cannot create the worker pipe")?;
         let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
-        let target = settings.workers.clamp(1, MAX_SLOTS);
+        let sup = Supervisor::new(settings.workers, Limits::from_settings(&settings));
         Ok(Arbiter {
             settings,
             app_uri,
@@ -208,28 +149,15 @@ impl Arbiter {
             listeners,
             scoreboard,
             free_slots: (0..MAX_SLOTS).rev().collect(),
-            workers: BTreeMap::new(),
-            target,
-            generation: 1,
-            last_generation: 1,
-            state: RunState::Running,
+            sup,
             sigfd,
             pipe_r,
             pipe_w,
             preloaded,
-            ever_ready: false,
-            exit_code: 0,
-            boot_failures: 0,
-            next_spawn_at: Instant::now(),
             pid: nix::unistd::getpid(),
-            scaled: false,
-            reload: None,
-            last_reload: None,
             reexec_child: None,
-            restarts: 0,
             totals: Totals::default(),
             started_at: Instant::now(),
-            slot_restarts: vec![0; MAX_SLOTS],
             control: None,
             notified_reload: None,
             sd: crate::systemd::Service::from_env(),
@@ -250,10 +178,10 @@ impl Arbiter {
             }
         );
         crate::proctitle::set("master", &self.settings);
-        if !crate::hooks::when_ready(&self.settings, self.target) {
+        if !crate::hooks::when_ready(&self.settings, self.sup.target()) {
             return 1;
         }
-        self.manage_workers();
+        self.apply(Vec::new());
         loop {
             let timeout = self.poll_timeout();
             let ctl_fds = self.control_poll_fds();
@@ -287,30 +215,33 @@ impl Arbiter {
             if sig_ready {
                 self.handle_signals();
             }
+            // What the workers said and how they ended, then how they look
+            // in the scoreboard: one turn of the supervisor (its timers run
+            // on every turn).
+            let mut events = Vec::new();
             if pipe_ready {
-                self.handle_worker_messages();
+                self.read_worker_messages(&mut events);
             }
-            self.reap_children();
-            self.murder_workers();
+            let exited = self.reap_children(&mut events);
+            self.read_scoreboard(&mut events);
+            let actions = self.sup.tick(now_ms(), events);
+            for (pid, slot) in exited {
+                self.free_slots.push(slot);
+                crate::hooks::child_exit(&self.settings, self.sup.target(), pid.as_raw(), slot);
+            }
+            self.execute(actions);
             self.sd_tick();
             self.handle_control(&ctl_ready);
-            if let RunState::Stopping { deadline, .. } = self.state {
-                if self.workers.is_empty() {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    self.kill_all(Signal::SIGKILL);
-                }
-                continue;
+            if self.sup.finished() {
+                break;
             }
-            self.manage_workers();
             self.sd_tick();
         }
         tracing::info!("Shutting down: Master");
         // Answers still owed are sent (best effort) and the socket removed.
         drop(self.control.take());
         crate::hooks::on_exit(&self.settings);
-        self.exit_code
+        self.sup.exit_code()
     }
 
     /// How long this master has been running.
@@ -320,25 +251,15 @@ impl Arbiter {
 
     /// How the last reload ended, if there was one.
     pub fn last_reload(&self) -> Option<&ReloadOutcome> {
-        self.last_reload.as_ref()
+        self.sup.last_reload()
     }
 
     fn poll_timeout(&self) -> PollTimeout {
         let mut wait = Duration::from_millis(1000);
         let now = Instant::now();
-        if let RunState::Stopping { deadline, .. } = self.state {
-            wait = wait.min(deadline.saturating_duration_since(now));
-        }
-        if self.next_spawn_at > now && self.live_count() < self.target {
-            wait = wait.min(self.next_spawn_at - now);
-        }
-        for w in self.workers.values().filter(|w| !w.killed) {
-            if let WState::Retiring { kill_at } = w.state {
-                wait = wait.min(kill_at.saturating_duration_since(now));
-            }
-            if let Some(at) = w.timed_out_kill_at {
-                wait = wait.min(at.saturating_duration_since(now));
-            }
+        let now_ms = now_ms();
+        if let Some(at) = self.sup.next_deadline(now_ms) {
+            wait = wait.min(Duration::from_millis(at.saturating_sub(now_ms)));
         }
         if let Some(d) = self.sd.next_deadline(now) {
             wait = wait.min(d);
@@ -359,8 +280,8 @@ impl Arbiter {
                 Signal::SIGTERM => self.stop(false),
                 Signal::SIGINT | Signal::SIGQUIT => self.stop(true),
                 Signal::SIGHUP => self.reload(),
-                Signal::SIGTTIN => self.scale(self.target.saturating_add(1)),
-                Signal::SIGTTOU => self.scale(self.target.saturating_sub(1)),
+                Signal::SIGTTIN => self.scale(self.sup.target().saturating_add(1)),
+                Signal::SIGTTOU => self.scale(self.sup.target().saturating_sub(1)),
                 Signal::SIGUSR1 => self.reopen_logs(),
                 Signal::SIGUSR2 => self.reexec(),
                 Signal::SIGWINCH => {
@@ -373,15 +294,15 @@ impl Arbiter {
         }
     }
 
-    fn handle_worker_messages(&mut self) {
+    fn read_worker_messages(&mut self, events: &mut Vec<Event>) {
         let mut buf = [0u8; msg::LEN * 64];
         loop {
             match nix::unistd::read(&self.pipe_r, &mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     for rec in buf[..n].chunks_exact(msg::LEN) {
-                        if let Some((kind, slot)) = msg::decode(rec) {
-                            self.on_worker_message(kind, slot);
+                        if let Some((msg, slot)) = msg::decode(rec) {
+                            events.push(Event::Message { slot, msg });
                         }
                     }
                 }
@@ -389,141 +310,55 @@ impl Arbiter {
         }
     }
 
-    fn pid_of_slot(&self, slot: usize) -> Option<Pid> {
-        self.workers
-            .iter()
-            .find(|(_, w)| w.slot == slot)
-            .map(|(p, _)| *p)
+    /// Each worker's heartbeat and oldest running request, for `--timeout`.
+    fn read_scoreboard(&self, events: &mut Vec<Event>) {
+        for (pid, w) in self.sup.workers() {
+            let slot = self.scoreboard.slot(w.slot);
+            events.push(Event::Seen {
+                pid,
+                heartbeat_ms: slot.heartbeat_ms.load(Ordering::Relaxed),
+                busy_since_ms: slot.busy_since_ms.load(Ordering::Relaxed),
+            });
+        }
     }
 
-    fn on_worker_message(&mut self, kind: msg::Msg, slot: usize) {
-        let Some(pid) = self.pid_of_slot(slot) else {
-            return;
-        };
-        match kind {
-            msg::Msg::Ready => {
-                let mut replacement = false;
-                if let Some(w) = self.workers.get_mut(&pid) {
-                    if w.state == WState::Booting {
-                        w.state = WState::Ready;
+    /// One supervisor turn: hand it `events`, then do what it says.
+    fn apply(&mut self, events: Vec<Event>) {
+        let actions = self.sup.tick(now_ms(), events);
+        self.execute(actions);
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        let mut fork_failed = false;
+        for action in actions {
+            match action {
+                Action::Spawn if fork_failed => {}
+                Action::Spawn => {
+                    if let Err(e) = self.spawn_worker() {
+                        tracing::error!("cannot start a worker: {e:#}");
+                        self.sup.spawn_failed(now_ms());
+                        fork_failed = true;
                     }
-                    replacement = w.generation == self.generation;
                 }
-                self.ever_ready = true;
-                self.boot_failures = 0;
-                // Only a worker of the current generation replaces one: an
-                // old-generation worker that reports ready just after a HUP
-                // must not make another old worker retire with nothing new
-                // ready to take over.
-                if replacement {
-                    self.retire_replaced();
+                Action::Signal(pid, sig) => {
+                    // ESRCH: it died meanwhile; its reaping is the next event.
+                    let _ = kill(pid, sig);
                 }
-                self.check_reload_done();
-            }
-            msg::Msg::Retire => {
-                if let Some(w) = self.workers.get_mut(&pid) {
-                    w.wants_retire = true;
-                }
+                Action::Stopping { quick } => self.stopping(quick),
+                Action::BootError(error) => self.sd.boot_error(&error),
+                Action::ReloadFailed(error) => self.sd.reload_failed(&error),
             }
         }
-    }
-
-    /// Workers of the current generation that are not retiring.
-    fn live_count(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| {
-                w.generation == self.generation && !matches!(w.state, WState::Retiring { .. })
-            })
-            .filter(|w| !w.wants_retire)
-            .count()
-    }
-
-    fn ready_count(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| {
-                w.generation == self.generation && w.state == WState::Ready && !w.wants_retire
-            })
-            .count()
-    }
-
-    /// One ready replacement retires one old worker (old generation, or one
-    /// that asked to retire); once the current generation is complete, all
-    /// remaining old workers go.
-    fn retire_replaced(&mut self) {
-        let retirable = self.retirable();
-        let n = if self.ready_count() >= self.target {
-            retirable.len()
-        } else {
-            1
-        };
-        for pid in retirable.into_iter().take(n) {
-            self.retire(pid);
+        if self.sup.is_running() {
+            crate::logging::workers_gauge(self.sup.live_count());
         }
-    }
-
-    fn retire(&mut self, pid: Pid) {
-        let kill_at = Instant::now() + Duration::from_secs(self.settings.graceful_timeout);
-        if let Some(w) = self.workers.get_mut(&pid) {
-            w.state = WState::Retiring { kill_at };
-            let _ = kill(pid, Signal::SIGTERM);
-        }
-    }
-
-    /// Old-generation or retire-requesting workers still serving, oldest first.
-    fn retirable(&self) -> Vec<Pid> {
-        self.workers
-            .iter()
-            .filter(|(_, w)| {
-                (w.generation != self.generation || w.wants_retire)
-                    && !matches!(w.state, WState::Retiring { .. })
-            })
-            .map(|(p, _)| *p)
-            .collect()
-    }
-
-    fn manage_workers(&mut self) {
-        if self.state != RunState::Running {
-            return;
-        }
-        // Too many: retire the oldest of the current generation.
-        while self.live_count() > self.target {
-            let victim = self
-                .workers
-                .iter()
-                .filter(|(_, w)| {
-                    w.generation == self.generation
-                        && !matches!(w.state, WState::Retiring { .. })
-                        && !w.wants_retire
-                })
-                .map(|(p, _)| *p)
-                .next();
-            let Some(pid) = victim else { break };
-            self.retire(pid);
-        }
-        if self.ready_count() >= self.target {
-            self.retire_replaced();
-        }
-        // Too few: spawn, with backoff after boot failures.
-        while self.live_count() < self.target {
-            if Instant::now() < self.next_spawn_at {
-                break;
-            }
-            if let Err(e) = self.spawn_worker() {
-                tracing::error!("cannot start a worker: {e:#}");
-                self.next_spawn_at = Instant::now() + Duration::from_secs(1);
-                break;
-            }
-        }
-        crate::logging::workers_gauge(self.live_count());
     }
 
     fn spawn_worker(&mut self) -> Result<()> {
         let slot_index = self.free_slots.pop().context("no free worker slot")?;
         let slot = self.scoreboard.slot(slot_index);
         slot.reset(0);
-        crate::hooks::pre_fork(&self.settings, self.target, slot_index);
+        crate::hooks::pre_fork(&self.settings, self.sup.target(), slot_index);
         // SAFETY: the master is single-threaded (see the module doc), and the
         // child goes straight into worker::run, which never returns.
         let forked = unsafe { crate::python::fork() };
@@ -534,20 +369,8 @@ impl Arbiter {
             }
             Ok(ForkResult::Parent { child }) => {
                 self.totals.spawns += 1;
-                slot.pid
-                    .store(child.as_raw(), std::sync::atomic::Ordering::Relaxed);
-                self.workers.insert(
-                    child,
-                    WorkerRec {
-                        slot: slot_index,
-                        generation: self.generation,
-                        state: WState::Booting,
-                        wants_retire: false,
-                        timed_out_kill_at: None,
-                        killed: false,
-                        born: Instant::now(),
-                    },
-                );
+                slot.pid.store(child.as_raw(), Ordering::Relaxed);
+                self.sup.spawned(now_ms(), child, slot_index);
                 Ok(())
             }
             Ok(ForkResult::Child) => self.become_worker(slot_index),
@@ -567,12 +390,9 @@ impl Arbiter {
         if nix::unistd::getppid() != self.pid {
             std::process::exit(0);
         }
-        crate::hooks::post_fork(&self.settings, self.target, slot_index);
+        crate::hooks::post_fork(&self.settings, self.sup.target(), slot_index);
         let slot = self.scoreboard.slot(slot_index);
-        slot.pid.store(
-            std::process::id() as i32,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        slot.pid.store(std::process::id() as i32, Ordering::Relaxed);
         let preloaded = self
             .preloaded
             .as_ref()
@@ -597,19 +417,23 @@ impl Arbiter {
             notify_fd: self.pipe_w.as_raw_fd(),
             preloaded,
             max_requests,
-            multiprocess: self.target > 1,
+            multiprocess: self.sup.target() > 1,
             argv: &self.argv,
         })
     }
 
-    fn reap_children(&mut self) {
+    /// Reap every child that ended; for each worker, an [`Event::Exited`]
+    /// and its pid and slot (whose hook runs, and slot is freed, once the
+    /// supervisor has handled the exit).
+    fn reap_children(&mut self, events: &mut Vec<Event>) -> Vec<(Pid, usize)> {
+        let mut exited = Vec::new();
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exited,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::error!("waitpid failed: {e}");
-                    return;
+                    return exited;
                 }
                 Ok(s) => s,
             };
@@ -622,173 +446,42 @@ impl Arbiter {
                 }
                 continue;
             }
-            let Some(w) = self.workers.remove(&pid) else {
+            let Some(slot) = self.sup.worker(pid).map(|w| w.slot) else {
                 // Not a worker: an orphan we adopted as PID 1 or subreaper.
                 tracing::debug!("reaped child {pid}: {status:?}");
                 continue;
             };
+            let exit = match status {
+                WaitStatus::Exited(_, code) => Exit::Code(code),
+                WaitStatus::Signaled(_, sig, _) => Exit::Signal(sig),
+                // Without WUNTRACED/WCONTINUED nothing else is reported.
+                other => {
+                    tracing::info!("Worker (pid:{pid}) changed state: {other:?}");
+                    continue;
+                }
+            };
             // Its count stays in the slot until the slot's next worker is
             // forked: keep it in the total before the slot is reused.
-            let served = self
-                .scoreboard
-                .slot(w.slot)
-                .requests
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let s = self.scoreboard.slot(slot);
+            let served = s.requests.load(Ordering::Relaxed);
             self.totals.retired_requests = self.totals.retired_requests.saturating_add(served);
-            self.free_slots.push(w.slot);
-            self.scoreboard.slot(w.slot).set_state(SlotState::Free);
-            let age = w.slot;
-            self.on_worker_exit(pid, w, status);
-            crate::hooks::child_exit(&self.settings, self.target, pid.as_raw(), age);
-        }
-    }
-
-    fn on_worker_exit(&mut self, pid: Pid, w: WorkerRec, status: WaitStatus) {
-        let expected =
-            matches!(w.state, WState::Retiring { .. }) || self.state != RunState::Running;
-        match status {
-            WaitStatus::Exited(_, 0) if expected => {
-                tracing::debug!("worker {pid} exited");
-            }
-            WaitStatus::Exited(_, code) => {
-                if w.state == WState::Booting
-                    && (code == EXIT_WORKER_BOOT_ERROR || code == EXIT_APP_LOAD_ERROR)
-                {
-                    let reason = if code == EXIT_APP_LOAD_ERROR {
-                        "App failed to load."
-                    } else {
-                        "Worker failed to boot."
-                    };
-                    tracing::error!("Worker (pid:{pid}) exited with code {code}.");
-                    let error = self
-                        .scoreboard
-                        .take_error(w.slot)
-                        .unwrap_or_else(|| reason.to_string());
-                    self.sd.boot_error(&error);
-                    if self.reload.is_some_and(|r| r.generation == w.generation) {
-                        self.reload_failed(error);
-                        return;
-                    }
-                    if !self.ever_ready {
-                        // Nothing has ever served: a broken app must not
-                        // fork-loop. Stop with Gunicorn's exit code.
-                        tracing::error!("Reason: {reason}");
-                        self.exit_code = code;
-                        self.stop(true);
-                        return;
-                    }
-                    self.boot_failed();
-                } else if !expected {
-                    tracing::error!("Worker (pid:{pid}) exited with code {code}.");
-                    self.restarts += 1;
-                    self.slot_restarts[w.slot] += 1;
-                    if w.state == WState::Booting {
-                        self.boot_failed();
-                    }
-                }
-            }
-            WaitStatus::Signaled(_, sig, _) => {
-                if expected {
-                    tracing::info!("Worker (pid:{pid}) exited on {sig}");
-                } else if sig == Signal::SIGKILL {
-                    tracing::error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?");
-                } else {
-                    tracing::error!("Worker (pid:{pid}) was sent {sig}!");
-                }
-                if !expected {
-                    self.restarts += 1;
-                    self.slot_restarts[w.slot] += 1;
-                    if w.state == WState::Booting {
-                        self.boot_failed();
-                    }
-                }
-            }
-            other => tracing::info!("Worker (pid:{pid}) ended: {other:?}"),
-        }
-    }
-
-    /// A worker died before becoming ready: back off before the next spawn
-    /// (0.1 s doubling to 10 s), so a broken deploy never becomes a fork storm.
-    fn boot_failed(&mut self) {
-        self.boot_failures = self.boot_failures.saturating_add(1);
-        let ms = 100u64
-            .saturating_mul(1 << self.boot_failures.min(7))
-            .min(10_000);
-        self.next_spawn_at = Instant::now() + Duration::from_millis(ms);
-    }
-
-    /// `--timeout`: a worker whose request runs too long is aborted (SIGABRT),
-    /// then killed; a worker whose event loop stopped turning is killed.
-    fn murder_workers(&mut self) {
-        let now = Instant::now();
-        let mut to_kill = Vec::new();
-        for (pid, w) in &self.workers {
-            if w.killed {
-                continue;
-            }
-            let timed_out = w.timed_out_kill_at.is_some_and(|at| now >= at);
-            let overdue = matches!(w.state, WState::Retiring { kill_at } if now >= kill_at);
-            if timed_out || overdue {
-                to_kill.push(*pid);
-            }
-        }
-        for pid in to_kill {
-            let _ = kill(pid, Signal::SIGKILL);
-            if let Some(w) = self.workers.get_mut(&pid) {
-                w.killed = true;
-            }
-        }
-        if self.settings.timeout == 0 {
-            return;
-        }
-        let limit_ms = self.settings.timeout.saturating_mul(1000);
-        let now_ms = now_ms();
-        let mut expired = Vec::new();
-        for (pid, w) in &self.workers {
-            if w.timed_out_kill_at.is_some() || w.state != WState::Ready {
-                continue;
-            }
-            let slot = self.scoreboard.slot(w.slot);
-            let since = slot
-                .busy_since_ms
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if since != 0 && now_ms.saturating_sub(since) > limit_ms {
-                expired.push(*pid);
-            }
-        }
-        for pid in expired {
-            crate::critical!("WORKER TIMEOUT (pid:{pid})");
-            self.totals.timeouts += 1;
-            let _ = kill(pid, Signal::SIGABRT);
-            if let Some(w) = self.workers.get_mut(&pid) {
-                w.timed_out_kill_at = Some(now + Duration::from_secs(2));
-            }
+            let error = self.scoreboard.take_error(slot);
+            events.push(Event::Exited { pid, exit, error });
+            exited.push((pid, slot));
         }
     }
 
     /// Stop (SIGTERM: graceful, SIGINT/SIGQUIT: quick; `stop [--quick]`).
     fn stop(&mut self, quick: bool) {
-        if let RunState::Stopping { quick: q, .. } = self.state {
-            if q || !quick {
-                return;
-            }
-        }
-        let (sig, grace) = if quick {
-            (Signal::SIGQUIT, Duration::from_secs(1))
-        } else {
-            (
-                Signal::SIGTERM,
-                Duration::from_secs(self.settings.graceful_timeout),
-            )
-        };
+        self.apply(vec![Event::Stop { quick }]);
+    }
+
+    /// The server begins to stop (the supervisor signals the workers).
+    fn stopping(&mut self, quick: bool) {
         tracing::info!(
             "Handling signal: {}",
             if quick { "int/quit" } else { "term" }
         );
-        self.state = RunState::Stopping {
-            deadline: Instant::now() + grace,
-            quick,
-        };
         self.sd.stopping();
         // Stop listening at once, for every process sharing the sockets: a
         // worker busy in Python could not close its copy until its request
@@ -807,12 +500,11 @@ impl Arbiter {
             }
         }
         self.listeners.clear();
-        self.kill_all(sig);
     }
 
     fn kill_all(&mut self, sig: Signal) {
-        for pid in self.workers.keys() {
-            let _ = kill(*pid, sig);
+        for (pid, _) in self.sup.workers() {
+            let _ = kill(pid, sig);
         }
     }
 
@@ -820,7 +512,7 @@ impl Arbiter {
     /// generation of workers, which import the app afresh; each old worker
     /// retires once a new one is ready. Listeners stay open throughout.
     pub fn reload(&mut self) {
-        if self.state != RunState::Running {
+        if !self.sup.is_running() {
             return;
         }
         tracing::info!("Handling signal: hup");
@@ -831,102 +523,40 @@ impl Arbiter {
                 if new.bind != self.settings.bind {
                     tracing::warn!("Reload: a changed bind takes effect only on restart");
                 }
-                if !self.scaled {
-                    self.target = new.workers.clamp(1, MAX_SLOTS);
-                }
+                let event = Event::Reload {
+                    workers: new.workers,
+                    limits: Limits::from_settings(&new),
+                };
                 self.settings = new;
-                crate::hooks::on_reload(&self.settings, self.target);
+                let actions = self.sup.tick(now_ms(), vec![event]);
+                // The hook runs before the new generation is forked.
+                crate::hooks::on_reload(&self.settings, self.sup.target());
+                self.execute(actions);
             }
             Err(e) => {
                 let error = match e {
                     crate::python::config::LoadError::Config(e) => e.to_string(),
                     crate::python::config::LoadError::File(e) => format!("{e:#}"),
                 };
-                tracing::error!("Reload failed: cannot read the configuration: {error}");
-                self.sd.reload_failed(&error);
-                self.last_generation += 1;
-                self.totals.reloads_failed += 1;
-                self.last_reload = Some(ReloadOutcome::Failed {
-                    generation: self.last_generation,
-                    error,
-                });
-                return;
+                self.apply(vec![Event::ReloadUnreadable { error }]);
             }
         }
-        let previous = match self.reload {
-            // A reload during a reload: the newest code wins; the half-booted
-            // generation is simply superseded.
-            Some(r) => r.previous,
-            None => self.generation,
-        };
-        self.last_generation += 1;
-        self.generation = self.last_generation;
-        self.reload = Some(Reload {
-            generation: self.generation,
-            previous,
-            started: Instant::now(),
-        });
-        tracing::info!("Reloading: starting generation {}", self.generation);
-    }
-
-    /// The reload ends once the new generation has `target` ready workers.
-    fn check_reload_done(&mut self) {
-        let Some(r) = self.reload else { return };
-        if self.ready_count() >= self.target {
-            let took = r.started.elapsed();
-            tracing::info!(
-                "Reload complete: generation {} ready in {:.2} s",
-                r.generation,
-                took.as_secs_f64()
-            );
-            self.reload = None;
-            self.totals.reloads_succeeded += 1;
-            self.last_reload = Some(ReloadOutcome::Succeeded {
-                generation: r.generation,
-                took,
-            });
-        }
-    }
-
-    /// A worker of the new generation could not boot: keep the previous
-    /// generation serving. New workers that did boot stay, as part of it.
-    fn reload_failed(&mut self, error: String) {
-        let Some(r) = self.reload.take() else { return };
-        tracing::error!(
-            "Reload failed: generation {} could not boot; generation {} keeps serving\n{}",
-            r.generation,
-            r.previous,
-            error.trim_end()
-        );
-        for (pid, w) in self.workers.iter_mut() {
-            if w.generation == r.generation {
-                if w.state == WState::Booting {
-                    let _ = kill(*pid, Signal::SIGKILL);
-                    w.state = WState::Retiring {
-                        kill_at: Instant::now(),
-                    };
-                }
-                w.generation = r.previous;
-            }
-        }
-        self.generation = r.previous;
-        self.sd.reload_failed(&error);
-        self.totals.reloads_failed += 1;
-        self.last_reload = Some(ReloadOutcome::Failed {
-            generation: r.generation,
-            error,
-        });
     }
 
     /// Scale (SIGTTIN/SIGTTOU, `scale`): the new count survives reloads.
     pub fn scale(&mut self, n: usize) {
-        let n = n.clamp(1, MAX_SLOTS);
-        self.scaled = true;
-        if n != self.target {
-            tracing::info!("Scaling workers: {} -> {n}", self.target);
-            let old = std::mem::replace(&mut self.target, n);
-            crate::hooks::nworkers_changed(&self.settings, n, old);
+        let old = self.sup.target();
+        let actions = self.sup.tick(now_ms(), vec![Event::Scale(n)]);
+        let new = self.sup.target();
+        if new != old {
+            crate::hooks::nworkers_changed(&self.settings, new, old);
         }
+        self.execute(actions);
+    }
+
+    /// Stop one worker gracefully (`kill-worker`); it is replaced.
+    fn retire(&mut self, pid: Pid) {
+        self.apply(vec![Event::Retire(pid)]);
     }
 
     /// SIGUSR2: start a new master from the binary on disk, handing it our
@@ -989,7 +619,7 @@ impl Arbiter {
                     }
                 }
                 let _ = SigSet::empty().thread_set_mask();
-                crate::hooks::pre_exec(&self.settings, self.target);
+                crate::hooks::pre_exec(&self.settings, self.sup.target());
                 let _ = nix::unistd::execve(&cexe, &cargs, &envp);
                 // SAFETY: exec failed; leave without running destructors.
                 unsafe { libc::_exit(1) }

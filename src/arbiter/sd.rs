@@ -2,7 +2,7 @@
 //! [`crate::systemd::Service`] each loop turn. Kept apart from the loop so
 //! the loop only has one call per event.
 
-use super::{Arbiter, WState};
+use super::Arbiter;
 use crate::systemd::Snapshot;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -10,15 +10,11 @@ use std::time::Instant;
 impl Arbiter {
     /// The worker table, summed up for READY/STATUS decisions.
     pub(super) fn sd_snapshot(&self) -> Snapshot {
-        let booting = self
-            .workers
-            .values()
-            .filter(|w| w.state == WState::Booting)
-            .count();
+        let booting = self.sup.booting_count();
         let requests = self
-            .workers
-            .values()
-            .map(|w| {
+            .sup
+            .workers()
+            .map(|(_, w)| {
                 self.scoreboard
                     .slot(w.slot)
                     .requests
@@ -26,8 +22,8 @@ impl Arbiter {
             })
             .sum();
         Snapshot {
-            ready: self.ready_count(),
-            target: self.target,
+            ready: self.sup.ready_count(),
+            target: self.sup.target(),
             booting,
             requests,
         }

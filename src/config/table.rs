@@ -424,7 +424,7 @@ const DEFS: &[SettingDef] = &[
         ty: ValueType::OptStr,
         help: "Directory for the worker heartbeat file.",
         status: Status::Different(
-            "accepted but unused: workers beat over a pipe, so no heartbeat file is written (warned by --check-config)",
+            "accepted but unused: workers beat in shared memory (the scoreboard), so no heartbeat file is written (warned by --check-config)",
         ),
         ..BASE
     },
