@@ -14,11 +14,18 @@
 //! sign, no `0x`, no whitespace unless a `;` extension follows, no u64
 //! overflow); every line ends in CRLF, never a bare LF or CR; chunk data must
 //! be followed by exactly CRLF. Extensions are checked for control characters
-//! and ignored. Trailer fields are validated with the same rules as header
-//! fields (httparse, no obs-fold) and discarded. Memory is bounded: the size
-//! line is capped at [`MAX_CHUNK_LINE`] bytes and the trailer section at
-//! [`MAX_TRAILER`] bytes and [`MAX_TRAILER_FIELDS`] fields; payload goes
-//! straight to the caller's buffer.
+//! and ignored. Memory is bounded: the size line is capped at
+//! [`MAX_CHUNK_LINE`] bytes and the trailer section at [`MAX_TRAILER`] bytes
+//! and [`MAX_TRAILER_FIELDS`] fields; payload goes straight to the caller's
+//! buffer.
+//!
+//! Trailer fields are validated with the same rules as header fields
+//! (httparse, no obs-fold), then discarded: they never reach the app, as in
+//! Gunicorn 27, whose environ holds no trailer either. A field that must not
+//! be sent in a trailer section (RFC 9110 §6.5.1, see [`FORBIDDEN_TRAILERS`])
+//! or a repeated Content-Type is refused with 400, as Gunicorn does, so a
+//! message that a proxy might have merged into its header section is not
+//! passed on as if it were fine.
 
 use super::ParseError;
 
@@ -28,6 +35,27 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 pub const MAX_TRAILER: usize = 64 * 1024;
 /// Most trailer fields.
 pub const MAX_TRAILER_FIELDS: usize = 100;
+
+/// Fields refused in a trailer section, as Gunicorn shows them (upper case).
+///
+/// RFC 9110 §6.5.1: "Many fields cannot be processed outside the header
+/// section because their evaluation is necessary prior to receiving the
+/// content, such as those that describe message framing, routing,
+/// authentication, request modifiers, response controls, or content
+/// format." Gunicorn 27 refuses framing (Content-Length, Transfer-Encoding,
+/// Trailer, TE), routing (Host) and authentication (Authorization); we add
+/// Proxy-Authorization, the other request authentication field (RFC 9110
+/// §11.7.2). A trailer is dropped either way, so refusing costs an honest
+/// client nothing: no client sends these in a trailer section.
+pub const FORBIDDEN_TRAILERS: [&str; 7] = [
+    "CONTENT-LENGTH",
+    "TRANSFER-ENCODING",
+    "TRAILER",
+    "TE",
+    "HOST",
+    "AUTHORIZATION",
+    "PROXY-AUTHORIZATION",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -231,7 +259,8 @@ impl ChunkedDecoder {
     fn count_line(&mut self) -> Result<(), ParseError> {
         self.line_len += 1;
         if self.line_len > MAX_CHUNK_LINE {
-            return Err(ParseError::InvalidChunkExtension);
+            // Gunicorn: InvalidChunkSize("line over N bytes with no terminator").
+            return Err(ParseError::InvalidChunkSize);
         }
         Ok(())
     }
@@ -245,8 +274,8 @@ impl ChunkedDecoder {
         Ok(())
     }
 
-    /// Validate the whole trailer section with the header-field rules, then
-    /// drop it.
+    /// Validate the whole trailer section with the header-field rules and
+    /// RFC 9110 §6.5.1, then drop it.
     fn check_trailers(&mut self) -> Result<(), ParseError> {
         if self.trailer.is_empty() {
             return Ok(());
@@ -254,10 +283,28 @@ impl ChunkedDecoder {
         let mut section = std::mem::take(&mut self.trailer);
         section.extend_from_slice(b"\r\n");
         let mut slots = vec![httparse::EMPTY_HEADER; self.trailer_fields];
-        match httparse::parse_headers(&section, &mut slots) {
-            Ok(httparse::Status::Complete((n, _))) if n == section.len() => Ok(()),
-            _ => Err(ParseError::InvalidTrailer),
+        let fields = match httparse::parse_headers(&section, &mut slots) {
+            Ok(httparse::Status::Complete((n, fields))) if n == section.len() => fields,
+            _ => return Err(ParseError::InvalidTrailer),
+        };
+        let mut content_type_seen = false;
+        for field in fields {
+            let name = field.name.as_bytes();
+            if let Some(&forbidden) = FORBIDDEN_TRAILERS
+                .iter()
+                .find(|f| f.as_bytes().eq_ignore_ascii_case(name))
+            {
+                return Err(ParseError::ForbiddenTrailer { name: forbidden });
+            }
+            // Gunicorn applies its singleton rule to the trailer section too.
+            if name.eq_ignore_ascii_case(b"content-type") {
+                if content_type_seen {
+                    return Err(ParseError::DuplicateContentType);
+                }
+                content_type_seen = true;
+            }
         }
+        Ok(())
     }
 }
 
@@ -311,6 +358,12 @@ mod tests {
             (
                 b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\nY: two words\r\n\r\n",
                 b"hello",
+            ),
+            // Allowed in a trailer: anything but framing, routing and
+            // authentication; one Content-Type is not a repeat.
+            (
+                b"1\r\nx\r\n0\r\nX-Checksum: abc\r\nServer-Timing: db;dur=1\r\nHosts: 1\r\nContent-Type: a/b\r\n\r\n",
+                b"x",
             ),
             (b"0000000000000000000000001\r\nx\r\n0\r\n\r\n", b"x"),
             (b"3\r\n\r\n\r\r\n0\r\n\r\n", b"\r\n\r"),
@@ -368,6 +421,46 @@ mod tests {
             (b"0\r\nNoColon\r\n\r\n", InvalidTrailer),
             (b"0\r\n: v\r\n\r\n", InvalidTrailer),
             (b"0\r\nT: a\x00b\r\n\r\n", InvalidTrailer),
+            (
+                b"0\r\nHost: evil\r\n\r\n",
+                ForbiddenTrailer { name: "HOST" },
+            ),
+            (
+                b"0\r\nX: 1\r\ncontent-length: 5\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "CONTENT-LENGTH",
+                },
+            ),
+            (
+                b"0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "TRANSFER-ENCODING",
+                },
+            ),
+            (
+                b"0\r\nTrailer: X\r\n\r\n",
+                ForbiddenTrailer { name: "TRAILER" },
+            ),
+            (
+                b"0\r\nTE: trailers\r\n\r\n",
+                ForbiddenTrailer { name: "TE" },
+            ),
+            (
+                b"0\r\nAuthorization: Basic eDp5\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "AUTHORIZATION",
+                },
+            ),
+            (
+                b"0\r\nPROXY-AUTHORIZATION: Basic eDp5\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "PROXY-AUTHORIZATION",
+                },
+            ),
+            (
+                b"0\r\nContent-Type: a/b\r\ncontent-type: a/b\r\n\r\n",
+                DuplicateContentType,
+            ),
         ];
         for &(input, want) in cases {
             let shown = String::from_utf8_lossy(input);
@@ -396,10 +489,7 @@ mod tests {
     fn size_line_and_trailers_are_bounded() {
         let mut line = b"5;".to_vec();
         line.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE));
-        assert_eq!(
-            decode_all(&line).unwrap_err(),
-            ParseError::InvalidChunkExtension
-        );
+        assert_eq!(decode_all(&line).unwrap_err(), ParseError::InvalidChunkSize);
 
         let mut body = b"0\r\n".to_vec();
         for _ in 0..=MAX_TRAILER_FIELDS {

@@ -6,14 +6,16 @@
 //! `--limit-request-fields`, `--limit-request-field-size`) and status codes,
 //! but it is stricter than Gunicorn wherever RFC 9112 lets a request be read
 //! two ways, because two readings of one byte stream are how request
-//! smuggling works.
+//! smuggling works. docs/http-conformance.md lists every decision, with its
+//! RFC section and what Gunicorn 27 does.
 //!
 //! Theory of operation, for the worker:
 //!
 //! 1. Append what the socket gives to a buffer and call [`parse_head`] with
 //!    it. `Ok(None)` means read more; an `Err` means answer with
-//!    [`ParseError::status`] / [`ParseError::reason`] and close the
-//!    connection.
+//!    [`ParseError::status`] / [`ParseError::reason`] (Gunicorn 27's status
+//!    line) and [`ParseError::message`] (the error page's text), and close
+//!    the connection.
 //! 2. `Ok(Some((request, n)))`: the head was `buf[..n]`. Build the environ
 //!    from the [`Request`] (`path` and `query` are already the PEP 3333
 //!    strings).
@@ -31,7 +33,9 @@ mod error;
 pub mod proxy;
 mod request;
 
-pub use chunked::{ChunkedDecoder, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS};
+pub use chunked::{
+    ChunkedDecoder, FORBIDDEN_TRAILERS, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS,
+};
 pub use error::ParseError;
 pub use request::{
     parse_head, BodyFraming, Header, Limits, Request, Version, MAX_HEAD, MAX_HEADERS,
