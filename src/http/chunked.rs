@@ -7,13 +7,16 @@
 //! chunk-size     = 1*HEXDIG
 //! last-chunk     = 1*("0") [ chunk-ext ] CRLF
 //! chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+//! chunk-ext-name = token
+//! chunk-ext-val  = token / quoted-string
 //! trailer-section = *( field-line CRLF )
 //! ```
 //!
 //! Strict where request smuggling lives: the size is hex digits only (no
 //! sign, no `0x`, no whitespace unless a `;` extension follows, no u64
 //! overflow); every line ends in CRLF, never a bare LF or CR; chunk data must
-//! be followed by exactly CRLF. Extensions are checked for control characters
+//! be followed by exactly CRLF. Extensions are checked against the grammar
+//! above (RFC 9110 §5.6.2 token, §5.6.4 quoted-string), as Gunicorn 27 does,
 //! and ignored. Memory is bounded: the size line is capped at
 //! [`MAX_CHUNK_LINE`] bytes and the trailer section at [`MAX_TRAILER`] bytes
 //! and [`MAX_TRAILER_FIELDS`] fields; payload goes straight to the caller's
@@ -64,7 +67,7 @@ enum State {
     /// Whitespace after the size: only more whitespace or `;` may follow.
     SizeSpace,
     /// Inside chunk extensions, up to the CR.
-    Extension,
+    Ext(Ext),
     /// CR of the size line seen, LF expected.
     SizeLf,
     /// `remaining` bytes of chunk data left.
@@ -85,6 +88,85 @@ enum State {
     Done,
     /// An error happened; it is returned again on every call.
     Failed(ParseError),
+}
+
+/// Where in a chunk extension (`;name=value`) the decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// After `;`: whitespace, then the name.
+    BeforeName,
+    /// In the name (a token).
+    Name,
+    /// Whitespace after the name: `=`, `;` may follow, not the CR.
+    AfterName,
+    /// After `=`: whitespace, then a token or a quoted-string.
+    BeforeValue,
+    /// In a token value.
+    Token,
+    /// In a quoted-string value.
+    Quoted,
+    /// After a backslash in a quoted-string.
+    QuotedEscape,
+    /// Right after the closing quote: `;`, whitespace or the CR.
+    AfterQuote,
+    /// Whitespace after a value: only `;` may follow.
+    Space,
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+#[inline]
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+impl Ext {
+    /// One byte of a chunk extension (never the LF: a CR ends the line).
+    fn step(self, b: u8) -> Result<State, ParseError> {
+        let ws = b == b' ' || b == b'\t';
+        let next = match self {
+            Ext::BeforeName if ws => Ext::BeforeName,
+            Ext::BeforeName if is_tchar(b) => Ext::Name,
+            Ext::Name if is_tchar(b) => Ext::Name,
+            Ext::Name | Ext::AfterName if ws => Ext::AfterName,
+            Ext::Name | Ext::AfterName if b == b'=' => Ext::BeforeValue,
+            Ext::BeforeValue if ws => Ext::BeforeValue,
+            Ext::BeforeValue if is_tchar(b) => Ext::Token,
+            Ext::BeforeValue if b == b'"' => Ext::Quoted,
+            Ext::Token if is_tchar(b) => Ext::Token,
+            Ext::Quoted if b == b'"' => Ext::AfterQuote,
+            Ext::Quoted if b == b'\\' => Ext::QuotedEscape,
+            // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+            Ext::Quoted if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 => Ext::Quoted,
+            // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
+            Ext::QuotedEscape if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 => {
+                Ext::Quoted
+            }
+            Ext::Token | Ext::AfterQuote | Ext::Space if ws => Ext::Space,
+            Ext::Name | Ext::AfterName | Ext::Token | Ext::AfterQuote | Ext::Space if b == b';' => {
+                Ext::BeforeName
+            }
+            Ext::Name | Ext::Token | Ext::AfterQuote if b == b'\r' => return Ok(State::SizeLf),
+            _ => return Err(ParseError::InvalidChunkExtension),
+        };
+        Ok(State::Ext(next))
+    }
 }
 
 /// Decoder for a `Transfer-Encoding: chunked` request body.
@@ -175,7 +257,7 @@ impl ChunkedDecoder {
                         State::Size { digits: digits + 1 }
                     }
                     _ if digits == 0 => return Err(ParseError::InvalidChunkSize),
-                    b';' => State::Extension,
+                    b';' => State::Ext(Ext::BeforeName),
                     b' ' | b'\t' => State::SizeSpace,
                     b'\r' => State::SizeLf,
                     _ => return Err(ParseError::InvalidChunkSize),
@@ -185,17 +267,13 @@ impl ChunkedDecoder {
                 self.count_line()?;
                 match b {
                     b' ' | b'\t' => State::SizeSpace,
-                    b';' => State::Extension,
+                    b';' => State::Ext(Ext::BeforeName),
                     _ => return Err(ParseError::InvalidChunkSize),
                 }
             }
-            State::Extension => {
+            State::Ext(ext) => {
                 self.count_line()?;
-                match b {
-                    b'\r' => State::SizeLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => State::Extension,
-                    _ => return Err(ParseError::InvalidChunkExtension),
-                }
+                ext.step(b)?
             }
             State::SizeLf => {
                 if b != b'\n' {
@@ -470,6 +548,58 @@ mod tests {
                 want,
                 "{shown:?} bytewise"
             );
+        }
+    }
+
+    /// Gunicorn 27's CHUNK_EXT_RE said yes or no to each of these (checked
+    /// with gunicorn 27.0.1); the decoder must say the same.
+    #[test]
+    fn chunk_extension_grammar_matches_gunicorn() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"a", true),
+            (b"a=b", true),
+            (b"a=\"x y\"", true),
+            (b"a=\"x\\\"y\"", true),
+            (b"a;b;c=d", true),
+            (b"a=\"\xe9\"", true),
+            (b"a=\"x\";b", true),
+            (b"a=\"x\"\t;b", true),
+            (b"a\t=\tb", true),
+            (b" a = b ", false),
+            (b"a ", false),
+            (b"a=b ", false),
+            (b"a=\"q\" ", false),
+            (b"=b", false),
+            (b"a=", false),
+            (b"a b", false),
+            (b"a=b c", false),
+            (b"", false),
+            (b" ", false),
+            (b"a=\"unterminated", false),
+            (b"a=\"x\"y", false),
+            (b"a=\"\\\x01\"", false),
+            (b"a\xe9", false),
+            (b"a=\"\x7f\"", false),
+            (b"a;", false),
+            (b";a", false),
+            (b"a@b", false),
+            (b"a=b@c", false),
+        ];
+        for &(ext, ok) in cases {
+            let body = [b"5;", ext, b"\r\nhello\r\n0\r\n\r\n"].concat();
+            let shown = String::from_utf8_lossy(ext);
+            for res in [decode_all(&body), decode_bytewise(&body)] {
+                match res {
+                    Ok((out, _, done)) => {
+                        assert!(ok, "{shown:?} accepted");
+                        assert!(done && out == b"hello", "{shown:?}");
+                    }
+                    Err(e) => {
+                        assert!(!ok, "{shown:?} refused: {e:?}");
+                        assert_eq!(e, ParseError::InvalidChunkExtension, "{shown:?}");
+                    }
+                }
+            }
         }
     }
 

@@ -139,8 +139,9 @@ pub enum ParseError {
     /// u64, or a chunk-size line too long (`InvalidChunkSize`).
     #[error("Invalid chunk size")]
     InvalidChunkSize,
-    /// A chunk extension with control characters (`InvalidChunkExtension`).
-    #[error("Invalid chunk extension: control character")]
+    /// A chunk extension that is not `;name[=value]` with a token name and a
+    /// token or quoted-string value (RFC 9112 §7.1.1: `InvalidChunkExtension`).
+    #[error("Invalid chunk extension: invalid chunk extension")]
     InvalidChunkExtension,
     /// Chunk data not followed by exactly CRLF (`ChunkMissingTerminator`).
     #[error("Invalid chunk terminator is not '\\r\\n'")]
