@@ -576,6 +576,8 @@ ATTACKS = {
                            b"-1\r\nabc\r\n0\r\n\r\n" + SMUGGLED,
     "chunk-size-huge": b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
                        b"10000000000000000000001\r\nabc\r\n0\r\n\r\n" + SMUGGLED,
+    "chunk-ext-bad-grammar": b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+                             b"3;a b\r\nabc\r\n0\r\n\r\n" + SMUGGLED,
     "te-chunked-twice": b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, chunked\r\n\r\n"
                         b"3\r\nabc\r\n0\r\n\r\n" + SMUGGLED,
     "te-chunked-http10": b"POST /echo HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
