@@ -7,18 +7,28 @@
 //! chunk-size     = 1*HEXDIG
 //! last-chunk     = 1*("0") [ chunk-ext ] CRLF
 //! chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+//! chunk-ext-name = token
+//! chunk-ext-val  = token / quoted-string
 //! trailer-section = *( field-line CRLF )
 //! ```
 //!
 //! Strict where request smuggling lives: the size is hex digits only (no
 //! sign, no `0x`, no whitespace unless a `;` extension follows, no u64
 //! overflow); every line ends in CRLF, never a bare LF or CR; chunk data must
-//! be followed by exactly CRLF. Extensions are checked for control characters
-//! and ignored. Trailer fields are validated with the same rules as header
-//! fields (httparse, no obs-fold) and discarded. Memory is bounded: the size
-//! line is capped at [`MAX_CHUNK_LINE`] bytes and the trailer section at
-//! [`MAX_TRAILER`] bytes and [`MAX_TRAILER_FIELDS`] fields; payload goes
-//! straight to the caller's buffer.
+//! be followed by exactly CRLF. Extensions are checked against the grammar
+//! above (RFC 9110 §5.6.2 token, §5.6.4 quoted-string), as Gunicorn 27 does,
+//! and ignored. Memory is bounded: the size line is capped at
+//! [`MAX_CHUNK_LINE`] bytes and the trailer section at [`MAX_TRAILER`] bytes
+//! and [`MAX_TRAILER_FIELDS`] fields; payload goes straight to the caller's
+//! buffer.
+//!
+//! Trailer fields are validated with the same rules as header fields
+//! (httparse, no obs-fold), then discarded: they never reach the app, as in
+//! Gunicorn 27, whose environ holds no trailer either. A field that must not
+//! be sent in a trailer section (RFC 9110 §6.5.1, see [`FORBIDDEN_TRAILERS`])
+//! or a repeated Content-Type is refused with 400, as Gunicorn does, so a
+//! message that a proxy might have merged into its header section is not
+//! passed on as if it were fine.
 
 use super::ParseError;
 
@@ -29,6 +39,27 @@ pub const MAX_TRAILER: usize = 64 * 1024;
 /// Most trailer fields.
 pub const MAX_TRAILER_FIELDS: usize = 100;
 
+/// Fields refused in a trailer section, as Gunicorn shows them (upper case).
+///
+/// RFC 9110 §6.5.1: "Many fields cannot be processed outside the header
+/// section because their evaluation is necessary prior to receiving the
+/// content, such as those that describe message framing, routing,
+/// authentication, request modifiers, response controls, or content
+/// format." Gunicorn 27 refuses framing (Content-Length, Transfer-Encoding,
+/// Trailer, TE), routing (Host) and authentication (Authorization); we add
+/// Proxy-Authorization, the other request authentication field (RFC 9110
+/// §11.7.2). A trailer is dropped either way, so refusing costs an honest
+/// client nothing: no client sends these in a trailer section.
+pub const FORBIDDEN_TRAILERS: [&str; 7] = [
+    "CONTENT-LENGTH",
+    "TRANSFER-ENCODING",
+    "TRAILER",
+    "TE",
+    "HOST",
+    "AUTHORIZATION",
+    "PROXY-AUTHORIZATION",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the hex digits of a chunk-size; `digits` is how many so far.
@@ -36,7 +67,7 @@ enum State {
     /// Whitespace after the size: only more whitespace or `;` may follow.
     SizeSpace,
     /// Inside chunk extensions, up to the CR.
-    Extension,
+    Ext(Ext),
     /// CR of the size line seen, LF expected.
     SizeLf,
     /// `remaining` bytes of chunk data left.
@@ -57,6 +88,85 @@ enum State {
     Done,
     /// An error happened; it is returned again on every call.
     Failed(ParseError),
+}
+
+/// Where in a chunk extension (`;name=value`) the decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ext {
+    /// After `;`: whitespace, then the name.
+    BeforeName,
+    /// In the name (a token).
+    Name,
+    /// Whitespace after the name: `=`, `;` may follow, not the CR.
+    AfterName,
+    /// After `=`: whitespace, then a token or a quoted-string.
+    BeforeValue,
+    /// In a token value.
+    Token,
+    /// In a quoted-string value.
+    Quoted,
+    /// After a backslash in a quoted-string.
+    QuotedEscape,
+    /// Right after the closing quote: `;`, whitespace or the CR.
+    AfterQuote,
+    /// Whitespace after a value: only `;` may follow.
+    Space,
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+#[inline]
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+impl Ext {
+    /// One byte of a chunk extension (never the LF: a CR ends the line).
+    fn step(self, b: u8) -> Result<State, ParseError> {
+        let ws = b == b' ' || b == b'\t';
+        let next = match self {
+            Ext::BeforeName if ws => Ext::BeforeName,
+            Ext::BeforeName if is_tchar(b) => Ext::Name,
+            Ext::Name if is_tchar(b) => Ext::Name,
+            Ext::Name | Ext::AfterName if ws => Ext::AfterName,
+            Ext::Name | Ext::AfterName if b == b'=' => Ext::BeforeValue,
+            Ext::BeforeValue if ws => Ext::BeforeValue,
+            Ext::BeforeValue if is_tchar(b) => Ext::Token,
+            Ext::BeforeValue if b == b'"' => Ext::Quoted,
+            Ext::Token if is_tchar(b) => Ext::Token,
+            Ext::Quoted if b == b'"' => Ext::AfterQuote,
+            Ext::Quoted if b == b'\\' => Ext::QuotedEscape,
+            // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
+            Ext::Quoted if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 => Ext::Quoted,
+            // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
+            Ext::QuotedEscape if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 => {
+                Ext::Quoted
+            }
+            Ext::Token | Ext::AfterQuote | Ext::Space if ws => Ext::Space,
+            Ext::Name | Ext::AfterName | Ext::Token | Ext::AfterQuote | Ext::Space if b == b';' => {
+                Ext::BeforeName
+            }
+            Ext::Name | Ext::Token | Ext::AfterQuote if b == b'\r' => return Ok(State::SizeLf),
+            _ => return Err(ParseError::InvalidChunkExtension),
+        };
+        Ok(State::Ext(next))
+    }
 }
 
 /// Decoder for a `Transfer-Encoding: chunked` request body.
@@ -147,7 +257,7 @@ impl ChunkedDecoder {
                         State::Size { digits: digits + 1 }
                     }
                     _ if digits == 0 => return Err(ParseError::InvalidChunkSize),
-                    b';' => State::Extension,
+                    b';' => State::Ext(Ext::BeforeName),
                     b' ' | b'\t' => State::SizeSpace,
                     b'\r' => State::SizeLf,
                     _ => return Err(ParseError::InvalidChunkSize),
@@ -157,17 +267,13 @@ impl ChunkedDecoder {
                 self.count_line()?;
                 match b {
                     b' ' | b'\t' => State::SizeSpace,
-                    b';' => State::Extension,
+                    b';' => State::Ext(Ext::BeforeName),
                     _ => return Err(ParseError::InvalidChunkSize),
                 }
             }
-            State::Extension => {
+            State::Ext(ext) => {
                 self.count_line()?;
-                match b {
-                    b'\r' => State::SizeLf,
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => State::Extension,
-                    _ => return Err(ParseError::InvalidChunkExtension),
-                }
+                ext.step(b)?
             }
             State::SizeLf => {
                 if b != b'\n' {
@@ -231,7 +337,8 @@ impl ChunkedDecoder {
     fn count_line(&mut self) -> Result<(), ParseError> {
         self.line_len += 1;
         if self.line_len > MAX_CHUNK_LINE {
-            return Err(ParseError::InvalidChunkExtension);
+            // Gunicorn: InvalidChunkSize("line over N bytes with no terminator").
+            return Err(ParseError::InvalidChunkSize);
         }
         Ok(())
     }
@@ -245,8 +352,8 @@ impl ChunkedDecoder {
         Ok(())
     }
 
-    /// Validate the whole trailer section with the header-field rules, then
-    /// drop it.
+    /// Validate the whole trailer section with the header-field rules and
+    /// RFC 9110 §6.5.1, then drop it.
     fn check_trailers(&mut self) -> Result<(), ParseError> {
         if self.trailer.is_empty() {
             return Ok(());
@@ -254,10 +361,28 @@ impl ChunkedDecoder {
         let mut section = std::mem::take(&mut self.trailer);
         section.extend_from_slice(b"\r\n");
         let mut slots = vec![httparse::EMPTY_HEADER; self.trailer_fields];
-        match httparse::parse_headers(&section, &mut slots) {
-            Ok(httparse::Status::Complete((n, _))) if n == section.len() => Ok(()),
-            _ => Err(ParseError::InvalidTrailer),
+        let fields = match httparse::parse_headers(&section, &mut slots) {
+            Ok(httparse::Status::Complete((n, fields))) if n == section.len() => fields,
+            _ => return Err(ParseError::InvalidTrailer),
+        };
+        let mut content_type_seen = false;
+        for field in fields {
+            let name = field.name.as_bytes();
+            if let Some(&forbidden) = FORBIDDEN_TRAILERS
+                .iter()
+                .find(|f| f.as_bytes().eq_ignore_ascii_case(name))
+            {
+                return Err(ParseError::ForbiddenTrailer { name: forbidden });
+            }
+            // Gunicorn applies its singleton rule to the trailer section too.
+            if name.eq_ignore_ascii_case(b"content-type") {
+                if content_type_seen {
+                    return Err(ParseError::DuplicateContentType);
+                }
+                content_type_seen = true;
+            }
         }
+        Ok(())
     }
 }
 
@@ -311,6 +436,12 @@ mod tests {
             (
                 b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\nY: two words\r\n\r\n",
                 b"hello",
+            ),
+            // Allowed in a trailer: anything but framing, routing and
+            // authentication; one Content-Type is not a repeat.
+            (
+                b"1\r\nx\r\n0\r\nX-Checksum: abc\r\nServer-Timing: db;dur=1\r\nHosts: 1\r\nContent-Type: a/b\r\n\r\n",
+                b"x",
             ),
             (b"0000000000000000000000001\r\nx\r\n0\r\n\r\n", b"x"),
             (b"3\r\n\r\n\r\r\n0\r\n\r\n", b"\r\n\r"),
@@ -368,6 +499,46 @@ mod tests {
             (b"0\r\nNoColon\r\n\r\n", InvalidTrailer),
             (b"0\r\n: v\r\n\r\n", InvalidTrailer),
             (b"0\r\nT: a\x00b\r\n\r\n", InvalidTrailer),
+            (
+                b"0\r\nHost: evil\r\n\r\n",
+                ForbiddenTrailer { name: "HOST" },
+            ),
+            (
+                b"0\r\nX: 1\r\ncontent-length: 5\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "CONTENT-LENGTH",
+                },
+            ),
+            (
+                b"0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "TRANSFER-ENCODING",
+                },
+            ),
+            (
+                b"0\r\nTrailer: X\r\n\r\n",
+                ForbiddenTrailer { name: "TRAILER" },
+            ),
+            (
+                b"0\r\nTE: trailers\r\n\r\n",
+                ForbiddenTrailer { name: "TE" },
+            ),
+            (
+                b"0\r\nAuthorization: Basic eDp5\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "AUTHORIZATION",
+                },
+            ),
+            (
+                b"0\r\nPROXY-AUTHORIZATION: Basic eDp5\r\n\r\n",
+                ForbiddenTrailer {
+                    name: "PROXY-AUTHORIZATION",
+                },
+            ),
+            (
+                b"0\r\nContent-Type: a/b\r\ncontent-type: a/b\r\n\r\n",
+                DuplicateContentType,
+            ),
         ];
         for &(input, want) in cases {
             let shown = String::from_utf8_lossy(input);
@@ -377,6 +548,58 @@ mod tests {
                 want,
                 "{shown:?} bytewise"
             );
+        }
+    }
+
+    /// Gunicorn 27's CHUNK_EXT_RE said yes or no to each of these (checked
+    /// with gunicorn 27.0.1); the decoder must say the same.
+    #[test]
+    fn chunk_extension_grammar_matches_gunicorn() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"a", true),
+            (b"a=b", true),
+            (b"a=\"x y\"", true),
+            (b"a=\"x\\\"y\"", true),
+            (b"a;b;c=d", true),
+            (b"a=\"\xe9\"", true),
+            (b"a=\"x\";b", true),
+            (b"a=\"x\"\t;b", true),
+            (b"a\t=\tb", true),
+            (b" a = b ", false),
+            (b"a ", false),
+            (b"a=b ", false),
+            (b"a=\"q\" ", false),
+            (b"=b", false),
+            (b"a=", false),
+            (b"a b", false),
+            (b"a=b c", false),
+            (b"", false),
+            (b" ", false),
+            (b"a=\"unterminated", false),
+            (b"a=\"x\"y", false),
+            (b"a=\"\\\x01\"", false),
+            (b"a\xe9", false),
+            (b"a=\"\x7f\"", false),
+            (b"a;", false),
+            (b";a", false),
+            (b"a@b", false),
+            (b"a=b@c", false),
+        ];
+        for &(ext, ok) in cases {
+            let body = [b"5;", ext, b"\r\nhello\r\n0\r\n\r\n"].concat();
+            let shown = String::from_utf8_lossy(ext);
+            for res in [decode_all(&body), decode_bytewise(&body)] {
+                match res {
+                    Ok((out, _, done)) => {
+                        assert!(ok, "{shown:?} accepted");
+                        assert!(done && out == b"hello", "{shown:?}");
+                    }
+                    Err(e) => {
+                        assert!(!ok, "{shown:?} refused: {e:?}");
+                        assert_eq!(e, ParseError::InvalidChunkExtension, "{shown:?}");
+                    }
+                }
+            }
         }
     }
 
@@ -396,10 +619,7 @@ mod tests {
     fn size_line_and_trailers_are_bounded() {
         let mut line = b"5;".to_vec();
         line.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE));
-        assert_eq!(
-            decode_all(&line).unwrap_err(),
-            ParseError::InvalidChunkExtension
-        );
+        assert_eq!(decode_all(&line).unwrap_err(), ParseError::InvalidChunkSize);
 
         let mut body = b"0\r\n".to_vec();
         for _ in 0..=MAX_TRAILER_FIELDS {

@@ -7,14 +7,16 @@
 //! `--limit-request-fields`, `--limit-request-field-size`) and status codes,
 //! but it is stricter than Gunicorn wherever RFC 9112 lets a request be read
 //! two ways, because two readings of one byte stream are how request
-//! smuggling works.
+//! smuggling works. docs/http-conformance.md lists every decision, with its
+//! RFC section and what Gunicorn 27 does.
 //!
 //! Theory of operation, for the worker:
 //!
 //! 1. Append what the socket gives to a buffer and call [`parse_head`] with
 //!    it. `Ok(None)` means read more; an `Err` means answer with
-//!    [`response::parse_error`] (its [`ParseError::status`] and
-//!    [`ParseError::reason`]) and close the connection.
+//!    [`response::parse_error`] (Gunicorn 27's status line from
+//!    [`ParseError::status`] / [`ParseError::reason`], and its error page
+//!    with [`ParseError::message`]) and close the connection.
 //! 2. `Ok(Some((request, n)))`: the head was `buf[..n]`. Build the environ
 //!    from the [`Request`] (`path` and `query` are already the PEP 3333
 //!    strings).
@@ -33,7 +35,9 @@ pub mod proxy;
 mod request;
 pub mod response;
 
-pub use chunked::{ChunkedDecoder, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS};
+pub use chunked::{
+    ChunkedDecoder, FORBIDDEN_TRAILERS, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS,
+};
 pub use error::ParseError;
 pub use request::{
     parse_head, BodyFraming, Header, Limits, Request, Version, MAX_HEAD, MAX_HEADERS,

@@ -190,6 +190,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)
     let head = buf.get(shape.start..shape.end).unwrap_or_default();
     let line = head.get(..shape.request_line_len).unwrap_or_default();
     check_method(line)?;
+    check_target_bytes(line)?;
 
     // Exactly as many slots as field lines: httparse then never stops short.
     let mut stack = [httparse::EMPTY_HEADER; 32];
@@ -223,6 +224,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)
         });
     }
     let meta = analyse_fields(&headers, version)?;
+    // RFC 9112 §9.6 and Gunicorn's `should_close`: after a CONNECT, the bytes
+    // on the connection would be tunnel data, never another request.
+    let keep_alive = meta.keep_alive && method != "CONNECT";
 
     let request = Request {
         method: method.to_owned(),
@@ -232,7 +236,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)
         version,
         headers,
         body: meta.body,
-        keep_alive: meta.keep_alive,
+        keep_alive,
         expect_continue: meta.expect_continue,
     };
     Ok(Some((request, shape.end)))
@@ -330,6 +334,7 @@ fn check_line(eff: &Effective, request_line: bool, len: usize) -> Result<(), Par
         // Gunicorn: LimitRequestLine if the line without CRLF exceeds the limit.
         if len > eff.request_line {
             return Err(ParseError::RequestLineTooLong {
+                size: len,
                 limit: eff.request_line,
             });
         }
@@ -389,16 +394,46 @@ fn check_method(request_line: &[u8]) -> Result<(), ParseError> {
     }
 }
 
+/// RFC 9112 §3.2: the request-target is a URI reference, whose characters are
+/// printable ASCII (RFC 3986 §2); anything else must be percent-encoded.
+/// httparse lets bytes 0x80-0xFF through (UTF-8 paths); Gunicorn 27 refuses
+/// them (`RFC9112_TARGET_INVALID`, a 400), and so do we. Controls, SP and DEL
+/// are already refused by httparse. The target is what lies between the
+/// first and the last SP of the request line (the method, checked before,
+/// and the version hold no SP); a non-ASCII byte in the version is left to
+/// httparse.
+#[inline]
+fn check_target_bytes(request_line: &[u8]) -> Result<(), ParseError> {
+    if request_line.is_ascii() {
+        return Ok(());
+    }
+    let first = request_line.iter().position(|&b| b == b' ');
+    let last = request_line.iter().rposition(|&b| b == b' ');
+    match (first, last) {
+        (Some(a), Some(b)) if a < b && !request_line[a + 1..b].is_ascii() => {
+            Err(ParseError::NonAsciiTarget)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Split the request-target into (path, query), both still raw.
 ///
 /// - origin-form `/p?q#f` → (`/p`, `q`)
 /// - absolute-form `http://host/p?q` (http or https only) → (`/p`, `q`);
 ///   an empty path becomes `/` (RFC 9112 §3.2.1).
 /// - asterisk-form `*` only with OPTIONS → (`*`, ``)
-/// - authority-form: only CONNECT sends it, and CONNECT is refused.
+/// - authority-form `host:port`, only and always with CONNECT (RFC 9112
+///   §3.2.3, RFC 9110 §9.3.6) → (`host:port`, ``): Gunicorn passes CONNECT
+///   to the app with the authority as RAW_URI, and so do we, with the
+///   authority as PATH_INFO too (see docs/http-conformance.md).
 fn split_target<'a>(method: &str, target: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ParseError> {
     if method == "CONNECT" {
-        return Err(ParseError::ConnectNotSupported);
+        return if is_authority_form(target) {
+            Ok((target, b""))
+        } else {
+            Err(ParseError::InvalidTarget)
+        };
     }
     let target = match target.iter().position(|&b| b == b'#') {
         Some(i) => &target[..i],
@@ -433,6 +468,56 @@ fn split_target<'a>(method: &str, target: &'a [u8]) -> Result<(&'a [u8], &'a [u8
     Ok(match rest.iter().position(|&b| b == b'?') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, b""),
+    })
+}
+
+/// RFC 9112 §3.2.3 `authority-form = uri-host ":" port`, with the port
+/// required (RFC 9110 §9.3.6: "a client MUST send a port number"). The host
+/// is a reg-name, an IPv4 address or a bracketed IP literal: no userinfo, no
+/// path, no query. Checked loosely on the characters (httparse and
+/// [`check_target_bytes`] already refused controls, SP and non-ASCII), tightly
+/// on the shape.
+fn is_authority_form(target: &[u8]) -> bool {
+    let Some(colon) = target.iter().rposition(|&b| b == b':') else {
+        return false;
+    };
+    let (host, port) = (&target[..colon], &target[colon + 1..]);
+    if host.is_empty() || port.is_empty() || port.len() > 5 {
+        return false;
+    }
+    if !port.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    if let Some(literal) = host.strip_prefix(b"[") {
+        // IP-literal: hex digits, colons, dots (and IPvFuture's few more).
+        return literal.strip_suffix(b"]").is_some_and(|inner| {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'%'))
+        });
+    }
+    // reg-name / IPv4address: unreserved / pct-encoded / sub-delims.
+    host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
     })
 }
 
@@ -493,14 +578,22 @@ struct Meta {
     expect_continue: bool,
 }
 
+/// One pass over the fields, in Gunicorn's order of checks: the per-field
+/// rules first (a repeated singleton, `Expect`), as Gunicorn's
+/// `parse_headers` applies them to every field before `set_body_reader`
+/// looks at the framing; then the framing, whose first error in field order
+/// is kept aside and returned only if no per-field rule failed. So a request
+/// with two faults gets Gunicorn's status (417 for a bad `Expect` wins over a
+/// 501 transfer coding, for one).
 fn analyse_fields(headers: &[Header], version: Version) -> Result<Meta, ParseError> {
-    let mut content_length: Option<u64> = None;
-    let mut te_seen = false;
+    let mut content_length: Option<&[u8]> = None;
     let mut te = TransferCodings::default();
+    let mut framing_error: Option<ParseError> = None;
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
     let mut host_seen = false;
+    let mut content_type_seen = false;
 
     for h in headers {
         let name = h.name.as_slice();
@@ -531,22 +624,37 @@ fn analyse_fields(headers: &[Header], version: Version) -> Result<Meta, ParseErr
                     }
                 }
             }
+            12 if name.eq_ignore_ascii_case(b"content-type") => {
+                // RFC 9110 §5.3: Content-Type is a singleton field; a second
+                // line cannot be combined with the first, and two readers
+                // could each pick a different one. Gunicorn 27 refuses any
+                // repeat (RFC9110_5_3_SINGLETON_FIELDS), the same value too.
+                if content_type_seen {
+                    return Err(ParseError::DuplicateContentType);
+                }
+                content_type_seen = true;
+            }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 if content_length.is_some() {
-                    return Err(ParseError::DuplicateContentLength);
+                    framing_error.get_or_insert(ParseError::DuplicateContentLength);
                 }
-                content_length = Some(parse_content_length(&h.value)?);
+                content_length = Some(&h.value);
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                te_seen = true;
-                te.add(&h.value)?;
+                if let Err(e) = te.add(&h.value) {
+                    framing_error.get_or_insert(e);
+                }
             }
             _ => {}
         }
     }
+    if let Some(e) = framing_error {
+        return Err(e);
+    }
 
-    let body = body_framing(version, content_length, te_seen, &te)?;
+    let body = body_framing(version, content_length, &te)?;
     let keep_alive = !close
+        && !te.force_close
         && match version {
             Version::Http11 => true,
             Version::Http10 => keep_alive,
@@ -558,31 +666,57 @@ fn analyse_fields(headers: &[Header], version: Version) -> Result<Meta, ParseErr
     })
 }
 
-/// The transfer codings of all Transfer-Encoding fields, combined in order.
+/// The transfer codings of all Transfer-Encoding fields, combined in order,
+/// checked element by element as Gunicorn 27's `set_body_reader` does.
 #[derive(Default)]
 struct TransferCodings {
-    /// How many times `chunked` appeared.
-    chunked: usize,
-    /// Whether the last coding seen so far is `chunked`.
-    last_is_chunked: bool,
-    /// Whether any coding other than `chunked` appeared.
-    other: bool,
+    /// Whether a Transfer-Encoding field was present at all.
+    seen: bool,
+    /// Whether `chunked` has appeared (it must be the last coding).
+    chunked: bool,
+    /// A compression coding came before `chunked`: the body reaches the app
+    /// still compressed, and the connection is not reused (Gunicorn's
+    /// `force_close`).
+    force_close: bool,
 }
 
 impl TransferCodings {
+    /// RFC 9112 §6.1 and §7: the codings are listed in the order they were
+    /// applied, so `chunked` must come last and only once. Gunicorn 27, whose
+    /// answers we give:
+    ///
+    /// - `chunked` a second time, or any coding after `chunked` → 400;
+    /// - `gzip`, `deflate`, `compress` before `chunked` → accepted, the body
+    ///   passed on still compressed, the connection closed afterwards;
+    /// - `identity` before `chunked` → ignored (RFC 7230 removed it, RFC 9112
+    ///   no longer registers it; Gunicorn accepts it and so do we);
+    /// - any other coding → 501 (RFC 9112 §6.1: "A server that receives a
+    ///   request message with a transfer coding it does not understand SHOULD
+    ///   respond with 501"), and so is an empty list element (`chunked,`):
+    ///   RFC 9110 §5.6.1 would skip it, Gunicorn reads it as an unknown
+    ///   coding, and refusing cannot be read two ways.
     fn add(&mut self, value: &[u8]) -> Result<(), ParseError> {
+        self.seen = true;
         for coding in list_elements(value) {
-            if coding.is_empty() {
-                // Strict: an empty element ("chunked, , x" or "") is refused
-                // rather than skipped, so no two parsers can disagree on it.
-                return Err(ParseError::InvalidTransferEncoding);
-            }
             if coding.eq_ignore_ascii_case(b"chunked") {
-                self.chunked += 1;
-                self.last_is_chunked = true;
+                if self.chunked {
+                    return Err(ParseError::ChunkedNotLast);
+                }
+                self.chunked = true;
+            } else if coding.eq_ignore_ascii_case(b"identity") {
+                if self.chunked {
+                    return Err(ParseError::ChunkedNotLast);
+                }
+            } else if coding.eq_ignore_ascii_case(b"gzip")
+                || coding.eq_ignore_ascii_case(b"deflate")
+                || coding.eq_ignore_ascii_case(b"compress")
+            {
+                if self.chunked {
+                    return Err(ParseError::ChunkedNotLast);
+                }
+                self.force_close = true;
             } else {
-                self.other = true;
-                self.last_is_chunked = false;
+                return Err(ParseError::UnsupportedTransferCoding);
             }
         }
         Ok(())
@@ -620,43 +754,36 @@ impl TransferCodings {
 ///
 /// RFC 9112 §6.1, Transfer-Encoding:
 ///
-/// > A server that receives a request message with a transfer coding it does
-/// > not understand SHOULD respond with 501 (Not Implemented).
-/// >
 /// > A server or client that receives an HTTP/1.0 message containing a
 /// > Transfer-Encoding header field MUST treat the message as if the framing
 /// > is faulty, even if a Content-Length is present, and close the connection
 /// > after processing the message.
 ///
-/// We take the strictest reading, as Gunicorn does: Transfer-Encoding on
-/// HTTP/1.0 is 400; Content-Length together with Transfer-Encoding is 400
-/// (never "TE overrides CL"); `chunked` anywhere but last, or twice, is 400;
-/// any other coding is 501. Content-Length is 1*DIGIT only, and a second
+/// We take the strictest reading, as Gunicorn does: Transfer-Encoding
+/// without a final `chunked` is 400; Transfer-Encoding on HTTP/1.0 is 400;
+/// Content-Length together with Transfer-Encoding is 400 (never "TE
+/// overrides CL"). Content-Length is 1*DIGIT only, and a second
 /// Content-Length field is 400 even when its value is the same (Gunicorn
 /// refuses duplicates too; the comma-list leniency of step 5 is not taken).
 fn body_framing(
     version: Version,
-    content_length: Option<u64>,
-    te_seen: bool,
+    content_length: Option<&[u8]>,
     te: &TransferCodings,
 ) -> Result<BodyFraming, ParseError> {
-    if te_seen {
+    if te.seen {
+        if !te.chunked {
+            return Err(ParseError::TransferEncodingWithoutChunked);
+        }
         if version == Version::Http10 {
             return Err(ParseError::TransferEncodingOnHttp10);
         }
         if content_length.is_some() {
             return Err(ParseError::ContentLengthWithTransferEncoding);
         }
-        if te.chunked > 1 || (te.chunked == 1 && !te.last_is_chunked) {
-            return Err(ParseError::ChunkedNotLast);
-        }
-        if te.other {
-            return Err(ParseError::UnsupportedTransferCoding);
-        }
         return Ok(BodyFraming::Chunked);
     }
     Ok(match content_length {
-        Some(n) => BodyFraming::Length(n),
+        Some(v) => BodyFraming::Length(parse_content_length(v)?),
         None => BodyFraming::None,
     })
 }
@@ -755,15 +882,27 @@ mod tests {
         assert!(parse_head(ok, &limits).unwrap().is_some());
         // 21 bytes with no CRLF yet is already an error.
         let e = parse_head(b"GET /1234567 HTTP/1.1", &limits).unwrap_err();
-        assert_eq!(e, ParseError::RequestLineTooLong { limit: 20 });
-        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e,
+            ParseError::RequestLineTooLong {
+                size: 21,
+                limit: 20
+            }
+        );
+        // Gunicorn 27's LimitRequestLine is 414 URI Too Long.
+        assert_eq!(e.status(), 414);
+        assert_eq!(e.reason(), "URI Too Long");
+        assert_eq!(e.message(), "Request Line is too large (21 > 20)");
         // A trailing CR alone does not count.
         assert_eq!(parse_head(b"GET /123456 HTTP/1.1\r", &limits), Ok(None));
         // Endless trickle with the default limit.
         let long = vec![b'A'; 5000];
         assert_eq!(
             parse(&long).unwrap_err(),
-            ParseError::RequestLineTooLong { limit: 4094 }
+            ParseError::RequestLineTooLong {
+                size: 5000,
+                limit: 4094
+            }
         );
     }
 
@@ -777,7 +916,10 @@ mod tests {
         raw.extend(std::iter::repeat_n(b'a', 9000));
         assert_eq!(
             parse_head(&raw, &big).unwrap_err(),
-            ParseError::RequestLineTooLong { limit: 8190 }
+            ParseError::RequestLineTooLong {
+                size: 9005,
+                limit: 8190
+            }
         );
         let unlimited = Limits {
             request_line: 0,
@@ -788,6 +930,7 @@ mod tests {
         assert_eq!(
             parse_head(&raw, &unlimited).unwrap_err(),
             ParseError::RequestLineTooLong {
+                size: 9005 + UNLIMITED_LINE_CAP,
                 limit: UNLIMITED_LINE_CAP
             }
         );
@@ -903,6 +1046,26 @@ mod tests {
             ("GET", "HTTPS://example.com:8443", "/", ""),
             ("GET", "http://example.com?q=1", "/", "q=1"),
             ("OPTIONS", "*", "*", ""),
+            // Printable ASCII that RFC 3986 would have percent-encoded is
+            // passed on, as Gunicorn does (its check is 0x21-0x7E).
+            ("GET", "/a\"b<c>{d}|^`\\", "/a\"b<c>{d}|^`\\", ""),
+            // authority-form, with CONNECT only: the authority is the path.
+            ("CONNECT", "example.com:443", "example.com:443", ""),
+            ("CONNECT", "127.0.0.1:8080", "127.0.0.1:8080", ""),
+            ("CONNECT", "[::1]:443", "[::1]:443", ""),
+            // PATH_INFO is percent-decoded, as every PATH_INFO.
+            (
+                "CONNECT",
+                "[2001:db8::1%25eth0]:1",
+                "[2001:db8::1%eth0]:1",
+                "",
+            ),
+            (
+                "CONNECT",
+                "xn--bcher-kva.example:65535",
+                "xn--bcher-kva.example:65535",
+                "",
+            ),
         ];
         for &(method, target, path, query) in cases {
             let raw = format!("{method} {target} HTTP/1.1\r\n\r\n");
@@ -910,6 +1073,7 @@ mod tests {
             assert_eq!(req.uri, target);
             assert_eq!(req.path, path, "{target}");
             assert_eq!(req.query, query, "{target}");
+            assert_eq!(req.keep_alive, method != "CONNECT", "{target}");
         }
         for (method, target) in [
             ("GET", "*"),
@@ -918,24 +1082,63 @@ mod tests {
             ("GET", "http:/x"),
             ("GET", "http:///x"),
             ("GET", "foo"),
+            // authority-form is for CONNECT only ...
+            ("GET", "example.com:443"),
+            ("OPTIONS", "example.com:443"),
+            // ... and CONNECT takes nothing else (RFC 9110 §9.3.6).
+            ("CONNECT", "/"),
+            ("CONNECT", "*"),
+            ("CONNECT", "http://example.com:443/"),
+            ("CONNECT", "example.com"),
+            ("CONNECT", "example.com:"),
+            ("CONNECT", ":443"),
+            ("CONNECT", "example.com:https"),
+            ("CONNECT", "example.com:123456"),
+            ("CONNECT", "user@example.com:443"),
+            ("CONNECT", "example.com:443/x"),
+            ("CONNECT", "example.com:443?x"),
+            ("CONNECT", "[::1:443"),
+            ("CONNECT", "[]:443"),
         ] {
             let raw = format!("{method} {target} HTTP/1.1\r\n\r\n");
             assert_eq!(err(raw.as_bytes()), ParseError::InvalidTarget, "{target}");
         }
-        assert_eq!(
-            err(b"CONNECT example.com:443 HTTP/1.1\r\n\r\n"),
-            ParseError::ConnectNotSupported
-        );
     }
 
     #[test]
-    fn non_ascii_target_bytes_are_latin1() {
-        // httparse accepts UTF-8 in the target; we map bytes, not chars.
-        let raw = "GET /é?q=é HTTP/1.1\r\n\r\n";
-        let (req, _) = parse(raw.as_bytes()).unwrap().unwrap();
+    fn non_ascii_target_bytes_are_refused() {
+        // httparse accepts UTF-8 in the target; RFC 9112 §3.2 and Gunicorn
+        // 27 do not: it must be percent-encoded.
+        for target in [
+            &b"/\xc3\xa9"[..],
+            b"/?q=\xc3\xa9",
+            b"/a#\xe9",
+            b"http://ex\xe4mple.com/",
+            b"/\x80",
+            b"/\xff",
+        ] {
+            let raw = [b"GET ", target, b" HTTP/1.1\r\n\r\n"].concat();
+            let e = parse(&raw).expect_err("non-ASCII target accepted");
+            assert_eq!(e.status(), 400, "{target:?}");
+            if std::str::from_utf8(target).is_ok() {
+                assert_eq!(e, ParseError::NonAsciiTarget, "{target:?}");
+            }
+        }
+        assert_eq!(
+            err(b"CONNECT \xc3\xa9.example:443 HTTP/1.1\r\n\r\n"),
+            ParseError::NonAsciiTarget
+        );
+        // The same bytes percent-encoded are fine, and decoded as latin-1.
+        let (req, _) = parse(b"GET /%C3%A9?q=%C3%A9 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(req.path, "/\u{c3}\u{a9}");
-        assert_eq!(req.query, "q=\u{c3}\u{a9}");
-        assert_eq!(req.uri, "/\u{c3}\u{a9}?q=\u{c3}\u{a9}");
+        assert_eq!(req.query, "q=%C3%A9");
+        // Non-ASCII bytes in a header value are obs-text, still accepted.
+        let (req, _) = parse(b"GET / HTTP/1.1\r\nX: \xc3\xa9\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.headers[0].value, b"\xc3\xa9");
     }
 
     #[test]
@@ -1122,60 +1325,156 @@ mod tests {
 
     #[test]
     fn transfer_encoding() {
-        let body = |raw: &[u8]| parse(raw).unwrap().unwrap().0.body;
-        assert_eq!(
-            body(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
-            BodyFraming::Chunked
-        );
+        // (value, framing and keep-alive, or the error): Gunicorn 27's answers.
         let te = |v: &str| {
             let raw = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {v}\r\n\r\n");
-            parse(raw.as_bytes()).map(|r| r.map(|(req, _)| req.body))
+            parse(raw.as_bytes()).map(|r| r.map(|(req, _)| (req.body, req.keep_alive)))
         };
-        assert_eq!(
-            te("gzip").unwrap_err(),
-            ParseError::UnsupportedTransferCoding
-        );
-        assert_eq!(te("identity").unwrap_err().status(), 501);
-        assert_eq!(te("gzip, chunked").unwrap_err().status(), 501);
-        assert_eq!(te("x-custom").unwrap_err().status(), 501);
-        assert_eq!(te("chunked;q=1").unwrap_err().status(), 501);
-        assert_eq!(te("chunked, gzip").unwrap_err(), ParseError::ChunkedNotLast);
-        assert_eq!(
-            te("chunked, chunked").unwrap_err(),
-            ParseError::ChunkedNotLast
-        );
-        assert_eq!(
-            te("chunked,").unwrap_err(),
-            ParseError::InvalidTransferEncoding
-        );
-        assert_eq!(te("").unwrap_err(), ParseError::InvalidTransferEncoding);
-        assert_eq!(te("\"chunked\"").unwrap_err().status(), 501);
-        // Two fields are combined in order.
-        assert_eq!(
-            err(
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-            .status(),
-            501
-        );
-        assert_eq!(
-            err(
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"
+        let chunked_keep = Ok(Some((BodyFraming::Chunked, true)));
+        let chunked_close = Ok(Some((BodyFraming::Chunked, false)));
+        let cases = [
+            ("chunked", chunked_keep),
+            ("Chunked", chunked_keep),
+            ("CHUNKED", chunked_keep),
+            // identity before chunked is ignored.
+            ("identity, chunked", chunked_keep),
+            ("identity,chunked", chunked_keep),
+            // A compression coding before chunked: accepted, the body goes to
+            // the app still compressed, and the connection is closed after.
+            ("gzip, chunked", chunked_close),
+            ("deflate, chunked", chunked_close),
+            ("compress, chunked", chunked_close),
+            ("GZIP, identity, Chunked", chunked_close),
+            // No chunked at the end: no way to know the length → 400.
+            ("gzip", Err(ParseError::TransferEncodingWithoutChunked)),
+            ("identity", Err(ParseError::TransferEncodingWithoutChunked)),
+            (
+                "gzip, identity",
+                Err(ParseError::TransferEncodingWithoutChunked),
             ),
-            ParseError::ChunkedNotLast
-        );
-        assert_eq!(
-            err(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            ParseError::ChunkedNotLast
-        );
+            // chunked twice, or anything after it → 400.
+            ("chunked, gzip", Err(ParseError::ChunkedNotLast)),
+            ("chunked, identity", Err(ParseError::ChunkedNotLast)),
+            ("chunked, chunked", Err(ParseError::ChunkedNotLast)),
+            // An unknown coding, wherever it is, or an empty element → 501.
+            ("x-custom", Err(ParseError::UnsupportedTransferCoding)),
+            (
+                "x-custom, chunked",
+                Err(ParseError::UnsupportedTransferCoding),
+            ),
+            (
+                "chunked, x-custom",
+                Err(ParseError::UnsupportedTransferCoding),
+            ),
+            (
+                "x-gzip, chunked",
+                Err(ParseError::UnsupportedTransferCoding),
+            ),
+            ("chunked;q=1", Err(ParseError::UnsupportedTransferCoding)),
+            ("\"chunked\"", Err(ParseError::UnsupportedTransferCoding)),
+            ("chunked,", Err(ParseError::UnsupportedTransferCoding)),
+            (", chunked", Err(ParseError::UnsupportedTransferCoding)),
+            ("", Err(ParseError::UnsupportedTransferCoding)),
+        ];
+        for (value, want) in cases {
+            assert_eq!(te(value), want, "Transfer-Encoding: {value}");
+        }
+        // Two fields are combined in order.
+        let two = |a: &str, b: &str| {
+            let raw = format!(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: {a}\r\nTransfer-Encoding: {b}\r\n\r\n"
+            );
+            parse(raw.as_bytes()).map(|r| r.map(|(req, _)| (req.body, req.keep_alive)))
+        };
+        assert_eq!(two("gzip", "chunked"), chunked_close);
+        assert_eq!(two("identity", "chunked"), chunked_keep);
+        assert_eq!(two("chunked", "gzip"), Err(ParseError::ChunkedNotLast));
+        assert_eq!(two("chunked", "chunked"), Err(ParseError::ChunkedNotLast));
         assert_eq!(
             err(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ParseError::ContentLengthWithTransferEncoding
+        );
+        assert_eq!(
+            err(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n"
+            ),
             ParseError::ContentLengthWithTransferEncoding
         );
         assert_eq!(
             err(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             ParseError::TransferEncodingOnHttp10
         );
+        // Gunicorn looks at the codings before the version: 501 on HTTP/1.0.
+        assert_eq!(
+            err(b"POST / HTTP/1.0\r\nTransfer-Encoding: x-custom\r\n\r\n").status(),
+            501
+        );
+    }
+
+    #[test]
+    fn checks_run_in_gunicorns_order() {
+        // Per-field rules (Expect, repeated singletons) come before framing,
+        // as Gunicorn's parse_headers runs before set_body_reader; among the
+        // framing checks the first in field order wins.
+        let cases: &[(&[u8], ParseError)] = &[
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: x\r\nExpect: nope\r\n\r\n",
+                ParseError::ExpectationFailed,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\nHost: a\r\nHost: b\r\n\r\n",
+                ParseError::DuplicateHost,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: x\r\n\r\n",
+                ParseError::UnsupportedTransferCoding,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n",
+                ParseError::DuplicateContentLength,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                ParseError::UnsupportedTransferCoding,
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(err(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn singleton_fields() {
+        // RFC 9112 §3.2 (Host) and RFC 9110 §5.3 (Content-Type): Gunicorn 27
+        // refuses any second field line, whatever its value.
+        let cases: &[(&[u8], ParseError)] = &[
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                ParseError::DuplicateHost,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nHOST: a\r\n\r\n",
+                ParseError::DuplicateHost,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Type: application/json\r\n\r\n",
+                ParseError::DuplicateContentType,
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-type: a/b\r\nCONTENT-TYPE: a/b\r\n\r\n",
+                ParseError::DuplicateContentType,
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(err(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+        // One of each is fine; other fields may repeat.
+        let (req, _) = parse(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: a/b\r\nAccept: x\r\nAccept: y\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(req.headers.len(), 4);
     }
 
     #[test]

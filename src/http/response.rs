@@ -543,7 +543,7 @@ pub fn error(status: u16, reason: &str, message: &str) -> Vec<u8> {
 
 /// The error response for a request the parser refused.
 pub fn parse_error(e: &ParseError) -> Vec<u8> {
-    error(e.status(), e.reason(), &e.to_string())
+    error(e.status(), e.reason(), &e.message())
 }
 
 /// [`error`] with a given `Date` value.
