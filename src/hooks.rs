@@ -422,6 +422,14 @@ pub fn worker_int(s: &Settings, age: usize) {
     });
 }
 
+/// [`worker_exit`] from the signal watcher (quick stop, timeout abort),
+/// with what [`post_worker_init`] recorded.
+pub fn worker_exit_now() {
+    if let Some((s, age)) = WORKER.get() {
+        worker_exit(s, *age);
+    }
+}
+
 /// `worker_exit(server, worker)`, in the worker just before it exits.
 pub fn worker_exit(s: &Settings, age: usize) {
     let pid = std::process::id() as i32;

@@ -90,8 +90,10 @@ pub struct Scoreboard {
     base: NonNull<Slot>,
 }
 
-// SAFETY: the mapping is only ever accessed through atomics.
+// SAFETY: the mapping is only ever accessed through atomics, and it is never
+// unmapped, so the pointer may move to and be shared with any thread.
 unsafe impl Send for Scoreboard {}
+// SAFETY: as for Send: every access to the shared pages is atomic.
 unsafe impl Sync for Scoreboard {}
 
 impl Scoreboard {

@@ -266,11 +266,11 @@ fn bind_unix(path: &std::path::Path, opts: BindOptions) -> Result<Listener> {
 /// Adopt an inherited, already listening socket (`fd://N`, socket activation).
 pub fn adopt_fd(fd: RawFd) -> Result<Listener> {
     // Check the descriptor is open before taking ownership of it.
-    nix::fcntl::fcntl(
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-        nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .with_context(|| format!("file descriptor {fd} is not open"))?;
+    // SAFETY: borrowed only for this one fcntl(2); F_GETFD on a closed
+    // descriptor fails with EBADF and touches nothing.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD)
+        .with_context(|| format!("file descriptor {fd} is not open"))?;
     // SAFETY: the descriptor is open (checked above) and handed to us by our
     // parent for exactly this purpose; nothing else in this process owns it.
     let sock = unsafe { Socket::from_raw_fd(fd) };

@@ -182,6 +182,8 @@ def worker_int(worker):
     rec("worker_int", worker_pid=worker.pid)
 def worker_abort(worker):
     rec("worker_abort", worker_pid=worker.pid)
+def worker_exit(server, worker):
+    rec("worker_exit", worker_pid=worker.pid)
 '''
 
 
@@ -211,6 +213,13 @@ def test_worker_int_runs_on_quick_stop(server, tmp_path, sig):
     assert time.monotonic() - t0 < 3
     got = sorted(r["worker_pid"] for r in records(log) if r["hook"] == "worker_int")
     assert got == sorted(workers), records(log)
+    # Then worker_exit, as Gunicorn's quick stop (sys.exit after worker_int)
+    # runs it on the way out.
+    got = sorted(r["worker_pid"] for r in records(log) if r["hook"] == "worker_exit")
+    assert got == sorted(workers), records(log)
+    for w in workers:
+        order = [r["hook"] for r in records(log) if r["worker_pid"] == w]
+        assert order == ["worker_int", "worker_exit"], (w, order)
     assert all(r["in_pid"] == r["worker_pid"] for r in records(log))
 
 
@@ -226,3 +235,8 @@ def test_worker_abort_runs_on_timeout(server, tmp_path):
         pass  # the worker is aborted mid-request: the connection drops
     assert wait_until(lambda: "worker_abort" in names(log), timeout=10), s.log()
     s.wait_for_log("WORKER TIMEOUT")
+    # worker_exit follows in the aborted worker, as Gunicorn's sys.exit(1)
+    # after worker_abort runs it.
+    pid = next(r["worker_pid"] for r in records(log) if r["hook"] == "worker_abort")
+    hooks_of = lambda: [r["hook"] for r in records(log) if r["worker_pid"] == pid]  # noqa: E731
+    assert wait_until(lambda: hooks_of() == ["worker_abort", "worker_exit"], timeout=10), hooks_of()

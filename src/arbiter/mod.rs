@@ -190,10 +190,11 @@ impl Arbiter {
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.pipe_r.as_fd(), PollFlags::POLLIN),
                 ];
-                // SAFETY: the control server owns these descriptors and
-                // keeps them open until `handle_control` runs below.
                 fds.extend(ctl_fds.iter().map(|(fd, f)| {
-                    PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }, *f)
+                    // SAFETY: the control server owns these descriptors and
+                    // keeps them open until `handle_control` runs below.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+                    PollFd::new(fd, *f)
                 }));
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
@@ -608,8 +609,11 @@ impl Arbiter {
                 .filter_map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).ok()),
         );
         let listener_fds: Vec<i32> = self.listeners.iter().map(|l| l.raw_fd()).collect();
-        // SAFETY: single-threaded master; the child only does
-        // async-signal-safe work (fcntl, sigprocmask, execve) before exec.
+        // SAFETY: the master has one thread, so the child inherits no lock
+        // held by a thread it does not have, and may run ordinary code
+        // before exec, the `pre_exec` hook's Python included: when Python
+        // is initialised, `python::fork` brackets the fork with
+        // PyOS_BeforeFork/PyOS_AfterFork_Child, as os.fork() does.
         match unsafe { crate::python::fork() } {
             Ok(ForkResult::Child) => {
                 for fd in &listener_fds {
@@ -618,8 +622,11 @@ impl Arbiter {
                         libc::fcntl(*fd, libc::F_SETFD, 0);
                     }
                 }
-                let _ = SigSet::empty().thread_set_mask();
+                // The hook runs with the master's signals still blocked (a
+                // TERM meant for the old master must not kill it half-way);
+                // the new master starts with an empty mask.
                 crate::hooks::pre_exec(&self.settings, self.sup.target());
+                let _ = SigSet::empty().thread_set_mask();
                 let _ = nix::unistd::execve(&cexe, &cargs, &envp);
                 // SAFETY: exec failed; leave without running destructors.
                 unsafe { libc::_exit(1) }

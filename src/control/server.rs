@@ -832,7 +832,16 @@ fn read_some(c: &mut Client) -> Option<usize> {
 /// else may be someone else's trap in a shared /tmp.
 fn ensure_private_dir(dir: &Path, uid: u32) -> Result<(), ControlError> {
     match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o700)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
+        // The umask may have taken bits off (a 0177 one leaves 0600, which
+        // even we cannot enter): the directory we made is 0700, exactly.
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| ControlError::Io {
+                path: dir.to_path_buf(),
+                op: "set the mode of",
+                source,
+            },
+        )?,
+        Err(Errno::EEXIST) => {}
         Err(e) => {
             return Err(ControlError::Io {
                 path: dir.to_path_buf(),

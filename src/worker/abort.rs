@@ -7,8 +7,12 @@
 //!   exits. A request stuck in C code that never releases the GIL is
 //!   SIGKILLed by the master after a short grace instead.
 //! - INT and QUIT, quick stop: the worker exits at once; when the config
-//!   file sets a `worker_int` hook, the watcher runs it first (the master's
-//!   quick-stop deadline still bounds how long that may take).
+//!   file sets a `worker_int` or `worker_exit` hook, the watcher runs them
+//!   first, as Gunicorn's worker does (`worker_int`, then `sys.exit` whose
+//!   unwinding runs `worker_exit`); the master's quick-stop deadline still
+//!   bounds how long that may take.
+//!
+//! After a timeout's `worker_abort`, `worker_exit` runs too, as in Gunicorn.
 //!
 //! The handlers only write one byte to a pipe or call `_exit`, both
 //! async-signal-safe; everything else happens on the watcher thread.
@@ -18,7 +22,8 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static PIPE_W: AtomicI32 = AtomicI32::new(-1);
-/// A `worker_int` hook is set: INT/QUIT go through the watcher.
+/// A `worker_int` or `worker_exit` hook is set: INT/QUIT go through the
+/// watcher.
 static INT_HOOK: AtomicBool = AtomicBool::new(false);
 
 fn notify(byte: &'static [u8; 1]) -> bool {
@@ -49,9 +54,10 @@ fn handle(sig: nix::sys::signal::Signal, f: extern "C" fn(libc::c_int)) {
 }
 
 /// Install the ABRT, INT and QUIT handlers and the watcher thread.
-pub fn install(worker_int_hook: bool) {
+/// `quick_stop_hooks`: the config file sets `worker_int` or `worker_exit`.
+pub fn install(quick_stop_hooks: bool) {
     use nix::sys::signal::Signal;
-    INT_HOOK.store(worker_int_hook, Ordering::Relaxed);
+    INT_HOOK.store(quick_stop_hooks, Ordering::Relaxed);
     match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok((r, w)) => {
             PIPE_W.store(w.into_raw_fd(), Ordering::Relaxed);
@@ -81,6 +87,8 @@ fn watch(r: OwnedFd) {
     };
     if what == b'I' {
         crate::hooks::worker_int_now();
+        tracing::info!("Worker exiting (pid: {})", std::process::id());
+        crate::hooks::worker_exit_now();
         // SAFETY: a quick stop: leave at once, as the plain handler does.
         unsafe { libc::_exit(0) }
     }
@@ -93,6 +101,7 @@ fn watch(r: OwnedFd) {
     });
     crate::critical!("WORKER TIMEOUT (pid:{pid})\n{}", stacks.trim_end());
     crate::hooks::worker_abort_now();
+    crate::hooks::worker_exit_now();
     // SAFETY: leaving at once is the point; nothing must run after this.
     unsafe { libc::_exit(1) }
 }

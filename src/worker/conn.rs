@@ -68,7 +68,7 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         retire_sent: AtomicBool::new(false),
         notify_fd: b.notify_fd,
         slot_index: b.slot_index,
-        worker_int_hook: s.hook("worker_int").is_some(),
+        quick_stop_hooks: s.hook("worker_int").is_some() || s.hook("worker_exit").is_some(),
     });
     let listener_fds: Vec<(RawFd, bool)> = b
         .listeners
@@ -83,8 +83,8 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
 struct Ctx<C> {
     class: C,
     cap: Arc<Capacity>,
-    /// The config file set a `worker_int` hook (INT/QUIT run it first).
-    worker_int_hook: bool,
+    /// The config file set `worker_int` or `worker_exit` (INT/QUIT run them).
+    quick_stop_hooks: bool,
     proxy: ProxyPolicy,
     shutdown: watch::Receiver<bool>,
     head: HeadRules,
@@ -240,7 +240,7 @@ async fn serve<C: Class>(
     listeners: Vec<(RawFd, bool)>,
     shutdown_tx: watch::Sender<bool>,
 ) {
-    super::abort::install(ctx.worker_int_hook);
+    super::abort::install(ctx.quick_stop_hooks);
     // The master that forked us. Orphaned means "my parent is no longer this
     // pid", not "my parent is pid 1": in a container the master *is* pid 1,
     // and under a subreaper an orphan is not re-parented to pid 1 at all.
