@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, VENV, free_port, wait_until
+from conftest import INSTALLED_BIN, RGUNICORN_BIN, ROOT, VENV, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("RG_TEST_SERVER") == "gunicorn",
                                 reason="packaging of rgunicorn itself")
@@ -317,6 +317,18 @@ def test_version_names_python_and_build(pip_venv_311):
     assert meta.split() == [cargo_version, cargo_version], meta
 
 
+@pytest.mark.skipif(bool(INSTALLED_BIN), reason="the cargo-built binary")
+def test_cargo_binary_version():
+    """The embedding binary says what it is, and which Python it linked."""
+    out = run([RGUNICORN_BIN, "--version"]).stdout
+    print(out)
+    lines = out.splitlines()
+    assert lines[0].startswith("rgunicorn (version "), out
+    assert lines[1].startswith("Python 3."), out
+    assert "sys.prefix=" in lines[1], out
+    assert "embedding binary" in lines[2], out
+
+
 @pytest.mark.timeout(BUILD_TIMEOUT + 600)
 def test_rgunicornctl_no_python_and_startup_time(pip_venv_311):
     venv = pip_venv_311
@@ -463,7 +475,7 @@ def test_usr2_reexecutes_through_the_interpreter(pip_venv_311, tmp_path):
         assert wait_until(new_master, timeout=30), srv.output()
         new = new_master()
         with open(f"/proc/{new}/cmdline", "rb") as f:
-            print("new master:", f.read())
+            print("new master:", f.read().rstrip(b"\0"))
         assert os.path.realpath(f"/proc/{new}/exe") == os.path.realpath(venv / "bin" / "python")
         assert wait_until(lambda: srv.output().count("Booting worker") >= 2, timeout=30), srv.output()
         os.kill(old, signal.SIGTERM)
