@@ -1,8 +1,8 @@
 """A plain WSGI sample app (no framework): serve it with
 
-    cargo build --release && ./target/release/rgunicorn --chdir examples --workers 2 --bind 127.0.0.1:8000 run:app
+    rgunicorn --chdir examples --workers 2 --bind 127.0.0.1:8000 run:app
 
-then try:
+(after `pip install .` into a virtualenv, see README.md), then try:
     curl http://127.0.0.1:8000/
     curl http://127.0.0.1:8000/hello/Ada
     curl -d 'some data' http://127.0.0.1:8000/echo

@@ -22,6 +22,11 @@
 #                               ipv6             IPv6 loopback listeners
 #                             Without it every tier runs, and a tier that cannot
 #                             run here FAILS the run, naming the reason.
+#   RG_TEST_INSTALLED=1       run the integration tests against rgunicorn as
+#                             users install it: the wheel (maturin build
+#                             --release) pip-installed into a fresh
+#                             target/installed-venv with tests/requirements.txt
+#   RG_BIN=/venv/bin/rgunicorn  run them against that installed rgunicorn
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,7 +63,19 @@ run_step "cargo fmt --check" cargo fmt --all -- --check
 run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
 run_step "cargo test --release (unit tests)" cargo test --release
 
-section "pytest (server: ${RG_TEST_SERVER:-rgunicorn})"
+if [ -n "${RG_TEST_INSTALLED:-}" ] && [ -z "${RG_BIN:-}" ]; then
+    section "wheel: build, install into a fresh target/installed-venv"
+    rm -rf target/installed-wheels target/installed-venv
+    target/venv/bin/maturin build --release -i target/venv/bin/python -o target/installed-wheels
+    base_python="$(target/venv/bin/python -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')"
+    "$base_python" -m venv target/installed-venv
+    target/installed-venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+    target/installed-venv/bin/pip install -q --disable-pip-version-check --no-index target/installed-wheels/rgunicorn-*.whl
+    export RG_BIN="$ROOT/target/installed-venv/bin/rgunicorn"
+    "$RG_BIN" --version
+fi
+
+section "pytest (server: ${RG_TEST_SERVER:-rgunicorn}${RG_BIN:+, installed: $RG_BIN})"
 t0=$SECONDS
 set +e
 target/venv/bin/python -m pytest tests -v -p no:cacheprovider \

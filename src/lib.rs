@@ -6,10 +6,15 @@
 //! Python ([`python`]), imports the WSGI app, and serves HTTP/1.1 parsed in
 //! Rust ([`http`]), calling the app through the WSGI bridge ([`wsgi`]).
 //! Settings come from one table ([`config`]); logs are Gunicorn's
-//! ([`logging`]).
+//! ([`logging`]). [`cli`] is the command line, shared by the cargo-built
+//! binary and an installed wheel's console script (through the extension
+//! module, feature `extension-module`).
 pub mod arbiter;
+pub mod cli;
 pub mod config;
 pub mod control;
+#[cfg(feature = "extension-module")]
+mod extension;
 pub mod hooks;
 pub mod http;
 pub mod http_date;

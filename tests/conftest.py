@@ -6,6 +6,10 @@ Every test starts the real server binary with real Python apps (files under
 Which server runs is chosen by the environment:
 
 * default: ``target/release/rgunicorn``
+* ``RG_BIN=/path/to/venv/bin/rgunicorn``: an installed rgunicorn (the wheel's
+  console script, see tests/test_packaging.py); its ``rgunicornctl`` is the
+  one next to it, and its virtualenv (with tests/requirements.txt installed)
+  is the one the apps run in.
 * ``RG_TEST_SERVER=gunicorn``: ``target/venv/bin/gunicorn`` with the very same
   command line, to validate a test against the reference implementation.
 
@@ -45,7 +49,18 @@ APPS_DIR = TESTS_DIR / "apps"
 VENV = ROOT / "target" / "venv"
 RGUNICORN_BIN = ROOT / "target" / "release" / "rgunicorn"
 RGUNICORNCTL_BIN = ROOT / "target" / "release" / "rgunicornctl"
+#: Set when the tests run against an installed rgunicorn (``RG_BIN``).
+INSTALLED_BIN = os.environ.get("RG_BIN", "").strip()
+if INSTALLED_BIN:
+    RGUNICORN_BIN = Path(INSTALLED_BIN).absolute()
+    RGUNICORNCTL_BIN = RGUNICORN_BIN.parent / "rgunicornctl"
+    VENV = RGUNICORN_BIN.parent.parent
 GUNICORN_BIN = VENV / "bin" / "gunicorn"
+
+#: Mark a test about the cargo-built embedding binary itself (how it links
+#: libpython): skipped against an installed rgunicorn.
+cargo_binary_only = pytest.mark.skipif(bool(INSTALLED_BIN),
+                                       reason="property of the cargo-built binary")
 
 #: "rgunicorn" (default) or "gunicorn": which server the tests run against.
 SERVER_KIND = os.environ.get("RG_TEST_SERVER", "rgunicorn").strip() or "rgunicorn"

@@ -42,8 +42,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, ROOT, TESTS_DIR, VENV, free_port,
-                      linked_python, tier_missing, wait_until)
+from conftest import (INSTALLED_BIN, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, ROOT,
+                      TESTS_DIR, VENV, free_port, linked_python, tier_missing, wait_until)
 
 DOCKER_DIR = ROOT / "contrib" / "docker"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
@@ -209,6 +209,10 @@ def _wheels() -> Path:
 def image(podman, tmp_path_factory):
     """Build the runtime stage of contrib/docker/Dockerfile on the stand-in
     base with the host's binaries (see the module doc); yields the tag."""
+    if INSTALLED_BIN:
+        # The Dockerfile still copies the cargo-built binaries (issue 14,
+        # item 5: a wheel-based Dockerfile, is not done yet).
+        pytest.skip("the image is built from the cargo-built binaries, not an installed wheel")
     for b in (RGUNICORN_BIN, RGUNICORNCTL_BIN):
         if not b.exists():
             pytest.fail(f"{b} does not exist: run scripts/test.sh (or cargo build --release)")

@@ -25,8 +25,8 @@ import pytest
 import requests
 
 from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, VENV,
-                      free_port, gunicorn_xfail, pid_alive, proc_stat, raw_request,
-                      rgunicorn_only, session_members, wait_until)
+                      cargo_binary_only, free_port, gunicorn_xfail, pid_alive, proc_stat,
+                      raw_request, rgunicorn_only, session_members, wait_until)
 
 APP = "proc_app:app"
 
@@ -376,6 +376,7 @@ def test_rgunicornctl_does_not_link_python():
 
 
 @rgunicorn_only  # inspects the rgunicorn binaries
+@cargo_binary_only  # an installed rgunicorn is a console script (test_packaging.py)
 def test_rgunicorn_links_build_libpython():
     out = _ldd(RGUNICORN_BIN)
     lines = [line for line in out.splitlines() if "libpython" in line]

@@ -53,7 +53,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The signals the master handles (all read from the signalfd).
-const SIGNALS: [Signal; 10] = [
+pub const SIGNALS: [Signal; 10] = [
     Signal::SIGCHLD,
     Signal::SIGHUP,
     Signal::SIGTERM,
@@ -579,11 +579,9 @@ impl Arbiter {
             .iter()
             .map(|l| l.raw_fd().to_string())
             .collect();
-        let exe = std::fs::read_link("/proc/self/exe")
-            .unwrap_or_else(|_| std::path::PathBuf::from(&self.argv[0]));
+        let (exe, args) = crate::cli::reexec_command(&self.argv);
         let cexe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).ok();
-        let cargs: Vec<std::ffi::CString> = self
-            .argv
+        let cargs: Vec<std::ffi::CString> = args
             .iter()
             .filter_map(|a| std::ffi::CString::new(a.as_bytes()).ok())
             .collect();

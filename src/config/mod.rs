@@ -357,6 +357,11 @@ impl ConfigError {
         }
     }
 
+    /// True for `--version` (the caller prints its own, longer text).
+    pub fn is_version(&self) -> bool {
+        matches!(&self.kind, ErrorKind::Clap(e) if e.kind() == clap::error::ErrorKind::DisplayVersion)
+    }
+
     /// True for `--help` and `--version`, whose "error" is the output.
     pub fn is_informational(&self) -> bool {
         matches!(&self.kind, ErrorKind::Clap(e) if e.exit_code() == 0)

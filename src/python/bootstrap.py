@@ -165,3 +165,14 @@ def apply_logconfig(kind, arg):
     else:
         config.update(json.loads(arg))
     logging.config.dictConfig(config)
+
+
+def sync_environ(real):
+    """Make os.environ equal the process environment again (a hosted
+    interpreter copied it before rgunicorn changed it)."""
+    env = os.environb
+    for k in [k for k in env if k not in real]:
+        del env[k]
+    for k, v in real.items():
+        if env.get(k) != v:
+            env[k] = v

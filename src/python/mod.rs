@@ -7,6 +7,11 @@
 //! handlers are left to us (`install_signal_handlers = 0`). After
 //! initialisation the GIL is released, so every later use goes through
 //! `Python::attach`.
+//!
+//! When an installed wheel runs (the console script, `python -m rgunicorn`),
+//! the interpreter hosts us instead: it is initialised before any of our
+//! code runs, [`adopt_host`] records that, [`initialize`] does nothing, and
+//! every fork is bracketed (see `docs/architecture.md`).
 
 pub mod config;
 
@@ -19,6 +24,8 @@ use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
+/// The interpreter was initialised by the Python that runs us.
+static HOSTED: AtomicBool = AtomicBool::new(false);
 static BOOTSTRAP: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 /// The interpreter rgunicorn should present as `sys.executable`.
@@ -38,6 +45,64 @@ pub fn is_initialized() -> bool {
     INITIALIZED.load(Ordering::Acquire)
 }
 
+/// True when a Python interpreter runs us (an installed wheel's console
+/// script or `python -m rgunicorn`), rather than the embedding binary.
+pub fn is_hosted() -> bool {
+    HOSTED.load(Ordering::Acquire)
+}
+
+/// Called first thing when Python hosts us: the interpreter is already
+/// initialised in this (the master) process, so [`initialize`] has nothing
+/// to do and every fork needs the interpreter's fork bracket.
+pub fn adopt_host() {
+    // SAFETY: Py_IsInitialized may be called at any time, from any thread.
+    if unsafe { ffi::Py_IsInitialized() } != 0 {
+        HOSTED.store(true, Ordering::Release);
+        INITIALIZED.store(true, Ordering::Release);
+    }
+}
+
+/// Make the hosting interpreter's `os.environ` (a copy it took at start)
+/// equal to the process environment again, after we changed the latter
+/// (the service manager's variables taken out, `--env` added). The master
+/// is single-threaded here, so the `setenv`/`unsetenv` this causes are sound.
+pub fn sync_environ() {
+    if !is_hosted() {
+        return;
+    }
+    let r = Python::attach(|py| -> PyResult<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let real = PyDict::new(py);
+        for (k, v) in std::env::vars_os() {
+            real.set_item(
+                pyo3::types::PyBytes::new(py, k.as_bytes()),
+                pyo3::types::PyBytes::new(py, v.as_bytes()),
+            )?;
+        }
+        bootstrap(py)?.call_method1("sync_environ", (real,))?;
+        Ok(())
+    });
+    if let Err(e) = r {
+        tracing::warn!("cannot update os.environ: {e}");
+    }
+}
+
+/// `3.11.7 (sys.prefix=/srv/venv, sys.executable=/srv/venv/bin/python)`.
+pub fn describe() -> Result<String> {
+    Python::attach(|py| -> PyResult<String> {
+        let sys = py.import("sys")?;
+        let version: String = sys.getattr("version")?.extract()?;
+        let prefix: String = sys.getattr("prefix")?.extract()?;
+        let exe: String = sys.getattr("executable")?.extract()?;
+        Ok(format!(
+            "{} (sys.prefix={prefix}, sys.executable={exe})",
+            version.split_whitespace().next().unwrap_or("?")
+        ))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(not(Py_LIMITED_API))]
 fn check(status: ffi::PyStatus, what: &str) -> Result<()> {
     // SAFETY: PyStatus_Exception only reads the struct it is given.
     if unsafe { ffi::PyStatus_Exception(status) } != 0 {
@@ -60,6 +125,31 @@ pub fn initialize(argv: &[String]) -> Result<()> {
     if INITIALIZED.load(Ordering::Acquire) {
         return Ok(());
     }
+    initialize_embedded()?;
+    INITIALIZED.store(true, Ordering::Release);
+    Python::attach(|py| -> PyResult<()> {
+        let sys = py.import("sys")?;
+        sys.setattr("argv", PyList::new(py, argv)?)?;
+        let version: String = sys.getattr("version")?.extract()?;
+        let prefix: String = sys.getattr("prefix")?.extract()?;
+        tracing::debug!(
+            "Python {} (sys.prefix={prefix})",
+            version.split_whitespace().next().unwrap_or("?")
+        );
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!("Python start-up failed: {e}"))
+}
+
+/// The limited API (an abi3 extension module) has no `PyConfig`; such a
+/// build is always hosted by Python and never initialises it.
+#[cfg(Py_LIMITED_API)]
+fn initialize_embedded() -> Result<()> {
+    bail!("this build of rgunicorn runs only inside Python (its console script)")
+}
+
+#[cfg(not(Py_LIMITED_API))]
+fn initialize_embedded() -> Result<()> {
     let exe = CString::new(python_executable()).context("interpreter path contains NUL")?;
     // SAFETY: PyConfig is a plain C struct that PyConfig_InitPythonConfig
     // fills in completely; we only touch it through CPython's setters, free
@@ -88,19 +178,7 @@ pub fn initialize(argv: &[String]) -> Result<()> {
         // Hand the GIL back: from now on every use attaches explicitly.
         ffi::PyEval_SaveThread();
     }
-    INITIALIZED.store(true, Ordering::Release);
-    Python::attach(|py| -> PyResult<()> {
-        let sys = py.import("sys")?;
-        sys.setattr("argv", PyList::new(py, argv)?)?;
-        let version: String = sys.getattr("version")?.extract()?;
-        let prefix: String = sys.getattr("prefix")?.extract()?;
-        tracing::debug!(
-            "Python {} (sys.prefix={prefix})",
-            version.split_whitespace().next().unwrap_or("?")
-        );
-        Ok(())
-    })
-    .map_err(|e| anyhow::anyhow!("Python start-up failed: {e}"))
+    Ok(())
 }
 
 /// `logconfig_dict` / `logconfig_json` / `logconfig`: configure Python's
@@ -208,13 +286,37 @@ pub unsafe fn fork() -> nix::Result<nix::unistd::ForkResult> {
     if !is_initialized() {
         return nix::unistd::fork();
     }
-    Python::attach(|_py| {
+    Python::attach(|py| {
         ffi::PyOS_BeforeFork();
         let r = nix::unistd::fork();
         match r {
-            Ok(ForkResult::Child) => ffi::PyOS_AfterFork_Child(),
+            Ok(ForkResult::Child) => {
+                ffi::PyOS_AfterFork_Child();
+                if is_hosted() {
+                    default_sigint(py);
+                }
+            }
             _ => ffi::PyOS_AfterFork_Parent(),
         }
         r
     })
+}
+
+/// In a child of a hosted master: SIGINT back to its default action. The
+/// hosting interpreter installed its KeyboardInterrupt handler at start,
+/// and a child inherits it; a worker still importing its app must die of
+/// INT as the embedded binary's workers do (the worker installs its own
+/// handlers once the app is imported). Through `signal.signal`, so
+/// Python's own record of the handler agrees.
+fn default_sigint(py: Python<'_>) {
+    let r = py.import("signal").and_then(|m| {
+        m.call_method1("signal", (m.getattr("SIGINT")?, m.getattr("SIG_DFL")?))
+            .map(|_| ())
+    });
+    if r.is_err() {
+        // SAFETY: restoring a default disposition in a single-threaded child.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+        }
+    }
 }
