@@ -130,6 +130,11 @@ pub enum ParseError {
     /// path (Gunicorn's `ConfigurationProblem`, a 500).
     #[error("request path does not start with SCRIPT_NAME")]
     ScriptNameMismatch,
+    /// The request body did not arrive in time: slower than the minimum
+    /// rate, or not at all within the body timeout (408, rgunicorn's own:
+    /// Gunicorn waits for the body as long as the app does).
+    #[error("request body timed out")]
+    BodyTimeout,
 }
 
 impl ParseError {
@@ -143,6 +148,7 @@ impl ParseError {
             ParseError::ExpectationFailed => 417,
             ParseError::ForbiddenProxyRequest => 403,
             ParseError::ScriptNameMismatch => 500,
+            ParseError::BodyTimeout => 408,
             ParseError::InvalidProxyHeader
             | ParseError::InvalidSchemeHeaders
             | ParseError::RequestLineTooLong { .. }
@@ -179,6 +185,7 @@ impl ParseError {
             417 => "Expectation Failed",
             403 => "Forbidden",
             500 => "Internal Server Error",
+            408 => "Request Timeout",
             _ => "Bad Request",
         }
     }
@@ -218,6 +225,7 @@ mod tests {
             ),
             (ParseError::ExpectationFailed, 417, "Expectation Failed"),
             (ParseError::ChunkedNotLast, 400, "Bad Request"),
+            (ParseError::BodyTimeout, 408, "Request Timeout"),
         ];
         for (err, status, reason) in cases {
             assert_eq!(err.status(), status, "{err:?}");

@@ -29,6 +29,7 @@
 mod chunked;
 mod error;
 pub mod proxy;
+pub mod rate;
 mod request;
 
 pub use chunked::{ChunkedDecoder, MAX_CHUNK_LINE, MAX_TRAILER, MAX_TRAILER_FIELDS};

@@ -16,6 +16,7 @@
 //! and exit; INT/QUIT = exit now; USR1 = reopen logs.
 
 mod abort;
+mod body;
 pub mod msg;
 mod proxy_header;
 
@@ -126,6 +127,8 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     })?;
     // Decided once: the environ keys the access log reads after each call.
     bridge.access_environ = crate::logging::access_environ_keys();
+    let body_policy = body::Policy::from_settings(s);
+    bridge.body_rate = Some((body_policy.timeout, body_policy.min_rate));
     crate::proctitle::set("worker", s);
     crate::hooks::post_worker_init(s, spec.slot_index);
     bridge.request_hooks = crate::hooks::RequestHooks::new(s, spec.slot_index);
@@ -182,6 +185,7 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
         notify_fd: spec.notify_fd,
         slot_index: spec.slot_index,
         worker_int_hook: s.hook("worker_int").is_some(),
+        body: body_policy,
     });
     let listener_fds: Vec<(RawFd, bool)> = spec
         .listeners
@@ -213,6 +217,7 @@ struct Job {
     listener: usize,
     req: http::Request,
     prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
     fd: RawFd,
     peer: Peer,
     reply: oneshot::Sender<(http::Request, Outcome)>,
@@ -223,6 +228,8 @@ struct Ctx {
     bridge: Bridge,
     /// The config file set a `worker_int` hook (INT/QUIT run it first).
     worker_int_hook: bool,
+    /// How request bodies are pre-read (see `body`).
+    body: body::Policy,
     pool: Option<mpsc::Sender<Job>>,
     /// gthread: when each Python thread's current request began (0 = idle).
     thread_busy: Arc<Vec<AtomicU64>>,
@@ -321,6 +328,7 @@ fn start_pool(n: usize, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
                         job.listener,
                         &job.req,
                         job.prebuffered,
+                        job.spill,
                         job.fd,
                         &job.peer,
                     );
@@ -718,9 +726,22 @@ where
                 return;
             }
         };
-        let rest = buf.split_off(n);
+        let mut rest = buf.split_off(n);
         buf.clear();
         fresh = None;
+        // The body is read here, before a Python slot is taken: a client
+        // trickling it keeps no slot, and one too slow gets 408.
+        let spill = match body::preread(&ctx.body, &mut s, &mut req, &mut rest).await {
+            Ok(body::Preread::InBuffer) => None,
+            Ok(body::Preread::Spilled(f)) => Some(f),
+            Err(body::Refused::Closed) => return,
+            Err(body::Refused::Answer(e)) => {
+                tracing::debug!("request body from {}: {e}", peer.addr);
+                let out = wsgi::error_response(e.status(), e.reason(), true);
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
+                return;
+            }
+        };
         if ctx.draining() {
             // A retiring worker answers this request and says it closes, so
             // the client's next request goes to a worker that stays.
@@ -734,6 +755,7 @@ where
                 listener: idx,
                 req,
                 prebuffered: rest,
+                spill,
                 fd,
                 peer: peer.clone(),
                 reply: tx,
@@ -751,8 +773,9 @@ where
         } else {
             ctx.slot.busy_since_ms.store(now_ms(), Ordering::Relaxed);
             ctx.slot.active.store(1, Ordering::Relaxed);
-            let out =
-                Python::attach(|py| wsgi::handle(py, &ctx.bridge, idx, &req, rest, fd, &peer));
+            let out = Python::attach(|py| {
+                wsgi::handle(py, &ctx.bridge, idx, &req, rest, spill, fd, &peer)
+            });
             ctx.slot.active.store(0, Ordering::Relaxed);
             ctx.slot.busy_since_ms.store(0, Ordering::Relaxed);
             (req, out)

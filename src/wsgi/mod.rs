@@ -55,6 +55,8 @@ pub struct Bridge {
     /// The environ keys (lower case) the access-log format reads with
     /// `%({key}e)s`; empty (nothing captured) when it has none.
     pub access_environ: Vec<String>,
+    /// The body rate rule (grace, bytes/s) for `wsgi.input`'s socket reads.
+    pub body_rate: Option<(Duration, u64)>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
@@ -147,6 +149,7 @@ impl Bridge {
             proxy: ProxyPolicy::default(),
             request_hooks: None,
             access_environ: Vec::new(),
+            body_rate: None,
         })
     }
 
@@ -276,7 +279,9 @@ fn environ<'py>(
 /// Serve one parsed request: call the app and write its response.
 ///
 /// `prebuffered` holds the bytes already read after the request head (the
-/// start of the body, maybe pipelined requests after it).
+/// start of the body, maybe pipelined requests after it); `spill`, the body
+/// the connection task pre-read into a file (then `prebuffered` is what
+/// came after it).
 #[allow(clippy::too_many_arguments)]
 pub fn handle(
     py: Python<'_>,
@@ -284,10 +289,15 @@ pub fn handle(
     listener: usize,
     req: &Request,
     prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
-    let input = match Bound::new(py, Input::new(fd, req, prebuffered, bridge.io_timeout)) {
+    let clock = bridge
+        .body_rate
+        .map(|(grace, rate)| crate::http::rate::RateClock::start(grace, rate));
+    let input = Input::new(fd, req, prebuffered, bridge.io_timeout).with_body(spill, clock);
+    let input = match Bound::new(py, input) {
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
     };
