@@ -18,6 +18,7 @@
 mod abort;
 mod body;
 pub mod msg;
+pub use body::unlinked_tempfile;
 mod proxy_header;
 
 use crate::config::{Settings, WorkerClass};
@@ -129,6 +130,12 @@ fn boot_and_serve(spec: Spec<'_>) -> Result<(), i32> {
     bridge.access_environ = crate::logging::access_environ_keys();
     let body_policy = body::Policy::from_settings(s);
     bridge.body_rate = Some((body_policy.timeout, body_policy.min_rate));
+    wsgi::spool::configure(wsgi::spool::Config {
+        memory_max: s.response_buffer_size,
+        worker_max: s.response_spool_max,
+        grace: Duration::from_secs(s.response_timeout.max(1)),
+        min_rate: s.response_min_rate,
+    });
     crate::proctitle::set("worker", s);
     crate::hooks::post_worker_init(s, spec.slot_index);
     bridge.request_hooks = crate::hooks::RequestHooks::new(s, spec.slot_index);
@@ -791,6 +798,14 @@ where
         if !outcome.pending_out.is_empty() {
             let w = tokio::time::timeout(ctx.io_timeout, s.write_all(&outcome.pending_out)).await;
             if !matches!(w, Ok(Ok(()))) {
+                return;
+            }
+        }
+        // A large response, or one the client is slow to take: written at
+        // the client's pace now that the slot is free.
+        if let Some(mut spool) = outcome.spool {
+            if let Err(e) = spool.write_to(&mut s).await {
+                tracing::debug!("response to {} cut off: {e}", peer.addr);
                 return;
             }
         }

@@ -14,6 +14,7 @@ pub mod fdio;
 mod forwarded;
 mod input;
 mod response;
+pub mod spool;
 
 use crate::http::{Request, Version};
 use pyo3::exceptions::PyTypeError;
@@ -81,6 +82,9 @@ pub struct Outcome {
     pub leftover_in: Vec<u8>,
     /// Response bytes the client has not taken yet; the async side writes them.
     pub pending_out: Vec<u8>,
+    /// Or, when it is large or the client is slow, the spool holding it
+    /// (written after `pending_out`, which is then empty).
+    pub spool: Option<spool::Spool>,
     pub status: u16,
     pub sent: u64,
     pub response_headers: Vec<(String, String)>,

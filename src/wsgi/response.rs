@@ -56,6 +56,8 @@ struct State {
     remaining: Option<u64>,
     sent: u64,
     out: Vec<u8>,
+    /// What the client has not taken yet (see `spool`).
+    spool: Option<super::spool::Spool>,
 }
 
 /// Requests this worker has started (for request ids).
@@ -87,6 +89,7 @@ impl Writer {
             remaining: None,
             sent: 0,
             out: Vec::new(),
+            spool: None,
         })))
     }
 
@@ -139,17 +142,18 @@ impl Writer {
             keep_alive = false;
         }
         let out = std::mem::take(&mut st.out);
-        let pending_out = match fdio::try_send(st.fd, &out) {
-            Ok(n) => out[n..].to_vec(),
+        let (pending_out, spool) = match super::spool::finish(st.spool.take(), st.fd, out) {
+            Ok(r) => r,
             Err(_) => {
                 keep_alive = false;
-                Vec::new()
+                (Vec::new(), None)
             }
         };
         Outcome {
             keep_alive,
             leftover_in: Vec::new(),
             pending_out,
+            spool,
             status: st.code,
             sent: st.sent,
             response_headers: if crate::logging::access_enabled() {
@@ -166,6 +170,8 @@ impl Writer {
     pub fn fail(&self, py: Python<'_>, e: BodyError, uri: &str) -> Outcome {
         let mut st = self.lock();
         let mut pending_out = Vec::new();
+        // A spooled response cut short is only closed.
+        let spooled = st.spool.take().is_some();
         match e {
             BodyError::App(e) => {
                 // REQUEST_ID: this worker's pid and the request's number in
@@ -180,7 +186,9 @@ impl Writer {
                 );
                 if st.headers_sent {
                     // Truncate: what was promised can no longer be delivered.
-                    pending_out = std::mem::take(&mut st.out);
+                    if !spooled {
+                        pending_out = std::mem::take(&mut st.out);
+                    }
                 } else {
                     st.code = 500;
                     pending_out = super::error_response(500, "Internal Server Error", true);
@@ -203,6 +211,7 @@ impl Writer {
             keep_alive: false,
             leftover_in: Vec::new(),
             pending_out,
+            spool: None,
             status: st.code,
             sent: st.sent,
             response_headers: Vec::new(),
@@ -314,8 +323,9 @@ impl State {
             return Ok(());
         }
         let (fd, t) = (self.fd, self.timeout);
-        let out = &self.out;
-        let r = py.detach(|| fdio::send_all(fd, out, t));
+        let (out, spool) = (&self.out, &mut self.spool);
+        // What the socket does not take now is spooled: the app goes on.
+        let r = py.detach(|| super::spool::send(spool, fd, out, t));
         self.out.clear();
         r
     }
@@ -569,6 +579,10 @@ pub fn try_sendfile(
         return Some(Ok(()));
     }
     let (fd, t) = (st.fd, st.timeout);
+    let spool = &mut st.spool;
+    if let Err(e) = py.detach(|| super::spool::drain(spool, fd, t)) {
+        return Some(Err(BodyError::Io(e)));
+    }
     match py.detach(|| fdio::sendfile_all(fd, fileno, offset, count, t)) {
         Ok(n) => {
             st.sent += n;
