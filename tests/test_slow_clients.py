@@ -109,8 +109,9 @@ def test_slow_uploaders_keep_no_slot(server, kind, say):
     assert all(r < 200 * 1024 for r in rss), rss
 
 
+@pytest.mark.parametrize("path", ["/big", "/file"])
 @pytest.mark.parametrize("kind", WORKERS)
-def test_slow_readers_keep_no_slot(server, kind, say):
+def test_slow_readers_keep_no_slot(server, kind, path, say):
     s = server(*worker_args(kind), app="slow_app:app")
     conns = []
     try:
@@ -119,7 +120,7 @@ def test_slow_readers_keep_no_slot(server, kind, say):
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             c.settimeout(5)
             c.connect(("127.0.0.1", s.port))
-            c.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
             conns.append(c)
         time.sleep(2)  # every response is under way (or buffered)
         answered, lat = ordinary_requests(s.port, 50)
@@ -138,7 +139,7 @@ def test_slow_readers_keep_no_slot(server, kind, say):
     finally:
         for c in conns:
             c.close()
-    say(f"{kind}: {answered}/50 answered next to {N_SLOW} slow readers, "
+    say(f"{kind}: {answered}/50 answered next to {N_SLOW} slow readers of {path}, "
         f"p99 {p99(lat) * 1000 if lat else -1:.1f} ms, worker RSS {rss} KiB")
     assert answered == 50
     assert p99(lat) < P99_BOUND_S

@@ -2,7 +2,7 @@
 //! `wsgi.errors`, `wsgi.file_wrapper`, and the writer that frames the body
 //! (Content-Length when known, chunked otherwise, nothing for HEAD/204/304).
 
-use super::{fdio, BodyError, Outcome};
+use super::{BodyError, Outcome};
 use crate::http::{Request, Version};
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -583,7 +583,8 @@ pub fn try_sendfile(
     if let Err(e) = py.detach(|| super::spool::drain(spool, fd, t)) {
         return Some(Err(BodyError::Io(e)));
     }
-    match py.detach(|| fdio::sendfile_all(fd, fileno, offset, count, t)) {
+    let spool = &mut st.spool;
+    match py.detach(|| super::spool::sendfile(spool, fd, fileno, offset, count, t)) {
         Ok(n) => {
             st.sent += n;
             st.remaining = st.remaining.map(|r| r.saturating_sub(n));

@@ -18,8 +18,9 @@
 use super::fdio;
 use crate::http::rate::RateClock;
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io;
 use std::os::fd::RawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -77,6 +78,9 @@ pub struct Spool {
     file_pos: u64,
     /// Bytes counted in `HELD` for this spool.
     held: u64,
+    /// The file is the app's (`wsgi.file_wrapper`, duplicated): sent from,
+    /// never written to.
+    borrowed: bool,
 }
 
 impl Drop for Spool {
@@ -112,12 +116,14 @@ impl Spool {
             self.mem.extend_from_slice(data);
             return Ok(());
         }
+        if self.borrowed {
+            return Err(io::Error::other("response bytes after a file body"));
+        }
         let f = match self.file.as_mut() {
             Some(f) => f,
             None => self.file.insert(crate::worker::unlinked_tempfile()?),
         };
-        f.seek(io::SeekFrom::Start(self.file_len))?;
-        f.write_all(data)?;
+        f.write_all_at(data, self.file_len)?;
         self.file_len += data.len() as u64;
         Ok(())
     }
@@ -199,14 +205,13 @@ impl Spool {
         }
         self.mem = Vec::new();
         self.pos = 0;
-        if let Some(mut f) = self.file.take() {
+        if let Some(f) = self.file.take() {
             let mut buf = vec![0u8; 64 * 1024];
-            f.seek(io::SeekFrom::Start(self.file_pos))?;
             while self.file_pos < self.file_len {
                 let want = usize::try_from(self.file_len - self.file_pos)
                     .unwrap_or(usize::MAX)
                     .min(buf.len());
-                let got = f.read(&mut buf[..want])?;
+                let got = f.read_at(&mut buf[..want], self.file_pos)?;
                 if got == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -275,6 +280,38 @@ pub fn send(
     fdio::send_all(fd, data, timeout)
 }
 
+/// Send `count` bytes of the app's file `file_fd` from `offset` (a
+/// `wsgi.file_wrapper` body): what the socket does not take now is left to
+/// the connection task, from a duplicate of the descriptor, so the slot is
+/// free before a slow client has the file. Call with the GIL released and
+/// the spool empty. Returns the bytes sent or to be sent.
+pub fn sendfile(
+    spool: &mut Option<Spool>,
+    fd: RawFd,
+    file_fd: RawFd,
+    offset: i64,
+    count: u64,
+    timeout: Duration,
+) -> io::Result<u64> {
+    if config().is_none() {
+        return fdio::sendfile_all(fd, file_fd, offset, count, timeout);
+    }
+    // SAFETY: the app's file object holds the descriptor open during this
+    // call; the duplicate is ours.
+    let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(file_fd) }.try_clone_to_owned()?;
+    let start = u64::try_from(offset).unwrap_or(0);
+    let mut sp = Spool::default();
+    sp.file = Some(File::from(dup));
+    sp.file_pos = start;
+    sp.file_len = start + count;
+    sp.borrowed = true;
+    sp.try_flush(fd)?;
+    if !sp.is_empty() {
+        *spool = Some(sp);
+    }
+    Ok(count)
+}
+
 /// Empty the spool, waiting for the client (before a body that bypasses
 /// it, such as sendfile). Call with the GIL released.
 pub fn drain(spool: &mut Option<Spool>, fd: RawFd, timeout: Duration) -> io::Result<()> {
@@ -325,6 +362,7 @@ pub fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
@@ -397,6 +435,43 @@ mod tests {
             drop(s);
         });
         assert_eq!(reader.join().expect("reader"), data);
+    }
+
+    #[test]
+    fn file_body_is_left_to_the_connection_task() {
+        setup();
+        let (a, mut b) = small_pair();
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 241) as u8).collect();
+        let mut f = crate::worker::unlinked_tempfile().expect("tmp");
+        std::io::Write::write_all(&mut f, &data).expect("write");
+        let mut sp = None;
+        let n = sendfile(
+            &mut sp,
+            a.as_raw_fd(),
+            f.as_raw_fd(),
+            100,
+            400_000,
+            Duration::from_secs(1),
+        )
+        .expect("sendfile");
+        assert_eq!(n, 400_000);
+        drop(f); // the app closes its file: the spool has its own descriptor
+        let (_, sp) = finish(sp, a.as_raw_fd(), Vec::new()).expect("finish");
+        let mut sp = sp.expect("the client took nothing yet");
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).expect("read");
+            got
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut s = tokio::net::UnixStream::from_std(a).expect("tokio");
+            sp.write_to(&mut s).await.expect("written");
+        });
+        assert_eq!(reader.join().expect("reader"), &data[100..400_100]);
     }
 
     #[test]
