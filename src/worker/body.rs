@@ -115,6 +115,26 @@ impl Scan {
     }
 }
 
+/// The bytes after the head, split off `buf`, in a buffer already large
+/// enough for a Content-Length body that will be pre-read in memory (so
+/// reading the rest of it neither reallocates nor copies again).
+pub fn split_rest(p: &Policy, req: &Request, buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
+    let have = buf.len() - n;
+    let want = match req.body {
+        BodyFraming::Length(len) if len <= p.memory_max as u64 && len <= p.preread_max => {
+            usize::try_from(len).unwrap_or(0).max(have)
+        }
+        _ => have,
+    };
+    if want == have {
+        return buf.split_off(n);
+    }
+    let mut rest = Vec::with_capacity(want);
+    rest.extend_from_slice(&buf[n..]);
+    buf.truncate(n);
+    rest
+}
+
 /// Read the request's body before it is dispatched, when it is small enough
 /// (see the module comment). `rest` holds the bytes read after the head.
 pub async fn preread<S>(
@@ -220,22 +240,24 @@ where
     S: AsyncRead + AsRawFd + Unpin,
 {
     let len = buf.len();
-    buf.resize(buf.capacity(), 0);
-    // SAFETY: the connection task owns the socket and keeps it open.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
-    match nix::unistd::read(fd, &mut buf[len..]) {
-        Ok(0) => {
-            buf.truncate(len);
-            return Err(Refused::Closed);
-        }
-        Ok(n) => {
-            buf.truncate(len + n);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: the connection task owns the socket and keeps it open; read(2)
+    // writes at most `spare.len()` bytes into the vector's spare capacity,
+    // and only the bytes it reports are marked initialised.
+    let r = unsafe { libc::read(s.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    match r {
+        0 => return Err(Refused::Closed),
+        n if n > 0 => {
+            let n = n as usize;
+            // SAFETY: read(2) initialised these n bytes (see above).
+            unsafe { buf.set_len(len + n) };
             return Ok(n);
         }
-        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => buf.truncate(len),
-        Err(_) => {
-            buf.truncate(len);
-            return Err(Refused::Closed);
+        _ => {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            if e != Some(libc::EAGAIN) && e != Some(libc::EINTR) {
+                return Err(Refused::Closed);
+            }
         }
     }
     match tokio::time::timeout_at(clock.deadline().into(), s.read_buf(buf)).await {

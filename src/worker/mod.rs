@@ -733,7 +733,7 @@ where
                 return;
             }
         };
-        let mut rest = buf.split_off(n);
+        let mut rest = body::split_rest(&ctx.body, &req, &mut buf, n);
         buf.clear();
         fresh = None;
         // The body is read here, before a Python slot is taken: a client

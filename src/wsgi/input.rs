@@ -48,7 +48,9 @@ struct State {
     /// bytes read after the body, which follow it.
     spill: Option<std::fs::File>,
     after_spill: Vec<u8>,
-    /// The body rate rule for reads from the socket.
+    /// The body rate rule (grace, bytes/s) for reads from the socket, and
+    /// its clock, started at the first such read.
+    rate: Option<(Duration, u64)>,
     clock: Option<RateClock>,
 }
 
@@ -80,14 +82,15 @@ impl Input {
                 framing_error: None,
                 spill: None,
                 after_spill: Vec::new(),
+                rate: None,
                 clock: None,
             }),
         }
     }
 
     /// The body was pre-read into `spill` (from its start); the buffered
-    /// bytes are what came after it. `clock`: the rate rule for socket reads.
-    pub fn with_body(self, spill: Option<std::fs::File>, clock: Option<RateClock>) -> Input {
+    /// bytes are what came after it. `rate`: the rate rule for socket reads.
+    pub fn with_body(self, spill: Option<std::fs::File>, rate: Option<(Duration, u64)>) -> Input {
         {
             let mut st = self.lock();
             if let Some(f) = spill {
@@ -95,7 +98,7 @@ impl Input {
                 st.raw_pos = 0;
                 st.spill = Some(f);
             }
-            st.clock = clock;
+            st.rate = rate;
         }
         self
     }
@@ -233,6 +236,9 @@ impl State {
         let old = self.raw.len();
         self.raw.resize(old + want, 0);
         let (fd, mut t) = (self.fd, self.timeout);
+        if let (None, Some((grace, rate))) = (&self.clock, self.rate) {
+            self.clock = Some(RateClock::start(grace, rate));
+        }
         if let Some(c) = &self.clock {
             t = t.min(c.left());
         }

@@ -297,10 +297,8 @@ pub fn handle(
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
-    let clock = bridge
-        .body_rate
-        .map(|(grace, rate)| crate::http::rate::RateClock::start(grace, rate));
-    let input = Input::new(fd, req, prebuffered, bridge.io_timeout).with_body(spill, clock);
+    let input =
+        Input::new(fd, req, prebuffered, bridge.io_timeout).with_body(spill, bridge.body_rate);
     let input = match Bound::new(py, input) {
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
