@@ -117,6 +117,15 @@ pub struct Settings {
     pub limit_request_line: usize,
     pub limit_request_fields: usize,
     pub limit_request_field_size: usize,
+    /// Slow clients: see `worker::body` and `wsgi::spool`.
+    pub body_preread_size: u64,
+    pub body_buffer_size: usize,
+    pub body_timeout: u64,
+    pub body_min_rate: u64,
+    pub response_buffer_size: usize,
+    pub response_spool_max: u64,
+    pub response_timeout: u64,
+    pub response_min_rate: u64,
     pub preload_app: bool,
     /// Absolute directory to change to; `None` stays in the current one.
     pub chdir: Option<PathBuf>,

@@ -386,6 +386,14 @@ fn build(
         limit_request_fields: g.int(setting!("limit_request_fields"))?,
         limit_request_field_size: g.int(setting!("limit_request_field_size"))?,
         preload_app: g.bool(setting!("preload_app")),
+        body_preread_size: g.int(setting!("body_preread_size"))?,
+        body_buffer_size: g.int(setting!("body_buffer_size"))?,
+        body_timeout: g.int(setting!("body_timeout"))?,
+        body_min_rate: g.int(setting!("body_min_rate"))?,
+        response_buffer_size: g.int(setting!("response_buffer_size"))?,
+        response_spool_max: g.int(setting!("response_spool_max"))?,
+        response_timeout: g.int(setting!("response_timeout"))?,
+        response_min_rate: g.int(setting!("response_min_rate"))?,
         chdir,
         pythonpath: g
             .opt_str(setting!("pythonpath"))

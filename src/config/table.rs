@@ -982,4 +982,41 @@ const DEFS: &[SettingDef] = &[
         check: Some(super::value::check_ids),
     },
     flag("log_journald", LOG, &["--log-journald"], "Send logs to the systemd journal with structured fields.", Status::Rgunicorn),
+    // Slow clients (issue 11): kept out of Python by reading bodies and
+    // writing responses in Rust.
+    int("body_preread_size", SECURITY, &["--body-preread-size"], 16 * 1024 * 1024,
+        "Request bodies up to this many bytes are read whole before the app is called, so a slow \
+         upload never holds a worker slot; when the client sent `Expect: 100-continue`, rgunicorn \
+         answers `100 Continue` itself. Larger bodies are streamed to the app as they arrive \
+         (`100 Continue` on its first read), under the same rate rule. 0 = stream every body.",
+        Status::Rgunicorn),
+    int("body_buffer_size", SECURITY, &["--body-buffer-size"], 64 * 1024,
+        "Pre-read request bodies up to this many bytes stay in memory; larger ones go to an \
+         unlinked temporary file in $TMPDIR.",
+        Status::Rgunicorn),
+    int("body_timeout", SECURITY, &["--body-timeout"], 10,
+        "Seconds a request body may take whatever its speed; after that it must have arrived at \
+         --body-min-rate on average. A slower client gets `408 Request Timeout` and is closed.",
+        Status::Rgunicorn),
+    int("body_min_rate", SECURITY, &["--body-min-rate"], 1024,
+        "Minimum average bytes per second of a request body once --body-timeout has passed; \
+         0 = no rate, --body-timeout is then the longest pause between reads.",
+        Status::Rgunicorn),
+    int("response_buffer_size", SECURITY, &["--response-buffer-size"], 256 * 1024,
+        "Response bytes a client has not taken yet are kept in memory up to this many per \
+         connection, then in an unlinked temporary file, so the app's slot is freed before a \
+         slow client has read its response.",
+        Status::Rgunicorn),
+    int("response_spool_max", SECURITY, &["--response-spool-max"], 1024 * 1024 * 1024,
+        "Most response bytes (memory and temporary files) one worker holds for slow clients; \
+         past it the app's writes wait for the client, as without buffering.",
+        Status::Rgunicorn),
+    int("response_timeout", SECURITY, &["--response-timeout"], 30,
+        "Seconds a client may take to read a response whatever its speed; after that it must \
+         have read at --response-min-rate on average, or it is cut off.",
+        Status::Rgunicorn),
+    int("response_min_rate", SECURITY, &["--response-min-rate"], 1024,
+        "Minimum average bytes per second a client reads a response at once --response-timeout \
+         has passed; 0 = no rate, --response-timeout is then the longest stall.",
+        Status::Rgunicorn),
 ];

@@ -174,6 +174,11 @@ pub enum ParseError {
     /// path (`ConfigurationProblem`, 500).
     #[error("Configuration problem: Request path does not start with SCRIPT_NAME")]
     ScriptNameMismatch,
+    /// The request body did not arrive in time: slower than the minimum
+    /// rate, or not at all within the body timeout (408, rgunicorn's own:
+    /// Gunicorn waits for the body as long as the app does).
+    #[error("request body timed out")]
+    BodyTimeout,
 }
 
 impl ParseError {
@@ -189,6 +194,7 @@ impl ParseError {
             ParseError::ExpectationFailed => 417,
             ParseError::ForbiddenProxyRequest => 403,
             ParseError::ScriptNameMismatch => 500,
+            ParseError::BodyTimeout => 408,
             ParseError::InvalidProxyHeader
             | ParseError::InvalidSchemeHeaders
             | ParseError::TooManyEmptyLines
@@ -226,6 +232,7 @@ impl ParseError {
             417 => "Expectation Failed",
             403 => "Forbidden",
             500 => "Internal Server Error",
+            408 => "Request Timeout",
             _ => "Bad Request",
         }
     }
@@ -333,6 +340,12 @@ mod tests {
                 400,
                 "Bad Request",
                 "Invalid Request Line 'the request-target holds a byte that is not printable ASCII'",
+            ),
+            (
+                ParseError::BodyTimeout,
+                408,
+                "Request Timeout",
+                "request body timed out",
             ),
         ];
         for (err, status, reason, message) in cases {

@@ -32,6 +32,7 @@
 mod chunked;
 mod error;
 pub mod proxy;
+pub mod rate;
 mod request;
 pub mod response;
 

@@ -111,6 +111,15 @@ impl Booted<'_> {
         bridge.proxy = self.proxy.clone();
         // Decided once: the environ keys the access log reads after each call.
         bridge.access_environ = crate::logging::access_environ_keys();
+        let body = super::body::Policy::from_settings(self.settings);
+        bridge.body_rate = Some((body.timeout, body.min_rate));
+        let s = self.settings;
+        crate::wsgi::spool::configure(crate::wsgi::spool::Config {
+            memory_max: s.response_buffer_size,
+            worker_max: s.response_spool_max,
+            grace: std::time::Duration::from_secs(s.response_timeout.max(1)),
+            min_rate: s.response_min_rate,
+        });
         self.initialized();
         bridge.request_hooks = crate::hooks::RequestHooks::new(self.settings, self.slot_index);
         Ok(bridge)

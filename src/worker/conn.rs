@@ -69,6 +69,7 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         notify_fd: b.notify_fd,
         slot_index: b.slot_index,
         quick_stop_hooks: s.hook("worker_int").is_some() || s.hook("worker_exit").is_some(),
+        body: super::body::Policy::from_settings(s),
     });
     let listener_fds: Vec<(RawFd, bool)> = b
         .listeners
@@ -85,6 +86,8 @@ struct Ctx<C> {
     cap: Arc<Capacity>,
     /// The config file set `worker_int` or `worker_exit` (INT/QUIT run them).
     quick_stop_hooks: bool,
+    /// How request bodies are pre-read (see `body.rs`).
+    body: super::body::Policy,
     proxy: ProxyPolicy,
     shutdown: watch::Receiver<bool>,
     head: HeadRules,
@@ -601,9 +604,22 @@ where
                     return;
                 }
             };
-        let rest = buf.split_off(n);
+        let mut rest = super::body::split_rest(&ctx.body, &req, &mut buf, n);
         buf.clear();
         fresh = None;
+        // The body is read here, before a Python slot is taken: a client
+        // trickling it keeps no slot, and one too slow gets 408.
+        let spill = match super::body::preread(&ctx.body, &mut s, &mut req, &mut rest).await {
+            Ok(super::body::Preread::InBuffer) => None,
+            Ok(super::body::Preread::Spilled(f)) => Some(f),
+            Err(super::body::Refused::Closed) => return,
+            Err(super::body::Refused::Answer(e)) => {
+                tracing::debug!("request body from {}: {e}", peer.addr);
+                let out = http::response::parse_error(&e);
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
+                return;
+            }
+        };
         if ctx.draining() {
             // A retiring worker answers this request and says it closes, so
             // the client's next request goes to a worker that stays.
@@ -615,6 +631,7 @@ where
             listener: idx,
             req,
             prebuffered: rest,
+            spill,
             fd,
             peer: &peer,
         };
@@ -631,6 +648,14 @@ where
         if !outcome.pending_out.is_empty() {
             let w = tokio::time::timeout(ctx.io_timeout, s.write_all(&outcome.pending_out)).await;
             if !matches!(w, Ok(Ok(()))) {
+                return;
+            }
+        }
+        // A large response, or one the client is slow to take: written at
+        // the client's pace now that the slot is free.
+        if let Some(mut spool) = outcome.spool {
+            if let Err(e) = spool.write_to(&mut s).await {
+                tracing::debug!("response to {} cut off: {e}", peer.addr);
                 return;
             }
         }

@@ -30,6 +30,7 @@ struct Job {
     listener: usize,
     req: http::Request,
     prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
     fd: RawFd,
     peer: Peer,
     reply: oneshot::Sender<(http::Request, Outcome)>,
@@ -71,6 +72,7 @@ impl Class for Gthread {
             listener: call.listener,
             req: call.req,
             prebuffered: call.prebuffered,
+            spill: call.spill,
             fd: call.fd,
             peer: call.peer.clone(),
             reply: tx,
@@ -122,6 +124,7 @@ fn start_pool(n: usize, bridge: Arc<Bridge>, busy: Arc<Vec<AtomicU64>>) -> mpsc:
                         job.listener,
                         &job.req,
                         job.prebuffered,
+                        job.spill,
                         job.fd,
                         &job.peer,
                     );

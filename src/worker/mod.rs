@@ -25,10 +25,12 @@
 //! `--timeout` (see `abort.rs`).
 
 mod abort;
+mod body;
 mod boot;
 mod conn;
 mod gthread;
 pub mod msg;
+pub use body::unlinked_tempfile;
 mod proxy_header;
 mod sync;
 
@@ -143,6 +145,8 @@ struct Call<'a> {
     /// Bytes already read past the head (the start of the body, or
     /// pipelined requests).
     prebuffered: Vec<u8>,
+    /// The body, when Rust pre-read more of it than fits in memory.
+    spill: Option<std::fs::File>,
     /// The connection's socket; the app's body reads and response writes
     /// use it directly.
     fd: RawFd,

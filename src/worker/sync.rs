@@ -48,6 +48,7 @@ impl Class for Sync {
                 call.listener,
                 &call.req,
                 call.prebuffered,
+                call.spill,
                 call.fd,
                 call.peer,
             )

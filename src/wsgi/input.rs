@@ -3,8 +3,13 @@
 //! It reads from the socket only when the app asks, never past the end of
 //! the body (Content-Length or the last chunk), and sends `100 Continue`
 //! before its first read from the socket when the client asked for it.
+//! A body the connection task pre-read (`worker::body`) is in the buffered
+//! bytes or in a spill file, read before the socket; reads from the socket
+//! follow the body rate rule (`http::rate`), a client too slow for it
+//! makes the request a 408.
 
 use super::fdio;
+use crate::http::rate::RateClock;
 use crate::http::{BodyFraming, ChunkedDecoder, Request, Version};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -39,6 +44,14 @@ struct State {
     /// The body's framing was invalid (bad chunk): the request is answered
     /// with this error's status, never passed off as the app's fault.
     framing_error: Option<crate::http::ParseError>,
+    /// The pre-read body's spill file, read before anything else, and the
+    /// bytes read after the body, which follow it.
+    spill: Option<std::fs::File>,
+    after_spill: Vec<u8>,
+    /// The body rate rule (grace, bytes/s) for reads from the socket, and
+    /// its clock, started at the first such read.
+    rate: Option<(Duration, u64)>,
+    clock: Option<RateClock>,
 }
 
 #[pyclass(module = "rgunicorn")]
@@ -67,8 +80,27 @@ impl Input {
                 truncated: false,
                 error: None,
                 framing_error: None,
+                spill: None,
+                after_spill: Vec::new(),
+                rate: None,
+                clock: None,
             }),
         }
+    }
+
+    /// The body was pre-read into `spill` (from its start); the buffered
+    /// bytes are what came after it. `rate`: the rate rule for socket reads.
+    pub fn with_body(self, spill: Option<std::fs::File>, rate: Option<(Duration, u64)>) -> Input {
+        {
+            let mut st = self.lock();
+            if let Some(f) = spill {
+                st.after_spill = std::mem::take(&mut st.raw);
+                st.raw_pos = 0;
+                st.spill = Some(f);
+            }
+            st.rate = rate;
+        }
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -84,6 +116,11 @@ impl Input {
     /// Returns (connection reusable, bytes after the body).
     pub fn finish(&self, py: Python<'_>) -> (bool, Vec<u8>) {
         let mut st = self.lock();
+        if st.spill.is_some() && matches!(st.framing, Framing::Length(_)) {
+            // A Content-Length body is spilled whole: what follows it is
+            // already here, nothing to drain.
+            return (true, std::mem::take(&mut st.after_spill));
+        }
         if !st.done() {
             // A client still waiting for `100 Continue` has not sent its body:
             // closing is the only safe way to end the exchange.
@@ -112,6 +149,10 @@ impl Input {
         let pos = st.raw_pos;
         let mut raw = std::mem::take(&mut st.raw);
         raw.drain(..pos);
+        if st.spill.take().is_some() {
+            // The body ended inside the spill file: what came after it.
+            raw.extend_from_slice(&st.after_spill);
+        }
         (true, raw)
     }
 }
@@ -176,6 +217,9 @@ impl State {
     /// Append more bytes from the socket to `raw` (never past a
     /// Content-Length body's end).
     fn read_more(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.spill.is_some() && self.read_spill(py)? {
+            return Ok(());
+        }
         if self.send_continue {
             self.send_continue = false;
             let (fd, t) = (self.fd, self.timeout);
@@ -191,16 +235,29 @@ impl State {
         };
         let old = self.raw.len();
         self.raw.resize(old + want, 0);
-        let (fd, t) = (self.fd, self.timeout);
+        let (fd, mut t) = (self.fd, self.timeout);
+        if let (None, Some((grace, rate))) = (&self.clock, self.rate) {
+            self.clock = Some(RateClock::start(grace, rate));
+        }
+        if let Some(c) = &self.clock {
+            t = t.min(c.left());
+        }
         let buf = &mut self.raw[old..];
         let n = py.detach(|| fdio::read(fd, buf, t));
         let n = match n {
             Ok(n) => n,
             Err(e) => {
                 self.raw.truncate(old);
+                if e.kind() == std::io::ErrorKind::TimedOut && self.clock.is_some() {
+                    // Too slow for the rate rule: a 408, not the app's fault.
+                    self.framing_error = Some(crate::http::ParseError::BodyTimeout);
+                }
                 return Err(self.io_error(e));
             }
         };
+        if let Some(c) = &mut self.clock {
+            c.add(n);
+        }
         self.raw.truncate(old + n);
         if n == 0 {
             self.truncated = true;
@@ -210,6 +267,40 @@ impl State {
             )));
         }
         Ok(())
+    }
+
+    /// Append the next bytes of the spill file to `raw`; at its end, the
+    /// bytes that followed the body. false: nothing left there.
+    fn read_spill(&mut self, py: Python<'_>) -> PyResult<bool> {
+        use std::io::Read;
+        let pos = self.raw_pos;
+        self.raw.drain(..pos);
+        self.raw_pos = 0;
+        let old = self.raw.len();
+        self.raw.resize(old + 64 * 1024, 0);
+        let Some(f) = self.spill.as_mut() else {
+            self.raw.truncate(old);
+            return Ok(false);
+        };
+        let buf = &mut self.raw[old..];
+        let r = py.detach(|| f.read(buf));
+        match r {
+            Ok(0) => {
+                self.raw.truncate(old);
+                self.spill = None;
+                let after = std::mem::take(&mut self.after_spill);
+                self.raw.extend_from_slice(&after);
+                Ok(!after.is_empty())
+            }
+            Ok(n) => {
+                self.raw.truncate(old + n);
+                Ok(true)
+            }
+            Err(e) => {
+                self.raw.truncate(old);
+                Err(self.io_error(e))
+            }
+        }
     }
 
     fn io_error(&mut self, e: std::io::Error) -> PyErr {

@@ -14,6 +14,7 @@ pub mod fdio;
 mod forwarded;
 mod input;
 mod response;
+pub mod spool;
 
 use crate::http::Request;
 use pyo3::exceptions::PyTypeError;
@@ -55,6 +56,8 @@ pub struct Bridge {
     /// The environ keys (lower case) the access-log format reads with
     /// `%({key}e)s`; empty (nothing captured) when it has none.
     pub access_environ: Vec<String>,
+    /// The body rate rule (grace, bytes/s) for `wsgi.input`'s socket reads.
+    pub body_rate: Option<(Duration, u64)>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
@@ -79,6 +82,9 @@ pub struct Outcome {
     pub leftover_in: Vec<u8>,
     /// Response bytes the client has not taken yet; the async side writes them.
     pub pending_out: Vec<u8>,
+    /// Or, when it is large or the client is slow, the spool holding it
+    /// (written after `pending_out`, which is then empty).
+    pub spool: Option<spool::Spool>,
     pub status: u16,
     pub sent: u64,
     pub response_headers: Vec<(String, String)>,
@@ -127,6 +133,7 @@ impl Bridge {
             proxy: ProxyPolicy::default(),
             request_hooks: None,
             access_environ: Vec::new(),
+            body_rate: None,
         })
     }
 
@@ -246,7 +253,9 @@ fn environ<'py>(
 /// Serve one parsed request: call the app and write its response.
 ///
 /// `prebuffered` holds the bytes already read after the request head (the
-/// start of the body, maybe pipelined requests after it).
+/// start of the body, maybe pipelined requests after it); `spill`, the body
+/// the connection task pre-read into a file (then `prebuffered` is what
+/// came after it).
 #[allow(clippy::too_many_arguments)]
 pub fn handle(
     py: Python<'_>,
@@ -254,10 +263,13 @@ pub fn handle(
     listener: usize,
     req: &Request,
     prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
-    let input = match Bound::new(py, Input::new(fd, req, prebuffered, bridge.io_timeout)) {
+    let input =
+        Input::new(fd, req, prebuffered, bridge.io_timeout).with_body(spill, bridge.body_rate);
+    let input = match Bound::new(py, input) {
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
     };

@@ -3,7 +3,7 @@
 //! app's status, headers and body to [`crate::http::response`] (which
 //! decides the framing and encodes them) and sends the bytes.
 
-use super::{fdio, BodyError, Outcome};
+use super::{BodyError, Outcome};
 use crate::http::response::{self, Exchange, Head, InvalidResponse, Response};
 use crate::http::Request;
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
@@ -25,6 +25,8 @@ struct State {
     resp: Response,
     /// Encoded bytes not yet sent.
     out: Vec<u8>,
+    /// What the client has not taken yet (see `spool`).
+    spool: Option<super::spool::Spool>,
 }
 
 /// Requests this worker has started (for request ids).
@@ -43,6 +45,7 @@ impl Writer {
             timeout,
             resp: Response::new(Exchange::of(req)),
             out: Vec::new(),
+            spool: None,
         })))
     }
 
@@ -90,17 +93,18 @@ impl Writer {
         let State { resp, out, .. } = &mut *st;
         let mut keep_alive = resp.finish(out);
         let out = std::mem::take(&mut st.out);
-        let pending_out = match fdio::try_send(st.fd, &out) {
-            Ok(n) => out[n..].to_vec(),
+        let (pending_out, spool) = match super::spool::finish(st.spool.take(), st.fd, out) {
+            Ok(r) => r,
             Err(_) => {
                 keep_alive = false;
-                Vec::new()
+                (Vec::new(), None)
             }
         };
         Outcome {
             keep_alive,
             leftover_in: Vec::new(),
             pending_out,
+            spool,
             status: st.resp.code(),
             sent: st.resp.sent(),
             response_headers: match st.resp.head() {
@@ -118,6 +122,8 @@ impl Writer {
         let mut pending_out = Vec::new();
         let mut status = st.resp.code();
         let mut sent = st.resp.sent();
+        // A spooled response cut short is only closed.
+        let spooled = st.spool.take().is_some();
         match e {
             BodyError::App(e) => {
                 // REQUEST_ID: this worker's pid and the request's number in
@@ -132,7 +138,9 @@ impl Writer {
                 );
                 if st.resp.head_sent() {
                     // Truncate: what was promised can no longer be delivered.
-                    pending_out = std::mem::take(&mut st.out);
+                    if !spooled {
+                        pending_out = std::mem::take(&mut st.out);
+                    }
                 } else {
                     status = 500;
                     pending_out = response::error(500, "Internal Server Error", "");
@@ -155,6 +163,7 @@ impl Writer {
             keep_alive: false,
             leftover_in: Vec::new(),
             pending_out,
+            spool: None,
             status,
             sent,
             response_headers: Vec::new(),
@@ -177,8 +186,9 @@ impl State {
             return Ok(());
         }
         let (fd, t) = (self.fd, self.timeout);
-        let out = &self.out;
-        let r = py.detach(|| fdio::send_all(fd, out, t));
+        let (out, spool) = (&self.out, &mut self.spool);
+        // What the socket does not take now is spooled: the app goes on.
+        let r = py.detach(|| super::spool::send(spool, fd, out, t));
         self.out.clear();
         r
     }
@@ -374,12 +384,19 @@ pub fn try_sendfile(
         return Some(Err(BodyError::Io(e)));
     }
     let (fd, t) = (st.fd, st.timeout);
-    let Some(body) = st.resp.body_mut().filter(|b| b.has_body()) else {
+    if st.resp.body_mut().filter(|b| b.has_body()).is_none() {
         return Some(Ok(()));
-    };
-    match py.detach(|| fdio::sendfile_all(fd, fileno, offset, count, t)) {
+    }
+    let spool = &mut st.spool;
+    if let Err(e) = py.detach(|| super::spool::drain(spool, fd, t)) {
+        return Some(Err(BodyError::Io(e)));
+    }
+    let spool = &mut st.spool;
+    match py.detach(|| super::spool::sendfile(spool, fd, fileno, offset, count, t)) {
         Ok(n) => {
-            body.sent_directly(n);
+            if let Some(body) = st.resp.body_mut() {
+                body.sent_directly(n);
+            }
             Some(Ok(()))
         }
         Err(e) => Some(Err(BodyError::Io(e))),
