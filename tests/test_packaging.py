@@ -112,6 +112,18 @@ def cached(name: str, build) -> Path:
     return d
 
 
+def build_env() -> dict:
+    """The environment for a build: the Rust toolchain, no active venv, and
+    one cargo target directory shared by every packaging build, so the
+    dependencies are compiled once, not once per build (on 2 cores that is
+    most of a build's time). What is built, and how pip or maturin is asked
+    to build it, is what a user's command does."""
+    env = os.environ.copy()
+    env.pop("VIRTUAL_ENV", None)
+    env["CARGO_TARGET_DIR"] = str(WORK / "cargo-target")
+    return env
+
+
 def pyenv_python(minor: str) -> Path:
     found = sorted(glob.glob(str(PYENV / f"3.{minor}.*" / "bin" / "python3")))
     if not found:
@@ -240,11 +252,8 @@ def pip_venv_311():
     def build(d: Path):
         venv = d / "venv"
         run([python, "-m", "venv", venv], env=clean_env())
-        env = os.environ.copy()  # the build needs the Rust toolchain
-        env.pop("VIRTUAL_ENV", None)
-        env.pop("CARGO_TARGET_DIR", None)
         run([venv / "bin" / "pip", "install", "--disable-pip-version-check", ROOT],
-            timeout=BUILD_TIMEOUT, env=env)
+            timeout=BUILD_TIMEOUT, env=build_env())
     return cached("pip-install-3.11", build) / "venv"
 
 
@@ -257,10 +266,8 @@ def wheels():
             found = sorted(glob.glob(str(PYENV / f"3.{minor}.*" / "bin" / "python3")))
             if found:
                 interpreters += ["-i", found[-1]]
-        env = os.environ.copy()
-        env.pop("VIRTUAL_ENV", None)
         run([VENV / "bin" / "maturin", "build", "--release", "-o", d, *interpreters],
-            cwd=ROOT, timeout=BUILD_TIMEOUT, env=env)
+            cwd=ROOT, timeout=BUILD_TIMEOUT, env=build_env())
     return cached("wheels", build)
 
 
@@ -427,13 +434,11 @@ def test_wheel_is_auditwheel_clean(wheels):
 @pytest.mark.timeout(BUILD_TIMEOUT + 600)
 def test_sdist_builds(tmp_path):
     def build(d: Path):
-        env = os.environ.copy()
-        env.pop("VIRTUAL_ENV", None)
+        env = build_env()
         run([VENV / "bin" / "maturin", "sdist", "-o", d], cwd=ROOT, env=env)
         sdist = next(d.glob("rgunicorn-*.tar.gz"))
-        # Build the wheel from the sdist alone, as pip does from an index.
-        # Sharing the clone's cargo target only saves compiling dependencies.
-        env["CARGO_TARGET_DIR"] = str(ROOT / "target")
+        # Build the wheel from the sdist alone, as pip does from an index
+        # (the shared cargo target only saves compiling dependencies).
         run([VENV / "bin" / "pip", "wheel", "--no-deps", "--disable-pip-version-check",
              "-w", d / "wheel", sdist], timeout=BUILD_TIMEOUT, env=env)
     d = cached("sdist", build)
