@@ -13,25 +13,11 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 /// Most workers one server can have at once.
 pub const MAX_SLOTS: usize = 1024;
 
-/// A worker's life, as the worker records it. Nothing reads it: the master
-/// learns that a worker is ready from the pipe ([`crate::worker::msg`]) and
-/// keeps its own view of each worker
-/// (`arbiter::supervisor::WorkerState`). Left for the worker to stop
-/// writing (then it goes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum SlotState {
-    Free = 0,
-    Booting = 1,
-    Ready = 2,
-    Retiring = 3,
-}
-
 /// One worker's figures. 64 bytes: one cache line, so workers never share one.
 #[repr(C, align(64))]
 pub struct Slot {
     pub pid: AtomicI32,
-    state: AtomicU32,
+    _pad0: u32,
     /// Requests being served right now.
     pub active: AtomicU32,
     _pad: u32,
@@ -48,21 +34,9 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn state(&self) -> SlotState {
-        match self.state.load(Ordering::Relaxed) {
-            1 => SlotState::Booting,
-            2 => SlotState::Ready,
-            3 => SlotState::Retiring,
-            _ => SlotState::Free,
-        }
-    }
-    pub fn set_state(&self, s: SlotState) {
-        self.state.store(s as u32, Ordering::Relaxed);
-    }
     /// Reset for a new worker (master, before the fork).
     pub fn reset(&self, pid: i32) {
         self.pid.store(pid, Ordering::Relaxed);
-        self.set_state(SlotState::Booting);
         self.active.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
         self.busy_since_ms.store(0, Ordering::Relaxed);

@@ -12,7 +12,7 @@ use super::boot::{set_mask, Booted};
 use super::msg::{self, Msg, WORKER_BOOT_ERROR};
 use super::{proxy_header, Call, Class, HEADER_TIMEOUT};
 use crate::http::{self, Limits};
-use crate::scoreboard::{now_ms, Slot, SlotState};
+use crate::scoreboard::{now_ms, Slot};
 use crate::sock::ListenerKind;
 use crate::wsgi::{Outcome, Peer, ProxyPolicy};
 use std::future::Future;
@@ -298,7 +298,6 @@ async fn serve<C: Class>(
         }
     });
 
-    ctx.slot.set_state(SlotState::Ready);
     ctx.tell_master(Msg::Ready);
 
     // Wait for SIGTERM (graceful) or the parent to die.
@@ -315,7 +314,6 @@ async fn serve<C: Class>(
         _ = parent_watch => {},
     }
     tracing::info!("Worker exiting (pid: {})", std::process::id());
-    ctx.slot.set_state(SlotState::Retiring);
     ctx.head.drain_deadline();
     let _ = shutdown_tx.send(true);
     for a in &accepts {
