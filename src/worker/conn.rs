@@ -147,6 +147,18 @@ struct Capacity {
     drained: Notify,
 }
 
+/// Wait on `notify` until `done()` holds. The wake-up is registered before
+/// `done` is checked, so a notification between the two is not lost.
+async fn notified_until(notify: &Notify, done: impl Fn() -> bool) {
+    loop {
+        let woken = notify.notified();
+        if done() {
+            return;
+        }
+        woken.await;
+    }
+}
+
 impl Capacity {
     fn new(slots: usize, max_conns: usize) -> Capacity {
         Capacity {
@@ -168,37 +180,19 @@ impl Capacity {
 
     /// Wait until `available()` or the worker drains.
     async fn wait(&self, draining: impl Fn() -> bool) {
-        loop {
-            let notified = self.freed.notified();
-            if self.available() || draining() {
-                return;
-            }
-            notified.await;
-        }
+        notified_until(&self.freed, || self.available() || draining()).await
     }
 
     /// Wait until every accepted connection's first request has been looked
     /// at (its head was complete and is being served, or it was not there
     /// yet and the connection waits without us).
     async fn wait_fresh(&self) {
-        loop {
-            let done = self.fresh_done.notified();
-            if self.fresh.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            done.await;
-        }
+        notified_until(&self.fresh_done, || self.fresh.load(Ordering::Acquire) == 0).await
     }
 
     /// Wait until no connection is open.
     async fn wait_drained(&self) {
-        loop {
-            let closed = self.drained.notified();
-            if self.conns.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            closed.await;
-        }
+        notified_until(&self.drained, || self.conns.load(Ordering::Acquire) == 0).await
     }
 
     fn request_started(&self) {
