@@ -20,6 +20,8 @@
 #                               unshare          root + unshare/nsenter (PID 1,
 #                                                journald, dropping privileges)
 #                               ipv6             IPv6 loopback listeners
+#                               pythons          the wheel on pyenv's CPython 3.9-3.13
+#                                                and Debian's static python3
 #                             Without it every tier runs, and a tier that cannot
 #                             run here FAILS the run, naming the reason.
 #   RG_TEST_INSTALLED=1       run the integration tests against rgunicorn as

@@ -101,6 +101,8 @@ TIERS = {
     "unshare": "root with unshare and nsenter: rgunicorn as PID 1 (tests/test_container.py), "
                "journald in a private mount namespace, workers dropping privileges",
     "ipv6": "an IPv6 loopback (::1) for the IPv6 listeners",
+    "pythons": "tests/test_packaging.py: the wheel on every supported CPython "
+               "(pyenv's 3.9 to 3.13, as this kind of machine has them)",
 }
 
 SKIP_TIERS = {t.strip() for t in os.environ.get("RG_SKIP_TIERS", "").split(",") if t.strip()}
@@ -149,7 +151,8 @@ def _tier_precondition(tier: str) -> str | None:
              "socket-activate": ("systemd-socket-activate",),
              "systemd-analyze": ("systemd-analyze",),
              "unshare": ("unshare", "nsenter"),
-             "ipv6": ()}[tier]
+             "ipv6": (),
+             "pythons": ()}[tier]
     if tier in need_root and not _is_root():
         return "needs root (the suite runs as root on its machines)"
     missing = _tools_missing(*tools)

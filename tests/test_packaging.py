@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import INSTALLED_BIN, RGUNICORN_BIN, ROOT, VENV, free_port, wait_until
+from conftest import (INSTALLED_BIN, RGUNICORN_BIN, ROOT, VENV, free_port, tier_missing,
+                      wait_until)
 
 pytestmark = pytest.mark.skipif(os.environ.get("RG_TEST_SERVER") == "gunicorn",
                                 reason="packaging of rgunicorn itself")
@@ -127,7 +128,7 @@ def build_env() -> dict:
 def pyenv_python(minor: str) -> Path:
     found = sorted(glob.glob(str(PYENV / f"3.{minor}.*" / "bin" / "python3")))
     if not found:
-        pytest.skip(f"no pyenv Python 3.{minor}")
+        tier_missing("pythons", f"no pyenv Python 3.{minor} under {PYENV}")
     return Path(found[-1])
 
 
@@ -402,9 +403,10 @@ def test_wheel_on_static_python(wheels, tmp_path):
     cannot link to it, the extension module runs inside it."""
     python = Path("/usr/bin/python3")
     if not python.exists():
-        pytest.skip("no /usr/bin/python3")
+        tier_missing("pythons", "no /usr/bin/python3 (Debian's own, statically linked)")
     if "libpython" in ldd(python):
-        pytest.skip("/usr/bin/python3 links a shared libpython here")
+        tier_missing("pythons", "/usr/bin/python3 links a shared libpython here: no static "
+                                "Python to try the wheel on")
     minor = run([python, "-c", "import sys; print(sys.version_info[1])"]).stdout.strip()
     venv = make_venv(python, "debian-static")
     pip_install(venv, wheel_for(wheels, minor))
