@@ -242,7 +242,7 @@ fn control_server(
     reexecuted: bool,
     activated: Option<std::os::fd::OwnedFd>,
 ) -> Result<Option<ControlServer>> {
-    if settings.no_control_socket {
+    if settings.control_socket_disable {
         return Ok(None);
     }
     let path = settings.control_socket.clone().unwrap_or_default();

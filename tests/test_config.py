@@ -7,8 +7,10 @@ port unbound."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +273,81 @@ def test_hooks_cfg_exposes_every_setting_like_gunicorns_config(server, tmp_path)
     assert got["when_ready_is_this_hook"] is True and got["post_fork_callable"] is True
     assert got["nsettings"] > 100
     assert got["missing"] == "No configuration setting for: nonexistent"
+
+
+CFG_TYPES_HOOK = r'''
+import json, os
+
+def when_ready(server):
+    cfg = server.cfg
+    out = os.environ["CFG_OUT"]
+    got = {}
+    for name, setting in cfg.settings.items():
+        value = setting.value
+        got[name] = {
+            "type": type(value).__name__,
+            "callable": callable(value),
+            "attr_is_value": getattr(cfg, name) is value,
+        }
+    with open(out + ".tmp", "w") as f:
+        json.dump(got, f)
+    os.replace(out + ".tmp", out)
+'''
+
+# The Python types a setting of each docs/settings.md "Type" has in
+# gunicorn.config.Config.
+DOC_TYPES = {
+    "bool": {"bool"},
+    "int": {"int"},
+    "int (octal)": {"int"},
+    "string": {"str"},
+    "string or None": {"str", "NoneType"},
+    "list of strings": {"list"},
+    "comma-separated list": {"list"},
+    "dict": {"dict"},
+}
+
+
+def documented_settings():
+    """(name, type, default) of every row of docs/settings.md, generated from the table."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "settings.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        m = re.match(r"\| `([a-z0-9_]+)`<br>", line)
+        if m:
+            cols = [c.strip() for c in re.split(r"(?<!\\)\|", line)]
+            rows[m.group(1)] = (cols[3], cols[4])
+    return rows
+
+
+@rgunicorn_only
+def test_hooks_cfg_has_every_setting_by_name_with_its_type(server, tmp_path):
+    cfg = tmp_path / "types.conf.py"
+    cfg.write_text(CFG_TYPES_HOOK)
+    out = tmp_path / "types.json"
+    server("-c", cfg, env={"CFG_OUT": out})
+    assert wait_until(out.exists)
+    got = json.loads(out.read_text())
+    documented = documented_settings()
+    assert len(documented) > 120
+    assert set(got) == set(documented)
+    # Gunicorn's properties of the same name win over the setting
+    # (`cfg.proc_name` falls back to default_proc_name, `cfg.sendfile` is a bool).
+    properties = {"proc_name", "sendfile", "reuse_port"}
+    for name, (doc_type, default) in documented.items():
+        g = got[name]
+        if name in ("user", "group"):
+            # as Gunicorn's validators: the numeric uid / gid
+            want = {"int"}
+        elif doc_type == "callable":
+            assert g["callable"], name
+            continue
+        elif doc_type == "any":
+            continue
+        else:
+            want = set(DOC_TYPES[doc_type])
+            if default == "`None`":
+                want.add("NoneType")
+        assert g["type"] in want, f"cfg.{name} is a {g['type']}, want {want} ({doc_type})"
+        if name not in properties:
+            assert g["attr_is_value"], f"cfg.{name} is not cfg.settings[{name!r}].value"

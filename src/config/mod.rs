@@ -16,6 +16,10 @@
 //!    not-supported setting that is not at its default, and produces the
 //!    typed [`Settings`].
 //!
+//! Adding a setting is adding one row to the table in `table.rs` (its
+//! module comment says how); a row marked `=> name: Type` also becomes the
+//! typed field `settings.name`.
+//!
 //! Environment defaults follow Gunicorn: `workers` defaults to
 //! `$WEB_CONCURRENCY`, `bind` to `0.0.0.0:$PORT` when `$PORT` is set,
 //! `forwarded_allow_ips` to `$FORWARDED_ALLOW_IPS`, and `sendfile` to
@@ -39,7 +43,7 @@ use std::path::PathBuf;
 pub use cli::command;
 pub use docs::settings_markdown;
 pub use resolve::{print_config, resolve};
-pub use table::{Action, DefaultValue, SettingDef, Status};
+pub use table::{Action, DefaultValue, SettingDef, Status, TableSettings};
 pub(crate) use value::Value as SettingValue;
 pub use value::ValueType;
 
@@ -95,96 +99,40 @@ pub enum ConfigSource {
 
 /// Everything resolved and typed. Field names are Gunicorn's setting names.
 ///
-/// Only settings rgunicorn acts on have a field, filled in `resolve::build`
-/// by `setting!("name")` (checked against the table when compiling);
-/// not-supported settings are guaranteed to be at their defaults.
+/// Two kinds of fields:
+/// - the settings used as they are: the fields of [`TableSettings`],
+///   generated from the table rows marked `=> name: Type`
+///   (`config/table.rs`), which `Settings` dereferences to, so
+///   `settings.timeout` is a plain field read;
+/// - the derived ones below, each computed in `resolve::build` from several
+///   settings, the command line or the environment.
+///
+/// Not-supported settings are guaranteed to be at their defaults.
 /// [`Settings::each`] gives every setting's value (the hooks' `cfg`), and
 /// `--print-config` shows every setting.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub bind: Vec<String>,
-    pub backlog: i32,
-    pub workers: usize,
-    /// As configured; see [`Settings::effective_worker_class`].
-    pub worker_class: WorkerClass,
-    pub threads: usize,
-    pub worker_connections: usize,
-    pub max_requests: u64,
-    pub max_requests_jitter: u64,
-    pub timeout: u64,
-    pub graceful_timeout: u64,
-    pub keepalive: u64,
-    pub limit_request_line: usize,
-    pub limit_request_fields: usize,
-    pub limit_request_field_size: usize,
-    /// Slow clients: see `worker::body` and `wsgi::spool`.
-    pub body_preread_size: u64,
-    pub body_buffer_size: usize,
-    pub body_timeout: u64,
-    pub body_min_rate: u64,
-    pub response_buffer_size: usize,
-    pub response_spool_max: u64,
-    pub response_timeout: u64,
-    pub response_min_rate: u64,
-    pub preload_app: bool,
+    /// The settings used as they are (see [`TableSettings`]).
+    table: TableSettings,
+    // ---- Derived (`resolve::build`)
     /// Absolute directory to change to; `None` stays in the current one.
     pub chdir: Option<PathBuf>,
     /// `--pythonpath`, split at commas.
     pub pythonpath: Vec<String>,
-    /// `KEY=VALUE` strings, each checked to contain `=`.
-    pub raw_env: Vec<String>,
-    pub pidfile: Option<PathBuf>,
-    /// A user name or numeric uid (checked to exist); `None`: no change.
-    pub user: Option<String>,
-    /// A group name or numeric gid (checked to exist); `None`: no change.
-    pub group: Option<String>,
-    pub umask: u32,
-    pub initgroups: bool,
-    pub proc_name: Option<String>,
-    /// Used when `proc_name` is unset: the APP_MODULE, else `rgunicorn`.
-    pub default_proc_name: String,
     /// Lower-case: debug, info, warning, error or critical.
     pub loglevel: String,
-    /// `-` means stderr.
-    pub errorlog: String,
-    /// `-` means stdout; `None` means no access log.
-    pub accesslog: Option<String>,
-    pub access_log_format: String,
-    pub capture_output: bool,
-    /// `--log-syslog` and its address (`udp://`, `tcp://`, `unix://`),
-    /// prefix (None: the process name) and facility name.
-    pub syslog: bool,
-    pub syslog_addr: String,
-    pub syslog_prefix: Option<String>,
-    pub syslog_facility: String,
-    pub disable_redirect_access_to_syslog: bool,
-    /// `HOST:PORT` or `unix:PATH`; None: no StatsD metrics.
-    pub statsd_host: Option<String>,
-    pub statsd_prefix: String,
-    pub dogstatsd_tags: String,
-    /// Python `logging` configuration applied in the workers: an ini file
-    /// (`fileConfig`), a dictConfig dict as JSON text, a JSON file.
-    pub logconfig: Option<String>,
+    /// `logconfig_dict` as JSON text; `None` when it is empty.
     pub logconfig_dict_json: Option<String>,
-    pub logconfig_json: Option<String>,
-    pub reuse_port: bool,
     /// Whether file bodies may go out with sendfile (`--no-sendfile`, `$SENDFILE`).
     pub sendfile: bool,
-    pub forwarded_allow_ips: Vec<String>,
-    pub secure_scheme_headers: Vec<(String, String)>,
     /// Header names (upper case, with underscores) a trusted proxy may send.
     pub forwarder_headers: Vec<String>,
-    /// `off`, `v1`, `v2` or `auto`.
-    pub proxy_protocol: String,
-    pub proxy_allow_ips: Vec<String>,
     /// The application to load: the APP_MODULE argument, else `wsgi_app`
     /// from the config file.
     pub wsgi_app: Option<String>,
     /// The config file given with `-c` (or via `GUNICORN_CMD_ARGS`), or
     /// `./gunicorn.conf.py` when that file exists.
     pub config: Option<String>,
-    pub print_config: bool,
-    pub check_config: bool,
     /// The control socket path (see [`crate::control::path`] for the
     /// default); `None` when `--no-control-socket` is given.
     pub control_socket: Option<PathBuf>,
@@ -192,14 +140,6 @@ pub struct Settings {
     /// file) rather than defaulted: a set path that cannot be used is fatal,
     /// a default one only a warning.
     pub control_socket_explicit: bool,
-    pub control_socket_mode: u32,
-    /// Gunicorn's `control_socket_disable` (`--no-control-socket`).
-    pub no_control_socket: bool,
-    pub control_allow_uid: Vec<u32>,
-    pub control_allow_gid: Vec<u32>,
-    /// Members of these gids may only run read-only commands (status, health).
-    pub control_readonly_gid: Vec<u32>,
-    pub log_journald: bool,
     /// Server hooks set in the config file, by Gunicorn's hook name.
     pub hooks: Vec<(String, HookRef)>,
     /// Things that are accepted but worth telling the user, e.g. config-file
@@ -211,6 +151,16 @@ pub struct Settings {
     printed: Vec<(&'static str, String)>,
     /// Every setting's resolved value, in table order, for [`Settings::each`].
     values: Vec<SettingValue>,
+}
+
+/// `settings.timeout`: the settings used as they are, without a look-up.
+impl std::ops::Deref for Settings {
+    type Target = TableSettings;
+
+    #[inline]
+    fn deref(&self) -> &TableSettings {
+        &self.table
+    }
 }
 
 impl Settings {

@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use super::table::{setting, DefaultValue, SettingDef, Status, TABLE};
+use super::table::{setting, DefaultValue, SettingDef, Status, TableSettings, TABLE};
 use super::value::{self, Value, ValueType};
-use super::{CliPass, ConfigError, HookRef, RawValue, Settings, WorkerClass};
+use super::{CliPass, ConfigError, HookRef, RawValue, Settings};
 
 /// Values from one source (`GUNICORN_CMD_ARGS`, ..., the command line).
 #[derive(Debug)]
@@ -263,11 +263,11 @@ pub fn resolve(
     build(&cli, &values, warnings)
 }
 
-/// Typed access to the merged values, by a setting's index in the table
-/// (`g.int(setting!("timeout"))`: the name is checked at compile time). The
-/// table guarantees each setting's value has its type's shape; a mismatch
-/// would be a table bug, caught by the tests, and falls back to the type's
-/// empty value.
+/// The merged values, by a setting's index in the table
+/// (`g.str(setting!("loglevel"))`: the name is checked at compile time), for
+/// the derived fields. The table guarantees each setting's value has its
+/// type's shape; a mismatch would be a table bug, caught by the tests, and
+/// falls back to the type's empty value.
 struct Get<'a> {
     values: &'a [(Value, Source)],
 }
@@ -275,19 +275,6 @@ struct Get<'a> {
 impl<'a> Get<'a> {
     fn entry(&self, i: usize) -> (&'static SettingDef, &'a Value, &'a Source) {
         (&TABLE[i], &self.values[i].0, &self.values[i].1)
-    }
-
-    fn bool(&self, i: usize) -> bool {
-        matches!(self.entry(i).1, Value::Bool(true))
-    }
-
-    fn int<T: TryFrom<i64>>(&self, i: usize) -> Result<T, ConfigError> {
-        let (def, v, source) = self.entry(i);
-        let n = match v {
-            Value::Int(n) => *n,
-            _ => 0,
-        };
-        T::try_from(n).map_err(|_| setting_error(def, source, format!("{n} is too large")))
     }
 
     fn opt_str(&self, i: usize) -> Option<String> {
@@ -309,11 +296,18 @@ impl<'a> Get<'a> {
     }
 }
 
+/// The typed [`Settings`]: the settings used as they are come from the
+/// table ([`TableSettings::read`]); the derived fields are computed here,
+/// each from several settings, the command line or the environment.
 fn build(
     cli: &CliPass,
     values: &[(Value, Source)],
     warnings: Vec<String>,
 ) -> Result<Settings, ConfigError> {
+    let table = TableSettings::read(|i| &values[i].0)
+        .map_err(|(i, m)| setting_error(&TABLE[i], &values[i].1, m))?;
+
+    // ---- Derived
     let g = Get { values };
     let wsgi_app = cli.app.clone().or_else(|| g.opt_str(setting!("wsgi_app")));
     if wsgi_app.is_none() {
@@ -321,9 +315,6 @@ fn build(
             "No application module specified.".into(),
         ));
     }
-    let worker_class =
-        value::worker_class_of(&g.str(setting!("worker_class"))).unwrap_or(WorkerClass::Sync);
-    let ids = |i: usize| -> Vec<u32> { g.list(i).iter().filter_map(|s| s.parse().ok()).collect() };
     let sendfile = match g.entry(setting!("sendfile")).1 {
         Value::Bool(b) => *b,
         _ => match &cli.env.sendfile {
@@ -339,7 +330,6 @@ fn build(
             _ => None,
         })
         .collect::<Vec<(String, HookRef)>>();
-    let no_control_socket = g.bool(setting!("control_socket_disable"));
     let chdir = g.opt_str(setting!("chdir")).map(|d| {
         let p = PathBuf::from(d);
         match (&cli.env.cwd, p.is_absolute()) {
@@ -347,10 +337,26 @@ fn build(
             _ => p,
         }
     });
+    let pythonpath = g
+        .opt_str(setting!("pythonpath"))
+        .map(|p| {
+            p.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
     let config = cli.config_given().or_else(|| {
         cli.default_config_file()
             .map(|_| "./gunicorn.conf.py".to_string())
     });
+    let control_socket = if table.control_socket_disable {
+        None
+    } else {
+        g.opt_str(setting!("control_socket")).map(PathBuf::from)
+    };
+    let control_socket_explicit = !matches!(g.entry(setting!("control_socket")).2, Source::Default);
 
     let mut printed: Vec<(&'static str, String)> = TABLE
         .iter()
@@ -371,94 +377,21 @@ fn build(
     printed.sort_by(|a, b| a.0.cmp(b.0));
 
     Ok(Settings {
-        bind: g.list(setting!("bind")),
-        backlog: g.int(setting!("backlog"))?,
-        workers: g.int(setting!("workers"))?,
-        worker_class,
-        threads: g.int(setting!("threads"))?,
-        worker_connections: g.int(setting!("worker_connections"))?,
-        max_requests: g.int(setting!("max_requests"))?,
-        max_requests_jitter: g.int(setting!("max_requests_jitter"))?,
-        timeout: g.int(setting!("timeout"))?,
-        graceful_timeout: g.int(setting!("graceful_timeout"))?,
-        keepalive: g.int(setting!("keepalive"))?,
-        limit_request_line: g.int(setting!("limit_request_line"))?,
-        limit_request_fields: g.int(setting!("limit_request_fields"))?,
-        limit_request_field_size: g.int(setting!("limit_request_field_size"))?,
-        preload_app: g.bool(setting!("preload_app")),
-        body_preread_size: g.int(setting!("body_preread_size"))?,
-        body_buffer_size: g.int(setting!("body_buffer_size"))?,
-        body_timeout: g.int(setting!("body_timeout"))?,
-        body_min_rate: g.int(setting!("body_min_rate"))?,
-        response_buffer_size: g.int(setting!("response_buffer_size"))?,
-        response_spool_max: g.int(setting!("response_spool_max"))?,
-        response_timeout: g.int(setting!("response_timeout"))?,
-        response_min_rate: g.int(setting!("response_min_rate"))?,
+        table,
         chdir,
-        pythonpath: g
-            .opt_str(setting!("pythonpath"))
-            .map(|p| {
-                p.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        raw_env: g.list(setting!("raw_env")),
-        pidfile: g.opt_str(setting!("pidfile")).map(PathBuf::from),
-        user: g.opt_str(setting!("user")),
-        group: g.opt_str(setting!("group")),
-        umask: g.int(setting!("umask"))?,
-        initgroups: g.bool(setting!("initgroups")),
-        proc_name: g.opt_str(setting!("proc_name")),
-        default_proc_name: g.str(setting!("default_proc_name")),
+        pythonpath,
         loglevel: g.str(setting!("loglevel")).to_ascii_lowercase(),
-        errorlog: g.str(setting!("errorlog")),
-        accesslog: g.opt_str(setting!("accesslog")),
-        access_log_format: g.str(setting!("access_log_format")),
-        capture_output: g.bool(setting!("capture_output")),
-        syslog: g.bool(setting!("syslog")),
-        syslog_addr: g.str(setting!("syslog_addr")),
-        syslog_prefix: g.opt_str(setting!("syslog_prefix")),
-        syslog_facility: g.str(setting!("syslog_facility")),
-        disable_redirect_access_to_syslog: g.bool(setting!("disable_redirect_access_to_syslog")),
-        statsd_host: g.opt_str(setting!("statsd_host")),
-        statsd_prefix: g.str(setting!("statsd_prefix")),
-        dogstatsd_tags: g.str(setting!("dogstatsd_tags")),
-        logconfig: g.opt_str(setting!("logconfig")),
         logconfig_dict_json: g.opt_str(setting!("logconfig_dict")).filter(|j| j != "{}"),
-        logconfig_json: g.opt_str(setting!("logconfig_json")),
-        reuse_port: g.bool(setting!("reuse_port")),
         sendfile,
-        forwarded_allow_ips: g.list(setting!("forwarded_allow_ips")),
-        secure_scheme_headers: match g.entry(setting!("secure_scheme_headers")).1 {
-            Value::Dict(d) => d.clone(),
-            _ => Vec::new(),
-        },
         forwarder_headers: g
             .list(setting!("forwarder_headers"))
             .iter()
             .map(|h| h.to_ascii_uppercase())
             .collect(),
-        proxy_protocol: g.str(setting!("proxy_protocol")),
-        proxy_allow_ips: g.list(setting!("proxy_allow_ips")),
         wsgi_app,
         config,
-        print_config: g.bool(setting!("print_config")),
-        check_config: g.bool(setting!("check_config")),
-        control_socket: if no_control_socket {
-            None
-        } else {
-            g.opt_str(setting!("control_socket")).map(PathBuf::from)
-        },
-        control_socket_explicit: !matches!(g.entry(setting!("control_socket")).2, Source::Default),
-        control_socket_mode: g.int(setting!("control_socket_mode"))?,
-        no_control_socket,
-        control_allow_uid: ids(setting!("control_allow_uid")),
-        control_allow_gid: ids(setting!("control_allow_gid")),
-        control_readonly_gid: ids(setting!("control_readonly_gid")),
-        log_journald: g.bool(setting!("log_journald")),
+        control_socket,
+        control_socket_explicit,
         hooks,
         warnings,
         printed,

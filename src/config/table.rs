@@ -3,19 +3,35 @@
 //!
 //! Every other part of `config` is driven from [`TABLE`]: the clap
 //! arguments (`cli.rs`), the conversion of config-file values and
-//! `GUNICORN_CMD_ARGS` (`value.rs`, `resolve.rs`), `--print-config`, the
-//! hooks' `cfg` object (`crate::hooks`, through [`super::Settings::each`]),
-//! and `docs/settings.md` (`docs.rs`). Adding a setting means adding one
-//! entry here; a setting rgunicorn acts on also gets a typed field in
-//! [`super::Settings`], read in `resolve::build` by [`setting!`], whose
-//! name is checked against this table at compile time. The invariant tests
-//! in `tests.rs` check names and flags are unique and that every Gunicorn
-//! setting is present.
+//! `GUNICORN_CMD_ARGS` (`value.rs`, `resolve.rs`), the typed fields of
+//! [`super::Settings`] (the rows marked `=> name: Type`, see
+//! [`settings_table!`]), `--print-config`, the hooks' `cfg` object
+//! (`crate::hooks`, through [`super::Settings::each`]), and
+//! `docs/settings.md` (`docs.rs`). The invariant tests in `tests.rs` check
+//! names and flags are unique and that every Gunicorn setting is present.
 //!
-//! This module depends on `value.rs` (value types, checks), never the
-//! other way round.
+//! Adding a setting means adding one row to `settings_table!` below:
+//! - a `SettingDef` (or `int(..)`, `flag(..)`, `hook(..)`): name, section,
+//!   flags, type, default, help, status. That alone gives the flag, the
+//!   config-file name, `cfg.NAME` in hooks, `--print-config` and the docs
+//!   (regenerate them: `RGUNICORN_BLESS=1 cargo test --release config::`);
+//! - if the Rust code uses the value as it is, `=> name: Type` after the row
+//!   (`int("timeout", ...) => timeout: u64,`): the field
+//!   `settings.timeout`, filled by `resolve`. The build fails if the name is
+//!   not the row's or the type cannot hold the row's `ValueType`;
+//! - only a value computed from several settings or the environment is a
+//!   hand-written field of `Settings` (the "Derived" block) set in
+//!   `resolve::build`; a default that depends on the environment is an arm
+//!   of `resolve::dynamic_default`.
+//!
+//! Elsewhere, `setting!("name")` gives a setting's index in the table,
+//! checked at compile time. This module depends on `value.rs` (value types,
+//! conversions, checks), never the other way round.
 
-use super::value::{Value, ValueType};
+use std::path::PathBuf;
+
+use super::value::{accepts, FromValue, Value, ValueType};
+use super::WorkerClass;
 
 /// What rgunicorn does with a setting, compared with Gunicorn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,9 +282,69 @@ macro_rules! setting {
 }
 pub(crate) use setting;
 
-// The table itself is a `const` so that `setting!` can search it at compile
-// time; `TABLE` above is the one `static` copy the program uses.
-const DEFS: &[SettingDef] = &[
+/// The table and the typed fields, from one list of rows.
+///
+/// Each row is a [`SettingDef`] expression. A row whose value the Rust code
+/// uses as it is also declares its field in [`TableSettings`]:
+/// `int("timeout", ...) => timeout: u64,` (the field is named after the
+/// setting). The macro expands to:
+/// - `DEFS`, every row in order. It is a `const` so that [`setting!`] can
+///   search it at compile time; [`TABLE`] is the one `static` copy the
+///   program uses;
+/// - [`TableSettings`], one `pub` field per `=> name: Type` row, and
+///   `TableSettings::read`, which fills each field from its setting's
+///   resolved value with [`FromValue`];
+/// - for each such row, a compile-time check that the field's name is the
+///   row's setting name and that its type can hold the row's [`ValueType`]
+///   (`FromValue::ACCEPTS`).
+macro_rules! settings_table {
+    ($( $def:expr $(=> $field:ident: $ty:ty)? ),* $(,)?) => {
+        const DEFS: &[SettingDef] = &[$($def),*];
+
+        /// The settings rgunicorn uses as they are resolved, one field per
+        /// table row marked `=> name: Type`, named as the setting. Read as
+        /// `settings.timeout` ([`super::Settings`] dereferences to this):
+        /// plain field reads, no look-up.
+        #[derive(Clone, Debug)]
+        pub struct TableSettings {
+            $($(
+                #[doc = concat!("The `", stringify!($field), "` setting (`config/table.rs`, `docs/settings.md`).")]
+                pub $field: $ty,
+            )?)*
+        }
+
+        impl TableSettings {
+            /// Each field from its setting's resolved value; `value(i)` is the
+            /// value of setting number `i`. An error gives the setting's
+            /// number and the message (an integer too large for the field).
+            pub(crate) fn read<'a>(
+                value: impl Fn(usize) -> &'a Value,
+            ) -> Result<TableSettings, (usize, String)> {
+                Ok(TableSettings {
+                    $($(
+                        $field: {
+                            const I: usize = index_of(stringify!($field));
+                            FromValue::from_value(value(I)).map_err(|m| (I, m))?
+                        },
+                    )?)*
+                })
+            }
+        }
+
+        $($(
+            const _: () = assert!(
+                str_eq($def.name, stringify!($field)),
+                "config/table.rs: a typed field must be named as its row's setting"
+            );
+            const _: () = assert!(
+                accepts(<$ty as FromValue>::ACCEPTS, $def.ty),
+                "config/table.rs: a typed field's Rust type does not fit its setting's ValueType"
+            );
+        )?)*
+    };
+}
+
+settings_table! {
     // ---- Config File
     SettingDef {
         name: "config",
@@ -299,8 +375,8 @@ const DEFS: &[SettingDef] = &[
         help: "The socket to bind: HOST, HOST:PORT, unix:PATH or fd://FD; repeatable.",
         check: Some(super::value::check_bind),
         ..BASE
-    },
-    int("backlog", SOCKET, &["--backlog"], 2048, "The maximum number of pending connections.", Status::Same),
+    } => bind: Vec<String>,
+    int("backlog", SOCKET, &["--backlog"], 2048, "The maximum number of pending connections.", Status::Same) => backlog: i32,
     // ---- Worker Processes
     SettingDef {
         name: "workers",
@@ -311,7 +387,7 @@ const DEFS: &[SettingDef] = &[
         default: DefaultValue::Dynamic("`$WEB_CONCURRENCY` if set, else `1`"),
         help: "The number of worker processes for handling requests.",
         ..BASE
-    },
+    } => workers: usize,
     SettingDef {
         name: "worker_class",
         section: WORKERS,
@@ -326,18 +402,18 @@ const DEFS: &[SettingDef] = &[
         ),
         check: Some(super::value::check_worker_class),
         ..BASE
-    },
-    int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread).", Status::Same),
-    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread).", Status::Same),
-    int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same),
-    int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same),
-    int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same),
-    int("graceful_timeout", WORKERS, &["--graceful-timeout"], 30, "Seconds workers get to finish requests after a restart signal.", Status::Same),
-    int("keepalive", WORKERS, &["--keep-alive"], 2, "Seconds to wait for the next request on a Keep-Alive connection.", Status::Same),
+    } => worker_class: WorkerClass,
+    int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread).", Status::Same) => threads: usize,
+    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread).", Status::Same) => worker_connections: usize,
+    int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same) => max_requests: u64,
+    int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same) => max_requests_jitter: u64,
+    int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same) => timeout: u64,
+    int("graceful_timeout", WORKERS, &["--graceful-timeout"], 30, "Seconds workers get to finish requests after a restart signal.", Status::Same) => graceful_timeout: u64,
+    int("keepalive", WORKERS, &["--keep-alive"], 2, "Seconds to wait for the next request on a Keep-Alive connection.", Status::Same) => keepalive: u64,
     // ---- Security
-    int("limit_request_line", SECURITY, &["--limit-request-line"], 4094, "The maximum size of the HTTP request line in bytes.", Status::Same),
-    int("limit_request_fields", SECURITY, &["--limit-request-fields"], 100, "The maximum number of HTTP header fields in a request.", Status::Same),
-    int("limit_request_field_size", SECURITY, &["--limit-request-field_size"], 8190, "The maximum size of one HTTP header field in bytes.", Status::Same),
+    int("limit_request_line", SECURITY, &["--limit-request-line"], 4094, "The maximum size of the HTTP request line in bytes.", Status::Same) => limit_request_line: usize,
+    int("limit_request_fields", SECURITY, &["--limit-request-fields"], 100, "The maximum number of HTTP header fields in a request.", Status::Same) => limit_request_fields: usize,
+    int("limit_request_field_size", SECURITY, &["--limit-request-field_size"], 8190, "The maximum size of one HTTP header field in bytes.", Status::Same) => limit_request_field_size: usize,
     // ---- Debugging
     flag("reload", DEBUG, &["--reload"], "Restart workers when code changes.", NO_RELOAD),
     SettingDef {
@@ -365,10 +441,10 @@ const DEFS: &[SettingDef] = &[
     flag("spew", DEBUG, &["--spew"], "Trace every line executed by the server.", Status::NotSupported(
         "the master is Rust, so there is no Python line to trace",
     )),
-    flag("check_config", DEBUG, &["--check-config"], "Check the configuration and exit (status 0 if correct).", Status::Same),
-    flag("print_config", DEBUG, &["--print-config"], "Print the fully resolved settings; implies --check-config.", Status::Same),
+    flag("check_config", DEBUG, &["--check-config"], "Check the configuration and exit (status 0 if correct).", Status::Same) => check_config: bool,
+    flag("print_config", DEBUG, &["--print-config"], "Print the fully resolved settings; implies --check-config.", Status::Same) => print_config: bool,
     // ---- Server Mechanics
-    flag("preload_app", MECH, &["--preload"], "Load the application before forking the workers.", Status::Same),
+    flag("preload_app", MECH, &["--preload"], "Load the application before forking the workers.", Status::Same) => preload_app: bool,
     SettingDef {
         name: "sendfile",
         section: MECH,
@@ -381,7 +457,7 @@ const DEFS: &[SettingDef] = &[
         ),
         ..BASE
     },
-    flag("reuse_port", MECH, &["--reuse-port"], "Set SO_REUSEPORT on the listening sockets.", Status::Same),
+    flag("reuse_port", MECH, &["--reuse-port"], "Set SO_REUSEPORT on the listening sockets.", Status::Same) => reuse_port: bool,
     SettingDef {
         name: "chdir",
         section: MECH,
@@ -406,7 +482,7 @@ const DEFS: &[SettingDef] = &[
         help: "Set an environment variable, KEY=VALUE; repeatable.",
         check: Some(super::value::check_raw_env),
         ..BASE
-    },
+    } => raw_env: Vec<String>,
     SettingDef {
         name: "pidfile",
         section: MECH,
@@ -415,7 +491,7 @@ const DEFS: &[SettingDef] = &[
         ty: ValueType::OptStr,
         help: "A file to write the master's PID to.",
         ..BASE
-    },
+    } => pidfile: Option<PathBuf>,
     SettingDef {
         name: "worker_tmp_dir",
         section: MECH,
@@ -438,7 +514,7 @@ const DEFS: &[SettingDef] = &[
         help: "Switch worker processes to run as this user (name or uid).",
         check: Some(super::value::check_user),
         ..BASE
-    },
+    } => user: Option<String>,
     SettingDef {
         name: "group",
         section: MECH,
@@ -449,7 +525,7 @@ const DEFS: &[SettingDef] = &[
         help: "Switch worker processes to run as this group (name or gid).",
         check: Some(super::value::check_group),
         ..BASE
-    },
+    } => group: Option<String>,
     SettingDef {
         name: "umask",
         section: MECH,
@@ -460,8 +536,8 @@ const DEFS: &[SettingDef] = &[
         help: "A bit mask for the mode of files written by the server (0022, 0o22, 18).",
         check: Some(super::value::check_mode),
         ..BASE
-    },
-    flag("initgroups", MECH, &["--initgroups"], "Give workers all the groups of their user.", Status::Same),
+    } => umask: u32,
+    flag("initgroups", MECH, &["--initgroups"], "Give workers all the groups of their user.", Status::Same) => initgroups: bool,
     SettingDef {
         name: "tmp_upload_dir",
         section: MECH,
@@ -481,7 +557,7 @@ const DEFS: &[SettingDef] = &[
         ]),
         help: "Headers and values a trusted proxy uses to indicate HTTPS.",
         ..BASE
-    },
+    } => secure_scheme_headers: Vec<(String, String)>,
     SettingDef {
         name: "forwarded_allow_ips",
         section: MECH,
@@ -492,7 +568,7 @@ const DEFS: &[SettingDef] = &[
         help: "Front-end IPs or networks trusted to set secure headers (comma separated, * for all).",
         check: Some(super::value::check_addr_list),
         ..BASE
-    },
+    } => forwarded_allow_ips: Vec<String>,
     // ---- Logging
     SettingDef {
         name: "accesslog",
@@ -502,8 +578,8 @@ const DEFS: &[SettingDef] = &[
         ty: ValueType::OptStr,
         help: "The access log file to write to; '-' means stdout.",
         ..BASE
-    },
-    flag("disable_redirect_access_to_syslog", LOG, &["--disable-redirect-access-to-syslog"], "Do not send access logs to syslog.", Status::Same),
+    } => accesslog: Option<String>,
+    flag("disable_redirect_access_to_syslog", LOG, &["--disable-redirect-access-to-syslog"], "Do not send access logs to syslog.", Status::Same) => disable_redirect_access_to_syslog: bool,
     SettingDef {
         name: "access_log_format",
         section: LOG,
@@ -512,7 +588,7 @@ const DEFS: &[SettingDef] = &[
         default: DefaultValue::Str("%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s \"%(f)s\" \"%(a)s\""),
         help: "The access log format.",
         ..BASE
-    },
+    } => access_log_format: String,
     SettingDef {
         name: "errorlog",
         section: LOG,
@@ -521,7 +597,7 @@ const DEFS: &[SettingDef] = &[
         default: DefaultValue::Str("-"),
         help: "The error log file to write to; '-' means stderr.",
         ..BASE
-    },
+    } => errorlog: String,
     SettingDef {
         name: "loglevel",
         section: LOG,
@@ -533,7 +609,7 @@ const DEFS: &[SettingDef] = &[
         check: Some(super::value::check_loglevel),
         ..BASE
     },
-    flag("capture_output", LOG, &["--capture-output"], "Redirect stdout/stderr (fd 1 and 2) of master and workers to the error log file (only when errorlog is a file).", Status::Same),
+    flag("capture_output", LOG, &["--capture-output"], "Redirect stdout/stderr (fd 1 and 2) of master and workers to the error log file (only when errorlog is a file).", Status::Same) => capture_output: bool,
     SettingDef {
         name: "logger_class",
         section: LOG,
@@ -554,7 +630,7 @@ const DEFS: &[SettingDef] = &[
         help: "A Python logging config file (ini format, `logging.config.fileConfig`).",
         status: PYLOGGING,
         ..BASE
-    },
+    } => logconfig: Option<String>,
     SettingDef {
         name: "logconfig_dict",
         section: LOG,
@@ -573,7 +649,7 @@ const DEFS: &[SettingDef] = &[
         help: "A Python logging dictConfig in a JSON file.",
         status: PYLOGGING,
         ..BASE
-    },
+    } => logconfig_json: Option<String>,
     SettingDef {
         name: "syslog_addr",
         section: LOG,
@@ -586,8 +662,8 @@ const DEFS: &[SettingDef] = &[
              records the socket cannot take at once are dropped rather than waited for",
         ),
         ..BASE
-    },
-    flag("syslog", LOG, &["--log-syslog"], "Send error-log and access-log records to syslog too.", Status::Same),
+    } => syslog_addr: String,
+    flag("syslog", LOG, &["--log-syslog"], "Send error-log and access-log records to syslog too.", Status::Same) => syslog: bool,
     SettingDef {
         name: "syslog_prefix",
         section: LOG,
@@ -597,7 +673,7 @@ const DEFS: &[SettingDef] = &[
         help: "The program name in syslog entries: gunicorn.PREFIX.error (default: the process name).",
         status: Status::Same,
         ..BASE
-    },
+    } => syslog_prefix: Option<String>,
     SettingDef {
         name: "syslog_facility",
         section: LOG,
@@ -607,7 +683,7 @@ const DEFS: &[SettingDef] = &[
         help: "The syslog facility name.",
         status: Status::Same,
         ..BASE
-    },
+    } => syslog_facility: String,
     flag("enable_stdio_inheritance", LOG, &["-R", "--enable-stdio-inheritance"], "Keep stdio open in daemon mode.", Status::NotSupported(
         "it only affects --daemon, which is not supported",
     )),
@@ -620,7 +696,7 @@ const DEFS: &[SettingDef] = &[
         help: "The StatsD server to send metrics to: HOST:PORT (UDP, port 8125 by default) or unix:PATH.",
         status: Status::Same,
         ..BASE
-    },
+    } => statsd_host: Option<String>,
     SettingDef {
         name: "dogstatsd_tags",
         section: LOG,
@@ -630,7 +706,7 @@ const DEFS: &[SettingDef] = &[
         help: "Comma-separated dogstatsd tags for StatsD metrics.",
         status: Status::Same,
         ..BASE
-    },
+    } => dogstatsd_tags: String,
     SettingDef {
         name: "statsd_prefix",
         section: LOG,
@@ -640,7 +716,7 @@ const DEFS: &[SettingDef] = &[
         help: "Prefix for StatsD metric names.",
         status: Status::Same,
         ..BASE
-    },
+    } => statsd_prefix: String,
     flag("enable_backlog_metric", LOG, &["--enable-backlog-metric"], "Emit the socket backlog as a StatsD metric.", NO_STATSD),
     // ---- Process Naming
     SettingDef {
@@ -656,7 +732,7 @@ const DEFS: &[SettingDef] = &[
              (`ps -o comm`, top) is NAME itself",
         ),
         ..BASE
-    },
+    } => proc_name: Option<String>,
     SettingDef {
         name: "default_proc_name",
         section: NAMING,
@@ -664,7 +740,7 @@ const DEFS: &[SettingDef] = &[
         help: "Internal: the process name when proc_name is unset (the APP_MODULE when given).",
         status: Status::Different("`rgunicorn` instead of `gunicorn` when no APP_MODULE is given"),
         ..BASE
-    },
+    } => default_proc_name: String,
     SettingDef {
         name: "pythonpath",
         section: MECH,
@@ -712,7 +788,7 @@ const DEFS: &[SettingDef] = &[
         default: DefaultValue::Str("off"),
         help: "Enable the PROXY protocol: off, v1, v2 or auto.",
         ..BASE
-    },
+    } => proxy_protocol: String,
     SettingDef {
         name: "proxy_allow_ips",
         section: MECH,
@@ -722,7 +798,7 @@ const DEFS: &[SettingDef] = &[
         help: "Front-end IPs or networks allowed to send PROXY protocol headers (* for all).",
         check: Some(super::value::check_addr_list),
         ..BASE
-    },
+    } => proxy_allow_ips: Vec<String>,
     SettingDef {
         name: "protocol",
         section: MECH,
@@ -943,8 +1019,8 @@ const DEFS: &[SettingDef] = &[
         help: "Permission mode of the control socket (0600: owner only).",
         check: Some(super::value::check_mode),
         ..BASE
-    },
-    flag("control_socket_disable", CONTROL, &["--no-control-socket"], "Do not create a control socket.", Status::Same),
+    } => control_socket_mode: u32,
+    flag("control_socket_disable", CONTROL, &["--no-control-socket"], "Do not create a control socket.", Status::Same) => control_socket_disable: bool,
     // ---- rgunicorn's own
     SettingDef {
         name: "control_allow_uid",
@@ -956,7 +1032,8 @@ const DEFS: &[SettingDef] = &[
         default: DefaultValue::List(&[]),
         help: "Also allow this numeric uid to use the control socket; repeatable.",
         status: Status::Rgunicorn,
-        check: Some(super::value::check_ids),    },
+        check: Some(super::value::check_ids),
+    } => control_allow_uid: Vec<u32>,
     SettingDef {
         name: "control_allow_gid",
         section: CONTROL,
@@ -967,7 +1044,8 @@ const DEFS: &[SettingDef] = &[
         default: DefaultValue::List(&[]),
         help: "Also allow members of this numeric gid to use the control socket; repeatable.",
         status: Status::Rgunicorn,
-        check: Some(super::value::check_ids),    },
+        check: Some(super::value::check_ids),
+    } => control_allow_gid: Vec<u32>,
     SettingDef {
         name: "control_readonly_gid",
         section: CONTROL,
@@ -980,8 +1058,8 @@ const DEFS: &[SettingDef] = &[
                (status, health); repeatable. The socket's mode must let them connect.",
         status: Status::Rgunicorn,
         check: Some(super::value::check_ids),
-    },
-    flag("log_journald", LOG, &["--log-journald"], "Send logs to the systemd journal with structured fields.", Status::Rgunicorn),
+    } => control_readonly_gid: Vec<u32>,
+    flag("log_journald", LOG, &["--log-journald"], "Send logs to the systemd journal with structured fields.", Status::Rgunicorn) => log_journald: bool,
     // Slow clients (issue 11): kept out of Python by reading bodies and
     // writing responses in Rust.
     int("body_preread_size", SECURITY, &["--body-preread-size"], 16 * 1024 * 1024,
@@ -989,34 +1067,34 @@ const DEFS: &[SettingDef] = &[
          upload never holds a worker slot; when the client sent `Expect: 100-continue`, rgunicorn \
          answers `100 Continue` itself. Larger bodies are streamed to the app as they arrive \
          (`100 Continue` on its first read), under the same rate rule. 0 = stream every body.",
-        Status::Rgunicorn),
+        Status::Rgunicorn) => body_preread_size: u64,
     int("body_buffer_size", SECURITY, &["--body-buffer-size"], 64 * 1024,
         "Pre-read request bodies up to this many bytes stay in memory; larger ones go to an \
          unlinked temporary file in $TMPDIR.",
-        Status::Rgunicorn),
+        Status::Rgunicorn) => body_buffer_size: usize,
     int("body_timeout", SECURITY, &["--body-timeout"], 10,
         "Seconds a request body may take whatever its speed; after that it must have arrived at \
          --body-min-rate on average. A slower client gets `408 Request Timeout` and is closed.",
-        Status::Rgunicorn),
+        Status::Rgunicorn) => body_timeout: u64,
     int("body_min_rate", SECURITY, &["--body-min-rate"], 1024,
         "Minimum average bytes per second of a request body once --body-timeout has passed; \
          0 = no rate, --body-timeout is then the longest pause between reads.",
-        Status::Rgunicorn),
+        Status::Rgunicorn) => body_min_rate: u64,
     int("response_buffer_size", SECURITY, &["--response-buffer-size"], 256 * 1024,
         "Response bytes a client has not taken yet are kept in memory up to this many per \
          connection, then in an unlinked temporary file, so the app's slot is freed before a \
          slow client has read its response.",
-        Status::Rgunicorn),
+        Status::Rgunicorn) => response_buffer_size: usize,
     int("response_spool_max", SECURITY, &["--response-spool-max"], 1024 * 1024 * 1024,
         "Most response bytes (memory and temporary files) one worker holds for slow clients; \
          past it the app's writes wait for the client, as without buffering.",
-        Status::Rgunicorn),
+        Status::Rgunicorn) => response_spool_max: u64,
     int("response_timeout", SECURITY, &["--response-timeout"], 30,
         "Seconds a client may take to read a response whatever its speed; after that it must \
          have read at --response-min-rate on average, or it is cut off.",
-        Status::Rgunicorn),
+        Status::Rgunicorn) => response_timeout: u64,
     int("response_min_rate", SECURITY, &["--response-min-rate"], 1024,
         "Minimum average bytes per second a client reads a response at once --response-timeout \
          has passed; 0 = no rate, --response-timeout is then the longest stall.",
-        Status::Rgunicorn),
-];
+        Status::Rgunicorn) => response_min_rate: u64,
+}

@@ -741,6 +741,61 @@ fn every_setting_reaches_the_resolved_settings() {
     assert!(matches!(timeout, Some((_, SettingValue::Int(7)))));
 }
 
+/// The fields generated from the table rows marked `=> name: Type` hold the
+/// resolved values, whatever their source; a value too large for its field
+/// is an error naming the setting and where the value came from.
+#[test]
+fn typed_fields_come_from_the_table() {
+    let st = run(
+        &[
+            "--backlog",
+            "64",
+            "--umask",
+            "0022",
+            "-k",
+            "gthread",
+            "--no-control-socket",
+            "app:app",
+        ],
+        &[("GUNICORN_CMD_ARGS", "--max-requests 5")],
+        &[
+            ("statsd_host", s("localhost:9125")),
+            ("pidfile", s("/run/app.pid")),
+            ("raw_env", RawValue::List(vec![s("A=1"), s("B=2")])),
+            ("preload_app", RawValue::Bool(true)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(st.backlog, 64);
+    assert_eq!(st.umask, 0o22);
+    assert_eq!(st.worker_class, WorkerClass::Gthread);
+    assert!(st.control_socket_disable && st.control_socket.is_none());
+    assert_eq!(st.max_requests, 5);
+    assert_eq!(st.statsd_host.as_deref(), Some("localhost:9125"));
+    assert_eq!(st.pidfile, Some(std::path::PathBuf::from("/run/app.pid")));
+    assert_eq!(st.raw_env, ["A=1", "B=2"]);
+    assert!(st.preload_app);
+    assert_eq!(st.timeout, 30);
+
+    let e = err(&["--backlog", "4294967296", "app:app"], &[], &[]);
+    assert_eq!(
+        e,
+        "command line: setting `backlog`: 4294967296 is too large"
+    );
+    let e = err(
+        &[],
+        &[],
+        &[
+            ("wsgi_app", s("app:app")),
+            ("backlog", RawValue::Int(1 << 40)),
+        ],
+    );
+    assert_eq!(
+        e,
+        "gunicorn-cfg.py: setting `backlog`: 1099511627776 is too large"
+    );
+}
+
 #[test]
 fn environment_dependent_defaults_are_computed() {
     // A dynamic default that falls through to `None` would be a
@@ -793,7 +848,7 @@ fn control_socket() {
     assert_eq!(st.control_socket, Some("/tmp/c.sock".into()));
     assert!(st.control_socket_explicit);
     let st = run(&["--no-control-socket", "app:app"], &env, &[]).unwrap();
-    assert!(st.no_control_socket && st.control_socket.is_none());
+    assert!(st.control_socket_disable && st.control_socket.is_none());
     let st = run(
         &[
             "--control-allow-uid",
@@ -812,8 +867,8 @@ fn control_socket() {
     .unwrap();
     assert_eq!(st.control_readonly_gid, vec![5]);
     assert_eq!(
-        (st.control_allow_uid, st.control_allow_gid),
-        (vec![33, 1000], vec![4])
+        (&st.control_allow_uid, &st.control_allow_gid),
+        (&vec![33, 1000], &vec![4])
     );
     let e = err(&["--control-allow-uid", "www-data", "a:b"], &[], &[]);
     assert!(e.contains("`control_allow_uid`"), "{e}");

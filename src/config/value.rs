@@ -565,6 +565,135 @@ fn raw_json(v: &RawValue) -> Result<serde_json::Value, String> {
     })
 }
 
+// ---- Typed fields ----------------------------------------------------------
+
+/// The Rust type of a typed setting field (`=> timeout: u64` in the table):
+/// how to read it from the setting's resolved [`Value`], and which value
+/// types it can hold. The table checks `ACCEPTS` against each typed row at
+/// compile time, so a field whose type does not fit its setting does not
+/// build; `from_value` then only meets values of those shapes.
+pub(crate) trait FromValue: Sized {
+    /// The setting value types this field type can be read from.
+    const ACCEPTS: &'static [ValueType];
+    /// The field's value; the message (without the setting's name) on error.
+    fn from_value(v: &Value) -> Result<Self, String>;
+}
+
+/// Whether `ty` is one of `accepts` (usable in a `const`).
+pub(crate) const fn accepts(accepts: &[ValueType], ty: ValueType) -> bool {
+    let mut i = 0;
+    while i < accepts.len() {
+        if accepts[i] as u8 == ty as u8 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A value whose shape does not fit the field: a table bug that `ACCEPTS`
+/// should have caught at compile time.
+fn misfit(v: &Value) -> String {
+    format!("internal error: value {v:?} does not fit the setting's typed field")
+}
+
+impl FromValue for bool {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::Bool];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Bool(b) => Ok(*b),
+            _ => Err(misfit(v)),
+        }
+    }
+}
+
+macro_rules! from_int_value {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            const ACCEPTS: &'static [ValueType] = &[ValueType::PosInt, ValueType::OctalInt];
+            fn from_value(v: &Value) -> Result<Self, String> {
+                match v {
+                    Value::Int(n) => <$t>::try_from(*n).map_err(|_| format!("{n} is too large")),
+                    _ => Err(misfit(v)),
+                }
+            }
+        }
+    )*};
+}
+from_int_value!(i32, u32, u64, usize);
+
+impl FromValue for String {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::Str, ValueType::ProxyMode];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Str(s) => Ok(s.clone()),
+            _ => Err(misfit(v)),
+        }
+    }
+}
+
+impl FromValue for Option<String> {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::OptStr];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Str(s) => Ok(Some(s.clone())),
+            Value::None => Ok(None),
+            _ => Err(misfit(v)),
+        }
+    }
+}
+
+impl FromValue for Option<std::path::PathBuf> {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::OptStr];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        Option::<String>::from_value(v).map(|p| p.map(std::path::PathBuf::from))
+    }
+}
+
+impl FromValue for Vec<String> {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::StrList, ValueType::CommaList];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::List(l) => Ok(l.clone()),
+            _ => Err(misfit(v)),
+        }
+    }
+}
+
+/// Numeric ids (`control_allow_uid`...); `check_ids` has refused any other.
+impl FromValue for Vec<u32> {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::StrList, ValueType::CommaList];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        Vec::<String>::from_value(v)?
+            .iter()
+            .map(|s| s.parse().map_err(|_| format!("{s:?} is not a numeric id")))
+            .collect()
+    }
+}
+
+impl FromValue for Vec<(String, String)> {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::Dict];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Dict(d) => Ok(d.clone()),
+            _ => Err(misfit(v)),
+        }
+    }
+}
+
+/// As configured; `check_worker_class` has refused any other name.
+impl FromValue for super::WorkerClass {
+    const ACCEPTS: &'static [ValueType] = &[ValueType::Class];
+    fn from_value(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Str(name) => {
+                worker_class_of(name).ok_or_else(|| format!("unknown worker class {name:?}"))
+            }
+            _ => Err(misfit(v)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
