@@ -50,6 +50,9 @@ pub enum WorkerClass {
     Sync,
     /// A pool of `threads` Python threads per worker.
     Gthread,
+    /// Tornado's own HTTP server and IOLoop (a `tornado.web.Application`, or
+    /// a WSGI app in `tornado.wsgi.WSGIContainer`).
+    Tornado,
 }
 
 /// Opaque handle to a Python callable held by the caller (just an index);
@@ -211,6 +214,17 @@ pub struct Settings {
     printed: Vec<(&'static str, String)>,
     /// Every setting's resolved value, in table order, for [`Settings::each`].
     values: Vec<SettingValue>,
+}
+
+impl WorkerClass {
+    /// The third-party Python package the class needs (checked by the
+    /// master before it binds: `pip install` it).
+    pub fn python_package(self) -> Option<&'static str> {
+        match self {
+            WorkerClass::Sync | WorkerClass::Gthread => None,
+            WorkerClass::Tornado => Some("tornado"),
+        }
+    }
 }
 
 impl Settings {
