@@ -401,7 +401,7 @@ pub(crate) fn worker_class_of(name: &str) -> Option<super::WorkerClass> {
 }
 
 /// The built-in classes, as the errors list them.
-const BUILT_IN_CLASSES: &str = "`sync`, `gthread` (`--threads N`) or `tornado`";
+const BUILT_IN_CLASSES: &str = "`sync` or `gthread` (`--threads N` for concurrency), or `tornado`";
 
 /// Gunicorn's eventlet worker, by each of its names: Gunicorn 26 removed it.
 fn is_eventlet(name: &str) -> bool {
