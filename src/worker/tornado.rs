@@ -15,7 +15,8 @@
 //!   heartbeat is the judge, and the abort watcher logs the stack;
 //! - requests in flight and served in the scoreboard slot, and the RETIRE
 //!   message at `--max-requests`;
-//! - TERM (waited for on a thread of its own, then handed to the IOLoop):
+//! - TERM (its handler writes to a pipe a thread of ours reads, which
+//!   hands it to the IOLoop):
 //!   stop accepting, let in-flight requests finish, answer late ones with
 //!   `Connection: close`, leave before `--graceful-timeout`; USR1 reopens
 //!   the logs; ABRT, INT and QUIT are `abort.rs`'s, as for every class.
@@ -27,14 +28,15 @@ use crate::scoreboard::{now_ms, Slot};
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 use std::ffi::CString;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 /// Run the worker until the IOLoop stops. `Err` is the exit code.
 pub(super) fn run(b: &Booted<'_>) -> Result<(), i32> {
     let s = b.settings;
-    // TERM and USR1 stay blocked on every thread (threads started from here
-    // on inherit the mask, the app's too) and are taken by `signals`.
+    // A TERM that comes before our handlers are in place waits (blocked)
+    // instead of being lost; threads started meanwhile (the abort watcher,
+    // the signal thread) keep it blocked, so it reaches the handlers below.
     set_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
     abort::install(s.hook("worker_int").is_some() || s.hook("worker_exit").is_some());
     let ctl = Control {
@@ -67,13 +69,23 @@ pub(super) fn run(b: &Booted<'_>) -> Result<(), i32> {
     })?;
     b.initialized();
     let target = Python::attach(|py| worker.clone_ref(py));
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+        tracing::error!("cannot set up the signal pipe: {e}");
+        WORKER_BOOT_ERROR
+    })?;
     if let Err(e) = std::thread::Builder::new()
         .name("tornado-signals".into())
-        .spawn(move || signals(target))
+        .spawn(move || signals(r, target))
     {
         tracing::error!("cannot start the signal thread: {e}");
         return Err(WORKER_BOOT_ERROR);
     }
+    SIGNAL_PIPE.store(w.into_raw_fd(), Ordering::Relaxed);
+    abort::handle(nix::sys::signal::Signal::SIGTERM, on_signal);
+    abort::handle(nix::sys::signal::Signal::SIGUSR1, on_signal);
+    // Handlers in place: a TERM that came while booting is delivered now.
+    // (Not left blocked: processes the app starts would inherit the mask.)
+    set_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
     Python::attach(|py| worker.bind(py).call_method0("run").map(|_| ())).map_err(|e| {
         let tb = Python::attach(|py| crate::python::format_exception(py, &e));
         tracing::error!("Exception in worker process\n{}", tb.trim_end());
@@ -81,30 +93,38 @@ pub(super) fn run(b: &Booted<'_>) -> Result<(), i32> {
     })
 }
 
-/// TERM and USR1, taken with `sigwait` (they are blocked everywhere).
-fn signals(worker: Py<PyAny>) {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGUSR1);
+/// The write end of the pipe the TERM and USR1 handlers write to.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let byte: &[u8; 1] = if sig == libc::SIGTERM { b"T" } else { b"U" };
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; the buffer is static.
+        let _ = unsafe { libc::write(fd, byte.as_ptr().cast(), 1) };
+    }
+}
+
+/// TERM and USR1, read from the handlers' pipe on a thread of their own:
+/// TERM is handed to the IOLoop, USR1 reopens the logs.
+fn signals(r: OwnedFd, worker: Py<PyAny>) {
+    let mut b = [0u8; 1];
     loop {
-        match set.wait() {
-            Ok(Signal::SIGTERM) => {
+        match nix::unistd::read(&r, &mut b) {
+            Ok(1) if b[0] == b'T' => {
                 tracing::info!("Worker exiting (pid: {})", std::process::id());
                 let r = Python::attach(|py| worker.bind(py).call_method0("stop_soon").map(|_| ()));
                 if let Err(e) = r {
                     tracing::error!("cannot stop the IOLoop: {e}");
                 }
             }
-            Ok(_) => {
+            Ok(1) => {
                 if let Err(e) = crate::logging::reopen() {
                     tracing::error!("cannot reopen log files: {e}");
                 }
             }
-            Err(e) => {
-                tracing::error!("cannot wait for signals: {e}");
-                return;
-            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) | Err(_) => return,
         }
     }
 }
