@@ -23,7 +23,10 @@ import time
 import pytest
 import requests
 
-from conftest import APPS_DIR, IS_GUNICORN, free_port, rgunicorn_only, wait_until
+import subprocess
+
+from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORNCTL_BIN, free_port, rgunicorn_only,
+                      wait_until)
 from test_config import port_is_free, run
 from test_drain import StrictClients, clients, settle  # noqa: F401 (clients is a fixture)
 
@@ -87,6 +90,29 @@ def test_websocket_handler_echoes(server, tmp_path):
         return got
 
     assert asyncio.run(talk()) == ["echo: hello", "echo: again"]
+    assert srv.stop() == 0
+
+
+@rgunicorn_only
+def test_ready_only_once_the_ioloop_serves(server, tmp_path):
+    sock = tmp_path / "ctl.sock"
+    d = tmp_path / "app"
+    d.mkdir()
+    shutil.copy(APPS_DIR / "tornado_app.py", d / "tornado_app.py")
+    srv = server("-k", "tornado", "-w", "1", "--control-socket", sock, app=APP, cwd=d,
+                 env={"TORNADO_BOOT_DELAY": "2"}, wait=False)
+
+    def status() -> str:
+        r = subprocess.run([str(RGUNICORNCTL_BIN), "--socket", str(sock), "status"],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout if r.returncode == 0 else ""
+
+    assert wait_until(lambda: "1 alive" in status(), timeout=10), srv.log()
+    # Importing the app: alive, not ready.
+    assert "0 ready" in status()
+    assert wait_until(lambda: "1 ready" in status(), timeout=15), srv.log()
+    # Ready means serving: the first request is answered at once.
+    assert srv.get("/", timeout=2).text.startswith("version=v0 ")
     assert srv.stop() == 0
 
 

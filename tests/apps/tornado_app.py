@@ -3,6 +3,8 @@
 The test copies this file into a scratch directory and rewrites the VERSION
 line before a reload, so every response says which release answered.
 
+Environment: TORNADO_BOOT_DELAY=S sleeps S seconds at import.
+
 Routes:
   GET/POST /     "version=V pid=P" (POST reads its body first); so does any
                  path not listed here
@@ -19,6 +21,9 @@ import tornado.web
 import tornado.websocket
 
 VERSION = "v0"
+
+# TORNADO_BOOT_DELAY=S: sleep S seconds at import (a slow app to boot).
+time.sleep(float(os.environ.get("TORNADO_BOOT_DELAY", "0") or 0))
 
 
 class Root(tornado.web.RequestHandler):
