@@ -135,6 +135,13 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         python::sync_environ();
     }
 
+    // A worker class that needs a package: say so now, before binding,
+    // rather than in every worker.
+    if let Some(package) = settings.worker_class.python_package() {
+        python::initialize(&argv)?;
+        python::require_package(package)?;
+    }
+
     if settings.check_config {
         python::initialize(&argv)?;
         return Ok(

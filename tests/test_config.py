@@ -191,7 +191,8 @@ def test_check_config_prints_the_warnings(tmp_path):
 @rgunicorn_only
 @pytest.mark.parametrize("body,expect", [
     ("class MyWorker:\n    pass\nworker_class = MyWorker\n",
-     "setting `worker_class`: got the class MyWorker; custom Python classes are not supported"),
+     "setting `worker_class`: got the class MyWorker: custom worker classes "
+     "(subclasses of gunicorn.workers.base.Worker) are not supported"),
     ("class MyLogger:\n    pass\nlogger_class = MyLogger\n",
      "rgunicorn does not support `logger_class`"),
     ("workers = 10 ** 30\n",

@@ -112,5 +112,43 @@ pub fn settings_markdown() -> String {
             ));
         }
     }
+    out.push_str(WORKER_CLASSES);
     out
 }
+
+/// What `worker_class` takes, beyond its table row.
+const WORKER_CLASSES: &str = "
+## Worker classes
+
+`worker_class` (`-k`) takes the built-in classes by Gunicorn's names: `sync`, `gthread` and \
+`tornado`, their class paths (`gunicorn.workers.sync.SyncWorker`, \
+`gunicorn.workers.gthread.ThreadWorker`, `gunicorn.workers.gtornado.TornadoWorker`) and their \
+`egg:gunicorn#...` forms. A config file may also give Gunicorn's own class object \
+(`from gunicorn.workers.gtornado import TornadoWorker; worker_class = TornadoWorker`).
+
+- `tornado` serves a `tornado.web.Application` with Tornado's own HTTP server and IOLoop on \
+the worker's listeners; any other app is taken as a WSGI callable and wrapped in \
+`tornado.wsgi.WSGIContainer`, as in Gunicorn. Tornado must be installed in the app's \
+environment (`pip install tornado`); without it rgunicorn stops before binding. The master \
+supervises these workers as any other: `--timeout` applies to the IOLoop (a periodic callback \
+beats the heartbeat, so a handler that blocks the loop gets the worker killed and replaced, \
+its stack logged), TERM stops accepting and lets in-flight requests finish within \
+`--graceful-timeout` (requests arriving meanwhile are answered with `Connection: close`), \
+`--max-requests` and reloads replace workers with no failed request. `keepalive` is \
+Tornado's `idle_connection_timeout`, which also bounds the wait for a new connection's first \
+request head (10 s when `keepalive` is 0, which turns keep-alive off). Tornado, not \
+rgunicorn, parses HTTP and writes the responses, so rgunicorn's HTTP limits, access log, \
+request hooks (`pre_request`, `post_request`) and `--forwarded-allow-ips` handling do not \
+apply to this class.
+- `eventlet` is refused, by each of its names: Gunicorn 26 removed the eventlet worker \
+(eventlet is no longer maintained). The error names `-k gevent`, its replacement.
+- Custom worker classes (a Python path such as `myproject.workers.MyWorker`, or a class object \
+in a config file, subclassing `gunicorn.workers.base.Worker`) are refused, with an error that \
+names the setting and the built-in classes. Gunicorn's Worker API hands the class the \
+listening sockets and leaves HTTP, the heartbeat file and the signals to it: running such a \
+class would run Gunicorn's Python HTTP stack inside rgunicorn, bypassing its HTTP parser, its \
+limits and its supervision of requests, and would tie rgunicorn to Gunicorn's internal \
+classes (`Config`, `Logger`, `WorkerTmp`) being importable and compatible. A custom class \
+usually exists to add behaviour around requests or the worker's life; the server hooks \
+(`post_worker_init`, `pre_request`, `post_request`, `worker_exit`...) cover those cases.
+";

@@ -54,6 +54,9 @@ pub enum WorkerClass {
     Sync,
     /// A pool of `threads` Python threads per worker.
     Gthread,
+    /// Tornado's own HTTP server and IOLoop (a `tornado.web.Application`, or
+    /// a WSGI app in `tornado.wsgi.WSGIContainer`).
+    Tornado,
 }
 
 /// Opaque handle to a Python callable held by the caller (just an index);
@@ -160,6 +163,17 @@ impl std::ops::Deref for Settings {
     #[inline]
     fn deref(&self) -> &TableSettings {
         &self.table
+    }
+}
+
+impl WorkerClass {
+    /// The third-party Python package the class needs (checked by the
+    /// master before it binds: `pip install` it).
+    pub fn python_package(self) -> Option<&'static str> {
+        match self {
+            WorkerClass::Sync | WorkerClass::Gthread => None,
+            WorkerClass::Tornado => Some("tornado"),
+        }
     }
 }
 

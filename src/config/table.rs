@@ -395,10 +395,11 @@ settings_table! {
         meta: Some("STRING"),
         ty: ValueType::Class,
         default: DefaultValue::Str("sync"),
-        help: "The type of workers to use: sync or gthread.",
+        help: "The type of workers to use: sync, gthread or tornado.",
         status: Status::Different(
-            "only `sync` and `gthread` (and their `gunicorn.workers...`/`egg:gunicorn#...` aliases); \
-             `gevent`, `eventlet`, `tornado`, ASGI and custom classes are refused",
+            "`sync`, `gthread` and `tornado` (and their `gunicorn.workers...`/`egg:gunicorn#...` \
+             aliases); `eventlet` is refused (Gunicorn 26 removed it: use `gevent`); custom \
+             worker classes (Python paths or class objects) are refused, see below",
         ),
         check: Some(super::value::check_worker_class),
         ..BASE

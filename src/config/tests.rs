@@ -586,10 +586,50 @@ fn worker_classes() {
             WorkerClass::Gthread,
         ),
         ("egg:gunicorn#sync", WorkerClass::Sync),
+        ("tornado", WorkerClass::Tornado),
+        (
+            "gunicorn.workers.gtornado.TornadoWorker",
+            WorkerClass::Tornado,
+        ),
+        ("egg:gunicorn#tornado", WorkerClass::Tornado),
     ] {
         let st = run(&["-k", name, "app:app"], &[], &[]).unwrap();
         assert_eq!(st.worker_class, class, "{name}");
     }
+    // Gunicorn 26 removed eventlet: every name of it points to gevent.
+    for name in [
+        "eventlet",
+        "gunicorn.workers.geventlet.EventletWorker",
+        "egg:gunicorn#eventlet",
+    ] {
+        let e = err(&["-k", name, "app:app"], &[], &[]);
+        assert!(
+            e.contains(&format!("worker class '{name}' was removed in Gunicorn 26"))
+                && e.contains("use `-k gevent`"),
+            "{e}"
+        );
+    }
+    // A custom class, by path or as a class object, is refused, naming the
+    // built-in classes; Gunicorn's own tornado class object is tornado.
+    let e = err(&["-k", "myproject.workers.MyWorker", "app:app"], &[], &[]);
+    assert!(
+        e.starts_with("command line: setting `worker_class`: worker class 'myproject.workers.MyWorker' is a Python class path: custom worker classes")
+            && e.contains("`tornado`"),
+        "{e}"
+    );
+    let st = run(
+        &["app:app"],
+        &[],
+        &[(
+            "worker_class",
+            RawValue::Class("gunicorn.workers.gtornado.TornadoWorker".into()),
+        )],
+    )
+    .unwrap();
+    assert_eq!(st.worker_class, WorkerClass::Tornado);
+    assert_eq!(st.effective_worker_class(), WorkerClass::Tornado);
+    assert_eq!(WorkerClass::Tornado.python_package(), Some("tornado"));
+    assert_eq!(WorkerClass::Sync.python_package(), None);
     let st = run(&["--threads", "4", "app:app"], &[], &[]).unwrap();
     assert_eq!(st.worker_class, WorkerClass::Sync);
     assert_eq!(st.effective_worker_class(), WorkerClass::Gthread);
@@ -715,7 +755,9 @@ fn unreadable_file_values_are_errors_naming_the_setting() {
         &[("worker_class", RawValue::Class("mod.MyWorker".into()))],
     );
     assert!(
-        e.starts_with("gunicorn-cfg.py: setting `worker_class`: got the class mod.MyWorker;"),
+        e.starts_with(
+            "gunicorn-cfg.py: setting `worker_class`: got the class mod.MyWorker: custom worker classes"
+        ),
         "{e}"
     );
     let e = err(

@@ -314,14 +314,12 @@ pub(crate) fn from_raw(ty: ValueType, v: &RawValue) -> Result<Value, String> {
         },
         ValueType::Class => match v {
             RawValue::Str(s) => Ok(Value::Str(s.trim().into())),
-            RawValue::Class(name) => Err(format!(
-                "got the class {name}; custom Python classes are not supported, \
-                 give one of the names listed in the docs"
-            )),
-            RawValue::Callable(_) => Err(
-                "custom Python classes are not supported; give one of the names listed in the docs"
-                    .into(),
-            ),
+            // Gunicorn's own class, imported by the config file: its name.
+            RawValue::Class(name) if worker_class_of(name).is_some() => {
+                Ok(Value::Str(name.clone()))
+            }
+            RawValue::Class(name) => Err(custom_class_refused(&format!("got the class {name}"))),
+            RawValue::Callable(_) => Err(custom_class_refused("got a callable")),
             other => Err(expected("a string", other)),
         },
         ValueType::StrList => match v {
@@ -395,8 +393,32 @@ pub(crate) fn worker_class_of(name: &str) -> Option<super::WorkerClass> {
         "gthread" | "gunicorn.workers.gthread.ThreadWorker" | "egg:gunicorn#gthread" => {
             Some(super::WorkerClass::Gthread)
         }
+        "tornado" | "gunicorn.workers.gtornado.TornadoWorker" | "egg:gunicorn#tornado" => {
+            Some(super::WorkerClass::Tornado)
+        }
         _ => None,
     }
+}
+
+/// The built-in classes, as the errors list them.
+const BUILT_IN_CLASSES: &str = "`sync` or `gthread` (`--threads N` for concurrency), or `tornado`";
+
+/// Gunicorn's eventlet worker, by each of its names: Gunicorn 26 removed it.
+fn is_eventlet(name: &str) -> bool {
+    matches!(
+        name,
+        "eventlet" | "gunicorn.workers.geventlet.EventletWorker" | "egg:gunicorn#eventlet"
+    )
+}
+
+/// Why a custom worker class (a Python path, or a class object from a
+/// config file) is refused: see docs/settings.md, `worker_class`.
+fn custom_class_refused(what: &str) -> String {
+    format!(
+        "{what}: custom worker classes (subclasses of gunicorn.workers.base.Worker) are not \
+         supported, as rgunicorn's workers serve HTTP in Rust and do not run Gunicorn's Worker \
+         API; use the built-in class {BUILT_IN_CLASSES}"
+    )
 }
 
 pub(crate) fn check_worker_class(v: &Value) -> Result<(), String> {
@@ -404,9 +426,21 @@ pub(crate) fn check_worker_class(v: &Value) -> Result<(), String> {
     if worker_class_of(name).is_some() {
         return Ok(());
     }
+    if is_eventlet(name) {
+        return Err(format!(
+            "worker class {} was removed in Gunicorn 26 and is not available; use `-k gevent` \
+             (worker_class = \"gevent\") instead",
+            py_str_repr(name)
+        ));
+    }
+    if name.contains('.') || name.contains(':') {
+        return Err(custom_class_refused(&format!(
+            "worker class {} is a Python class path",
+            py_str_repr(name)
+        )));
+    }
     Err(format!(
-        "rgunicorn does not support worker class {} (gevent, eventlet, tornado, ASGI and custom \
-         worker classes are not available); use `sync` or `gthread` (`--threads N` for concurrency)",
+        "rgunicorn does not support worker class {}; use {BUILT_IN_CLASSES}",
         py_str_repr(name)
     ))
 }

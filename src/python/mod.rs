@@ -212,6 +212,25 @@ pub fn apply_logconfig(s: &crate::config::Settings) -> Result<()> {
     })
 }
 
+/// Fail unless `package` imports, with a message saying what to install
+/// (a worker class's third-party package, checked in the master).
+pub fn require_package(package: &str) -> Result<()> {
+    Python::attach(|py| match py.import(package) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let exe = py
+                .import("sys")
+                .and_then(|sys| sys.getattr("executable"))
+                .and_then(|x| x.extract::<String>())
+                .unwrap_or_else(|_| python_executable());
+            bail!(
+                "worker class `{package}` needs the `{package}` package, which this Python \
+                 ({exe}) cannot import: {e}; install it with `pip install {package}`"
+            )
+        }
+    })
+}
+
 /// The helper module from `bootstrap.py`.
 pub fn bootstrap(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     let m = BOOTSTRAP.get_or_try_init(py, || -> PyResult<Py<PyModule>> {

@@ -43,7 +43,8 @@ extern "C" fn on_int(_sig: libc::c_int) {
     }
 }
 
-fn handle(sig: nix::sys::signal::Signal, f: extern "C" fn(libc::c_int)) {
+/// Install `f` as the handler of `sig` (it must be async-signal-safe).
+pub(super) fn handle(sig: nix::sys::signal::Signal, f: extern "C" fn(libc::c_int)) {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let act = SigAction::new(SigHandler::Handler(f), SaFlags::SA_RESTART, SigSet::empty());
     // SAFETY: the handlers only call write(2) or _exit(2), both

@@ -18,6 +18,9 @@
 //!   - `sync.rs`: inline on the main thread, one request at a time (no
 //!     hand-off);
 //!   - `gthread.rs`: on `--threads` Python threads fed through a channel.
+//! - `tornado.rs` (`-k tornado`) is the exception: Tornado's HTTP server
+//!   and IOLoop own the main thread, so it keeps the master's contract
+//!   (ready, heartbeat, max-requests, graceful stop) itself, not `conn.rs`.
 //!
 //! Signals (installed after the app is imported, since importing `signal`
 //! installs Python's own SIGINT handler): TERM = finish in-flight requests
@@ -33,6 +36,7 @@ pub mod msg;
 pub use body::unlinked_tempfile;
 mod proxy_header;
 mod sync;
+mod tornado;
 
 use crate::config::{Settings, WorkerClass};
 use crate::http;
@@ -88,6 +92,8 @@ fn serve(b: boot::Booted<'_>) -> Result<(), i32> {
     match b.settings.effective_worker_class() {
         WorkerClass::Sync => conn::run(sync::Sync::new(&b)?, &b),
         WorkerClass::Gthread => conn::run(gthread::Gthread::new(&b)?, &b),
+        // Tornado's own server and IOLoop: not the shared loop.
+        WorkerClass::Tornado => tornado::run(&b),
     }
 }
 
