@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use forwarded::ProxyPolicy;
@@ -60,11 +60,12 @@ pub struct Bridge {
     pub body_rate: Option<(Duration, u64)>,
 }
 
-/// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
+/// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT. Shared strings:
+/// `gthread` clones the peer for every request it hands to a Python thread.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
-    pub addr: String,
-    pub port: String,
+    pub addr: Arc<str>,
+    pub port: Arc<str>,
     /// The socket peer is in `forwarded_allow_ips` (always true on a Unix
     /// socket, as in Gunicorn): its scheme and forwarder headers count.
     /// Decided once per connection.
@@ -217,8 +218,8 @@ fn environ<'py>(
     if let Some(info) = &peer.proxy_info {
         forwarded::proxy_environ(py, &env, info)?;
     }
-    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), &peer.addr)?;
-    env.set_item(pyo3::intern!(py, "REMOTE_PORT"), &peer.port)?;
+    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), &*peer.addr)?;
+    env.set_item(pyo3::intern!(py, "REMOTE_PORT"), &*peer.port)?;
     env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
     for h in &req.headers {
         let name = h.name.as_slice();
