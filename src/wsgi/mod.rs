@@ -268,8 +268,14 @@ pub fn handle(
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
-    let input =
-        Input::new(fd, req, prebuffered, bridge.io_timeout).with_body(spill, bridge.body_rate);
+    let input = Input::new(
+        fd,
+        req,
+        prebuffered,
+        bridge.io_timeout,
+        spill,
+        bridge.body_rate,
+    );
     let input = match Bound::new(py, input) {
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
