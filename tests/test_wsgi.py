@@ -132,6 +132,42 @@ def test_duplicate_headers_joined_and_underscore_headers_dropped(server, tmp_pat
     assert not any("spoofed" in str(v) or "gone" in str(v) for v in env.values())
 
 
+def test_request_header_bytes_reach_the_environ_as_latin1(server, tmp_path):
+    # PEP 3333: one character per byte, whatever the bytes (obs-text, or
+    # UTF-8 sent by the client, which the app sees as latin-1 mojibake).
+    srv = start_probe(server, tmp_path)
+    s = connect(srv.port)
+    s.sendall(b"GET /environ HTTP/1.1\r\nHost: localhost\r\nX-Word: caf\xe9\r\n"
+              b"X-Utf8: \xc3\xa9\r\nX-Word: \xff\r\nContent-Type: text/plain; x=\xe9\r\n"
+              b"Connection: close\r\n\r\n")
+    r, _ = read_response(s)
+    s.close()
+    assert r.status == 200
+    env = json.loads(r.body)
+    assert [v.strip() for v in env["HTTP_X_WORD"].split(",")] == ["caf\u00e9", "\u00ff"]
+    assert env["HTTP_X_UTF8"] == "\u00c3\u00a9"
+    assert env["CONTENT_TYPE"] == "text/plain; x=\u00e9"
+    assert env["HTTP_HOST"] == "localhost"
+
+
+@pytest.mark.parametrize("method,version", [
+    ("GET", "HTTP/1.1"), ("POST", "HTTP/1.0"), ("OPTIONS", "HTTP/1.1"), ("PURGE", "HTTP/1.0"),
+])
+def test_request_method_and_protocol_in_the_environ(server, tmp_path, method, version):
+    srv = start_probe(server, tmp_path)
+    s = connect(srv.port)
+    s.sendall(f"{method} /environ {version}\r\nHost: localhost\r\nContent-Length: 0\r\n"
+              "Connection: close\r\n\r\n".encode())
+    r, _ = read_response(s)
+    s.close()
+    assert r.status == 200
+    env = json.loads(r.body)
+    assert env["REQUEST_METHOD"] == method
+    assert env["SERVER_PROTOCOL"] == version
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert int(env["REMOTE_PORT"]) > 0
+
+
 # --------------------------------------------------------------------------
 # wsgi.input
 

@@ -177,10 +177,37 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// RFC 9110 §5.6.2 tchar, by byte: one table look-up per byte of a name.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| TCHAR[usize::from(b)])
 }
 
 /// Why a text cannot be a field value or reason phrase.
@@ -251,19 +278,24 @@ impl Head {
         })
     }
 
-    /// Check one of the app's header fields and keep it, or take it as a
-    /// framing wish (`Content-Length`, `Connection: close`), or drop it
-    /// (hop-by-hop).
-    pub fn push_header(&mut self, name: String, value: String) -> Result<(), InvalidResponse> {
-        if !is_token(&name) {
-            return Err(InvalidResponse::HeaderName(name));
+    /// Check one of the app's header fields and keep a copy, or take it as
+    /// a framing wish (`Content-Length`, `Connection: close`), or drop it
+    /// (hop-by-hop). Only a field that is kept is copied.
+    pub fn push_header(&mut self, name: &str, value: &str) -> Result<(), InvalidResponse> {
+        if !is_token(name) {
+            return Err(InvalidResponse::HeaderName(name.to_string()));
         }
-        match check_text(&value) {
+        match check_text(value) {
             Ok(()) => {}
-            Err(BadText::Control) => return Err(InvalidResponse::HeaderValue(name)),
-            Err(BadText::NotLatin1(ch)) => return Err(InvalidResponse::NotLatin1 { name, ch }),
+            Err(BadText::Control) => return Err(InvalidResponse::HeaderValue(name.to_string())),
+            Err(BadText::NotLatin1(ch)) => {
+                return Err(InvalidResponse::NotLatin1 {
+                    name: name.to_string(),
+                    ch,
+                })
+            }
         }
-        if is_hop_by_hop(&name) {
+        if is_hop_by_hop(name) {
             if name.eq_ignore_ascii_case("connection")
                 && value
                     .split(',')
@@ -277,11 +309,11 @@ impl Head {
             let n = value
                 .trim()
                 .parse::<u64>()
-                .map_err(|_| InvalidResponse::ContentLength(value))?;
+                .map_err(|_| InvalidResponse::ContentLength(value.to_string()))?;
             self.app.content_length = Some(n);
             return Ok(());
         }
-        self.headers.push((name, value));
+        self.headers.push((name.to_string(), value.to_string()));
         Ok(())
     }
 }

@@ -374,8 +374,8 @@ impl Listen for tokio::net::UnixListener {
 fn peer_for(addr: Option<SocketAddr>, proxy: &ProxyPolicy) -> Peer {
     match addr {
         Some(addr) => Peer {
-            addr: addr.ip().to_string(),
-            port: addr.port().to_string(),
+            addr: addr.ip().to_string().into(),
+            port: addr.port().to_string().into(),
             trusted: proxy.trusts(Some(addr.ip())),
             proxy_info: None,
         },
@@ -565,6 +565,9 @@ async fn read_head<S: AsyncRead + Unpin, F>(
     }
 }
 
+/// The largest read buffer a connection keeps from one request to the next.
+const READ_BUF_KEEP: usize = 64 * 1024;
+
 async fn serve_conn<C, S>(ctx: Arc<Ctx<C>>, mut s: S, mut peer: Peer, idx: usize, fresh: Fresh)
 where
     C: Class,
@@ -658,7 +661,13 @@ where
             let _ = s.shutdown().await;
             return;
         }
-        buf = outcome.leftover_in;
+        // Pipelined bytes become the buffer; otherwise the (cleared) read
+        // buffer is kept, so the next request does not allocate a new one
+        // (unless a large head grew it: an idle connection holds no more
+        // than a fresh one would).
+        if !outcome.leftover_in.is_empty() || buf.capacity() > READ_BUF_KEEP {
+            buf = outcome.leftover_in;
+        }
         idle = buf.is_empty();
     }
 }
@@ -958,14 +967,11 @@ mod tests {
     fn peers_from_tcp_carry_the_address_and_unix_peers_are_trusted() {
         let policy = ProxyPolicy::default();
         let p = peer_for(Some("127.0.0.1:4321".parse().expect("addr")), &policy);
-        assert_eq!(
-            (p.addr.as_str(), p.port.as_str(), p.trusted),
-            ("127.0.0.1", "4321", true)
-        );
+        assert_eq!((&*p.addr, &*p.port, p.trusted), ("127.0.0.1", "4321", true));
         let p = peer_for(Some("[2001:db8::1]:80".parse().expect("addr")), &policy);
-        assert_eq!((p.addr.as_str(), p.trusted), ("2001:db8::1", false));
+        assert_eq!((&*p.addr, p.trusted), ("2001:db8::1", false));
         let p = peer_for(None, &policy);
-        assert_eq!((p.addr.as_str(), p.trusted), ("", true));
+        assert_eq!((&*p.addr, p.trusted), ("", true));
     }
 
     /// Both listener kinds go through `Listen`: a duplicated descriptor,

@@ -45,8 +45,8 @@ pub(super) async fn read<S: AsyncRead + AsyncWrite + Unpin>(
 
 fn apply(peer: &mut Peer, info: ProxyInfo) {
     if let Some((ip, port)) = info.client {
-        peer.addr = ip.to_string();
-        peer.port = port.to_string();
+        peer.addr = ip.to_string().into();
+        peer.port = port.to_string().into();
     }
     peer.proxy_info = Some(Box::new(info));
 }

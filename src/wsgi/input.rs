@@ -60,18 +60,32 @@ pub struct Input {
 }
 
 impl Input {
-    pub fn new(fd: RawFd, req: &Request, prebuffered: Vec<u8>, timeout: Duration) -> Input {
+    /// The body of `req`: `prebuffered` holds the bytes read after the
+    /// head; when the body was pre-read into `spill` (from its start), they
+    /// are what came after it. `rate`: the rate rule for socket reads.
+    pub fn new(
+        fd: RawFd,
+        req: &Request,
+        prebuffered: Vec<u8>,
+        timeout: Duration,
+        spill: Option<std::fs::File>,
+        rate: Option<(Duration, u64)>,
+    ) -> Input {
         let framing = match req.body {
             BodyFraming::None => Framing::Length(0),
             BodyFraming::Length(n) => Framing::Length(n),
             BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new()),
         };
         let has_body = !matches!(framing, Framing::Length(0));
+        let (raw, after_spill) = match spill {
+            Some(_) => (Vec::new(), prebuffered),
+            None => (prebuffered, Vec::new()),
+        };
         Input {
             st: Mutex::new(State {
                 fd,
                 timeout,
-                raw: prebuffered,
+                raw,
                 raw_pos: 0,
                 body: Vec::new(),
                 body_pos: 0,
@@ -80,27 +94,12 @@ impl Input {
                 truncated: false,
                 error: None,
                 framing_error: None,
-                spill: None,
-                after_spill: Vec::new(),
-                rate: None,
+                spill,
+                after_spill,
+                rate,
                 clock: None,
             }),
         }
-    }
-
-    /// The body was pre-read into `spill` (from its start); the buffered
-    /// bytes are what came after it. `rate`: the rate rule for socket reads.
-    pub fn with_body(self, spill: Option<std::fs::File>, rate: Option<(Duration, u64)>) -> Input {
-        {
-            let mut st = self.lock();
-            if let Some(f) = spill {
-                st.after_spill = std::mem::take(&mut st.raw);
-                st.raw_pos = 0;
-                st.spill = Some(f);
-            }
-            st.rate = rate;
-        }
-        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

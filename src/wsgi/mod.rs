@@ -16,13 +16,13 @@ mod input;
 mod response;
 pub mod spool;
 
-use crate::http::Request;
+use crate::http::{Request, Version};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use forwarded::ProxyPolicy;
@@ -60,11 +60,12 @@ pub struct Bridge {
     pub body_rate: Option<(Duration, u64)>,
 }
 
-/// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
+/// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT. Shared strings:
+/// `gthread` clones the peer for every request it hands to a Python thread.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
-    pub addr: String,
-    pub port: String,
+    pub addr: Arc<str>,
+    pub port: Arc<str>,
     /// The socket peer is in `forwarded_allow_ips` (always true on a Unix
     /// socket, as in Gunicorn): its scheme and forwarder headers count.
     /// Decided once per connection.
@@ -171,15 +172,35 @@ impl Bridge {
     }
 }
 
-/// Latin-1 decoding of header bytes, as PEP 3333 requires for native strings.
-fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
-    match std::str::from_utf8(b) {
-        Ok(s) if b.is_ascii() => PyString::new(py, s),
-        _ => {
-            let s: String = b.iter().map(|&c| c as char).collect();
-            PyString::new(py, &s)
-        }
+/// Latin-1 decoding of header bytes, as PEP 3333 requires for native
+/// strings: one character per byte, in one call (no UTF-8 check, no copy
+/// through a Rust `String`, whatever the bytes).
+fn latin1<'py>(py: Python<'py>, b: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(b.len())
+        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("header too long"))?;
+    // SAFETY: `b` is valid for `len` bytes for the whole call and the
+    // attached `py` holds the GIL; PyUnicode_DecodeLatin1 returns a new
+    // reference (a str, since every byte decodes) or NULL with an exception
+    // set, which from_owned_ptr_or_err turns into the Err.
+    unsafe {
+        let ptr = pyo3::ffi::PyUnicode_DecodeLatin1(b.as_ptr().cast(), len, std::ptr::null());
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked())
     }
+}
+
+/// `REQUEST_METHOD`: the common methods are interned once, others built.
+fn method<'py>(py: Python<'py>, m: &str) -> Bound<'py, PyString> {
+    let common = match m {
+        "GET" => pyo3::intern!(py, "GET"),
+        "POST" => pyo3::intern!(py, "POST"),
+        "HEAD" => pyo3::intern!(py, "HEAD"),
+        "PUT" => pyo3::intern!(py, "PUT"),
+        "DELETE" => pyo3::intern!(py, "DELETE"),
+        "PATCH" => pyo3::intern!(py, "PATCH"),
+        "OPTIONS" => pyo3::intern!(py, "OPTIONS"),
+        _ => return PyString::new(py, m),
+    };
+    common.clone()
 }
 
 /// Build the environ for one request.
@@ -197,8 +218,12 @@ fn environ<'py>(
     if fwd.https {
         env.set_item(pyo3::intern!(py, "wsgi.url_scheme"), "https")?;
     }
-    env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), &req.method)?;
-    env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), req.version.as_str())?;
+    env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), method(py, &req.method))?;
+    let protocol = match req.version {
+        Version::Http11 => pyo3::intern!(py, "HTTP/1.1"),
+        Version::Http10 => pyo3::intern!(py, "HTTP/1.0"),
+    };
+    env.set_item(pyo3::intern!(py, "SERVER_PROTOCOL"), protocol)?;
     env.set_item(pyo3::intern!(py, "RAW_URI"), &req.uri)?;
     env.set_item(pyo3::intern!(py, "QUERY_STRING"), &req.query)?;
     let path = if let Some(script_name) = fwd.script_name {
@@ -217,17 +242,17 @@ fn environ<'py>(
     if let Some(info) = &peer.proxy_info {
         forwarded::proxy_environ(py, &env, info)?;
     }
-    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), &peer.addr)?;
-    env.set_item(pyo3::intern!(py, "REMOTE_PORT"), &peer.port)?;
+    env.set_item(pyo3::intern!(py, "REMOTE_ADDR"), &*peer.addr)?;
+    env.set_item(pyo3::intern!(py, "REMOTE_PORT"), &*peer.port)?;
     env.set_item(pyo3::intern!(py, "wsgi.input"), input)?;
     for h in &req.headers {
         let name = h.name.as_slice();
         if name.eq_ignore_ascii_case(b"content-type") {
-            env.set_item(pyo3::intern!(py, "CONTENT_TYPE"), latin1(py, &h.value))?;
+            env.set_item(pyo3::intern!(py, "CONTENT_TYPE"), latin1(py, &h.value)?)?;
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            env.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), latin1(py, &h.value))?;
+            env.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), latin1(py, &h.value)?)?;
             continue;
         }
         let key = match bridge.header_key(py, name) {
@@ -237,7 +262,7 @@ fn environ<'py>(
             None => continue,
         };
         let key = key.bind(py);
-        let value = latin1(py, &h.value);
+        let value = latin1(py, &h.value)?;
         match env.get_item(key)? {
             Some(prev) => {
                 // Repeated headers are joined with a comma, as Gunicorn does.
@@ -267,8 +292,14 @@ pub fn handle(
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
-    let input =
-        Input::new(fd, req, prebuffered, bridge.io_timeout).with_body(spill, bridge.body_rate);
+    let input = Input::new(
+        fd,
+        req,
+        prebuffered,
+        bridge.io_timeout,
+        spill,
+        bridge.body_rate,
+    );
     let input = match Bound::new(py, input) {
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),

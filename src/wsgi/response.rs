@@ -8,7 +8,7 @@ use crate::http::response::{self, Exchange, Head, InvalidResponse, Response};
 use crate::http::Request;
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -237,6 +237,9 @@ impl StartResponse {
             .to_str()?
             .to_string();
         let mut head = Head::new(status).map_err(invalid)?;
+        if let Ok(list) = headers.cast::<PyList>() {
+            head.headers.reserve(list.len());
+        }
         for item in headers.try_iter()? {
             let item = item?;
             let t = item
@@ -247,11 +250,11 @@ impl StartResponse {
                     "each header must be a (name, value) tuple",
                 ));
             }
-            let name: String = t
-                .get_item(0)?
-                .extract()
-                .map_err(|_| PyTypeError::new_err("header names must be str"))?;
-            let value: String = t.get_item(1)?.extract().map_err(|_| {
+            // Borrowed: only the fields kept are copied (by push_header).
+            let (name, value) = (t.get_item(0)?, t.get_item(1)?);
+            let name =
+                as_str(&name).ok_or_else(|| PyTypeError::new_err("header names must be str"))?;
+            let value = as_str(&value).ok_or_else(|| {
                 PyTypeError::new_err(format!("header {name:?}: value must be a str"))
             })?;
             // Latin-1 (PEP 3333), a token name, no control characters: a
@@ -262,6 +265,12 @@ impl StartResponse {
         let _ = py;
         Ok(WriteCallable { w: self.w.clone() })
     }
+}
+
+/// A `str`'s text, borrowed (None: not a str, or not encodable as UTF-8,
+/// e.g. a lone surrogate).
+fn as_str<'a>(o: &'a Bound<'_, PyAny>) -> Option<&'a str> {
+    o.cast::<PyString>().ok()?.to_str().ok()
 }
 
 fn invalid(e: InvalidResponse) -> PyErr {

@@ -82,7 +82,7 @@ fn play(exp: &[(String, String)]) -> Result<Played, InvalidResponse> {
     for (k, v) in exp {
         if k == "header" {
             let (n, v) = v.split_once(':').expect("header: Name: value");
-            head.push_header(text(n), text(v.trim_start()))?;
+            head.push_header(&text(n), &text(v.trim_start()))?;
         }
     }
     let mut resp = Response::new(ex);
