@@ -135,6 +135,18 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         python::sync_environ();
     }
 
+    if settings.effective_worker_class() == crate::config::WorkerClass::Gevent {
+        // Before binding: a worker that cannot import gevent would only
+        // crash-loop. Looked up, not imported, in the master.
+        python::initialize(&argv)?;
+        if !python::gevent_available() {
+            anyhow::bail!(
+                "the gevent worker class needs gevent, which this Python cannot import: \
+                 pip install gevent"
+            );
+        }
+    }
+
     if settings.check_config {
         python::initialize(&argv)?;
         return Ok(

@@ -50,6 +50,19 @@ pub enum WorkerClass {
     Sync,
     /// A pool of `threads` Python threads per worker.
     Gthread,
+    /// Greenlets on a gevent hub, up to `worker_connections` at once.
+    Gevent,
+}
+
+impl WorkerClass {
+    /// The name Gunicorn's `worker_class_str` and the start-up log use.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerClass::Sync => "sync",
+            WorkerClass::Gthread => "gthread",
+            WorkerClass::Gevent => "gevent",
+        }
+    }
 }
 
 /// Opaque handle to a Python callable held by the caller (just an index);

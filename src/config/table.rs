@@ -319,16 +319,17 @@ const DEFS: &[SettingDef] = &[
         meta: Some("STRING"),
         ty: ValueType::Class,
         default: DefaultValue::Str("sync"),
-        help: "The type of workers to use: sync or gthread.",
+        help: "The type of workers to use: sync, gthread or gevent.",
         status: Status::Different(
-            "only `sync` and `gthread` (and their `gunicorn.workers...`/`egg:gunicorn#...` aliases); \
-             `gevent`, `eventlet`, `tornado`, ASGI and custom classes are refused",
+            "`sync`, `gthread` and `gevent` (and their Gunicorn aliases: `gevent_wsgi`, \
+             `gevent_pywsgi`, `gunicorn.workers...`, `egg:gunicorn#...`); \
+             `eventlet`, `tornado`, ASGI and custom classes are refused",
         ),
         check: Some(super::value::check_worker_class),
         ..BASE
     },
     int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread).", Status::Same),
-    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread).", Status::Same),
+    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread, gevent).", Status::Same),
     int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same),
     int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same),
     int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same),

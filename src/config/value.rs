@@ -395,6 +395,14 @@ pub(crate) fn worker_class_of(name: &str) -> Option<super::WorkerClass> {
         "gthread" | "gunicorn.workers.gthread.ThreadWorker" | "egg:gunicorn#gthread" => {
             Some(super::WorkerClass::Gthread)
         }
+        "gevent"
+        | "gevent_wsgi"
+        | "gevent_pywsgi"
+        | "gunicorn.workers.ggevent.GeventWorker"
+        | "gunicorn.workers.ggevent.GeventPyWSGIWorker"
+        | "egg:gunicorn#gevent"
+        | "egg:gunicorn#gevent_wsgi"
+        | "egg:gunicorn#gevent_pywsgi" => Some(super::WorkerClass::Gevent),
         _ => None,
     }
 }
@@ -405,8 +413,9 @@ pub(crate) fn check_worker_class(v: &Value) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "rgunicorn does not support worker class {} (gevent, eventlet, tornado, ASGI and custom \
-         worker classes are not available); use `sync` or `gthread` (`--threads N` for concurrency)",
+        "rgunicorn does not support worker class {} (eventlet, tornado, ASGI and custom \
+         worker classes are not available); use `sync`, `gthread` (`--threads N` for concurrency) \
+         or `gevent`",
         py_str_repr(name)
     ))
 }

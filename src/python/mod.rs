@@ -222,6 +222,17 @@ pub fn bootstrap(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     Ok(m.bind(py))
 }
 
+/// Whether `gevent` can be imported here (found on `sys.path`; not
+/// imported).
+pub fn gevent_available() -> bool {
+    Python::attach(|py| {
+        bootstrap(py)
+            .and_then(|b| b.call_method0("gevent_available"))
+            .and_then(|v| v.is_truthy())
+            .unwrap_or(false)
+    })
+}
+
 /// The full Python traceback of an exception, as the error log shows it.
 pub fn format_exception(py: Python<'_>, e: &PyErr) -> String {
     bootstrap(py)

@@ -677,6 +677,11 @@ where
         };
         ctx.cap.request_finished();
         ctx.request_done();
+        if outcome.taken_over {
+            // The app owns the connection now: no log line with a status
+            // it never sent, no FIN; only our descriptor closes.
+            return;
+        }
         let took = started.elapsed();
         if crate::logging::access_enabled() {
             access_log(&req, &peer, &outcome, took);

@@ -17,7 +17,8 @@
 //!   requests it runs at once and where the app runs for a parsed request:
 //!   - `sync.rs`: inline on the main thread, one request at a time (no
 //!     hand-off);
-//!   - `gthread.rs`: on `--threads` Python threads fed through a channel.
+//!   - `gthread.rs`: on `--threads` Python threads fed through a channel;
+//!   - `gevent.rs`: in greenlets on a gevent hub that owns the main thread.
 //!
 //!   A class whose own event loop must own the main thread (gevent's hub,
 //!   asyncio) sets [`Class::MAIN_LOOP`]: `conn.rs` then runs the same
@@ -52,6 +53,7 @@ mod abort;
 mod body;
 mod boot;
 mod conn;
+mod gevent;
 mod gthread;
 pub mod handoff;
 pub mod msg;
@@ -113,6 +115,7 @@ fn serve(b: boot::Booted<'_>) -> Result<(), i32> {
     match b.settings.effective_worker_class() {
         WorkerClass::Sync => conn::run(sync::Sync::new(&b)?, &b),
         WorkerClass::Gthread => conn::run(gthread::Gthread::new(&b)?, &b),
+        WorkerClass::Gevent => conn::run(gevent::Gevent::new(&b)?, &b),
     }
 }
 
