@@ -323,12 +323,16 @@ const DEFS: &[SettingDef] = &[
         status: Status::Different(
             "`sync`, `gthread` and `gevent` (and their Gunicorn aliases: `gevent_wsgi`, \
              `gevent_pywsgi`, `gunicorn.workers...`, `egg:gunicorn#...`); \
-             `eventlet`, `tornado`, ASGI and custom classes are refused",
+             `eventlet`, `tornado`, ASGI and custom classes are refused. `gevent` needs gevent \
+             installed (checked before binding); as in Gunicorn it monkey-patches in the worker \
+             before the app is imported (with `--preload`, after the fork, so the app was \
+             imported unpatched), ignores `--threads`, and runs up to `worker_connections` \
+             requests at once",
         ),
         check: Some(super::value::check_worker_class),
         ..BASE
     },
-    int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread).", Status::Same),
+    int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread; gevent ignores it).", Status::Same),
     int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread, gevent).", Status::Same),
     int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same),
     int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same),

@@ -243,8 +243,9 @@ def gevent_serve(hub_obj):
 class ConnSocket:
     """`environ['gunicorn.socket']` under gevent: the connection's socket,
     made (from a duplicate descriptor, after monkey-patching: a gevent
-    socket) the first time the app uses it. From then on the connection is
-    the app's (WebSockets): the server writes nothing more on it."""
+    socket) the first time the app uses it. An app that used it and never
+    called start_response owns the connection (WebSockets): the server
+    writes nothing more on it."""
 
     __slots__ = ("_fd", "_sock")
 

@@ -24,7 +24,8 @@
 //!   master, and the worker patches after the fork, as Gunicorn does.
 //! - `gunicorn.socket` is in the environ: a socket for the connection,
 //!   created (from a duplicate descriptor) when the app first uses it. An
-//!   app that used it owns the connection (WebSockets); see `wsgi::handle`.
+//!   app that used it and never called start_response owns the connection
+//!   (WebSockets); see `wsgi::handle`.
 
 use super::boot::Booted;
 use super::handoff;
@@ -115,9 +116,11 @@ impl Class for Gevent {
     }
 
     fn heartbeat(&self, slot: &Slot) {
-        self.tx.wake();
+        // Whether the hub took the last ping (sent a tick ago), then the
+        // next ping: a hub keeping up reports 0 (idle, for `status` too).
         slot.busy_since_ms
             .store(self.tx.stalled_since(), Ordering::Relaxed);
+        self.tx.wake();
     }
 
     fn stopped(&self) {

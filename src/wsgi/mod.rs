@@ -319,11 +319,17 @@ pub fn handle(
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad), &req.uri),
         None => writer.fail(py, e, &req.uri),
     };
+    // The app took the connection over: it raised StopIteration (Gunicorn's
+    // "already handled", which Flask-Sock uses), or it used
+    // `gunicorn.socket` and never called start_response (a WebSocket
+    // library that wrote its own handshake). An app that only looked at the
+    // socket and then answered normally gets its answer written.
     let taken_over = matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
         || conn_socket.is_some_and(|s| {
             s.call_method0(py, pyo3::intern!(py, "_rgunicorn_taken"))
                 .and_then(|t| t.is_truthy(py))
                 .unwrap_or(true)
+                && !writer.started()
         });
     let mut outcome = match result {
         // The connection is the app's now (a WebSocket ended, say).

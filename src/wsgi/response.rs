@@ -53,6 +53,11 @@ impl Writer {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `start_response` has been called.
+    pub fn started(&self) -> bool {
+        self.lock().resp.head().is_some()
+    }
+
     /// Write one piece of the body; `flush` sends it before returning.
     pub fn write(&self, py: Python<'_>, data: &[u8], flush: bool) -> Result<(), BodyError> {
         let mut st = self.lock();
