@@ -312,7 +312,7 @@ impl<'a> Get<'a> {
 fn build(
     cli: &CliPass,
     values: &[(Value, Source)],
-    warnings: Vec<String>,
+    mut warnings: Vec<String>,
 ) -> Result<Settings, ConfigError> {
     let g = Get { values };
     let wsgi_app = cli.app.clone().or_else(|| g.opt_str(setting!("wsgi_app")));
@@ -323,6 +323,14 @@ fn build(
     }
     let worker_class =
         value::worker_class_of(&g.str(setting!("worker_class"))).unwrap_or(WorkerClass::Sync);
+    if worker_class == WorkerClass::Gevent && g.int::<i64>(setting!("threads"))? > 1 {
+        // Gunicorn ignores it silently; nothing is silently ignored here.
+        warnings.push(
+            "`threads` has no effect with the gevent worker class (as in Gunicorn); \
+             `worker_connections` bounds its concurrency"
+                .into(),
+        );
+    }
     let ids = |i: usize| -> Vec<u32> { g.list(i).iter().filter_map(|s| s.parse().ok()).collect() };
     let sendfile = match g.entry(setting!("sendfile")).1 {
         Value::Bool(b) => *b,

@@ -607,6 +607,13 @@ fn worker_classes() {
     // As in Gunicorn, --threads does not turn gevent into anything else.
     let st = run(&["-k", "gevent", "--threads", "200", "app:app"], &[], &[]).unwrap();
     assert_eq!(st.effective_worker_class(), WorkerClass::Gevent);
+    assert!(
+        st.warnings
+            .iter()
+            .any(|w| w.contains("`threads` has no effect")),
+        "{:?}",
+        st.warnings
+    );
 }
 
 #[test]
