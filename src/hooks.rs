@@ -29,7 +29,7 @@
 //! `on_starting` and `when_ready`: Gunicorn calls those outside its error
 //! handling, so an exception there stops it, and rgunicorn exits with 1.
 
-use crate::config::{HookRef, SettingDef, SettingValue, Settings, ValueType, WorkerClass};
+use crate::config::{HookRef, SettingDef, SettingValue, Settings, ValueType};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyList, PyModule, PyString, PyTuple};
 use std::sync::OnceLock;
@@ -208,14 +208,7 @@ fn cfg_object<'py>(
 
     // Gunicorn's `Config` properties.
     let d = PyDict::new(py);
-    d.set_item(
-        "worker_class_str",
-        match s.effective_worker_class() {
-            WorkerClass::Sync => "sync",
-            WorkerClass::Gthread => "gthread",
-            WorkerClass::Tornado => "tornado",
-        },
-    )?;
+    d.set_item("worker_class_str", s.effective_worker_class().name())?;
     d.set_item("address", &s.bind)?;
     d.set_item("uid", uid)?;
     d.set_item("gid", gid)?;

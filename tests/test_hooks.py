@@ -69,9 +69,10 @@ def names(path):
     return [r["hook"] for r in records(path)]
 
 
-def test_every_hook_is_called_with_gunicorns_objects(server, tmp_path):
+@pytest.mark.parametrize("worker_class", ["sync", "gevent"])
+def test_every_hook_is_called_with_gunicorns_objects(server, tmp_path, worker_class):
     cfg = tmp_path / "hooks.conf.py"
-    cfg.write_text(HOOKS_CFG + "workers = 2\n")
+    cfg.write_text(HOOKS_CFG + f"workers = 2\nworker_class = {worker_class!r}\n")
     log = tmp_path / "hooks.log"
     s = server("-c", cfg, env={"HOOK_LOG": log})
     s.wait_for_workers(2)

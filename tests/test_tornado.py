@@ -245,7 +245,7 @@ def test_eventlet_in_a_config_file_is_refused(tmp_path):
 CUSTOM = ("custom worker classes (subclasses of gunicorn.workers.base.Worker) are not "
           "supported, as rgunicorn's workers serve HTTP in Rust and do not run Gunicorn's "
           "Worker API; use the built-in class `sync` or `gthread` (`--threads N` for "
-          "concurrency), or `tornado`")
+          "concurrency), `gevent`, `asgi`, or `tornado`")
 
 
 @rgunicorn_only

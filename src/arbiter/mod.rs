@@ -172,11 +172,7 @@ impl Arbiter {
         }
         tracing::info!(
             "Using worker: {}",
-            match self.settings.effective_worker_class() {
-                crate::config::WorkerClass::Sync => "sync",
-                crate::config::WorkerClass::Gthread => "gthread",
-                crate::config::WorkerClass::Tornado => "tornado",
-            }
+            self.settings.effective_worker_class().name()
         );
         crate::proctitle::set("master", &self.settings);
         if !crate::hooks::when_ready(&self.settings, self.sup.target()) {

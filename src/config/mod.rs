@@ -57,6 +57,20 @@ pub enum WorkerClass {
     /// Tornado's own HTTP server and IOLoop (a `tornado.web.Application`, or
     /// a WSGI app in `tornado.wsgi.WSGIContainer`).
     Tornado,
+    /// Greenlets on a gevent hub, up to `worker_connections` at once.
+    Gevent,
+}
+
+impl WorkerClass {
+    /// The name Gunicorn's `worker_class_str` and the start-up log use.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerClass::Sync => "sync",
+            WorkerClass::Gthread => "gthread",
+            WorkerClass::Tornado => "tornado",
+            WorkerClass::Gevent => "gevent",
+        }
+    }
 }
 
 /// Opaque handle to a Python callable held by the caller (just an index);
@@ -173,6 +187,7 @@ impl WorkerClass {
         match self {
             WorkerClass::Sync | WorkerClass::Gthread => None,
             WorkerClass::Tornado => Some("tornado"),
+            WorkerClass::Gevent => Some("gevent"),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::table::{setting, DefaultValue, SettingDef, Status, TableSettings, TABLE};
 use super::value::{self, Value, ValueType};
-use super::{CliPass, ConfigError, HookRef, RawValue, Settings};
+use super::{CliPass, ConfigError, HookRef, RawValue, Settings, WorkerClass};
 
 /// Values from one source (`GUNICORN_CMD_ARGS`, ..., the command line).
 #[derive(Debug)]
@@ -302,7 +302,7 @@ impl<'a> Get<'a> {
 fn build(
     cli: &CliPass,
     values: &[(Value, Source)],
-    warnings: Vec<String>,
+    mut warnings: Vec<String>,
 ) -> Result<Settings, ConfigError> {
     let table = TableSettings::read(|i| &values[i].0)
         .map_err(|(i, m)| setting_error(&TABLE[i], &values[i].1, m))?;
@@ -314,6 +314,14 @@ fn build(
         return Err(ConfigError::invalid(
             "No application module specified.".into(),
         ));
+    }
+    if table.worker_class == WorkerClass::Gevent && table.threads > 1 {
+        // Gunicorn ignores it silently; nothing is silently ignored here.
+        warnings.push(
+            "`threads` has no effect with the gevent worker class (as in Gunicorn); \
+             `worker_connections` bounds its concurrency"
+                .into(),
+        );
     }
     let sendfile = match g.entry(setting!("sendfile")).1 {
         Value::Bool(b) => *b,

@@ -395,17 +395,21 @@ settings_table! {
         meta: Some("STRING"),
         ty: ValueType::Class,
         default: DefaultValue::Str("sync"),
-        help: "The type of workers to use: sync, gthread or tornado.",
+        help: "The type of workers to use: sync, gthread, gevent or tornado.",
         status: Status::Different(
-            "`sync`, `gthread` and `tornado` (and their `gunicorn.workers...`/`egg:gunicorn#...` \
-             aliases); `eventlet` is refused (Gunicorn 26 removed it: use `gevent`); custom \
-             worker classes (Python paths or class objects) are refused, see below",
+            "`sync`, `gthread`, `gevent` and `tornado` (and their Gunicorn aliases: `gevent_wsgi`, \
+             `gevent_pywsgi`, `gunicorn.workers...`, `egg:gunicorn#...`); `eventlet` is refused \
+             (Gunicorn 26 removed it: use `gevent`); custom worker classes (Python paths or class \
+             objects) are refused, see below. `gevent` needs gevent installed (checked before \
+             binding); as in Gunicorn it monkey-patches in the worker before the app is imported \
+             (with `--preload`, after the fork, so the app was imported unpatched), ignores \
+             `--threads`, and runs up to `worker_connections` requests at once",
         ),
         check: Some(super::value::check_worker_class),
         ..BASE
     } => worker_class: WorkerClass,
-    int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread).", Status::Same) => threads: usize,
-    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread).", Status::Same) => worker_connections: usize,
+    int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread; gevent ignores it).", Status::Same) => threads: usize,
+    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread, gevent).", Status::Same) => worker_connections: usize,
     int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same) => max_requests: u64,
     int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same) => max_requests_jitter: u64,
     int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same) => timeout: u64,

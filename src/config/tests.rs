@@ -563,11 +563,13 @@ fn umask_is_octal_on_the_command_line() {
 
 #[test]
 fn worker_classes() {
-    let e = err(&["-k", "gevent", "app:app"], &[], &[]);
+    let e = err(&["-k", "nosuch", "app:app"], &[], &[]);
     assert!(
-        e.contains("'gevent'") && e.contains("`sync`") && e.contains("`gthread`"),
+        e.contains("'nosuch'") && e.contains("`sync`") && e.contains("`gevent`"),
         "{e}"
     );
+    let e = err(&["-k", "eventlet", "app:app"], &[], &[]);
+    assert!(e.contains("'eventlet'") && e.contains("`-k gevent`"), "{e}");
     let e = err(
         &["app:app"],
         &[],
@@ -592,6 +594,15 @@ fn worker_classes() {
             WorkerClass::Tornado,
         ),
         ("egg:gunicorn#tornado", WorkerClass::Tornado),
+        ("gevent", WorkerClass::Gevent),
+        ("gevent_wsgi", WorkerClass::Gevent),
+        ("gevent_pywsgi", WorkerClass::Gevent),
+        ("gunicorn.workers.ggevent.GeventWorker", WorkerClass::Gevent),
+        (
+            "gunicorn.workers.ggevent.GeventPyWSGIWorker",
+            WorkerClass::Gevent,
+        ),
+        ("egg:gunicorn#gevent", WorkerClass::Gevent),
     ] {
         let st = run(&["-k", name, "app:app"], &[], &[]).unwrap();
         assert_eq!(st.worker_class, class, "{name}");
@@ -635,6 +646,16 @@ fn worker_classes() {
     assert_eq!(st.effective_worker_class(), WorkerClass::Gthread);
     let st = run(&["app:app"], &[], &[]).unwrap();
     assert_eq!(st.effective_worker_class(), WorkerClass::Sync);
+    // As in Gunicorn, --threads does not turn gevent into anything else.
+    let st = run(&["-k", "gevent", "--threads", "200", "app:app"], &[], &[]).unwrap();
+    assert_eq!(st.effective_worker_class(), WorkerClass::Gevent);
+    assert!(
+        st.warnings
+            .iter()
+            .any(|w| w.contains("`threads` has no effect")),
+        "{:?}",
+        st.warnings
+    );
 }
 
 #[test]

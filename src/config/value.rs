@@ -396,12 +396,21 @@ pub(crate) fn worker_class_of(name: &str) -> Option<super::WorkerClass> {
         "tornado" | "gunicorn.workers.gtornado.TornadoWorker" | "egg:gunicorn#tornado" => {
             Some(super::WorkerClass::Tornado)
         }
+        "gevent"
+        | "gevent_wsgi"
+        | "gevent_pywsgi"
+        | "gunicorn.workers.ggevent.GeventWorker"
+        | "gunicorn.workers.ggevent.GeventPyWSGIWorker"
+        | "egg:gunicorn#gevent"
+        | "egg:gunicorn#gevent_wsgi"
+        | "egg:gunicorn#gevent_pywsgi" => Some(super::WorkerClass::Gevent),
         _ => None,
     }
 }
 
 /// The built-in classes, as the errors list them.
-const BUILT_IN_CLASSES: &str = "`sync` or `gthread` (`--threads N` for concurrency), or `tornado`";
+const BUILT_IN_CLASSES: &str =
+    "`sync` or `gthread` (`--threads N` for concurrency), `gevent`, `asgi`, or `tornado`";
 
 /// Gunicorn's eventlet worker, by each of its names: Gunicorn 26 removed it.
 fn is_eventlet(name: &str) -> bool {

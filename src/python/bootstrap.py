@@ -92,7 +92,16 @@ def dump_stacks():
     import threading
     names = {t.ident: t.name for t in threading.enumerate()}
     out = []
-    me = threading.get_ident()
+    # The OS thread's id even when gevent patched `threading` (then
+    # `threading.get_ident` names the current greenlet).
+    import _thread
+    me = _thread.get_ident()
+    if "gevent" in sys.modules:
+        try:
+            from gevent import monkey
+            me = monkey.get_original("_thread", "get_ident")()
+        except Exception:
+            pass
     for ident, frame in sys._current_frames().items():
         if ident == me:
             continue
@@ -176,3 +185,77 @@ def sync_environ(real):
     for k, v in real.items():
         if env.get(k) != v:
             env[k] = v
+
+
+# ---- The gevent worker (src/worker/gevent.rs) ------------------------------
+
+
+def gevent_patch():
+    """Gunicorn's GeventWorker.patch(): monkey-patch before the app import."""
+    from gevent import monkey
+    monkey.patch_all()
+
+
+def gevent_wait():
+    """The cooperative wait for `wsgi::fdio`: blocks the calling greenlet
+    until the descriptor is ready (socket.timeout after `timeout` s)."""
+    from gevent.socket import wait_read, wait_write
+
+    def wait(fd, write, timeout):
+        if write:
+            wait_write(fd, timeout)
+        else:
+            wait_read(fd, timeout)
+
+    return wait
+
+
+def gevent_serve(hub_obj):
+    """Run the hub on the main thread until the worker stops: one greenlet
+    per request handed over by the I/O thread (a batch per wake-up)."""
+    import gevent
+    from gevent.event import Event
+
+    done = Event()
+    watcher = gevent.get_hub().loop.io(hub_obj.fd(), 1)
+    drain, run_one, spawn = hub_obj.drain, hub_obj.run_one, gevent.spawn
+
+    def ready():
+        n = drain()
+        if n < 0:
+            watcher.stop()
+            done.set()
+            return
+        for _ in range(n):
+            spawn(run_one)
+
+    watcher.start(ready)
+    done.wait()
+
+
+class ConnSocket:
+    """`environ['gunicorn.socket']` under gevent: the connection's socket,
+    made (from a duplicate descriptor, after monkey-patching: a gevent
+    socket) the first time the app uses it. An app that used it and never
+    called start_response owns the connection (WebSockets): the server
+    writes nothing more on it."""
+
+    __slots__ = ("_fd", "_sock")
+
+    def __init__(self, fd):
+        self._fd = fd
+        self._sock = None
+
+    def _rgunicorn_taken(self):
+        return self._sock is not None
+
+    def __getattr__(self, name):
+        sock = self._sock
+        if sock is None:
+            import os
+            import socket
+            sock = self._sock = socket.socket(fileno=os.dup(self._fd))
+        return getattr(sock, name)
+
+    def __repr__(self):
+        return "<rgunicorn connection socket fd=%d>" % self._fd

@@ -48,11 +48,39 @@ pub(super) fn boot(spec: Spec<'_>) -> Result<Booted<'_>, i32> {
             .set_error(spec.slot_index, &format!("cannot drop privileges: {e:#}"));
         return Err(WORKER_BOOT_ERROR);
     }
+    // gevent: monkey-patch before the app is imported, as Gunicorn's
+    // worker does; a preloaded app was imported unpatched in the master and
+    // is patched here after the fork, as Gunicorn does too.
+    let patch = || {
+        if s.effective_worker_class() != crate::config::WorkerClass::Gevent {
+            return Ok(());
+        }
+        Python::attach(|py| {
+            crate::python::bootstrap(py)
+                .and_then(|b| b.call_method0("gevent_patch"))
+                .map(|_| ())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot monkey-patch with gevent:\n{}",
+                        crate::python::format_exception(py, &e).trim_end()
+                    )
+                })
+        })
+    };
     let app = match spec.preloaded {
-        Some(app) => app,
+        Some(app) => {
+            if let Err(e) = patch() {
+                tracing::error!("Exception in worker process: {e:#}");
+                spec.scoreboard
+                    .set_error(spec.slot_index, &format!("{e:#}"));
+                return Err(WORKER_BOOT_ERROR);
+            }
+            app
+        }
         None => {
             if let Err(e) = crate::python::initialize(spec.argv)
                 .and_then(|()| crate::python::apply_logconfig(s))
+                .and_then(|()| patch())
             {
                 tracing::error!("Exception in worker process: {e:#}");
                 spec.scoreboard

@@ -1,6 +1,15 @@
 //! Blocking I/O on a connection's (non-blocking) socket descriptor, for the
 //! thread that runs the app: wait with `poll(2)` (bounded by a timeout),
-//! then read or send. Callers release the GIL around these calls.
+//! then read or send. Callers go through [`blocking`], which releases the
+//! GIL around these calls.
+//!
+//! A worker whose requests run as greenlets on one thread (gevent) sets a
+//! cooperative wait once ([`set_cooperative`]): then the GIL is kept (the
+//! hub needs it, and pyo3's GIL bookkeeping is per thread, not per
+//! greenlet, so it must not be released across a greenlet switch) and each
+//! wait calls the Python function given (`gevent.socket.wait_read` /
+//! `wait_write`), which blocks only the calling greenlet. The reads and
+//! sends themselves are the same non-blocking calls either way.
 //!
 //! The descriptor belongs to the connection's async task, which is parked
 //! awaiting this request's outcome and does not touch the socket until the
@@ -8,9 +17,45 @@
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
+use pyo3::marker::Ungil;
+use pyo3::prelude::*;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// `wait(fd, for_write, timeout_seconds)`, when requests run as greenlets.
+static COOPERATIVE: OnceLock<Py<PyAny>> = OnceLock::new();
+
+/// From now on, this process waits for clients through `wait` (see the
+/// module comment). Set once, before the first request.
+pub fn set_cooperative(wait: Py<PyAny>) {
+    let _ = COOPERATIVE.set(wait);
+}
+
+/// Run `f`, which may wait for the client through this module: with the
+/// GIL released, or, when waits are cooperative, holding it.
+pub fn blocking<R: Ungil>(py: Python<'_>, f: impl FnOnce() -> R + Ungil) -> R {
+    if COOPERATIVE.get().is_some() {
+        f()
+    } else {
+        py.detach(f)
+    }
+}
+
+/// A cooperative wait: the Python function blocks this greenlet only. An
+/// exception it raises (a timeout, or one thrown into the greenlet, such as
+/// `gevent.Timeout`) comes back inside the `io::Error`, and turns back into
+/// the same exception where the error reaches Python.
+fn wait_cooperative(wait: &Py<PyAny>, fd: RawFd, write: bool, left: Duration) -> io::Result<()> {
+    // The caller holds the GIL (`blocking` did not release it): this only
+    // counts the nesting.
+    Python::attach(|py| {
+        wait.call1(py, (fd, write, left.as_secs_f64()))
+            .map(|_| ())
+            .map_err(io::Error::from)
+    })
+}
 
 fn borrow(fd: RawFd) -> BorrowedFd<'static> {
     // SAFETY: see the module comment: the connection task keeps the socket
@@ -26,6 +71,9 @@ fn wait(fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
                 io::ErrorKind::TimedOut,
                 "timed out waiting for the client",
             ));
+        }
+        if let Some(w) = COOPERATIVE.get() {
+            return wait_cooperative(w, fd, flags.contains(PollFlags::POLLOUT), left);
         }
         let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(borrow(fd), flags)];

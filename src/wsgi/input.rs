@@ -222,8 +222,10 @@ impl State {
         if self.send_continue {
             self.send_continue = false;
             let (fd, t) = (self.fd, self.timeout);
-            py.detach(|| fdio::send_all(fd, crate::http::response::CONTINUE, t))
-                .map_err(|e| self.io_error(e))?;
+            fdio::blocking(py, || {
+                fdio::send_all(fd, crate::http::response::CONTINUE, t)
+            })
+            .map_err(|e| self.io_error(e))?;
         }
         let pos = self.raw_pos;
         self.raw.drain(..pos);
@@ -242,7 +244,7 @@ impl State {
             t = t.min(c.left());
         }
         let buf = &mut self.raw[old..];
-        let n = py.detach(|| fdio::read(fd, buf, t));
+        let n = fdio::blocking(py, || fdio::read(fd, buf, t));
         let n = match n {
             Ok(n) => n,
             Err(e) => {

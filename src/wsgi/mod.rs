@@ -58,6 +58,9 @@ pub struct Bridge {
     pub access_environ: Vec<String>,
     /// The body rate rule (grace, bytes/s) for `wsgi.input`'s socket reads.
     pub body_rate: Option<(Duration, u64)>,
+    /// Makes `environ['gunicorn.socket']` from the connection's descriptor
+    /// (the gevent worker's `ConnSocket`): see [`handle`].
+    pub conn_socket: Option<Py<PyAny>>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT. Shared strings:
@@ -91,6 +94,10 @@ pub struct Outcome {
     pub response_headers: Vec<(String, String)>,
     /// The values of `Bridge::access_environ` after the app ran.
     pub environ_atoms: Vec<Option<String>>,
+    /// The app took the connection over (it used `gunicorn.socket`, or
+    /// raised StopIteration as Gunicorn's "already handled"): the server
+    /// writes nothing more and closes only its own descriptor.
+    pub taken_over: bool,
 }
 
 impl Bridge {
@@ -135,6 +142,7 @@ impl Bridge {
             request_hooks: None,
             access_environ: Vec::new(),
             body_rate: None,
+            conn_socket: None,
         })
     }
 
@@ -317,6 +325,16 @@ pub fn handle(
         Ok(e) => e,
         Err(e) => return internal_error(py, e, fd, req),
     };
+    let conn_socket = match &bridge.conn_socket {
+        Some(make) => match make.call1(py, (fd,)).and_then(|s| {
+            env.set_item(pyo3::intern!(py, "gunicorn.socket"), &s)
+                .map(|()| s)
+        }) {
+            Ok(s) => Some(s),
+            Err(e) => return internal_error(py, e, fd, req),
+        },
+        None => None,
+    };
 
     let scheme = if fwd.https {
         "https"
@@ -332,7 +350,25 @@ pub fn handle(
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad), &req.uri),
         None => writer.fail(py, e, &req.uri),
     };
+    // The app took the connection over: it raised StopIteration (Gunicorn's
+    // "already handled", which Flask-Sock uses), or it used
+    // `gunicorn.socket` and never called start_response (a WebSocket
+    // library that wrote its own handshake). An app that only looked at the
+    // socket and then answered normally gets its answer written.
+    let taken_over = matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
+        || conn_socket.is_some_and(|s| {
+            s.call_method0(py, pyo3::intern!(py, "_rgunicorn_taken"))
+                .and_then(|t| t.is_truthy(py))
+                .unwrap_or(true)
+                && !writer.started()
+        });
     let mut outcome = match result {
+        // The connection is the app's now (a WebSocket ended, say).
+        Ok(body) if taken_over => {
+            close_result(py, &body);
+            Outcome::default()
+        }
+        Err(_) if taken_over => Outcome::default(),
         Ok(body) => {
             let r = send_body(py, &writer, &body);
             close_result(py, &body);
@@ -345,9 +381,13 @@ pub fn handle(
     };
     // Whatever the app left unread of the body must be consumed (or the
     // connection closed) before the next request on it can be parsed.
-    let (keep, leftover) = input.borrow().finish(py);
-    outcome.keep_alive &= keep;
-    outcome.leftover_in = leftover;
+    if taken_over {
+        outcome.taken_over = true;
+    } else {
+        let (keep, leftover) = input.borrow().finish(py);
+        outcome.keep_alive &= keep;
+        outcome.leftover_in = leftover;
+    }
     if !bridge.access_environ.is_empty() {
         outcome.environ_atoms = capture_environ(&env, &bridge.access_environ);
     }

@@ -53,6 +53,11 @@ impl Writer {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `start_response` has been called.
+    pub fn started(&self) -> bool {
+        self.lock().resp.head().is_some()
+    }
+
     /// Write one piece of the body; `flush` sends it before returning.
     pub fn write(&self, py: Python<'_>, data: &[u8], flush: bool) -> Result<(), BodyError> {
         let mut st = self.lock();
@@ -112,6 +117,7 @@ impl Writer {
                 _ => Vec::new(),
             },
             environ_atoms: Vec::new(),
+            taken_over: false,
         }
     }
 
@@ -168,6 +174,7 @@ impl Writer {
             sent,
             response_headers: Vec::new(),
             environ_atoms: Vec::new(),
+            taken_over: false,
         }
     }
 }
@@ -188,7 +195,7 @@ impl State {
         let (fd, t) = (self.fd, self.timeout);
         let (out, spool) = (&self.out, &mut self.spool);
         // What the socket does not take now is spooled: the app goes on.
-        let r = py.detach(|| super::spool::send(spool, fd, out, t));
+        let r = super::fdio::blocking(py, || super::spool::send(spool, fd, out, t));
         self.out.clear();
         r
     }
@@ -397,11 +404,13 @@ pub fn try_sendfile(
         return Some(Ok(()));
     }
     let spool = &mut st.spool;
-    if let Err(e) = py.detach(|| super::spool::drain(spool, fd, t)) {
+    if let Err(e) = super::fdio::blocking(py, || super::spool::drain(spool, fd, t)) {
         return Some(Err(BodyError::Io(e)));
     }
     let spool = &mut st.spool;
-    match py.detach(|| super::spool::sendfile(spool, fd, fileno, offset, count, t)) {
+    match super::fdio::blocking(py, || {
+        super::spool::sendfile(spool, fd, fileno, offset, count, t)
+    }) {
         Ok(n) => {
             if let Some(body) = st.resp.body_mut() {
                 body.sent_directly(n);

@@ -1,0 +1,205 @@
+//! The `gevent` worker class: the WSGI app runs in greenlets on a real
+//! gevent hub, which owns the worker's main thread ([`Class::MAIN_LOOP`]);
+//! HTTP stays in Rust, on the `io` thread's tokio loop.
+//!
+//! - Requests cross to the hub through a [`handoff`] queue: the I/O thread
+//!   pushes each parsed request, and the hub's watcher on the hand-off's
+//!   descriptor takes the whole batch per wake-up and spawns one greenlet
+//!   per request (`gevent.spawn`). Outcomes go back through tokio oneshots.
+//! - A greenlet's body reads and response writes use the connection's
+//!   descriptor directly, as the other classes do, but wait with
+//!   `gevent.socket.wait_read`/`wait_write` (`wsgi::fdio::set_cooperative`),
+//!   so they block only their own greenlet and the hub never waits on Rust.
+//!   The I/O thread never takes the GIL.
+//! - Up to `worker_connections` requests run at once; `--threads` is
+//!   ignored, as in Gunicorn.
+//! - `--timeout` watches the hub, not a request (a greenlet may wait for
+//!   minutes without harm): every heartbeat pings the hub through the
+//!   hand-off, and a hub that has not drained a ping publishes that ping's
+//!   time as `busy_since_ms`. A greenlet that blocks the hub (a CPU loop)
+//!   therefore trips the master's abort, whose stack dump shows it (it runs
+//!   on the main thread).
+//! - `gevent.monkey.patch_all()` runs in the worker before the app is
+//!   imported (`boot.rs`); with `--preload` the app was imported in the
+//!   master, and the worker patches after the fork, as Gunicorn does.
+//! - `gunicorn.socket` is in the environ: a socket for the connection,
+//!   created (from a duplicate descriptor) when the app first uses it. An
+//!   app that used it and never called start_response owns the connection
+//!   (WebSockets); see `wsgi::handle`.
+
+use super::boot::Booted;
+use super::handoff;
+use super::msg::WORKER_BOOT_ERROR;
+use super::{Call, Class};
+use crate::http;
+use crate::scoreboard::Slot;
+use crate::wsgi::{self, Bridge, Outcome, Peer};
+use pyo3::prelude::*;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+pub(super) struct Gevent {
+    bridge: Arc<Bridge>,
+    slots: usize,
+    tx: handoff::Sender<Job>,
+    rx: Arc<handoff::Receiver<Job>>,
+    slot: &'static Slot,
+}
+
+/// A request on its way to the hub.
+struct Job {
+    listener: usize,
+    req: http::Request,
+    prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
+    fd: RawFd,
+    peer: Peer,
+    reply: oneshot::Sender<(http::Request, Outcome)>,
+}
+
+impl Gevent {
+    pub fn new(b: &Booted<'_>) -> Result<Gevent, i32> {
+        let (tx, rx) = handoff::channel().map_err(|e| {
+            tracing::error!("cannot set up the gevent hand-off: {e}");
+            WORKER_BOOT_ERROR
+        })?;
+        let mut bridge = b.wsgi_bridge(false)?;
+        Python::attach(|py| -> PyResult<()> {
+            let boot = crate::python::bootstrap(py)?;
+            wsgi::fdio::set_cooperative(boot.call_method0("gevent_wait")?.unbind());
+            bridge.conn_socket = Some(boot.getattr("ConnSocket")?.unbind());
+            Ok(())
+        })
+        .map_err(|e| {
+            tracing::error!("Exception in worker process: cannot set up gevent: {e}");
+            WORKER_BOOT_ERROR
+        })?;
+        Ok(Gevent {
+            bridge: Arc::new(bridge),
+            slots: b.settings.worker_connections.max(1),
+            tx,
+            rx: Arc::new(rx),
+            slot: b.slot,
+        })
+    }
+}
+
+impl Class for Gevent {
+    const INLINE: bool = false;
+    const MAIN_LOOP: bool = true;
+
+    fn slots(&self) -> usize {
+        self.slots
+    }
+
+    async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(http::Request, Outcome)> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            listener: call.listener,
+            req: call.req,
+            prebuffered: call.prebuffered,
+            spill: call.spill,
+            fd: call.fd,
+            peer: call.peer.clone(),
+            reply: tx,
+        };
+        self.slot.active.fetch_add(1, Ordering::Relaxed);
+        let r = match self.tx.push(job) {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        self.slot.active.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
+    fn heartbeat(&self, slot: &Slot) {
+        // Whether the hub took the last ping (sent a tick ago), then the
+        // next ping: a hub keeping up reports 0 (idle, for `status` too).
+        slot.busy_since_ms
+            .store(self.tx.stalled_since(), Ordering::Relaxed);
+        self.tx.wake();
+    }
+
+    fn stopped(&self) {
+        self.tx.close();
+    }
+
+    fn main_loop(&self) -> Result<(), i32> {
+        Python::attach(|py| {
+            let hub = Hub {
+                rx: self.rx.clone(),
+                bridge: self.bridge.clone(),
+                batch: Mutex::new(VecDeque::new()),
+                scratch: Mutex::new(Vec::new()),
+            };
+            let r = Py::new(py, hub)
+                .and_then(|hub| crate::python::bootstrap(py)?.call_method1("gevent_serve", (hub,)));
+            r.map(|_| ()).map_err(|e| {
+                tracing::error!(
+                    "The gevent hub failed:\n{}",
+                    crate::python::format_exception(py, &e).trim_end()
+                );
+                WORKER_BOOT_ERROR
+            })
+        })
+    }
+}
+
+/// The hub's side of the hand-off, for `gevent_serve` in `bootstrap.py`.
+#[pyclass(module = "rgunicorn")]
+struct Hub {
+    rx: Arc<handoff::Receiver<Job>>,
+    bridge: Arc<Bridge>,
+    /// Requests taken from the hand-off, each waiting for its greenlet.
+    batch: Mutex<VecDeque<Job>>,
+    scratch: Mutex<Vec<Job>>,
+}
+
+#[pymethods]
+impl Hub {
+    /// The descriptor to watch.
+    fn fd(&self) -> RawFd {
+        self.rx.fd()
+    }
+
+    /// Take the whole batch: the number of requests to spawn a greenlet
+    /// for each, or -1 once the worker has stopped.
+    fn drain(&self) -> isize {
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.rx.drain(&mut scratch);
+        let n = scratch.len();
+        self.batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(scratch.drain(..));
+        if open {
+            isize::try_from(n).unwrap_or(isize::MAX)
+        } else {
+            -1
+        }
+    }
+
+    /// Serve the next request taken (in its own greenlet).
+    fn run_one(&self, py: Python<'_>) {
+        let job = self
+            .batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        let Some(job) = job else { return };
+        let out = wsgi::handle(
+            py,
+            &self.bridge,
+            job.listener,
+            &job.req,
+            job.prebuffered,
+            job.spill,
+            job.fd,
+            &job.peer,
+        );
+        let _ = job.reply.send((job.req, out));
+    }
+}

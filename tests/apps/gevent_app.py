@@ -1,0 +1,98 @@
+"""The app the gevent worker tests use (tests/test_gevent.py): cooperative
+sleeps, outbound HTTP with requests, gevent.spawn, a hub-blocking CPU loop,
+streamed bodies both ways, and a Flask-Sock echo route (/ws)."""
+
+import hashlib
+import os
+import socket
+import sys
+import threading
+import time
+
+import gevent
+import gevent.monkey
+import requests
+from flask import Flask
+from flask_sock import Sock
+
+# Taken at import: proves the worker monkey-patched before importing us.
+SOCKET_AT_IMPORT = socket.socket.__module__
+SLEEP_AT_IMPORT = time.sleep.__module__
+
+flask_app = Flask(__name__)
+sock = Sock(flask_app)
+
+
+@sock.route("/ws")
+def ws_echo(ws):
+    while True:
+        msg = ws.receive()
+        if msg is None or msg == "bye":
+            break
+        ws.send(msg)
+
+
+def spin_forever_cpu():
+    x = 0
+    while True:
+        x += 1
+
+
+def stream(n, chunk=64 * 1024):
+    block = b"z" * chunk
+    left = n
+    while left > 0:
+        piece = block[:min(chunk, left)]
+        left -= len(piece)
+        yield piece
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    q = environ.get("QUERY_STRING", "")
+    if path.startswith("/ws"):
+        return flask_app(environ, start_response)
+    headers = [("Content-Type", "text/plain")]
+    if path == "/sleep":
+        time.sleep(float(q or 1))
+        body = b"slept"
+    elif path == "/outbound":
+        body = requests.get(q, timeout=30).content
+    elif path == "/spawn":
+        g = gevent.spawn(lambda: sum(range(10)))
+        body = b"spawned %d" % g.get(timeout=5)
+    elif path == "/spin":
+        spin_forever_cpu()
+    elif path == "/environ":
+        s = environ["gunicorn.socket"]
+        body = repr({
+            "multithread": environ["wsgi.multithread"],
+            "multiprocess": environ["wsgi.multiprocess"],
+            "socket_fileno_ok": s.fileno() >= 0,
+            "socket_at_import": SOCKET_AT_IMPORT,
+            "sleep_at_import": SLEEP_AT_IMPORT,
+            "patched_socket": gevent.monkey.is_module_patched("socket"),
+            "patched_time": gevent.monkey.is_module_patched("time"),
+            "ssl_patched": gevent.monkey.is_module_patched("ssl"),
+            "threading_patched": gevent.monkey.is_module_patched("threading"),
+            "thread_ident_is_greenlet": threading.get_ident() == id(gevent.getcurrent()),
+        }).encode()
+    elif path == "/upload":
+        h = hashlib.sha256()
+        n = 0
+        inp = environ["wsgi.input"]
+        while True:
+            b = inp.read(65536)
+            if not b:
+                break
+            n += len(b)
+            h.update(b)
+        body = b"%d %s" % (n, h.hexdigest().encode())
+    elif path == "/download":
+        start_response("200 OK", headers)
+        return stream(int(q))
+    else:
+        body = b"hello"
+    headers.append(("Content-Length", str(len(body))))
+    start_response("200 OK", headers)
+    return [body]
