@@ -213,6 +213,7 @@ fn cfg_object<'py>(
         match s.effective_worker_class() {
             WorkerClass::Sync => "sync",
             WorkerClass::Gthread => "gthread",
+            WorkerClass::Asgi => "asgi",
         },
     )?;
     d.set_item("address", &s.bind)?;

@@ -175,6 +175,7 @@ impl Arbiter {
             match self.settings.effective_worker_class() {
                 crate::config::WorkerClass::Sync => "sync",
                 crate::config::WorkerClass::Gthread => "gthread",
+                crate::config::WorkerClass::Asgi => "asgi",
             }
         );
         crate::proctitle::set("master", &self.settings);

@@ -50,6 +50,9 @@ pub enum WorkerClass {
     Sync,
     /// A pool of `threads` Python threads per worker.
     Gthread,
+    /// An ASGI 3 app on an asyncio (or uvloop) event loop per worker
+    /// (`-k asgi`, `uvicorn.workers.UvicornWorker`).
+    Asgi,
 }
 
 /// Opaque handle to a Python callable held by the caller (just an index);

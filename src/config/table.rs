@@ -213,9 +213,6 @@ const NO_PASTE: Status = Status::NotSupported(
 const NO_LOOSE_HTTP: Status = Status::NotSupported(
     "rgunicorn's HTTP parser is always strict; this loosening switch is not available",
 );
-const NO_ASGI: Status = Status::NotSupported(
-    "ASGI worker settings are not implemented yet (worker classes are `sync` and `gthread`)",
-);
 const NO_HTTP2: Status =
     Status::NotSupported("rgunicorn speaks HTTP/1.1 only; HTTP/2 needs a proxy in front");
 const NO_DIRTY: Status = Status::NotSupported("dirty arbiters are not implemented");
@@ -319,10 +316,11 @@ const DEFS: &[SettingDef] = &[
         meta: Some("STRING"),
         ty: ValueType::Class,
         default: DefaultValue::Str("sync"),
-        help: "The type of workers to use: sync or gthread.",
+        help: "The type of workers to use: sync, gthread or asgi.",
         status: Status::Different(
-            "only `sync` and `gthread` (and their `gunicorn.workers...`/`egg:gunicorn#...` aliases); \
-             `gevent`, `eventlet`, `tornado`, ASGI and custom classes are refused",
+            "`sync`, `gthread` and `asgi` (and their `gunicorn.workers...`/`egg:gunicorn#...` aliases; \
+             `uvicorn.workers.UvicornWorker`, `uvicorn_worker.UvicornWorker` and their H11 variants \
+             select `asgi`); `gevent`, `eventlet`, `tornado` and custom classes are refused",
         ),
         check: Some(super::value::check_worker_class),
         ..BASE
@@ -842,7 +840,7 @@ const DEFS: &[SettingDef] = &[
         meta: Some("STRING"),
         default: DefaultValue::Str(""),
         help: "The root path for ASGI applications.",
-        status: NO_ASGI,
+        status: Status::Same,
         ..BASE
     },
     // ---- ASGI and parser
@@ -852,8 +850,8 @@ const DEFS: &[SettingDef] = &[
         cli: &["--asgi-loop"],
         meta: Some("STRING"),
         default: DefaultValue::Str("auto"),
-        help: "Event loop implementation for ASGI workers.",
-        status: NO_ASGI,
+        help: "Event loop implementation for ASGI workers: auto, asyncio or uvloop.",
+        status: Status::Same,
         ..BASE
     },
     SettingDef {
@@ -863,10 +861,10 @@ const DEFS: &[SettingDef] = &[
         meta: Some("STRING"),
         default: DefaultValue::Str("auto"),
         help: "ASGI lifespan protocol handling: auto, on or off.",
-        status: NO_ASGI,
+        status: Status::Same,
         ..BASE
     },
-    int("asgi_disconnect_grace_period", WORKERS, &["--asgi-disconnect-grace-period"], 3, "Seconds ASGI apps get to handle a client disconnect.", NO_ASGI),
+    int("asgi_disconnect_grace_period", WORKERS, &["--asgi-disconnect-grace-period"], 3, "Seconds ASGI apps get to handle a client disconnect.", Status::Same),
     SettingDef {
         name: "http_parser",
         section: WORKERS,

@@ -568,15 +568,18 @@ fn worker_classes() {
         e.contains("'gevent'") && e.contains("`sync`") && e.contains("`gthread`"),
         "{e}"
     );
-    let e = err(
-        &["app:app"],
-        &[],
-        &[("worker_class", s("uvicorn.workers.UvicornWorker"))],
-    );
+    let e = err(&["app:app"], &[], &[("worker_class", s("tornado"))]);
     assert!(
         e.starts_with("gunicorn-cfg.py: setting `worker_class`"),
         "{e}"
     );
+    let st = run(
+        &["app:app"],
+        &[],
+        &[("worker_class", s("uvicorn.workers.UvicornWorker"))],
+    )
+    .unwrap();
+    assert_eq!(st.worker_class, WorkerClass::Asgi);
     for (name, class) in [
         ("sync", WorkerClass::Sync),
         ("gthread", WorkerClass::Gthread),
@@ -586,6 +589,11 @@ fn worker_classes() {
             WorkerClass::Gthread,
         ),
         ("egg:gunicorn#sync", WorkerClass::Sync),
+        ("asgi", WorkerClass::Asgi),
+        ("uvicorn.workers.UvicornWorker", WorkerClass::Asgi),
+        ("uvicorn.workers.UvicornH11Worker", WorkerClass::Asgi),
+        ("uvicorn_worker.UvicornWorker", WorkerClass::Asgi),
+        ("uvicorn_worker.UvicornH11Worker", WorkerClass::Asgi),
     ] {
         let st = run(&["-k", name, "app:app"], &[], &[]).unwrap();
         assert_eq!(st.worker_class, class, "{name}");

@@ -395,6 +395,16 @@ pub(crate) fn worker_class_of(name: &str) -> Option<super::WorkerClass> {
         "gthread" | "gunicorn.workers.gthread.ThreadWorker" | "egg:gunicorn#gthread" => {
             Some(super::WorkerClass::Gthread)
         }
+        // Gunicorn's own ASGI worker and uvicorn's classes (both the
+        // deprecated `uvicorn.workers` and the `uvicorn-worker` package):
+        // served by rgunicorn's ASGI worker; neither needs to be installed.
+        "asgi"
+        | "gunicorn.workers.gasgi.ASGIWorker"
+        | "egg:gunicorn#asgi"
+        | "uvicorn.workers.UvicornWorker"
+        | "uvicorn.workers.UvicornH11Worker"
+        | "uvicorn_worker.UvicornWorker"
+        | "uvicorn_worker.UvicornH11Worker" => Some(super::WorkerClass::Asgi),
         _ => None,
     }
 }
@@ -405,8 +415,9 @@ pub(crate) fn check_worker_class(v: &Value) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "rgunicorn does not support worker class {} (gevent, eventlet, tornado, ASGI and custom \
-         worker classes are not available); use `sync` or `gthread` (`--threads N` for concurrency)",
+        "rgunicorn does not support worker class {} (gevent, eventlet, tornado and custom \
+         worker classes are not available); use `sync` or `gthread` (`--threads N` for concurrency), \
+         or `asgi` for an ASGI app",
         py_str_repr(name)
     ))
 }

@@ -98,6 +98,9 @@ def dump_stacks():
             continue
         out.append("Thread %s (%s), most recent call last:\n" % (ident, names.get(ident, "?")))
         out.extend(traceback.format_stack(frame))
+    asgi = sys.modules.get("_rgunicorn_asgi")
+    if asgi is not None:
+        out.append(asgi.task_stacks())
     return "".join(out)
 
 

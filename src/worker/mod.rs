@@ -17,7 +17,9 @@
 //!   requests it runs at once and where the app runs for a parsed request:
 //!   - `sync.rs`: inline on the main thread, one request at a time (no
 //!     hand-off);
-//!   - `gthread.rs`: on `--threads` Python threads fed through a channel.
+//!   - `gthread.rs`: on `--threads` Python threads fed through a channel;
+//!   - `asgi.rs`: as tasks on an asyncio/uvloop event loop on the main
+//!     thread, with the connection loop moved to an I/O thread.
 //!
 //! Signals (installed after the app is imported, since importing `signal`
 //! installs Python's own SIGINT handler): TERM = finish in-flight requests
@@ -25,6 +27,7 @@
 //! `--timeout` (see `abort.rs`).
 
 mod abort;
+mod asgi;
 mod body;
 mod boot;
 mod conn;
@@ -88,6 +91,7 @@ fn serve(b: boot::Booted<'_>) -> Result<(), i32> {
     match b.settings.effective_worker_class() {
         WorkerClass::Sync => conn::run(sync::Sync::new(&b)?, &b),
         WorkerClass::Gthread => conn::run(gthread::Gthread::new(&b)?, &b),
+        WorkerClass::Asgi => asgi::serve(&b),
     }
 }
 
@@ -127,6 +131,12 @@ trait Class: Send + Sync + Sized + 'static {
         &'a self,
         call: Call<'a>,
     ) -> impl Future<Output = Option<(http::Request, Outcome)>> + Send + 'a;
+
+    /// How request bodies are pre-read before `dispatch` (see `body.rs`);
+    /// the settings' policy unless the class streams bodies itself.
+    fn body_policy(&self, p: body::Policy) -> body::Policy {
+        p
+    }
 
     /// Every heartbeat tick (500 ms) on the I/O thread: a class whose
     /// requests run off this thread publishes the start of its oldest one

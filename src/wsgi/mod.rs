@@ -182,6 +182,16 @@ fn latin1<'py>(py: Python<'py>, b: &[u8]) -> Bound<'py, PyString> {
     }
 }
 
+/// Whether a trusted proxy's `secure_scheme_headers` say the request came
+/// over HTTPS (the ASGI scope's `scheme`); `Err` when they disagree.
+pub fn forwarded_https(
+    policy: &ProxyPolicy,
+    req: &Request,
+    peer: &Peer,
+) -> Result<bool, crate::http::ParseError> {
+    forwarded::inspect(policy, req, peer).map(|f| f.https)
+}
+
 /// Build the environ for one request.
 fn environ<'py>(
     py: Python<'py>,
