@@ -6,7 +6,8 @@
 //! the class, the access log and metrics, writing what the app left
 //! unwritten, and keep-alive. It also owns the worker's signals (TERM,
 //! USR1, and the abort watcher), the heartbeat, readiness, `--max-requests`
-//! and the graceful drain.
+//! and the graceful drain. For a class with its own loop on the main thread
+//! (`Class::MAIN_LOOP`), the same loop runs on a thread named `io`.
 
 use super::boot::{set_mask, Booted};
 use super::msg::{self, Msg, WORKER_BOOT_ERROR};
@@ -77,8 +78,61 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         .iter()
         .map(|l| (l.raw_fd(), matches!(l.kind, ListenerKind::Unix(_))))
         .collect();
-    runtime.block_on(serve(ctx, listener_fds, shutdown_tx));
-    Ok(())
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::install(ctx.quick_stop_hooks)?
+    };
+    if !C::MAIN_LOOP {
+        runtime.block_on(serve(ctx, listener_fds, shutdown_tx, signals));
+        return Ok(());
+    }
+    // The class's loop owns the main thread; this one moves to `io`.
+    let io_ctx = ctx.clone();
+    let io = std::thread::Builder::new()
+        .name("io".into())
+        .spawn(move || {
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(serve(io_ctx.clone(), listener_fds, shutdown_tx, signals))
+            }));
+            // Normally done by `serve` already; after a panic, this is what
+            // ends the main loop.
+            io_ctx.class.stopped();
+            served.is_ok()
+        })
+        .map_err(|e| {
+            tracing::error!("cannot start the worker's I/O thread: {e}");
+            WORKER_BOOT_ERROR
+        })?;
+    ctx.class.main_loop()?;
+    match io.join() {
+        Ok(true) => Ok(()),
+        _ => Err(WORKER_BOOT_ERROR),
+    }
+}
+
+/// The worker's signal handling, set up before the loop runs: ABRT, INT
+/// and QUIT (`abort.rs`), and TERM and USR1 as tokio streams. Once they are
+/// in place, TERM and USR1 are unblocked on this thread (see the
+/// module comment of `worker/mod.rs`).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    usr1: std::io::Result<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must run inside the runtime (`Runtime::enter`).
+    fn install(quick_stop_hooks: bool) -> Result<Signals, i32> {
+        use tokio::signal::unix::{signal, SignalKind};
+        super::abort::install(quick_stop_hooks);
+        let term = signal(SignalKind::terminate()).map_err(|e| {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            WORKER_BOOT_ERROR
+        })?;
+        let usr1 = signal(SignalKind::user_defined1());
+        // Handlers in place: a TERM that came while booting is delivered now.
+        set_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
+        Ok(Signals { term, usr1 })
+    }
 }
 
 /// Everything a connection task needs.
@@ -237,23 +291,14 @@ async fn serve<C: Class>(
     ctx: Arc<Ctx<C>>,
     listeners: Vec<(RawFd, bool)>,
     shutdown_tx: watch::Sender<bool>,
+    signals: Signals,
 ) {
-    super::abort::install(ctx.quick_stop_hooks);
+    let Signals { mut term, usr1 } = signals;
     // The master that forked us. Orphaned means "my parent is no longer this
     // pid", not "my parent is pid 1": in a container the master *is* pid 1,
     // and under a subreaper an orphan is not re-parented to pid 1 at all.
     let master = nix::unistd::getppid();
     let orphaned = move || nix::unistd::getppid() != master;
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot watch SIGTERM: {e}");
-            return;
-        }
-    };
-    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
-    // Handlers in place: a TERM that came while booting is delivered now.
-    set_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
 
     let mut accepts = Vec::new();
     for (i, (fd, unix)) in listeners.into_iter().enumerate() {

@@ -21,10 +21,34 @@
 //!   - `asgi.rs`: as tasks on an asyncio/uvloop event loop on the main
 //!     thread, with the connection loop moved to an I/O thread.
 //!
+//!   A class whose own event loop must own the main thread (gevent's hub,
+//!   asyncio) sets [`Class::MAIN_LOOP`]: `conn.rs` then runs the same
+//!   tokio loop on a thread named `io`, and the class's loop runs on the
+//!   main thread ([`Class::main_loop`]); requests cross through a
+//!   `handoff.rs` queue (one wake-up per batch), and completions come back
+//!   as tokio oneshots. Everything the connection loop owns stays on the
+//!   I/O thread, unchanged.
+//!
 //! Signals (installed after the app is imported, since importing `signal`
 //! installs Python's own SIGINT handler): TERM = finish in-flight requests
 //! and exit; INT/QUIT = exit now; USR1 = reopen logs; ABRT = the master's
-//! `--timeout` (see `abort.rs`).
+//! `--timeout` (see `abort.rs`). TERM and USR1 are blocked from `conn::run`
+//! until tokio's handlers are installed (a TERM meanwhile waits instead of
+//! being lost), then unblocked on the main thread before any other thread
+//! of the loop starts. All of these handlers are process-wide and only
+//! write to a pipe, so whichever thread the kernel picks, TERM/USR1 reach
+//! the tokio loop and ABRT/INT/QUIT the watcher thread. With
+//! [`Class::MAIN_LOOP`] the main thread runs Python, so Python-level
+//! handlers keep their usual home: `signal.signal` called by the app (at
+//! import, or in a greenlet or coroutine) works, as it may only be called
+//! from the main thread; Python runs those handlers on the main thread
+//! when its loop turns (`set_wakeup_fd`, which asyncio's
+//! `add_signal_handler` uses, wakes it). Python's own SIGINT handler
+//! (KeyboardInterrupt) is replaced by the quick stop after the import, as
+//! for every class; an app that installs its own handler for TERM, USR1,
+//! INT, QUIT or ABRT replaces the worker's, as it would under Gunicorn.
+//! The main thread runs with TERM and USR1 unblocked, so processes the app
+//! starts do not inherit them blocked.
 
 mod abort;
 mod asgi;
@@ -32,6 +56,7 @@ mod body;
 mod boot;
 mod conn;
 mod gthread;
+pub mod handoff;
 pub mod msg;
 pub use body::unlinked_tempfile;
 mod proxy_header;
@@ -143,8 +168,26 @@ trait Class: Send + Sync + Sized + 'static {
     /// in `slot.busy_since_ms`, which `--timeout` watches.
     fn heartbeat(&self, _slot: &Slot) {}
 
-    /// After a graceful stop, once the last connection has closed.
+    /// After a graceful stop, once the last connection has closed. With
+    /// [`Class::MAIN_LOOP`], also called if the I/O thread dies, so it
+    /// must be idempotent; it is how `main_loop` learns to return.
     fn stopped(&self) {}
+
+    /// The class runs its own event loop on the worker's main thread
+    /// (gevent's hub, an asyncio loop): the connection loop then runs on an
+    /// I/O thread instead, and [`Class::main_loop`] on the main thread.
+    /// false (sync, gthread): the connection loop runs on the main thread,
+    /// with no extra thread or hand-off.
+    const MAIN_LOOP: bool = false;
+
+    /// With [`Class::MAIN_LOOP`]: run the class's loop on the main thread
+    /// until [`Class::stopped`] has been called (return `Ok`), or give the
+    /// worker's exit code. Called after `start`, once the worker's signal
+    /// handlers are in place; requests `dispatch`ed meanwhile wait for it
+    /// (a [`handoff`] queue is the usual way across).
+    fn main_loop(&self) -> Result<(), i32> {
+        Ok(())
+    }
 }
 
 /// One parsed request, handed from the loop to the class.
