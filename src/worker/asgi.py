@@ -302,8 +302,6 @@ class Driver:
         loop = self.loop
         self.stopped = loop.create_future()
         loop.add_reader(self.server.wakeup_fd(), self._take)
-        loop.call_soon(self.server.started)
-        loop.call_soon(self._tick)
         try:
             loop.run_until_complete(self.stopped)
             loop.remove_reader(self.server.wakeup_fd())
@@ -319,10 +317,6 @@ class Driver:
             except Exception:
                 pass
             loop.close()
-
-    def _tick(self):
-        self.server.tick()
-        self.loop.call_later(0.25, self._tick)
 
     def _take(self):
         batch = self.server.take()

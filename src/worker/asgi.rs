@@ -6,12 +6,11 @@
 //!
 //! The request path, and where the GIL is held:
 //! 1. The I/O thread parses a request head (no GIL) and [`Asgi::dispatch`]
-//!    pushes it on a queue; only the push that finds the queue empty
-//!    writes the eventfd, so a burst of requests costs the loop one
-//!    wake-up.
-//! 2. The loop (main thread, GIL held) reads the eventfd, takes the whole
-//!    batch ([`Server::take`]), builds each scope in Rust and starts one
-//!    task per request (`asgi.py`).
+//!    pushes it on a `handoff.rs` queue: a burst of requests costs the loop
+//!    one eventfd wake-up.
+//! 2. The loop (main thread, GIL held) wakes, takes the whole batch
+//!    ([`Server::take`]), builds each scope in Rust and starts one task per
+//!    request (`asgi.py`).
 //! 3. The app's `receive` and `send` work on the socket directly, without
 //!    another hand-off: a [`Conn`] reads the rest of the body and writes the
 //!    response with non-blocking calls on the connection's descriptor, and
@@ -23,26 +22,30 @@
 //!    yet; the I/O thread writes those, logs the access and reads the next
 //!    request. A background task of the app may still be running.
 //!
-//! The loop also ticks every 250 ms; a tick older than a second is
-//! published as the busy time `--timeout` watches, so a coroutine that
-//! blocks the loop gets the worker aborted (with every task's stack in the
-//! report, see `asgi.py`'s `task_stacks`).
+//! The heartbeat pings the loop through the same hand-off; a ping it has
+//! not taken is published as the busy time `--timeout` watches, so a
+//! coroutine that blocks the loop gets the worker aborted (with every
+//! task's stack in the report, see `asgi.py`'s `task_stacks`).
+//!
+//! The lifespan startup runs on the main thread before the connection loop
+//! starts, so READY (sent by the I/O thread) means the app has started.
 
-use super::boot::{listener_info, set_mask, Booted};
+use super::boot::{listener_info, Booted};
+use super::handoff;
 use super::msg::WORKER_BOOT_ERROR;
 use super::{Call, Class};
 use crate::http::response::{Exchange, Head, Response};
 use crate::http::{self, BodyFraming, ChunkedDecoder, Request, Version};
-use crate::scoreboard::{now_ms, Slot};
+use crate::scoreboard::Slot;
 use crate::wsgi::{Outcome, Peer, ProxyPolicy};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 /// A response larger than this still waiting for the client makes `send`
@@ -50,39 +53,6 @@ use tokio::sync::oneshot;
 const HIGH_WATER: usize = 64 * 1024;
 /// Largest piece of request body one `receive` returns.
 const READ_MAX: usize = 64 * 1024;
-
-/// What the I/O thread and the loop share.
-struct Shared {
-    queue: Mutex<Vec<Job>>,
-    /// Written once per batch (see the module comment); the loop watches it.
-    efd: OwnedFd,
-    /// The I/O loop has drained and ended: the event loop stops.
-    stop: AtomicBool,
-    /// The event loop's last tick (ms since the epoch).
-    tick_ms: AtomicU64,
-    /// Set once the event loop turns.
-    running: (Mutex<bool>, Condvar),
-}
-
-impl Shared {
-    fn wake(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: the eventfd stays open for the life of `Shared`; write(2)
-        // reads 8 bytes from a live buffer.
-        unsafe { libc::write(self.efd.as_raw_fd(), one.as_ptr().cast(), 8) };
-    }
-
-    fn push(&self, job: Job) {
-        let first = {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.push(job);
-            q.len() == 1
-        };
-        if first {
-            self.wake();
-        }
-    }
-}
 
 /// A request on its way to the loop.
 struct Job {
@@ -97,26 +67,19 @@ struct Job {
 
 /// The class as the I/O thread sees it.
 pub(super) struct Asgi {
-    shared: Arc<Shared>,
+    tx: handoff::Sender<Job>,
+    /// The driver (`asgi.py`'s `Driver`), whose `serve` is the main loop.
+    driver: Py<PyAny>,
     slots: usize,
     slot: &'static Slot,
 }
 
 impl Class for Asgi {
     const INLINE: bool = false;
+    const MAIN_LOOP: bool = true;
 
     fn slots(&self) -> usize {
         self.slots
-    }
-
-    fn start(&mut self) -> Result<(), i32> {
-        // READY only once the event loop turns.
-        let (m, cv) = &self.shared.running;
-        let mut running = m.lock().unwrap_or_else(|p| p.into_inner());
-        while !*running {
-            running = cv.wait(running).unwrap_or_else(|p| p.into_inner());
-        }
-        Ok(())
     }
 
     fn body_policy(&self, p: super::body::Policy) -> super::body::Policy {
@@ -132,7 +95,7 @@ impl Class for Asgi {
     async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(Request, Outcome)> {
         let (tx, rx) = oneshot::channel();
         self.slot.active.fetch_add(1, Ordering::Relaxed);
-        self.shared.push(Job {
+        let pushed = self.tx.push(Job {
             listener: call.listener,
             req: call.req,
             prebuffered: call.prebuffered,
@@ -141,16 +104,40 @@ impl Class for Asgi {
             peer: call.peer.clone(),
             reply: tx,
         });
-        let r = rx.await;
+        let r = match pushed {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
         self.slot.active.fetch_sub(1, Ordering::Relaxed);
-        r.ok()
+        r
     }
 
     fn heartbeat(&self, slot: &Slot) {
-        let tick = self.shared.tick_ms.load(Ordering::Relaxed);
-        let stuck = tick != 0 && now_ms().saturating_sub(tick) > 1000;
+        // A loop that has not taken the last ping (or a request) is stuck
+        // in the app's code since then: `--timeout` counts from there.
         slot.busy_since_ms
-            .store(if stuck { tick } else { 0 }, Ordering::Relaxed);
+            .store(self.tx.stalled_since(), Ordering::Relaxed);
+        self.tx.wake();
+    }
+
+    fn stopped(&self) {
+        self.tx.close();
+    }
+
+    fn main_loop(&self) -> Result<(), i32> {
+        Python::attach(|py| {
+            self.driver
+                .bind(py)
+                .call_method0("serve")
+                .map(|_| ())
+                .map_err(|e| {
+                    tracing::error!(
+                        "Exception in the ASGI event loop\n{}",
+                        crate::python::format_exception(py, &e).trim_end()
+                    );
+                    WORKER_BOOT_ERROR
+                })
+        })
     }
 }
 
@@ -190,24 +177,13 @@ pub(super) fn refuse_asgi_app(app: &Py<PyAny>) -> Result<(), i32> {
 /// Run the worker: the app's lifespan startup and the event loop on this
 /// (the main) thread, the connection loop on an I/O thread.
 pub(super) fn serve(b: &Booted<'_>) -> Result<(), i32> {
-    // TERM and USR1 go to the I/O thread (see conn::run); blocked here
-    // before it starts so that it inherits the mask and they never reach
-    // a thread without the handler.
-    set_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK);
-    let efd = eventfd().map_err(|e| {
+    let (tx, rx) = handoff::channel::<Job>().map_err(|e| {
         tracing::error!("cannot create the event loop's wake-up fd: {e}");
         WORKER_BOOT_ERROR
     })?;
-    let shared = Arc::new(Shared {
-        queue: Mutex::new(Vec::with_capacity(64)),
-        efd,
-        stop: AtomicBool::new(false),
-        tick_ms: AtomicU64::new(0),
-        running: (Mutex::new(false), Condvar::new()),
-    });
     let driver = Python::attach(|py| -> PyResult<Py<PyAny>> {
         let m = module(py)?;
-        let srv = Server::new(py, b, shared.clone())?;
+        let srv = Server::new(py, b, rx)?;
         let opts = PyDict::new(py);
         for name in [
             "asgi_loop",
@@ -247,58 +223,12 @@ pub(super) fn serve(b: &Booted<'_>) -> Result<(), i32> {
     }
     b.initialized();
     let class = Asgi {
-        shared: shared.clone(),
+        tx,
+        driver,
         slots: b.settings.worker_connections.max(1),
         slot: b.slot,
     };
-    std::thread::scope(|sc| {
-        let io_shared = shared.clone();
-        let io = std::thread::Builder::new()
-            .name("io".into())
-            .spawn_scoped(sc, move || {
-                let r = super::conn::run(class, b);
-                io_shared.stop.store(true, Ordering::Release);
-                io_shared.wake();
-                r
-            });
-        let io = match io {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!("cannot start the I/O thread: {e}");
-                return Err(WORKER_BOOT_ERROR);
-            }
-        };
-        let ran = Python::attach(|py| driver.bind(py).call_method0("serve").map(|_| ()));
-        if let Err(e) = ran {
-            Python::attach(|py| {
-                tracing::error!(
-                    "Exception in the ASGI event loop\n{}",
-                    crate::python::format_exception(py, &e).trim_end()
-                )
-            });
-            // Make sure the I/O thread stops too (it has TERM unblocked).
-            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGTERM);
-            let (m, cv) = &shared.running;
-            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            cv.notify_all();
-            shared
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-        }
-        io.join().unwrap_or(Err(WORKER_BOOT_ERROR))
-    })
-}
-
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: eventfd(2) has no memory arguments; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    super::conn::run(class, b)
 }
 
 static MODULE: pyo3::sync::PyOnceLock<Py<PyModule>> = pyo3::sync::PyOnceLock::new();
@@ -338,11 +268,11 @@ struct ListenerScope {
     unix: bool,
 }
 
-/// The loop's handle on the worker: the queue, the ticks, the scope's
+/// The loop's handle on the worker: the hand-off, the scope's
 /// constant parts.
 #[pyclass(module = "_rgunicorn_asgi")]
 pub struct Server {
-    shared: Arc<Shared>,
+    rx: handoff::Receiver<Job>,
     listeners: Vec<ListenerScope>,
     asgi: Py<PyDict>,
     root_path: String,
@@ -353,7 +283,7 @@ pub struct Server {
 }
 
 impl Server {
-    fn new(py: Python<'_>, b: &Booted<'_>, shared: Arc<Shared>) -> PyResult<Server> {
+    fn new(py: Python<'_>, b: &Booted<'_>, rx: handoff::Receiver<Job>) -> PyResult<Server> {
         let asgi = PyDict::new(py);
         asgi.set_item("version", "3.0")?;
         asgi.set_item("spec_version", "2.4")?;
@@ -375,7 +305,7 @@ impl Server {
             });
         }
         Ok(Server {
-            shared,
+            rx,
             listeners,
             asgi: asgi.unbind(),
             root_path: setting_str(b, "root_path"),
@@ -501,18 +431,7 @@ fn client(proxy: &ProxyPolicy, req: &Request, peer: &Peer, unix: bool) -> Option
 impl Server {
     /// The descriptor the loop watches for new requests.
     fn wakeup_fd(&self) -> RawFd {
-        self.shared.efd.as_raw_fd()
-    }
-
-    /// The loop turns: the I/O thread may start serving.
-    fn started(&self) {
-        let (m, cv) = &self.shared.running;
-        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
-    }
-
-    fn tick(&self) {
-        self.shared.tick_ms.store(now_ms(), Ordering::Relaxed);
+        self.rx.fd()
     }
 
     fn set_state(&self, state: Py<PyDict>) {
@@ -522,12 +441,8 @@ impl Server {
     /// Every request waiting, as `(conn, scope)` pairs; `None` once the
     /// worker has stopped serving.
     fn take<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
-        let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live buffer from our eventfd.
-        unsafe { libc::read(self.shared.efd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
-        let jobs =
-            std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        if jobs.is_empty() && self.shared.stop.load(Ordering::Acquire) {
+        let mut jobs = Vec::new();
+        if !self.rx.drain(&mut jobs) {
             return Ok(None);
         }
         let out = PyList::empty(py);
@@ -1130,41 +1045,5 @@ mod tests {
         assert_eq!(reason(200), "OK");
         assert_eq!(reason(422), "Unprocessable Content");
         assert_eq!(reason(599), "");
-    }
-
-    #[test]
-    fn one_wakeup_per_batch() {
-        let shared = Shared {
-            queue: Mutex::new(Vec::new()),
-            efd: eventfd().expect("eventfd"),
-            stop: AtomicBool::new(false),
-            tick_ms: AtomicU64::new(0),
-            running: (Mutex::new(false), Condvar::new()),
-        };
-        let req = || {
-            let (r, _) =
-                http::parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &Default::default())
-                    .expect("ok")
-                    .expect("complete");
-            r
-        };
-        for _ in 0..3 {
-            let (tx, _rx) = oneshot::channel();
-            shared.push(Job {
-                listener: 0,
-                req: req(),
-                prebuffered: Vec::new(),
-                spill: None,
-                fd: -1,
-                peer: Peer::default(),
-                reply: tx,
-            });
-        }
-        let mut b = [0u8; 8];
-        // SAFETY: reads 8 bytes into a live buffer from our eventfd.
-        let n = unsafe { libc::read(shared.efd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-        assert_eq!(n, 8);
-        assert_eq!(u64::from_ne_bytes(b), 1, "three pushes, one wake-up");
-        assert_eq!(shared.queue.lock().expect("lock").len(), 3);
     }
 }
