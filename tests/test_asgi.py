@@ -345,3 +345,34 @@ def test_django_through_its_asgi_py(server):
     r = srv.get("/hello/")
     assert r.status_code == 200 and r.text == "Hello from Django"
     assert srv.get("/missing/").status_code == 404
+
+
+def test_request_and_worker_hooks(server, tmp_path):
+    out = tmp_path / "hooks.txt"
+    conf = tmp_path / "conf.py"
+    conf.write_text(f"""
+def _rec(*a):
+    with open({str(out)!r}, "a") as f:
+        f.write(" ".join(str(x) for x in a) + "\\n")
+
+def post_worker_init(worker):
+    _rec("post_worker_init", worker.pid)
+
+def pre_request(worker, req):
+    _rec("pre_request", req.method, req.path)
+
+def post_request(worker, req, environ, resp):
+    _rec("post_request", req.path, resp.status_code, environ["type"])
+
+def worker_exit(server, worker):
+    _rec("worker_exit", worker.pid)
+""")
+    srv = asgi(server, "-c", conf)
+    pid = srv.get("/pid").text
+    srv.get("/echo?x=1")
+    assert srv.stop() == 0
+    lines = out.read_text().splitlines()
+    assert f"post_worker_init {pid}" in lines
+    assert "pre_request GET /echo" in lines
+    assert "post_request /echo 200 http" in lines
+    assert f"worker_exit {pid}" in lines

@@ -279,7 +279,7 @@ pub struct Server {
     proxy: ProxyPolicy,
     /// The lifespan state, copied into each scope.
     state: Mutex<Option<Py<PyDict>>>,
-    hooks: Option<crate::hooks::RequestHooks>,
+    hooks: Option<std::sync::Arc<crate::hooks::RequestHooks>>,
 }
 
 impl Server {
@@ -311,7 +311,8 @@ impl Server {
             root_path: setting_str(b, "root_path"),
             proxy: b.proxy.clone(),
             state: Mutex::new(None),
-            hooks: crate::hooks::RequestHooks::new(b.settings, b.slot_index),
+            hooks: crate::hooks::RequestHooks::new(b.settings, b.slot_index)
+                .map(std::sync::Arc::new),
         })
     }
 
@@ -457,7 +458,12 @@ impl Server {
                             &job.peer.addr,
                         );
                     }
-                    let conn = Conn::new(job, https);
+                    let peer_addr = job.peer.addr.clone();
+                    let mut conn = Conn::new(job, https);
+                    if let Some(h) = &self.hooks {
+                        conn.post_hook =
+                            Some((h.clone(), scope.clone().unbind(), peer_addr.clone()));
+                    }
                     out.append((Py::new(py, conn)?, scope))?;
                 }
                 Err(e) => {
@@ -515,6 +521,12 @@ pub struct Conn {
     pathsend: bool,
     /// The body met its framing: the connection may be reused.
     keep: bool,
+    /// `post_request`, with the scope it is given as the environ.
+    post_hook: Option<(
+        std::sync::Arc<crate::hooks::RequestHooks>,
+        Py<PyDict>,
+        String,
+    )>,
 }
 
 impl Conn {
@@ -545,6 +557,7 @@ impl Conn {
             ended: false,
             pathsend: false,
             keep: false,
+            post_hook: None,
         }
     }
 
@@ -746,6 +759,20 @@ impl Conn {
             response_headers: headers,
             environ_atoms: Vec::new(),
         };
+        if let Some((h, scope, addr)) = self.post_hook.take() {
+            Python::attach(|py| {
+                h.post(
+                    py,
+                    &req,
+                    if self.https { "https" } else { "http" },
+                    &addr,
+                    scope.bind(py),
+                    outcome.status,
+                    &outcome.response_headers,
+                    outcome.sent,
+                )
+            });
+        }
         let _ = reply.send((req, outcome));
     }
 }
