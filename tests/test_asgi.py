@@ -201,6 +201,19 @@ def test_http_disconnect_is_delivered_within_100ms(server, ev):
     assert 0.25 < waited < 0.3 + 0.1 + 0.05, line
 
 
+def test_an_app_still_running_after_a_disconnect_is_cancelled_after_the_grace_period(server, ev):
+    srv = asgi(server, "--asgi-disconnect-grace-period", "1", env={"ASGI_EVENTS": str(ev)})
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(b"GET /linger HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    s.close()
+    assert wait_until(lambda: "gone" in events(ev), timeout=5)
+    t0 = time.monotonic()
+    assert wait_until(lambda: "cancelled" in events(ev), timeout=5)
+    assert 0.7 < time.monotonic() - t0 < 3
+    assert "Exception in ASGI application" not in srv.log()
+
+
 def test_pathsend_sends_the_file(server):
     srv = asgi(server)
     r = srv.get("/pathsend")

@@ -170,15 +170,25 @@ def _log(level, msg):
 class Cycle:
     """One request: the app's receive and send."""
 
-    __slots__ = ("conn", "fd", "loop", "reading", "done_fut", "body_read")
+    __slots__ = ("conn", "fd", "loop", "reading", "done_fut", "body_read", "task", "grace")
 
-    def __init__(self, conn, loop):
+    def __init__(self, conn, loop, grace):
         self.conn = conn
         self.fd = conn.fd
         self.loop = loop
         self.reading = None
         self.done_fut = None
         self.body_read = False
+        self.task = None
+        self.grace = grace
+
+    def _gone(self):
+        """The client went away before the response was complete: the app
+        gets `asgi_disconnect_grace_period` seconds, then is cancelled."""
+        if self.task is not None and not self.conn.done:
+            task, self.task = self.task, None
+            self.loop.call_later(self.grace, task.cancel)
+        return _DISCONNECT
 
     async def _readable(self):
         fut = self.loop.create_future()
@@ -200,7 +210,7 @@ class Cycle:
                 try:
                     r = conn.read()
                 except EOFError:
-                    return _DISCONNECT
+                    return self._gone()
                 if r is not None:
                     if not r[1]:
                         self.body_read = True
@@ -213,7 +223,7 @@ class Cycle:
         while not conn.done:
             closed = conn.peek_closed()
             if closed:
-                break
+                return self._gone()
             if closed is None:
                 await self._readable()
             else:
@@ -272,6 +282,7 @@ class Driver:
         self.lifespan = None
         self.tasks = set()
         self.stopped = None
+        self.grace = float(opts.get("asgi_disconnect_grace_period") or 0)
 
     def boot(self):
         """Check the app's kind, make the loop and run the lifespan startup.
@@ -332,14 +343,16 @@ class Driver:
             t.add_done_callback(tasks.discard)
 
     async def _run(self, app, conn, scope):
-        cycle = Cycle(conn, self.loop)
+        cycle = Cycle(conn, self.loop, self.grace)
+        cycle.task = asyncio.current_task()
         try:
             await app(scope, cycle.receive, cycle.send)
+        except asyncio.CancelledError:
+            # Cancelled after the client went away (the grace period), or at
+            # exit: nothing to report.
+            cycle.finish(True)
         except BaseException as e:
-            if not conn.done:
-                _rg_error("Exception in ASGI application\n" + traceback.format_exc())
-            elif not isinstance(e, asyncio.CancelledError):
-                _rg_error("Exception in ASGI application\n" + traceback.format_exc())
+            _rg_error("Exception in ASGI application\n" + traceback.format_exc())
             cycle.finish(True)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise

@@ -108,6 +108,17 @@ async def app(scope, receive, send):
         m = await receive()
         note("%s %.3f" % (m["type"], time.monotonic() - t0))
         return
+    if path == "/linger":
+        # Goes on after the client left: cancelled after the grace period.
+        await read_all(receive)
+        await receive()
+        note("gone")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            note("cancelled")
+            raise
+        return
     if path == "/pathsend":
         fn = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asgi_raw.py")
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/x-python")]})
