@@ -87,6 +87,34 @@ def load_config_module(name):
     return {k: getattr(mod, k) for k in dir(mod) if not k.startswith("__")}
 
 
+def app_kind(app):
+    """'asgi3', 'asgi2' or 'wsgi', as far as the callable's signature says:
+    the worker classes refuse an app of the other kind at boot."""
+    import inspect
+    if inspect.isclass(app):
+        return "asgi3" if hasattr(app, "__await__") else "asgi2"
+    if inspect.iscoroutinefunction(app):
+        return "asgi3"
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
+    if call is None:
+        return "wsgi"
+    if inspect.iscoroutinefunction(call):
+        return "asgi3"
+    try:
+        params = [
+            p for p in inspect.signature(call).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return "asgi3"
+    if len(params) == 1:
+        return "asgi2"
+    if len(params) == 3:
+        # An object whose __call__ returns an awaitable (asgiref wrappers).
+        return "asgi3"
+    return "wsgi"
+
+
 def dump_stacks():
     """Every Python thread's stack, for the WORKER TIMEOUT report."""
     import threading

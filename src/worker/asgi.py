@@ -12,7 +12,6 @@ for it, with the loop's own add_reader/add_writer.
 """
 
 import asyncio
-import inspect
 import sys
 import traceback
 
@@ -28,32 +27,6 @@ def _wake(fut):
 
 class AppKindError(RuntimeError):
     pass
-
-
-def app_kind(app):
-    """'asgi3', 'asgi2' or 'wsgi', as far as the callable's signature says."""
-    if inspect.isclass(app):
-        return "asgi3" if hasattr(app, "__await__") else "asgi2"
-    if inspect.iscoroutinefunction(app):
-        return "asgi3"
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
-    if call is None:
-        return "wsgi"
-    if inspect.iscoroutinefunction(call):
-        return "asgi3"
-    try:
-        params = [
-            p for p in inspect.signature(call).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        return "asgi3"
-    if len(params) == 1:
-        return "asgi2"
-    if len(params) == 3:
-        # An object whose __call__ returns an awaitable (asgiref wrappers).
-        return "asgi3"
-    return "wsgi"
 
 
 def _asgi2(app):
@@ -288,7 +261,7 @@ class Driver:
         """Check the app's kind, make the loop and run the lifespan startup.
         Raises on a failure (the worker does not boot)."""
         global _loop
-        kind = app_kind(self.app)
+        kind = self.opts.get("app_kind")
         if kind == "wsgi":
             raise AppKindError(
                 "%r is a WSGI application, not an ASGI one: run it with `-k sync` "

@@ -157,12 +157,7 @@ fn setting_str(b: &Booted<'_>, name: &str) -> String {
 /// For the WSGI classes: an ASGI app fails the boot with a message naming
 /// the class to use, instead of a 500 for every request.
 pub(super) fn refuse_asgi_app(app: &Py<PyAny>) -> Result<(), i32> {
-    let kind = Python::attach(|py| {
-        module(py)
-            .and_then(|m| m.call_method1("app_kind", (app.bind(py),)))
-            .and_then(|k| k.extract::<String>())
-    });
-    match kind {
+    match Python::attach(|py| app_kind(py, app)) {
         Ok(k) if k.starts_with("asgi") => {
             tracing::error!(
                 "Exception in worker process\nThe application is an ASGI application, not a WSGI \
@@ -172,6 +167,13 @@ pub(super) fn refuse_asgi_app(app: &Py<PyAny>) -> Result<(), i32> {
         }
         _ => Ok(()),
     }
+}
+
+/// `asgi3`, `asgi2` or `wsgi` (see `bootstrap.py`'s `app_kind`).
+fn app_kind(py: Python<'_>, app: &Py<PyAny>) -> PyResult<String> {
+    crate::python::bootstrap(py)?
+        .call_method1("app_kind", (app.bind(py),))?
+        .extract()
 }
 
 /// Run the worker: the app's lifespan startup and the event loop on this
@@ -194,6 +196,7 @@ pub(super) fn serve(b: &Booted<'_>) -> Result<(), i32> {
             opts.set_item(name, setting_str(b, name))?;
         }
         opts.set_item("graceful_timeout", b.settings.graceful_timeout)?;
+        opts.set_item("app_kind", app_kind(py, &b.app)?)?;
         let d = m
             .getattr("Driver")?
             .call1((b.app.clone_ref(py), srv, opts))?;
