@@ -158,7 +158,8 @@ fn setting_str(b: &Booted<'_>, name: &str) -> String {
 /// the class to use, instead of a 500 for every request.
 pub(super) fn refuse_asgi_app(app: &Py<PyAny>) -> Result<(), i32> {
     match Python::attach(|py| app_kind(py, app)) {
-        Ok(k) if k.starts_with("asgi") => {
+        // Only a certain ASGI 3 app: a one-argument callable may still be WSGI-ish.
+        Ok(k) if k == "asgi3" => {
             tracing::error!(
                 "Exception in worker process\nThe application is an ASGI application, not a WSGI \
                  one: run it with `-k asgi` (or `-k uvicorn.workers.UvicornWorker`)"
