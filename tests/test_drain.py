@@ -182,13 +182,17 @@ def clients():
 
 
 APP = "life_app:app"
+#: Every worker class retires the same way: the tests run over each.
+CLASSES = ["sync", "gthread", "gevent", "asgi"]
 
 
-def start_app(server, tmp_path, *args, **kw):
+def start_app(server, tmp_path, *args, worker_class="sync", **kw):
     d = tmp_path / "app"
     d.mkdir(exist_ok=True)
     shutil.copy(APPS_DIR / "life_app.py", d / "life_app.py")
-    return server(*args, app=APP, cwd=d, env={"PYTHONDONTWRITEBYTECODE": "1"}, **kw)
+    app = "life_app:asgi" if worker_class == "asgi" else APP
+    return server(*args, "-k", worker_class, app=app, cwd=d,
+                  env={"PYTHONDONTWRITEBYTECODE": "1"}, **kw)
 
 
 def settle(srv, n: int, exclude=(), timeout: float = 20) -> list[int]:
@@ -199,9 +203,9 @@ def settle(srv, n: int, exclude=(), timeout: float = 20) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
+@pytest.mark.parametrize("worker_class", CLASSES)
 def test_reloads_fail_no_request(server, tmp_path, clients, say, worker_class):
-    srv = start_app(server, tmp_path, "-w", "2", "-k", worker_class, "--threads", "4")
+    srv = start_app(server, tmp_path, "-w", "2", "--threads", "4", worker_class=worker_class)
     c = clients(srv.port)
     assert c.wait_ok(20)
     for _ in range(20):
@@ -218,9 +222,9 @@ def test_reloads_fail_no_request(server, tmp_path, clients, say, worker_class):
     assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gevent"])
+@pytest.mark.parametrize("worker_class", ["sync", "gevent", "asgi"])
 def test_max_requests_recycling_fails_no_request(server, tmp_path, clients, say, worker_class):
-    srv = start_app(server, tmp_path, "-w", "2", "-k", worker_class, "--max-requests", "25")
+    srv = start_app(server, tmp_path, "-w", "2", "--max-requests", "25", worker_class=worker_class)
     c = clients(srv.port)
     # A gevent worker boots slower (gevent and its monkey-patching): fewer
     # generations fit in the same time.
@@ -235,10 +239,11 @@ def test_max_requests_recycling_fails_no_request(server, tmp_path, clients, say,
 
 
 @pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn's control socket")
-@pytest.mark.parametrize("worker_class", ["sync", "gevent"])
+@pytest.mark.parametrize("worker_class", ["sync", "gevent", "asgi"])
 def test_scale_down_and_up_fails_no_request(server, tmp_path, clients, say, worker_class):
     sock = tmp_path / "ctl.sock"
-    srv = start_app(server, tmp_path, "-w", "4", "-k", worker_class, "--control-socket", sock)
+    srv = start_app(server, tmp_path, "-w", "4", "--control-socket", sock,
+                    worker_class=worker_class)
     c = clients(srv.port)
     assert c.wait_ok(20)
     for n in (1, 4, 1, 4, 1, 4):
@@ -253,10 +258,11 @@ def test_scale_down_and_up_fails_no_request(server, tmp_path, clients, say, work
     assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gevent"])
+@pytest.mark.parametrize("worker_class", ["sync", "gevent", "asgi"])
 def test_graceful_stop_answers_every_request_sent_before_it(server, tmp_path, clients, say,
                                                            worker_class):
-    srv = start_app(server, tmp_path, "-w", "2", "-k", worker_class, "--graceful-timeout", "10")
+    srv = start_app(server, tmp_path, "-w", "2", "--graceful-timeout", "10",
+                    worker_class=worker_class)
     c = clients(srv.port)
     assert c.wait_ok(50)
     c.stop_began = time.monotonic()
@@ -274,7 +280,7 @@ def test_graceful_stop_answers_every_request_sent_before_it(server, tmp_path, cl
 
 
 def test_wrk_sees_no_errors_across_reloads(server, tmp_path, say):
-    srv = start_app(server, tmp_path, "-w", "2", "-k", "gthread", "--threads", "2")
+    srv = start_app(server, tmp_path, "-w", "2", "--threads", "2", worker_class="gthread")
     wrk = subprocess.Popen(["wrk", "-t1", "-c32", "-d12s", f"http://127.0.0.1:{srv.port}/"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for _ in range(8):

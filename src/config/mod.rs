@@ -59,6 +59,9 @@ pub enum WorkerClass {
     Tornado,
     /// Greenlets on a gevent hub, up to `worker_connections` at once.
     Gevent,
+    /// An ASGI 3 app on an asyncio (or uvloop) event loop per worker
+    /// (`-k asgi`, `uvicorn.workers.UvicornWorker`).
+    Asgi,
 }
 
 impl WorkerClass {
@@ -69,6 +72,7 @@ impl WorkerClass {
             WorkerClass::Gthread => "gthread",
             WorkerClass::Tornado => "tornado",
             WorkerClass::Gevent => "gevent",
+            WorkerClass::Asgi => "asgi",
         }
     }
 }
@@ -185,7 +189,7 @@ impl WorkerClass {
     /// master before it binds: `pip install` it).
     pub fn python_package(self) -> Option<&'static str> {
         match self {
-            WorkerClass::Sync | WorkerClass::Gthread => None,
+            WorkerClass::Sync | WorkerClass::Gthread | WorkerClass::Asgi => None,
             WorkerClass::Tornado => Some("tornado"),
             WorkerClass::Gevent => Some("gevent"),
         }

@@ -229,9 +229,6 @@ const NO_PASTE: Status = Status::NotSupported(
 const NO_LOOSE_HTTP: Status = Status::NotSupported(
     "rgunicorn's HTTP parser is always strict; this loosening switch is not available",
 );
-const NO_ASGI: Status = Status::NotSupported(
-    "ASGI worker settings are not implemented yet (worker classes are `sync` and `gthread`)",
-);
 const NO_HTTP2: Status =
     Status::NotSupported("rgunicorn speaks HTTP/1.1 only; HTTP/2 needs a proxy in front");
 const NO_DIRTY: Status = Status::NotSupported("dirty arbiters are not implemented");
@@ -395,10 +392,11 @@ settings_table! {
         meta: Some("STRING"),
         ty: ValueType::Class,
         default: DefaultValue::Str("sync"),
-        help: "The type of workers to use: sync, gthread, gevent or tornado.",
+        help: "The type of workers to use: sync, gthread, gevent, asgi or tornado.",
         status: Status::Different(
-            "`sync`, `gthread`, `gevent` and `tornado` (and their Gunicorn aliases: `gevent_wsgi`, \
-             `gevent_pywsgi`, `gunicorn.workers...`, `egg:gunicorn#...`); `eventlet` is refused \
+            "`sync`, `gthread`, `gevent`, `asgi` and `tornado` (and their Gunicorn aliases: `gevent_wsgi`, \
+             `gevent_pywsgi`, `gunicorn.workers...`, `egg:gunicorn#...`; `uvicorn.workers.UvicornWorker`, \
+             `uvicorn_worker.UvicornWorker` and their H11 variants select `asgi`); `eventlet` is refused \
              (Gunicorn 26 removed it: use `gevent`); custom worker classes (Python paths or class \
              objects) are refused, see below. `gevent` needs gevent installed (checked before \
              binding); as in Gunicorn it monkey-patches in the worker before the app is imported \
@@ -923,7 +921,7 @@ settings_table! {
         meta: Some("STRING"),
         default: DefaultValue::Str(""),
         help: "The root path for ASGI applications.",
-        status: NO_ASGI,
+        status: Status::Same,
         ..BASE
     },
     // ---- ASGI and parser
@@ -933,8 +931,8 @@ settings_table! {
         cli: &["--asgi-loop"],
         meta: Some("STRING"),
         default: DefaultValue::Str("auto"),
-        help: "Event loop implementation for ASGI workers.",
-        status: NO_ASGI,
+        help: "Event loop implementation for ASGI workers: auto, asyncio or uvloop.",
+        status: Status::Same,
         ..BASE
     },
     SettingDef {
@@ -944,10 +942,10 @@ settings_table! {
         meta: Some("STRING"),
         default: DefaultValue::Str("auto"),
         help: "ASGI lifespan protocol handling: auto, on or off.",
-        status: NO_ASGI,
+        status: Status::Same,
         ..BASE
     },
-    int("asgi_disconnect_grace_period", WORKERS, &["--asgi-disconnect-grace-period"], 3, "Seconds ASGI apps get to handle a client disconnect.", NO_ASGI),
+    int("asgi_disconnect_grace_period", WORKERS, &["--asgi-disconnect-grace-period"], 3, "Seconds ASGI apps get to handle a client disconnect.", Status::Same),
     SettingDef {
         name: "http_parser",
         section: WORKERS,

@@ -570,15 +570,18 @@ fn worker_classes() {
     );
     let e = err(&["-k", "eventlet", "app:app"], &[], &[]);
     assert!(e.contains("'eventlet'") && e.contains("`-k gevent`"), "{e}");
-    let e = err(
-        &["app:app"],
-        &[],
-        &[("worker_class", s("uvicorn.workers.UvicornWorker"))],
-    );
+    let e = err(&["app:app"], &[], &[("worker_class", s("nosuch"))]);
     assert!(
         e.starts_with("gunicorn-cfg.py: setting `worker_class`"),
         "{e}"
     );
+    let st = run(
+        &["app:app"],
+        &[],
+        &[("worker_class", s("uvicorn.workers.UvicornWorker"))],
+    )
+    .unwrap();
+    assert_eq!(st.worker_class, WorkerClass::Asgi);
     for (name, class) in [
         ("sync", WorkerClass::Sync),
         ("gthread", WorkerClass::Gthread),
@@ -603,6 +606,11 @@ fn worker_classes() {
             WorkerClass::Gevent,
         ),
         ("egg:gunicorn#gevent", WorkerClass::Gevent),
+        ("asgi", WorkerClass::Asgi),
+        ("uvicorn.workers.UvicornWorker", WorkerClass::Asgi),
+        ("uvicorn.workers.UvicornH11Worker", WorkerClass::Asgi),
+        ("uvicorn_worker.UvicornWorker", WorkerClass::Asgi),
+        ("uvicorn_worker.UvicornH11Worker", WorkerClass::Asgi),
     ] {
         let st = run(&["-k", name, "app:app"], &[], &[]).unwrap();
         assert_eq!(st.worker_class, class, "{name}");

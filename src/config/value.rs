@@ -404,6 +404,16 @@ pub(crate) fn worker_class_of(name: &str) -> Option<super::WorkerClass> {
         | "egg:gunicorn#gevent"
         | "egg:gunicorn#gevent_wsgi"
         | "egg:gunicorn#gevent_pywsgi" => Some(super::WorkerClass::Gevent),
+        // Gunicorn's own ASGI worker and uvicorn's classes (both the
+        // deprecated `uvicorn.workers` and the `uvicorn-worker` package):
+        // served by rgunicorn's ASGI worker; neither needs to be installed.
+        "asgi"
+        | "gunicorn.workers.gasgi.ASGIWorker"
+        | "egg:gunicorn#asgi"
+        | "uvicorn.workers.UvicornWorker"
+        | "uvicorn.workers.UvicornH11Worker"
+        | "uvicorn_worker.UvicornWorker"
+        | "uvicorn_worker.UvicornH11Worker" => Some(super::WorkerClass::Asgi),
         _ => None,
     }
 }

@@ -87,6 +87,41 @@ def load_config_module(name):
     return {k: getattr(mod, k) for k in dir(mod) if not k.startswith("__")}
 
 
+def app_kind(app):
+    """'asgi3', 'asgi2' or 'wsgi', as far as the callable's signature says:
+    the worker classes refuse an app of the other kind at boot. Plain
+    functions and methods are read from their code object (no `inspect`
+    import on a WSGI worker's boot path)."""
+    if isinstance(app, type):
+        return "asgi3" if hasattr(app, "__await__") else "asgi2"
+    call = app if hasattr(app, "__code__") or hasattr(app, "__func__") else getattr(app, "__call__", None)
+    if call is None:
+        return "wsgi"
+    func = getattr(call, "__func__", call)
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        if code.co_flags & 0x80:  # CO_COROUTINE: `async def`
+            return "asgi3"
+        n = code.co_argcount - (1 if hasattr(call, "__self__") else 0)
+        defaults = len(getattr(func, "__defaults__", None) or ())
+        if n - defaults <= 1 <= n:
+            return "asgi2"
+        if n - defaults <= 3 <= n and n >= 3:
+            return "asgi3"
+        return "wsgi"
+    import inspect
+    if inspect.iscoroutinefunction(call):
+        return "asgi3"
+    try:
+        params = [
+            p for p in inspect.signature(call).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return "wsgi"
+    return {1: "asgi2", 3: "asgi3"}.get(len(params), "wsgi")
+
+
 def dump_stacks():
     """Every Python thread's stack, for the WORKER TIMEOUT report."""
     import threading
@@ -107,6 +142,9 @@ def dump_stacks():
             continue
         out.append("Thread %s (%s), most recent call last:\n" % (ident, names.get(ident, "?")))
         out.extend(traceback.format_stack(frame))
+    asgi = sys.modules.get("_rgunicorn_asgi")
+    if asgi is not None:
+        out.append(asgi.task_stacks())
     return "".join(out)
 
 

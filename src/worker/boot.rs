@@ -121,6 +121,7 @@ impl Booted<'_> {
     /// request hooks are looked up last, as they need the hooks' worker
     /// object.
     pub fn wsgi_bridge(&self, multithread: bool) -> Result<Bridge, i32> {
+        super::asgi::refuse_asgi_app(&self.app)?;
         let infos: Vec<ListenerInfo> = self.listeners.iter().map(listener_info).collect();
         let mut bridge = Python::attach(|py| {
             Bridge::new(
@@ -174,7 +175,7 @@ fn static_slot(slot: &Slot) -> &'static Slot {
     unsafe { &*(slot as *const Slot) }
 }
 
-fn listener_info(l: &Listener) -> ListenerInfo {
+pub(super) fn listener_info(l: &Listener) -> ListenerInfo {
     let (server_name, server_port) = l.server_name_port();
     ListenerInfo {
         server_name,

@@ -46,6 +46,7 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         })?;
     class.start()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let body = class.body_policy(super::body::Policy::from_settings(s));
     let ctx = Arc::new(Ctx {
         cap: Arc::new(Capacity::new(class.slots(), s.worker_connections.max(1))),
         class,
@@ -70,7 +71,7 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         notify_fd: b.notify_fd,
         slot_index: b.slot_index,
         quick_stop_hooks: s.hook("worker_int").is_some() || s.hook("worker_exit").is_some(),
-        body: super::body::Policy::from_settings(s),
+        body,
     });
     let listener_fds: Vec<(RawFd, bool)> = b
         .listeners

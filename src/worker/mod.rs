@@ -17,12 +17,13 @@
 //!   requests it runs at once and where the app runs for a parsed request:
 //!   - `sync.rs`: inline on the main thread, one request at a time (no
 //!     hand-off);
-//!   - `gthread.rs`: on `--threads` Python threads fed through a channel.
+//!   - `gthread.rs`: on `--threads` Python threads fed through a channel;
+//!   - `gevent.rs`: in greenlets on a gevent hub that owns the main thread;
+//!   - `asgi.rs`: as tasks on an asyncio/uvloop event loop on the main
+//!     thread, with the connection loop moved to an I/O thread.
 //! - `tornado.rs` (`-k tornado`) is the exception: Tornado's HTTP server
 //!   and IOLoop own the main thread, so it keeps the master's contract
 //!   (ready, heartbeat, max-requests, graceful stop) itself, not `conn.rs`.
-//!   - `gthread.rs`: on `--threads` Python threads fed through a channel;
-//!   - `gevent.rs`: in greenlets on a gevent hub that owns the main thread.
 //!
 //!   A class whose own event loop must own the main thread (gevent's hub,
 //!   asyncio) sets [`Class::MAIN_LOOP`]: `conn.rs` then runs the same
@@ -54,6 +55,7 @@
 //! starts do not inherit them blocked.
 
 mod abort;
+mod asgi;
 mod body;
 mod boot;
 mod conn;
@@ -123,6 +125,7 @@ fn serve(b: boot::Booted<'_>) -> Result<(), i32> {
         // Tornado's own server and IOLoop: not the shared loop.
         WorkerClass::Tornado => tornado::run(&b),
         WorkerClass::Gevent => conn::run(gevent::Gevent::new(&b)?, &b),
+        WorkerClass::Asgi => asgi::serve(&b),
     }
 }
 
@@ -162,6 +165,12 @@ trait Class: Send + Sync + Sized + 'static {
         &'a self,
         call: Call<'a>,
     ) -> impl Future<Output = Option<(http::Request, Outcome)>> + Send + 'a;
+
+    /// How request bodies are pre-read before `dispatch` (see `body.rs`);
+    /// the settings' policy unless the class streams bodies itself.
+    fn body_policy(&self, p: body::Policy) -> body::Policy {
+        p
+    }
 
     /// Every heartbeat tick (500 ms) on the I/O thread: a class whose
     /// requests run off this thread publishes the start of its oldest one

@@ -211,6 +211,16 @@ fn method<'py>(py: Python<'py>, m: &str) -> Bound<'py, PyString> {
     common.clone()
 }
 
+/// Whether a trusted proxy's `secure_scheme_headers` say the request came
+/// over HTTPS (the ASGI scope's `scheme`); `Err` when they disagree.
+pub fn forwarded_https(
+    policy: &ProxyPolicy,
+    req: &Request,
+    peer: &Peer,
+) -> Result<bool, crate::http::ParseError> {
+    forwarded::inspect(policy, req, peer).map(|f| f.https)
+}
+
 /// Build the environ for one request.
 fn environ<'py>(
     py: Python<'py>,

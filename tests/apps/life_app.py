@@ -78,3 +78,18 @@ def app(environ, start_response):
                "egid": os.getegid(), "groups": os.getgroups()}
         return _text(start_response, json.dumps(ids), ctype="application/json")
     return _text(start_response, f"version={VERSION} pid={os.getpid()} ppid={os.getppid()}")
+
+
+async def asgi(scope, receive, send):
+    """The same `/` as `app`, as an ASGI app (`-k asgi`, tests/test_drain.py)."""
+    if scope["type"] != "http":
+        return
+    while True:  # read the POST body, as `app` does
+        m = await receive()
+        if not m.get("more_body"):
+            break
+    body = f"version={VERSION} pid={os.getpid()} ppid={os.getppid()}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,96 @@
+"""ASGI benchmark (issue 12 item 8): rgunicorn -k asgi against uvicorn,
+gunicorn with uvicorn's worker, gunicorn -k asgi and granian, same app
+(bench/apps/asgi_hello.py), 2 workers each, same load.
+
+    target/venv/bin/python bench/asgi.py
+
+Uses bench/bench.py's machinery (wrk, the server's whole-tree CPU time per
+request); the same BENCH_* environment variables apply. Prints one markdown
+table, ratios relative to uvicorn, and writes it to bench/results-asgi.md.
+The machine may be shared: compare the ratios within one run, not the
+absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+UVICORN = bench.VENV / "bin" / "uvicorn"
+APP = "asgi_hello:app"
+BASELINE = "uvicorn"
+
+bench.SCENARIOS = {
+    "hello keep-alive": ([], "/"),
+    "hello Connection: close": (["-H", "Connection: close"], "/"),
+    "POST 16 KiB echo": (["-s", str(bench.BENCH / "post16k.lua")], "/echo"),
+    "FastAPI JSON": ([], "/json"),
+}
+
+
+def servers(port: int):
+    bind = f"127.0.0.1:{port}"
+    R, G = bench.RGUNICORN, bench.GUNICORN
+    return {
+        "rgunicorn -k asgi": (R, [str(R), "-w", "2", "-k", "asgi", "-b", bind, APP]),
+        "uvicorn": (UVICORN, [str(UVICORN), "--workers", "2", "--loop", "uvloop", "--http", "httptools",
+                              "--no-access-log", "--host", "127.0.0.1", "--port", str(port), APP]),
+        "gunicorn -k uvicorn.workers.UvicornWorker": (G, [str(G), "-w", "2", "-k", "uvicorn.workers.UvicornWorker",
+                                                         "-b", bind, APP]),
+        "gunicorn -k asgi": (G, [str(G), "-w", "2", "-k", "asgi", "-b", bind, APP]),
+        "granian --interface asgi": (bench.GRANIAN, [str(bench.GRANIAN), "--interface", "asgi", "--workers", "2",
+                                                    "--host", "127.0.0.1", "--port", str(port), "--no-ws", APP]),
+    }
+
+
+def main() -> int:
+    import shutil
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (bash scripts/setup.sh installs it)", file=sys.stderr)
+        return 2
+    logdir = Path(tempfile.mkdtemp(prefix="rgunicorn-bench-asgi-"))
+    want = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
+    results = {}
+    for name, (binary, argv) in servers(bench.free_port()).items():
+        if want and name not in want:
+            continue
+        port = int(argv[argv.index("--port") + 1]) if "--port" in argv else int(argv[argv.index("-b") + 1].rsplit(":", 1)[1])
+        print(f"{name}", flush=True)
+        results[name] = bench.bench_server(name, binary, argv, port, list(bench.SCENARIOS), logdir)
+    lines = [
+        f"ASGI benchmark, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+        f"{bench.versions()}.",
+        "",
+        f"wrk -t{bench.THREADS} -c{bench.CONNECTIONS} -d{bench.SECONDS}s --latency after a {bench.WARMUP}s "
+        "warm-up; 2 workers each; CPU = the server's whole process tree, per request. Ratios are "
+        f"against {BASELINE} in the same run (the machine may be shared: compare ratios, not runs).",
+        "",
+    ]
+    for sc in bench.SCENARIOS:
+        lines += [f"### {sc}", "",
+                  "| server | req/s | vs uvicorn | p99 ms | CPU µs/req | errors |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        base = results.get(BASELINE, {}).get(sc, {})
+        for name, res in results.items():
+            r = res.get(sc)
+            if not r:
+                lines.append(f"| {name} | {res.get('_status', 'n/a')} | | | | |")
+                continue
+            lines.append(f"| {name} | {bench.fmt(r['rps'], ',.0f')} | {bench.ratio(r['rps'], base.get('rps'))} "
+                         f"| {bench.fmt(r['p99_ms'], '.2f')} | {bench.fmt(r['cpu_us'], '.1f')} | {r['errors']} |")
+        lines.append("")
+    table = "\n".join(lines)
+    print(table)
+    (bench.BENCH / "results-asgi.md").write_text(table + "\n")
+    print(f"written to {bench.BENCH / 'results-asgi.md'}; logs in {logdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

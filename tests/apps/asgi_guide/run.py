@@ -1,0 +1,7 @@
+# run.py
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/")
+async def root():
+    return {"message": "Hello"}
