@@ -11,6 +11,7 @@
 //! so a slow reader never holds the Python slot for a small response.
 
 pub mod fdio;
+pub mod flight;
 mod forwarded;
 mod input;
 mod response;
@@ -22,13 +23,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use forwarded::ProxyPolicy;
 pub use input::Input;
 use response::Writer;
-pub use response::{ErrorStream, FileWrapper, StartResponse};
+pub use response::{EarlyHints, ErrorStream, FileWrapper, StartResponse};
 
 /// What the server knows about the socket a request came in on.
 #[derive(Debug, Clone)]
@@ -58,6 +59,9 @@ pub struct Bridge {
     pub access_environ: Vec<String>,
     /// The body rate rule (grace, bytes/s) for `wsgi.input`'s socket reads.
     pub body_rate: Option<(Duration, u64)>,
+    /// `ConnectionSocket.__new__` and the class (bootstrap.py), for
+    /// `gunicorn.socket`.
+    socket_new: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT.
@@ -78,6 +82,9 @@ pub struct Peer {
 pub struct Outcome {
     /// The connection may serve another request.
     pub keep_alive: bool,
+    /// The app took the connection over (`gunicorn.socket`): the server
+    /// writes nothing more on it and lets it go without a shutdown.
+    pub taken_over: bool,
     /// Bytes read from the socket past this request (pipelined requests).
     pub leftover_in: Vec<u8>,
     /// Response bytes the client has not taken yet; the async side writes them.
@@ -123,6 +130,16 @@ impl Bridge {
             d.set_item("SERVER_PORT", &l.server_port)?;
             templates.push(d.unbind());
         }
+        let socket_new = match crate::python::bootstrap(py)
+            .and_then(|b| b.getattr("ConnectionSocket"))
+            .and_then(|cls| Ok((cls.getattr("__new__")?.unbind(), cls.unbind())))
+        {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!("gunicorn.socket is not available: {e}");
+                None
+            }
+        };
         Ok(Bridge {
             app,
             templates,
@@ -134,6 +151,7 @@ impl Bridge {
             request_hooks: None,
             access_environ: Vec::new(),
             body_rate: None,
+            socket_new,
         })
     }
 
@@ -250,6 +268,146 @@ fn environ<'py>(
     Ok(env)
 }
 
+/// The environ entries Gunicorn adds beyond PEP 3333, in one place:
+/// - `gunicorn.socket`: the connection as a `socket.socket`
+///   (bootstrap.py's `ConnectionSocket`), bound to a duplicate descriptor
+///   only when first used; returned with its claim, which the request's end
+///   releases (see [`release_socket`]);
+/// - `wsgi.early_hints` (Gunicorn >= 25): sends `103 Early Hints`.
+fn gunicorn_extensions<'py>(
+    py: Python<'py>,
+    bridge: &Bridge,
+    env: &Bound<'py, PyDict>,
+    writer: &Writer,
+    fd: RawFd,
+    flight: &Arc<flight::Flight>,
+) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, SocketClaim>)>> {
+    env.set_item(
+        pyo3::intern!(py, "wsgi.early_hints"),
+        EarlyHints::new(writer.clone()),
+    )?;
+    let Some((new, cls)) = &bridge.socket_new else {
+        return Ok(None);
+    };
+    let sock = new.bind(py).call1((cls.bind(py),))?;
+    let claim = Bound::new(py, SocketClaim::new(fd, flight.clone()))?;
+    sock.setattr(pyo3::intern!(py, "_rg_claim"), &claim)?;
+    env.set_item(pyo3::intern!(py, "gunicorn.socket"), &sock)?;
+    Ok(Some((sock, claim)))
+}
+
+/// The request is over: a `gunicorn.socket` the app did not take over is
+/// closed (when it was bound) and can no longer bind, so an app that kept
+/// it cannot reach a descriptor the connection no longer owns.
+fn release_socket(sock: &Bound<'_, PyAny>, claim: &Bound<'_, SocketClaim>, taken: bool) {
+    if taken {
+        return;
+    }
+    if claim.borrow().expire() {
+        if let Err(e) = sock.call_method0(pyo3::intern!(sock.py(), "close")) {
+            tracing::debug!("closing gunicorn.socket: {e}");
+        }
+    }
+}
+
+/// What `gunicorn.socket` asks the server (see bootstrap.py's
+/// `ConnectionSocket`).
+#[pyclass(module = "rgunicorn")]
+pub struct SocketClaim {
+    fd: RawFd,
+    flight: Arc<flight::Flight>,
+    state: Mutex<ClaimState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimState {
+    /// No descriptor yet.
+    Unbound,
+    /// Bound to a duplicate, the app has not done I/O.
+    Bound,
+    /// The app did I/O: the connection is its own.
+    Taken,
+    /// Closed by the app, or the request ended without a takeover.
+    Closed,
+}
+
+impl SocketClaim {
+    fn new(fd: RawFd, flight: Arc<flight::Flight>) -> SocketClaim {
+        SocketClaim {
+            fd,
+            flight,
+            state: Mutex::new(ClaimState::Unbound),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClaimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The request ended without a takeover. true: the socket is bound
+    /// and must be closed (its Python `close()`).
+    fn expire(&self) -> bool {
+        let mut st = self.lock();
+        let was = *st;
+        if was != ClaimState::Taken {
+            *st = ClaimState::Closed;
+        }
+        was == ClaimState::Bound
+    }
+}
+
+#[pymethods]
+impl SocketClaim {
+    /// The first time: a duplicate of the connection's descriptor for the
+    /// socket to bind to. Then None.
+    fn bind(&self) -> PyResult<Option<RawFd>> {
+        let mut st = self.lock();
+        match *st {
+            ClaimState::Unbound => {
+                // SAFETY: the connection task keeps the descriptor open while
+                // its request runs, and the claim is expired when it ends.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+                let dup = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
+                    .map_err(|e| pyo3::exceptions::PyOSError::new_err((e as i32, e.desc())))?;
+                *st = ClaimState::Bound;
+                Ok(Some(dup))
+            }
+            ClaimState::Bound | ClaimState::Taken => Ok(None),
+            ClaimState::Closed => Err(pyo3::exceptions::PyOSError::new_err((
+                libc::EBADF,
+                "gunicorn.socket is closed (its request is over)",
+            ))),
+        }
+    }
+
+    /// The app does I/O on the socket: the first time, the connection
+    /// becomes its own (true: make the socket blocking).
+    fn take(&self) -> bool {
+        let mut st = self.lock();
+        if *st != ClaimState::Bound {
+            return false;
+        }
+        *st = ClaimState::Taken;
+        self.flight.take();
+        true
+    }
+
+    /// `close()`: true when the socket is bound and must close.
+    fn close(&self) -> bool {
+        let mut st = self.lock();
+        let bound = matches!(*st, ClaimState::Bound | ClaimState::Taken);
+        *st = match *st {
+            ClaimState::Taken => ClaimState::Taken,
+            _ => ClaimState::Closed,
+        };
+        bound
+    }
+
+    fn bound(&self) -> bool {
+        matches!(*self.lock(), ClaimState::Bound | ClaimState::Taken)
+    }
+}
+
 /// Serve one parsed request: call the app and write its response.
 ///
 /// `prebuffered` holds the bytes already read after the request head (the
@@ -267,13 +425,16 @@ pub fn handle(
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
+    // In the worker's registry until the app is done: the --timeout abort
+    // answers it, gunicorn.socket hands it over (see flight.rs).
+    let flight = flight::begin(fd);
     let input =
         Input::new(fd, req, prebuffered, bridge.io_timeout).with_body(spill, bridge.body_rate);
     let input = match Bound::new(py, input) {
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
     };
-    let writer = Writer::new(fd, req, bridge.io_timeout);
+    let writer = Writer::new(fd, req, bridge.io_timeout).with_flight(flight.0.clone());
     let fwd = match forwarded::inspect(&bridge.proxy, req, peer) {
         Ok(f) => f,
         Err(e) => return writer.fail(py, BodyError::BadRequest(e), &req.uri),
@@ -284,6 +445,10 @@ pub fn handle(
     };
     let env = match environ(py, bridge, listener, req, peer, input.clone(), &fwd) {
         Ok(e) => e,
+        Err(e) => return internal_error(py, e, fd, req),
+    };
+    let claim = match gunicorn_extensions(py, bridge, &env, &writer, fd, &flight.0) {
+        Ok(c) => c,
         Err(e) => return internal_error(py, e, fd, req),
     };
 
@@ -301,22 +466,50 @@ pub fn handle(
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad), &req.uri),
         None => writer.fail(py, e, &req.uri),
     };
-    let mut outcome = match result {
-        Ok(body) => {
-            let r = send_body(py, &writer, &body);
-            close_result(py, &body);
-            match r {
-                Ok(()) => writer.finish(py, &req.uri),
-                Err(e) => failure(e),
-            }
+    let mut outcome = if flight.0.taken() {
+        // The app owns the connection now: its result (or the exception by
+        // which it says so, as Flask-Sock's StopIteration) is not a response.
+        if let Ok(body) = &result {
+            close_result(py, body);
         }
-        Err(e) => failure(BodyError::App(e)),
+        Outcome {
+            taken_over: true,
+            status: writer.status(),
+            ..Outcome::default()
+        }
+    } else {
+        let outcome = match result {
+            Ok(body) => {
+                let r = send_body(py, &writer, &body);
+                close_result(py, &body);
+                match r {
+                    Ok(()) => writer.finish(py, &req.uri),
+                    Err(e) => failure(e),
+                }
+            }
+            Err(e) => failure(BodyError::App(e)),
+        };
+        // The app may have taken the connection over while its response
+        // was written (from another thread): then it is left alone too.
+        Outcome {
+            taken_over: flight.0.taken(),
+            ..outcome
+        }
     };
-    // Whatever the app left unread of the body must be consumed (or the
-    // connection closed) before the next request on it can be parsed.
-    let (keep, leftover) = input.borrow().finish(py);
-    outcome.keep_alive &= keep;
-    outcome.leftover_in = leftover;
+    if let Some((sock, claim)) = &claim {
+        release_socket(sock, claim, outcome.taken_over);
+    }
+    if outcome.taken_over {
+        outcome.keep_alive = false;
+        outcome.pending_out.clear();
+        outcome.spool = None;
+    } else {
+        // Whatever the app left unread of the body must be consumed (or the
+        // connection closed) before the next request on it can be parsed.
+        let (keep, leftover) = input.borrow().finish(py);
+        outcome.keep_alive &= keep;
+        outcome.leftover_in = leftover;
+    }
     if !bridge.access_environ.is_empty() {
         outcome.environ_atoms = capture_environ(&env, &bridge.access_environ);
     }
