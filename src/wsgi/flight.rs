@@ -128,8 +128,11 @@ pub fn oldest_running() -> u64 {
 
 /// The worker is being aborted (`--timeout`): answer `response` on every
 /// request whose response has not started, then close each cleanly (what
-/// the client sent and we did not read is drained, so the close is a FIN,
-/// not a reset that could destroy the answer). Returns how many got it.
+/// the client sent and we did not read is drained for up to 200 ms, so the
+/// close is a FIN, not a reset that could destroy the answer). Returns how
+/// many got it. The descriptors stay open meanwhile: each request's
+/// connection task keeps its socket open while the request is registered,
+/// and the process exits right after.
 pub fn abort_unstarted(response: &[u8]) -> usize {
     let claimed: Vec<RawFd> = {
         let f = flights();
@@ -154,30 +157,32 @@ pub fn abort_unstarted(response: &[u8]) -> usize {
             .collect()
     };
     for &fd in &claimed {
-        let _ = super::fdio::send_all(fd, response, Duration::from_secs(1));
-        // SAFETY: the request's connection task keeps the descriptor open
-        // while the request is registered; the process exits right after.
-        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // A few hundred bytes: the socket takes them at once unless the
+        // client stopped reading altogether; then it gets what fits.
+        let _ = super::fdio::try_send(fd, response);
         let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
-        drain_input(bfd);
     }
+    drain_input(&claimed, Instant::now() + Duration::from_millis(200));
     claimed.len()
 }
 
-/// Read (and drop) what the client sent, until it closes or 200 ms pass.
-fn drain_input(fd: std::os::fd::BorrowedFd<'_>) {
-    let until = Instant::now() + Duration::from_millis(200);
+/// Read (and drop) what the clients sent, until each closes or `until`.
+fn drain_input(fds: &[RawFd], until: Instant) {
+    let mut open: Vec<RawFd> = fds.to_vec();
     let mut buf = [0u8; 16 * 1024];
-    while Instant::now() < until {
-        match nix::unistd::read(fd, &mut buf) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => {
-                let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-                let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(20u8));
+    while !open.is_empty() && Instant::now() < until {
+        open.retain(|&fd| loop {
+            // SAFETY: see `abort_unstarted`.
+            let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            match nix::unistd::read(bfd, &mut buf) {
+                Ok(0) => return false,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return true,
+                Err(_) => return false,
             }
-            Err(_) => return,
+        });
+        if !open.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -193,6 +198,10 @@ mod tests {
         let (a, mut client_a) = std::os::unix::net::UnixStream::pair().expect("pair");
         let (b, mut client_b) = std::os::unix::net::UnixStream::pair().expect("pair");
         let (c, _client_c) = std::os::unix::net::UnixStream::pair().expect("pair");
+        // As the connection tasks' sockets are.
+        for s in [&a, &b, &c] {
+            s.set_nonblocking(true).expect("nonblocking");
+        }
         let started = begin(a.as_raw_fd());
         assert!(started.0.start());
         let running = begin(b.as_raw_fd());
@@ -208,7 +217,6 @@ mod tests {
         assert!(!taken.0.start());
         assert!(taken.0.taken());
         drop((started, running, taken));
-        a.set_nonblocking(true).expect("nb");
         client_a.set_nonblocking(true).expect("nb");
         assert!(client_a.read(&mut [0u8; 8]).is_err(), "nothing written");
         assert!(!flights().iter().any(|f| f.fd == a.as_raw_fd()));
