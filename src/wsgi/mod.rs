@@ -298,16 +298,16 @@ fn gunicorn_extensions<'py>(
 
 /// The request is over: a `gunicorn.socket` the app did not take over is
 /// closed (when it was bound) and can no longer bind, so an app that kept
-/// it cannot reach a descriptor the connection no longer owns.
-fn release_socket(sock: &Bound<'_, PyAny>, claim: &Bound<'_, SocketClaim>, taken: bool) {
-    if taken {
-        return;
-    }
-    if claim.borrow().expire() {
+/// it cannot reach a descriptor the connection no longer owns. Returns
+/// whether the app took the connection over.
+fn release_socket(sock: &Bound<'_, PyAny>, claim: &Bound<'_, SocketClaim>) -> bool {
+    let (close, taken) = claim.borrow().expire();
+    if close {
         if let Err(e) = sock.call_method0(pyo3::intern!(sock.py(), "close")) {
             tracing::debug!("closing gunicorn.socket: {e}");
         }
     }
+    taken
 }
 
 /// What `gunicorn.socket` asks the server (see bootstrap.py's
@@ -344,15 +344,16 @@ impl SocketClaim {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The request ended without a takeover. true: the socket is bound
-    /// and must be closed (its Python `close()`).
-    fn expire(&self) -> bool {
+    /// The request ended: unless the app took the connection over, the
+    /// socket may no longer bind. Returns (the socket is bound and must be
+    /// closed with its Python `close()`, the app took the connection over).
+    fn expire(&self) -> (bool, bool) {
         let mut st = self.lock();
         let was = *st;
         if was != ClaimState::Taken {
             *st = ClaimState::Closed;
         }
-        was == ClaimState::Bound
+        (was == ClaimState::Bound, was == ClaimState::Taken)
     }
 }
 
@@ -497,7 +498,10 @@ pub fn handle(
         }
     };
     if let Some((sock, claim)) = &claim {
-        release_socket(sock, claim, outcome.taken_over);
+        // Decided under the claim's lock: a thread of the app taking the
+        // socket over right now either wins (and the connection is its
+        // own) or finds the socket closed.
+        outcome.taken_over |= release_socket(sock, claim);
     }
     if outcome.taken_over {
         outcome.keep_alive = false;
