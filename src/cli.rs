@@ -54,6 +54,29 @@ pub fn reexec_command(argv: &[String]) -> (std::path::PathBuf, Vec<String>) {
 
 /// Run rgunicorn with `argv` (`argv[0]` is the program name, the rest its
 /// arguments) and return the exit code.
+/// How listeners are opened (at start, and for a bind a reload adds).
+pub fn bind_options(settings: &crate::config::Settings) -> Result<sock::BindOptions> {
+    let owner = match (&settings.user, &settings.group) {
+        (None, None) => None,
+        (u, g) => Some((
+            match u {
+                Some(u) => Some(crate::privileges::uid_of(u)?.0),
+                None => None,
+            },
+            match g {
+                Some(g) => Some(crate::privileges::gid_of(g)?),
+                None => None,
+            },
+        )),
+    };
+    Ok(sock::BindOptions {
+        backlog: settings.backlog,
+        reuse_port: settings.reuse_port,
+        umask: settings.umask,
+        owner,
+    })
+}
+
 pub fn main(argv: Vec<String>, host: Host) -> i32 {
     // First, while this process has one thread and before Python copies the
     // environment: take the service manager's variables out of it, so no
@@ -124,16 +147,13 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot change directory to {}", dir.display()))?;
     }
-    for kv in &settings.raw_env {
-        if let Some((k, v)) = kv.split_once('=') {
-            // SAFETY of set_var: the master is single-threaded here.
-            std::env::set_var(k, v);
-        }
-    }
-    if python::is_hosted() {
-        // Python's os.environ is a copy: give it the `--env` variables.
-        python::sync_environ();
-    }
+    // The master is single-threaded here (set_var is sound).
+    let mut env_orig = arbiter::EnvOrig::default();
+    env_orig.apply(&[], &settings.raw_env);
+    // When an interpreter already runs here (it hosts us, or read a Python
+    // config file), its os.environ is a copy taken before: give it the
+    // `--env` variables, or the workers forked from us would not see them.
+    python::sync_environ();
 
     // A worker class that needs a package: say so now, before binding,
     // rather than in every worker.
@@ -155,25 +175,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         );
     }
 
-    let owner = match (&settings.user, &settings.group) {
-        (None, None) => None,
-        (u, g) => Some((
-            match u {
-                Some(u) => Some(crate::privileges::uid_of(u)?.0),
-                None => None,
-            },
-            match g {
-                Some(g) => Some(crate::privileges::gid_of(g)?),
-                None => None,
-            },
-        )),
-    };
-    let opts = sock::BindOptions {
-        backlog: settings.backlog,
-        reuse_port: settings.reuse_port,
-        umask: settings.umask,
-        owner,
-    };
+    let opts = bind_options(&settings)?;
     let mut listeners = Vec::new();
     let mut control_fd = None;
     let reexecuted = std::env::var_os(arbiter::REEXEC_FDS_ENV).is_some();
@@ -221,6 +223,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
 
     let pidfile = settings.pidfile.clone();
     let mut arb = arbiter::Arbiter::new(settings, app_uri, argv, listeners, preloaded)?;
+    arb.set_env_orig(env_orig);
     if let Some(c) = control {
         arb.set_control(c);
     }

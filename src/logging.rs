@@ -16,7 +16,13 @@
 //! that logged (the worker's or the master's). Raw text (tracebacks,
 //! `wsgi.errors`) and the access log still go to their sinks.
 //!
-//! Optional outputs, each set up once in the master before any fork (the
+//! A reload (HUP) sets everything up again from the new settings in the
+//! master ([`reconfigure`]): log files, level, access format, syslog,
+//! StatsD, as Gunicorn's reload makes a new logger; the new generation of
+//! workers inherits that. (Whether the error log goes to the journal is
+//! decided once, at start.)
+//!
+//! Optional outputs, each set up in the master before any fork (the
 //! workers inherit the sockets) and costing nothing when off:
 //! - `--capture-output`: fd 1 and 2 point at the error log file;
 //! - `--log-syslog`: error-log (and access-log) records also go to syslog
@@ -29,7 +35,7 @@ pub mod syslog;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 use tracing::{Event, Level, Subscriber};
 use tracing_journald::Priority;
@@ -127,7 +133,23 @@ struct Logs {
     statsd: Option<statsd::Statsd>,
 }
 
-static LOGS: OnceLock<Logs> = OnceLock::new();
+/// Set by `init`, replaced by `reconfigure` (only ever in the master,
+/// whose one thread is the only one that could be reading it then).
+static LOGS: RwLock<Option<Logs>> = RwLock::new(None);
+
+/// The level filter, which `reconfigure` changes.
+static LEVEL: OnceLock<
+    tracing_subscriber::reload::Handle<
+        tracing_subscriber::filter::LevelFilter,
+        tracing_subscriber::Registry,
+    >,
+> = OnceLock::new();
+
+/// Run `f` on the logs, when they are set up.
+fn with_logs<R>(f: impl FnOnce(&Logs) -> R) -> Option<R> {
+    let g = LOGS.read().unwrap_or_else(|p| p.into_inner());
+    g.as_ref().map(f)
+}
 
 /// Parse Gunicorn's `--log-level` names.
 pub fn parse_level(s: &str) -> Result<Level, String> {
@@ -143,11 +165,8 @@ pub fn parse_level(s: &str) -> Result<Level, String> {
     }
 }
 
-/// Install the logs. Called once in the master, before any fork; workers
-/// inherit them (and the syslog and StatsD sockets).
-/// `journald`: send the error log to the journal instead of as text.
-pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
-    let level = parse_level(&s.loglevel).map_err(anyhow::Error::msg)?;
+/// Open every log output the settings name.
+fn build(s: &crate::config::Settings) -> anyhow::Result<Logs> {
     let capture = if s.capture_output && s.errorlog != "-" {
         let path = PathBuf::from(&s.errorlog);
         redirect_stdio(&path)?;
@@ -168,7 +187,7 @@ pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let logs = Logs {
+    Ok(Logs {
         error: Sink::open(&s.errorlog, false)?,
         access: match s.accesslog.as_deref() {
             Some(a) => Some(Sink::open(a, true)?),
@@ -179,25 +198,50 @@ pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
         syslog_access: syslog.is_some() && !s.disable_redirect_access_to_syslog,
         syslog,
         statsd,
-    };
-    if LOGS.set(logs).is_err() {
-        return Ok(());
+    })
+}
+
+/// A reload: set the logs up again from `s` (files, level, access format,
+/// syslog, StatsD). On an error the logs stay as they were.
+pub fn reconfigure(s: &crate::config::Settings) -> anyhow::Result<()> {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = parse_level(&s.loglevel).map_err(anyhow::Error::msg)?;
+    let logs = build(s)?;
+    *LOGS.write().unwrap_or_else(|p| p.into_inner()) = Some(logs);
+    if let Some(h) = LEVEL.get() {
+        h.reload(LevelFilter::from_level(level))
+            .map_err(|e| anyhow::anyhow!("cannot change the log level: {e}"))?;
     }
+    Ok(())
+}
+
+/// Install the logs. Called once in the master, before any fork; workers
+/// inherit them (and the syslog and StatsD sockets).
+/// `journald`: send the error log to the journal instead of as text.
+pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    let level = parse_level(&s.loglevel).map_err(anyhow::Error::msg)?;
+    {
+        let mut g = LOGS.write().unwrap_or_else(|p| p.into_inner());
+        if g.is_some() {
+            return Ok(());
+        }
+        *g = Some(build(s)?);
+    }
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(LevelFilter::from_level(level));
+    let _ = LEVEL.set(handle);
+    let registry = tracing_subscriber::registry().with(filter);
     if journald {
         match journald_layer(Priority::Error)
             .and_then(|l| Ok((l, journald_layer(Priority::Critical)?)))
         {
             Ok((layer, critical)) => {
-                use tracing_subscriber::filter::{filter_fn, LevelFilter};
-                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::filter::filter_fn;
                 use tracing_subscriber::Layer;
                 let is_critical = |m: &tracing::Metadata<'_>| m.target().ends_with("critical");
-                let subscriber = tracing_subscriber::registry()
-                    .with(
-                        layer
-                            .with_filter(LevelFilter::from_level(level))
-                            .with_filter(filter_fn(move |m| !is_critical(m))),
-                    )
+                let subscriber = registry
+                    .with(layer.with_filter(filter_fn(move |m| !is_critical(m))))
                     .with(critical.with_filter(filter_fn(is_critical)));
                 let _ = tracing::subscriber::set_global_default(subscriber);
                 return Ok(());
@@ -214,11 +258,11 @@ pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
             }
         }
     }
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .event_format(GunicornFormat)
-        .with_writer(ErrorLogWriter)
-        .finish();
+    let subscriber = registry.with(
+        tracing_subscriber::fmt::layer()
+            .event_format(GunicornFormat)
+            .with_writer(ErrorLogWriter),
+    );
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(())
 }
@@ -257,7 +301,7 @@ fn redirect_stdio(path: &PathBuf) -> io::Result<()> {
 
 /// Reopen every file log (SIGUSR1).
 pub fn reopen() -> io::Result<()> {
-    if let Some(l) = LOGS.get() {
+    with_logs(|l| {
         l.error.reopen()?;
         if let Some(p) = &l.capture {
             redirect_stdio(p)?;
@@ -265,24 +309,21 @@ pub fn reopen() -> io::Result<()> {
         if let Some(a) = &l.access {
             a.reopen()?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .unwrap_or(Ok(()))
 }
 
 /// Write raw text to the error log (wsgi.errors, tracebacks).
 pub fn error_log_raw(buf: &[u8]) {
-    match LOGS.get() {
-        Some(l) => l.error.write_all(buf),
-        None => {
-            let _ = io::stderr().write_all(buf);
-        }
+    if with_logs(|l| l.error.write_all(buf)).is_none() {
+        let _ = io::stderr().write_all(buf);
     }
 }
 
 /// Is the access log on? Lets the request path skip collecting its figures.
 pub fn access_enabled() -> bool {
-    LOGS.get()
-        .is_some_and(|l| l.access.is_some() || l.syslog_access)
+    with_logs(|l| l.access.is_some() || l.syslog_access).unwrap_or(false)
 }
 
 /// The environ keys (lower case) the access-log format reads with
@@ -290,25 +331,33 @@ pub fn access_enabled() -> bool {
 /// Empty when the format has no `e` atom (or the access log is off): the
 /// worker then captures nothing per request.
 pub fn access_environ_keys() -> Vec<String> {
-    match LOGS.get() {
-        Some(l) if l.access.is_some() || l.syslog_access => l.access_format.environ_keys(),
-        _ => Vec::new(),
-    }
+    with_logs(|l| {
+        if l.access.is_some() || l.syslog_access {
+            l.access_format.environ_keys()
+        } else {
+            Vec::new()
+        }
+    })
+    .unwrap_or_default()
 }
 
 /// One request is done: its StatsD metrics, when `--statsd-host` is set.
 pub fn request_metrics(status: u16, took: Duration) {
-    if let Some(st) = LOGS.get().and_then(|l| l.statsd.as_ref()) {
-        st.request(status, took);
-    }
+    with_logs(|l| {
+        if let Some(st) = &l.statsd {
+            st.request(status, took);
+        }
+    });
 }
 
 /// The master's worker count, as Gunicorn's `gunicorn.workers` gauge (sent
 /// when it changes).
 pub fn workers_gauge(n: usize) {
-    if let Some(st) = LOGS.get().and_then(|l| l.statsd.as_ref()) {
-        st.workers(n);
-    }
+    with_logs(|l| {
+        if let Some(st) = &l.statsd {
+            st.workers(n);
+        }
+    });
 }
 
 struct ErrorLogWriter;
@@ -354,15 +403,17 @@ impl Drop for ErrorLogLine {
     fn drop(&mut self) {
         // One write per line, so lines of concurrent processes never interleave.
         error_log_raw(&self.0);
-        let (Some(l), Some(sev)) = (LOGS.get(), self.1) else {
+        let Some(sev) = self.1 else {
             return;
         };
-        if let Some(sys) = &l.syslog {
-            sys.error_record(sev, message_of(&self.0));
-        }
-        if let Some(st) = &l.statsd {
-            st.log_record(sev);
-        }
+        with_logs(|l| {
+            if let Some(sys) = &l.syslog {
+                sys.error_record(sev, message_of(&self.0));
+            }
+            if let Some(st) = &l.statsd {
+                st.log_record(sev);
+            }
+        });
     }
 }
 
@@ -738,7 +789,7 @@ pub fn format_access(fmt: &AccessFormat, i: &AccessInfo<'_>) -> String {
 /// Write one access-log line to the access log and, with `--log-syslog`,
 /// to syslog.
 pub fn access(i: &AccessInfo<'_>) {
-    if let Some(l) = LOGS.get() {
+    with_logs(|l| {
         if l.access.is_none() && !l.syslog_access {
             return;
         }
@@ -752,7 +803,7 @@ pub fn access(i: &AccessInfo<'_>) {
             line.push('\n');
             sink.write_all(line.as_bytes());
         }
-    }
+    });
 }
 
 #[cfg(test)]

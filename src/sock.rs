@@ -102,6 +102,10 @@ pub struct Listener {
     /// listening, since `shutdown(2)` on a listening socket would close it
     /// for them as well.
     pub shared: bool,
+    /// The `--bind` entry it was opened for (a reload that drops the entry
+    /// closes it); None when it was handed to us (socket activation, a
+    /// parent master's USR2), which a reload leaves alone.
+    pub bind: Option<String>,
 }
 
 impl Listener {
@@ -201,6 +205,7 @@ fn bind_tcp(addr: SocketAddr, opts: BindOptions) -> Result<Listener> {
         kind: ListenerKind::Tcp(local),
         unlink_on_exit: false,
         shared: false,
+        bind: None,
     })
 }
 
@@ -260,6 +265,7 @@ fn bind_unix(path: &std::path::Path, opts: BindOptions) -> Result<Listener> {
         kind: ListenerKind::Unix(path.to_path_buf()),
         unlink_on_exit: true,
         shared: false,
+        bind: None,
     })
 }
 
@@ -299,6 +305,7 @@ pub fn adopt_fd(fd: RawFd) -> Result<Listener> {
         kind,
         unlink_on_exit: false,
         shared: true,
+        bind: None,
     })
 }
 

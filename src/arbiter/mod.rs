@@ -118,6 +118,42 @@ pub struct Arbiter {
     notified_reload: Option<ReloadOutcome>,
     /// What the service manager is told (READY, STATUS, WATCHDOG, ...).
     sd: crate::systemd::Service,
+    /// The values `raw_env` replaced, put back when a reload drops them.
+    env_orig: EnvOrig,
+    /// Listeners a reload's new `bind` dropped, with the last generation
+    /// that serves on them: they stop listening once that generation
+    /// retires (see `close_dropped_listeners`).
+    dropped_listeners: Vec<(u64, Listener)>,
+}
+
+/// What the process environment held, before `raw_env` set them, for each
+/// variable `raw_env` ever set (Gunicorn's `env_orig`).
+#[derive(Debug, Default)]
+pub struct EnvOrig(std::collections::HashMap<String, Option<std::ffi::OsString>>);
+
+impl EnvOrig {
+    /// Put back what `old` (a `raw_env`) set, then set `new`. Only while
+    /// the process has one thread (set_var/remove_var).
+    pub fn apply(&mut self, old: &[String], new: &[String]) {
+        for kv in old {
+            if let Some((k, _)) = kv.split_once('=') {
+                match self.0.get(k) {
+                    Some(Some(v)) => std::env::set_var(k, v),
+                    _ => std::env::remove_var(k),
+                }
+            }
+        }
+        for kv in new {
+            if let Some((k, v)) = kv.split_once('=') {
+                if !k.is_empty() && !k.contains('\0') && !v.contains('\0') {
+                    self.0
+                        .entry(k.to_string())
+                        .or_insert_with(|| std::env::var_os(k));
+                    std::env::set_var(k, v);
+                }
+            }
+        }
+    }
 }
 
 impl Arbiter {
@@ -161,7 +197,14 @@ impl Arbiter {
             control: None,
             notified_reload: None,
             sd: crate::systemd::Service::from_env(),
+            env_orig: EnvOrig::default(),
+            dropped_listeners: Vec::new(),
         })
+    }
+
+    /// The environment as it was before `raw_env` (see [`EnvOrig`]).
+    pub fn set_env_orig(&mut self, e: EnvOrig) {
+        self.env_orig = e;
     }
 
     /// Run until stopped; returns the process exit code.
@@ -228,6 +271,7 @@ impl Arbiter {
                 crate::hooks::child_exit(&self.settings, self.sup.target(), pid.as_raw(), slot);
             }
             self.execute(actions);
+            self.close_dropped_listeners();
             self.sd_tick();
             self.handle_control(&ctl_ready);
             if self.sup.finished() {
@@ -498,6 +542,11 @@ impl Arbiter {
             }
         }
         self.listeners.clear();
+        for (_, l) in std::mem::take(&mut self.dropped_listeners) {
+            if !shared && matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) && !l.shared {
+                let _ = nix::sys::socket::shutdown(l.raw_fd(), nix::sys::socket::Shutdown::Read);
+            }
+        }
     }
 
     fn kill_all(&mut self, sig: Signal) {
@@ -508,7 +557,9 @@ impl Arbiter {
 
     /// Reload (SIGHUP, `reload`): read the settings again and start a new
     /// generation of workers, which import the app afresh; each old worker
-    /// retires once a new one is ready. Listeners stay open throughout.
+    /// retires once a new one is ready. As Gunicorn's reload, it also
+    /// re-applies `raw_env`, the logging settings and a changed `bind`
+    /// (unchanged listeners stay open throughout; see `rebind`).
     pub fn reload(&mut self) {
         if !self.sup.is_running() {
             return;
@@ -518,8 +569,16 @@ impl Arbiter {
         let args: Vec<std::ffi::OsString> = self.argv.iter().skip(1).map(Into::into).collect();
         match crate::python::config::load_settings(args, &self.argv) {
             Ok(new) => {
-                if new.bind != self.settings.bind {
-                    tracing::warn!("Reload: a changed bind takes effect only on restart");
+                // What Gunicorn's reload re-applies besides the workers:
+                // raw_env, logging, a changed bind.
+                self.env_orig.apply(&self.settings.raw_env, &new.raw_env);
+                crate::python::sync_environ();
+                if let Err(e) = crate::logging::reconfigure(&new) {
+                    tracing::error!("Reload: logging stays as it was: {e:#}");
+                }
+                let mut new = new;
+                if new.bind != self.settings.bind && !self.rebind(&new) {
+                    new.bind = self.settings.bind.clone();
                 }
                 let event = Event::Reload {
                     workers: new.workers,
@@ -538,6 +597,106 @@ impl Arbiter {
                 };
                 self.apply(vec![Event::ReloadUnreadable { error }]);
             }
+        }
+    }
+
+    /// A reload changed `bind`: open the new addresses now (the new
+    /// generation is forked with them), keep the unchanged ones, and set the
+    /// dropped ones aside: the old generation keeps serving on them until it
+    /// retires (`close_dropped_listeners`). false: nothing changed (listeners
+    /// handed to us, or a new address cannot be opened); the old bind stays.
+    fn rebind(&mut self, new: &Settings) -> bool {
+        if self.listeners.iter().any(|l| l.bind.is_none()) {
+            tracing::warn!(
+                "Reload: the listeners were handed to this server (socket activation, \
+                 fd://, USR2): a changed bind takes effect only on restart"
+            );
+            return false;
+        }
+        let opts = match crate::cli::bind_options(new) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("Reload: the bind stays as it was: {e:#}");
+                return false;
+            }
+        };
+        // Open every new address first: if one fails, nothing changes (what
+        // was opened closes again).
+        let mut opened: Vec<Listener> = Vec::new();
+        for b in &new.bind {
+            let have = |l: &Listener| l.bind.as_deref() == Some(b.as_str());
+            if self.listeners.iter().any(have) || opened.iter().any(have) {
+                continue;
+            }
+            match crate::sock::BindAddr::parse(b).and_then(|a| crate::sock::bind(&a, opts)) {
+                Ok(ls) => opened.extend(ls.into_iter().map(|mut l| {
+                    l.bind = Some(b.clone());
+                    l
+                })),
+                Err(e) => {
+                    tracing::error!(
+                        "Reload: cannot listen at {b}, the bind stays as it was: {e:#}"
+                    );
+                    return false;
+                }
+            }
+        }
+        for l in &opened {
+            tracing::info!("Listening at: {} ({})", l.describe(), self.pid);
+        }
+        // In the new bind's order; what is left over was dropped.
+        let mut old = std::mem::take(&mut self.listeners);
+        let mut next = Vec::new();
+        for b in &new.bind {
+            for pool in [&mut old, &mut opened] {
+                let (k, rest): (Vec<_>, Vec<_>) = std::mem::take(pool)
+                    .into_iter()
+                    .partition(|l| l.bind.as_deref() == Some(b.as_str()));
+                *pool = rest;
+                next.extend(k);
+            }
+        }
+        let generation = self.sup.generation();
+        for l in old {
+            tracing::info!(
+                "Reload: {} closes once the workers serving on it retire",
+                l.describe()
+            );
+            self.dropped_listeners.push((generation, l));
+        }
+        self.listeners = next;
+        true
+    }
+
+    /// Close the listeners a reload dropped once no worker of the
+    /// generations that serve on them is still taking connections (they all
+    /// retire, or are gone). `shutdown(2)` first: a connection attempt from
+    /// then on is refused at once rather than queued where no worker will
+    /// ever accept it; the retiring workers finish what they accepted.
+    fn close_dropped_listeners(&mut self) {
+        if self.dropped_listeners.is_empty() {
+            return;
+        }
+        let serving = |g: u64| {
+            self.sup.workers().any(|(_, w)| {
+                w.generation <= g
+                    && matches!(
+                        w.state,
+                        supervisor::WorkerState::Booting { .. }
+                            | supervisor::WorkerState::Ready
+                            | supervisor::WorkerState::Recycling
+                    )
+            })
+        };
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.dropped_listeners)
+            .into_iter()
+            .partition(|(g, _)| !serving(*g));
+        self.dropped_listeners = keep;
+        for (_, l) in done {
+            if matches!(l.kind, crate::sock::ListenerKind::Tcp(_)) && !l.shared {
+                let _ = nix::sys::socket::shutdown(l.raw_fd(), nix::sys::socket::Shutdown::Read);
+            }
+            tracing::info!("Closed listener {} (dropped by a reload)", l.describe());
         }
     }
 

@@ -184,6 +184,15 @@ impl std::ops::Deref for Settings {
     }
 }
 
+/// A reload may keep one setting at its old value (a `bind` that cannot
+/// open, say): `new.bind = old.bind.clone()`.
+impl std::ops::DerefMut for Settings {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut TableSettings {
+        &mut self.table
+    }
+}
+
 impl WorkerClass {
     /// The third-party Python package the class needs (checked by the
     /// master before it binds: `pip install` it).

@@ -371,7 +371,9 @@ settings_table! {
         default: DefaultValue::Dynamic("`['0.0.0.0:$PORT']` if `$PORT` is set, else `['127.0.0.1:8000']`"),
         help: "The socket to bind: HOST, HOST:PORT, unix:PATH or fd://FD; repeatable.",
         check: Some(super::value::check_bind),
-        ..BASE
+        status: Status::Different(
+            "A reload that changes it keeps the unchanged addresses open throughout (Gunicorn closes and reopens every one), opens the new ones, and stops listening on the dropped ones once the old workers retire. A new address that cannot open (in use, or a wider address on a port still bound) fails only the bind change: the old bind stays and the error is logged. Listeners handed over (socket activation, USR2) are kept: a changed bind then needs a restart.",
+        ),
     } => bind: Vec<String>,
     int("backlog", SOCKET, &["--backlog"], 2048, "The maximum number of pending connections.", Status::Same) => backlog: i32,
     // ---- Worker Processes

@@ -495,6 +495,11 @@ impl Response {
         }
     }
 
+    /// The request this answers.
+    pub fn exchange(&self) -> Exchange {
+        self.ex
+    }
+
     /// Set (or, before it is sent, replace) the app's status and headers.
     pub fn set_head(&mut self, head: Head) {
         self.head = Some(head);
@@ -571,6 +576,39 @@ impl Response {
 /// `Date` (RFC 9110 §6.6.1 asks an origin server for Date).
 pub fn error(status: u16, reason: &str, message: &str) -> Vec<u8> {
     error_dated(status, reason, message, crate::http_date::now().as_bytes())
+}
+
+/// An interim (1xx) response, such as `103 Early Hints`: the status line
+/// and `headers`, checked as the app's final headers are (a token name; a
+/// latin-1 value without control characters; surrounding blanks trimmed),
+/// so an app cannot split the response.
+pub fn interim(
+    code: u16,
+    reason: &str,
+    headers: Vec<(String, String)>,
+) -> Result<Vec<u8>, InvalidResponse> {
+    let mut out = Vec::with_capacity(64 + headers.len() * 64);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.push(b' ');
+    put_latin1(&mut out, reason);
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if !is_token(&name) {
+            return Err(InvalidResponse::HeaderName(name));
+        }
+        match check_text(&value) {
+            Ok(()) => {}
+            Err(BadText::Control) => return Err(InvalidResponse::HeaderValue(name)),
+            Err(BadText::NotLatin1(ch)) => return Err(InvalidResponse::NotLatin1 { name, ch }),
+        }
+        put_latin1(&mut out, &name);
+        out.extend_from_slice(b": ");
+        put_latin1(&mut out, value.trim_matches([' ', '\t']));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
 }
 
 /// The error response for a request the parser refused.

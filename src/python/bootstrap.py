@@ -1,9 +1,11 @@
 # Helpers rgunicorn runs inside its embedded interpreter. Kept in Python
 # because they are Python semantics (import rules, ast, config files) that
-# Gunicorn implements in Python too; none of it runs per request.
+# Gunicorn implements in Python too; none of it runs per request, except
+# the methods of ConnectionSocket (gunicorn.socket) once an app uses it.
 import ast
 import importlib
 import os
+import socket
 import sys
 import traceback
 
@@ -297,3 +299,86 @@ class ConnSocket:
 
     def __repr__(self):
         return "<rgunicorn connection socket fd=%d>" % self._fd
+class ConnectionSocket(socket.socket):
+    """``environ['gunicorn.socket']``: the client connection as a
+    ``socket.socket``, for the libraries that take the connection over
+    (simple-websocket, so Flask-Sock and Flask-SocketIO's threading mode).
+
+    rgunicorn makes it without a descriptor (``ConnectionSocket.__new__``
+    and the ``_rg_claim`` slot, from Rust: no system call per request). The
+    first use binds it to a duplicate of the connection's descriptor. Any
+    I/O, ``fileno()`` (which selectors call) or a change of blocking mode
+    hands the connection to the app: the socket becomes blocking, as
+    Gunicorn's is, and the server writes nothing more on the connection,
+    leaves it open for as long as the app holds this socket, and does not
+    reuse it for another request. Reading the addresses or options does not.
+    After the request, a socket never handed over no longer binds.
+    """
+
+    __slots__ = ("_rg_claim",)
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("ConnectionSocket is made by rgunicorn")
+
+    def _rg_bind(self, io):
+        fd = self._rg_claim.bind()
+        if fd is not None:
+            socket.socket.__init__(self, fileno=fd)
+        if io and self._rg_claim.take():
+            socket.socket.setblocking(self, True)
+
+    def close(self):
+        if self._rg_claim.close():
+            socket.socket.close(self)
+
+    def __repr__(self):
+        if not self._rg_claim.bound():
+            return "<rgunicorn.ConnectionSocket (not used yet)>"
+        return socket.socket.__repr__(self)
+
+    @property
+    def family(self):
+        self._rg_bind(False)
+        return socket.socket.family.__get__(self)
+
+    @property
+    def type(self):
+        self._rg_bind(False)
+        return socket.socket.type.__get__(self)
+
+    @property
+    def proto(self):
+        self._rg_bind(False)
+        return socket.socket.proto.__get__(self)
+
+    @property
+    def timeout(self):
+        self._rg_bind(False)
+        return socket.socket.timeout.__get__(self)
+
+
+def _connection_socket_method(name, io):
+    base = getattr(socket.socket, name)
+
+    def method(self, *args, **kwargs):
+        self._rg_bind(io)
+        return base(self, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = base.__doc__
+    return method
+
+
+for _name, _io in [
+    *[(n, True) for n in (
+        "recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg",
+        "recvmsg_into", "send", "sendall", "sendto", "sendmsg", "sendfile",
+        "makefile", "fileno", "detach", "dup", "setblocking", "settimeout",
+        "shutdown")],
+    *[(n, False) for n in (
+        "getpeername", "getsockname", "getsockopt", "setsockopt",
+        "gettimeout", "getblocking", "get_inheritable", "set_inheritable")],
+]:
+    if hasattr(socket.socket, _name):
+        setattr(ConnectionSocket, _name, _connection_socket_method(_name, _io))
+del _name, _io

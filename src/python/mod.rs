@@ -62,12 +62,13 @@ pub fn adopt_host() {
     }
 }
 
-/// Make the hosting interpreter's `os.environ` (a copy it took at start)
-/// equal to the process environment again, after we changed the latter
-/// (the service manager's variables taken out, `--env` added). The master
+/// Make the interpreter's `os.environ` (a copy it took at start; nothing
+/// to do when none runs in this process yet) equal to the process
+/// environment again, after we changed the latter (the service manager's
+/// variables taken out, `--env` added or changed by a reload). The master
 /// is single-threaded here, so the `setenv`/`unsetenv` this causes are sound.
 pub fn sync_environ() {
-    if !is_hosted() {
+    if !is_initialized() {
         return;
     }
     let r = Python::attach(|py| -> PyResult<()> {

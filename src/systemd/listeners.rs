@@ -78,7 +78,8 @@ pub fn resolve(binds: &[String], opts: BindOptions) -> Result<Sockets> {
         .filter(|_| super::env::get().fdstore_allowed());
     for b in binds {
         if let Some(fd) = reuse.by_bind.remove(b) {
-            let l = adopt(fd, &format!("stored listener for {b}"))?;
+            let mut l = adopt(fd, &format!("stored listener for {b}"))?;
+            l.bind = Some(b.clone());
             tracing::info!("Reusing the listener for {b} kept by the service manager");
             out.listeners.push(l);
             continue;
@@ -87,6 +88,7 @@ pub fn resolve(binds: &[String], opts: BindOptions) -> Result<Sockets> {
         let fresh = sock::bind(&addr, opts)?;
         let name = fdstore::name_for_bind(b).filter(|_| !matches!(addr, BindAddr::Fd(_)));
         for mut l in fresh {
+            l.bind = Some(b.clone());
             if let (Some(n), Some(name)) = (store, &name) {
                 match n.fdstore(l.fd.as_fd(), name) {
                     Ok(()) => {

@@ -13,6 +13,10 @@
 //!   bounds how long that may take.
 //!
 //! After a timeout's `worker_abort`, `worker_exit` runs too, as in Gunicorn.
+//! Before either, every request of the worker whose response has not
+//! started is answered `500 Internal Server Error` (as Gunicorn's sync
+//! worker answers the request its abort interrupts) and closed cleanly
+//! (see [`crate::wsgi::flight`]); a response already under way is cut off.
 //!
 //! The handlers only write one byte to a pipe or call `_exit`, both
 //! async-signal-safe; everything else happens on the watcher thread.
@@ -94,6 +98,16 @@ fn watch(r: OwnedFd) {
         unsafe { libc::_exit(0) }
     }
     let pid = std::process::id();
+    // First, before waiting for the GIL: each request whose response has
+    // not started gets Gunicorn's 500 and a clean close, not an empty reply.
+    let answered = crate::wsgi::flight::abort_unstarted(&crate::http::response::error(
+        500,
+        "Internal Server Error",
+        "",
+    ));
+    if answered > 0 {
+        tracing::debug!("answered 500 to {answered} request(s) cut off by the timeout");
+    }
     let stacks = Python::attach(|py| {
         crate::python::bootstrap(py)
             .and_then(|b| b.call_method0("dump_stacks"))

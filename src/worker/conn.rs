@@ -687,6 +687,20 @@ where
             return;
         }
         let took = started.elapsed();
+        if outcome.taken_over {
+            // The app took the connection over (gunicorn.socket) and is done
+            // with it, or goes on with it on a thread of its own holding a
+            // duplicate descriptor: write nothing, no shutdown (that would
+            // end the connection under the app), no keep-alive; closing our
+            // descriptor leaves the app's open. No access log line, as in
+            // Gunicorn.
+            tracing::debug!(
+                "{} {}: the app took the connection over",
+                req.method,
+                req.uri
+            );
+            return;
+        }
         if crate::logging::access_enabled() {
             access_log(&req, &peer, &outcome, took);
         }

@@ -7,19 +7,17 @@
 use super::boot::Booted;
 use super::{Call, Class};
 use crate::http;
-use crate::scoreboard::{now_ms, Slot};
+use crate::scoreboard::Slot;
 use crate::wsgi::{self, Bridge, Outcome, Peer};
 use pyo3::prelude::*;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
 pub(super) struct Gthread {
     bridge: Arc<Bridge>,
     threads: usize,
-    /// When each Python thread's current request began (0 = idle).
-    busy: Arc<Vec<AtomicU64>>,
     /// Set by `start`.
     pool: Option<mpsc::Sender<Job>>,
     slot: &'static Slot,
@@ -42,7 +40,6 @@ impl Gthread {
         Ok(Gthread {
             bridge: Arc::new(b.wsgi_bridge(true)?),
             threads,
-            busy: Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect()),
             pool: None,
             slot: b.slot,
         })
@@ -57,11 +54,7 @@ impl Class for Gthread {
     }
 
     fn start(&mut self) -> Result<(), i32> {
-        self.pool = Some(start_pool(
-            self.threads,
-            self.bridge.clone(),
-            self.busy.clone(),
-        ));
+        self.pool = Some(start_pool(self.threads, self.bridge.clone()));
         Ok(())
     }
 
@@ -86,30 +79,23 @@ impl Class for Gthread {
         r.ok()
     }
 
+    /// --timeout applies per request: the start of the oldest one running
+    /// (0 when every thread is idle), leaving out a connection the app took
+    /// over through `gunicorn.socket` (a websocket lasts as long as it
+    /// lasts, as under Gunicorn's gthread worker).
     fn heartbeat(&self, slot: &Slot) {
         slot.busy_since_ms
-            .store(oldest_busy(&self.busy), Ordering::Relaxed);
+            .store(wsgi::flight::oldest_running(), Ordering::Relaxed);
     }
-}
-
-/// --timeout applies per request: the start of the oldest one running
-/// (0 when every thread is idle).
-fn oldest_busy(busy: &[AtomicU64]) -> u64 {
-    busy.iter()
-        .map(|b| b.load(Ordering::Relaxed))
-        .filter(|&t| t != 0)
-        .min()
-        .unwrap_or(0)
 }
 
 /// Start `n` Python threads that share the bridge and take jobs from one
 /// channel until it closes.
-fn start_pool(n: usize, bridge: Arc<Bridge>, busy: Arc<Vec<AtomicU64>>) -> mpsc::Sender<Job> {
+fn start_pool(n: usize, bridge: Arc<Bridge>) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..n {
         let rx = rx.clone();
-        let busy = busy.clone();
         let bridge = bridge.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("python-{i}"))
@@ -117,7 +103,6 @@ fn start_pool(n: usize, bridge: Arc<Bridge>, busy: Arc<Vec<AtomicU64>>) -> mpsc:
                 Python::attach(|py| loop {
                     let job = py.detach(|| rx.lock().unwrap_or_else(|p| p.into_inner()).recv());
                     let Ok(job) = job else { break };
-                    busy[i].store(now_ms(), Ordering::Relaxed);
                     let out = wsgi::handle(
                         py,
                         &bridge,
@@ -128,7 +113,6 @@ fn start_pool(n: usize, bridge: Arc<Bridge>, busy: Arc<Vec<AtomicU64>>) -> mpsc:
                         job.fd,
                         &job.peer,
                     );
-                    busy[i].store(0, Ordering::Relaxed);
                     let _ = job.reply.send((job.req, out));
                 })
             });
@@ -137,17 +121,4 @@ fn start_pool(n: usize, bridge: Arc<Bridge>, busy: Arc<Vec<AtomicU64>>) -> mpsc:
         }
     }
     tx
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oldest_busy_ignores_idle_threads() {
-        let busy: Vec<AtomicU64> = [0, 500, 300, 0].into_iter().map(AtomicU64::new).collect();
-        assert_eq!(oldest_busy(&busy), 300);
-        let idle: Vec<AtomicU64> = [0, 0].into_iter().map(AtomicU64::new).collect();
-        assert_eq!(oldest_busy(&idle), 0);
-    }
 }

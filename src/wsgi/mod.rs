@@ -11,6 +11,7 @@
 //! so a slow reader never holds the Python slot for a small response.
 
 pub mod fdio;
+pub mod flight;
 mod forwarded;
 mod input;
 mod response;
@@ -28,7 +29,7 @@ use std::time::Duration;
 pub use forwarded::ProxyPolicy;
 pub use input::Input;
 use response::Writer;
-pub use response::{ErrorStream, FileWrapper, StartResponse};
+pub use response::{EarlyHints, ErrorStream, FileWrapper, StartResponse};
 
 /// What the server knows about the socket a request came in on.
 #[derive(Debug, Clone)]
@@ -61,6 +62,9 @@ pub struct Bridge {
     /// Makes `environ['gunicorn.socket']` from the connection's descriptor
     /// (the gevent worker's `ConnSocket`): see [`handle`].
     pub conn_socket: Option<Py<PyAny>>,
+    /// `ConnectionSocket.__new__` and the class (bootstrap.py), for
+    /// `gunicorn.socket`.
+    socket_new: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 /// The peer of a connection, as REMOTE_ADDR / REMOTE_PORT. Shared strings:
@@ -82,6 +86,9 @@ pub struct Peer {
 pub struct Outcome {
     /// The connection may serve another request.
     pub keep_alive: bool,
+    /// The app took the connection over (`gunicorn.socket`): the server
+    /// writes nothing more on it and lets it go without a shutdown.
+    pub taken_over: bool,
     /// Bytes read from the socket past this request (pipelined requests).
     pub leftover_in: Vec<u8>,
     /// Response bytes the client has not taken yet; the async side writes them.
@@ -94,10 +101,6 @@ pub struct Outcome {
     pub response_headers: Vec<(String, String)>,
     /// The values of `Bridge::access_environ` after the app ran.
     pub environ_atoms: Vec<Option<String>>,
-    /// The app took the connection over (it used `gunicorn.socket`, or
-    /// raised StopIteration as Gunicorn's "already handled"): the server
-    /// writes nothing more and closes only its own descriptor.
-    pub taken_over: bool,
 }
 
 impl Bridge {
@@ -131,6 +134,16 @@ impl Bridge {
             d.set_item("SERVER_PORT", &l.server_port)?;
             templates.push(d.unbind());
         }
+        let socket_new = match crate::python::bootstrap(py)
+            .and_then(|b| b.getattr("ConnectionSocket"))
+            .and_then(|cls| Ok((cls.getattr("__new__")?.unbind(), cls.unbind())))
+        {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!("gunicorn.socket is not available: {e}");
+                None
+            }
+        };
         Ok(Bridge {
             app,
             templates,
@@ -143,6 +156,7 @@ impl Bridge {
             access_environ: Vec::new(),
             body_rate: None,
             conn_socket: None,
+            socket_new,
         })
     }
 
@@ -293,6 +307,148 @@ fn environ<'py>(
     Ok(env)
 }
 
+/// The environ entries Gunicorn adds beyond PEP 3333, in one place:
+/// - `gunicorn.socket`: the connection as a `socket.socket`
+///   (bootstrap.py's `ConnectionSocket`), bound to a duplicate descriptor
+///   only when first used; returned with its claim, which the request's end
+///   releases (see [`release_socket`]);
+/// - `wsgi.early_hints` (Gunicorn >= 25): sends `103 Early Hints`.
+fn gunicorn_extensions<'py>(
+    py: Python<'py>,
+    bridge: &Bridge,
+    env: &Bound<'py, PyDict>,
+    writer: &Writer,
+    fd: RawFd,
+    flight: &Arc<flight::Flight>,
+) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, SocketClaim>)>> {
+    env.set_item(
+        pyo3::intern!(py, "wsgi.early_hints"),
+        EarlyHints::new(writer.clone()),
+    )?;
+    // The gevent worker brings its own (`Bridge::conn_socket`).
+    let (Some((new, cls)), None) = (&bridge.socket_new, &bridge.conn_socket) else {
+        return Ok(None);
+    };
+    let sock = new.bind(py).call1((cls.bind(py),))?;
+    let claim = Bound::new(py, SocketClaim::new(fd, flight.clone()))?;
+    sock.setattr(pyo3::intern!(py, "_rg_claim"), &claim)?;
+    env.set_item(pyo3::intern!(py, "gunicorn.socket"), &sock)?;
+    Ok(Some((sock, claim)))
+}
+
+/// The request is over: a `gunicorn.socket` the app did not take over is
+/// closed (when it was bound) and can no longer bind, so an app that kept
+/// it cannot reach a descriptor the connection no longer owns. Returns
+/// whether the app took the connection over.
+fn release_socket(sock: &Bound<'_, PyAny>, claim: &Bound<'_, SocketClaim>) -> bool {
+    let (close, taken) = claim.borrow().expire();
+    if close {
+        if let Err(e) = sock.call_method0(pyo3::intern!(sock.py(), "close")) {
+            tracing::debug!("closing gunicorn.socket: {e}");
+        }
+    }
+    taken
+}
+
+/// What `gunicorn.socket` asks the server (see bootstrap.py's
+/// `ConnectionSocket`).
+#[pyclass(module = "rgunicorn")]
+pub struct SocketClaim {
+    fd: RawFd,
+    flight: Arc<flight::Flight>,
+    state: Mutex<ClaimState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimState {
+    /// No descriptor yet.
+    Unbound,
+    /// Bound to a duplicate, the app has not done I/O.
+    Bound,
+    /// The app did I/O: the connection is its own.
+    Taken,
+    /// Closed by the app, or the request ended without a takeover.
+    Closed,
+}
+
+impl SocketClaim {
+    fn new(fd: RawFd, flight: Arc<flight::Flight>) -> SocketClaim {
+        SocketClaim {
+            fd,
+            flight,
+            state: Mutex::new(ClaimState::Unbound),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClaimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The request ended: unless the app took the connection over, the
+    /// socket may no longer bind. Returns (the socket is bound and must be
+    /// closed with its Python `close()`, the app took the connection over).
+    fn expire(&self) -> (bool, bool) {
+        let mut st = self.lock();
+        let was = *st;
+        if was != ClaimState::Taken {
+            *st = ClaimState::Closed;
+        }
+        (was == ClaimState::Bound, was == ClaimState::Taken)
+    }
+}
+
+#[pymethods]
+impl SocketClaim {
+    /// The first time: a duplicate of the connection's descriptor for the
+    /// socket to bind to. Then None.
+    fn bind(&self) -> PyResult<Option<RawFd>> {
+        let mut st = self.lock();
+        match *st {
+            ClaimState::Unbound => {
+                // SAFETY: the connection task keeps the descriptor open while
+                // its request runs, and the claim is expired when it ends.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+                let dup = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
+                    .map_err(|e| pyo3::exceptions::PyOSError::new_err((e as i32, e.desc())))?;
+                *st = ClaimState::Bound;
+                Ok(Some(dup))
+            }
+            ClaimState::Bound | ClaimState::Taken => Ok(None),
+            ClaimState::Closed => Err(pyo3::exceptions::PyOSError::new_err((
+                libc::EBADF,
+                "gunicorn.socket is closed (its request is over)",
+            ))),
+        }
+    }
+
+    /// The app does I/O on the socket: the first time, the connection
+    /// becomes its own (true: make the socket blocking).
+    fn take(&self) -> bool {
+        let mut st = self.lock();
+        if *st != ClaimState::Bound {
+            return false;
+        }
+        *st = ClaimState::Taken;
+        self.flight.take();
+        true
+    }
+
+    /// `close()`: true when the socket is bound and must close.
+    fn close(&self) -> bool {
+        let mut st = self.lock();
+        let bound = matches!(*st, ClaimState::Bound | ClaimState::Taken);
+        *st = match *st {
+            ClaimState::Taken => ClaimState::Taken,
+            _ => ClaimState::Closed,
+        };
+        bound
+    }
+
+    fn bound(&self) -> bool {
+        matches!(*self.lock(), ClaimState::Bound | ClaimState::Taken)
+    }
+}
+
 /// Serve one parsed request: call the app and write its response.
 ///
 /// `prebuffered` holds the bytes already read after the request head (the
@@ -310,6 +466,9 @@ pub fn handle(
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
+    // In the worker's registry until the app is done: the --timeout abort
+    // answers it, gunicorn.socket hands it over (see flight.rs).
+    let flight = flight::begin(fd);
     let input = Input::new(
         fd,
         req,
@@ -322,7 +481,7 @@ pub fn handle(
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
     };
-    let writer = Writer::new(fd, req, bridge.io_timeout);
+    let writer = Writer::new(fd, req, bridge.io_timeout).with_flight(flight.0.clone());
     let fwd = match forwarded::inspect(&bridge.proxy, req, peer) {
         Ok(f) => f,
         Err(e) => return writer.fail(py, BodyError::BadRequest(e), &req.uri),
@@ -335,6 +494,12 @@ pub fn handle(
         Ok(e) => e,
         Err(e) => return internal_error(py, e, fd, req),
     };
+    let claim = match gunicorn_extensions(py, bridge, &env, &writer, fd, &flight.0) {
+        Ok(c) => c,
+        Err(e) => return internal_error(py, e, fd, req),
+    };
+    // The gevent worker's own `gunicorn.socket` (a gevent socket made on
+    // first use): see `gevent_taken` below.
     let conn_socket = match &bridge.conn_socket {
         Some(make) => match make.call1(py, (fd,)).and_then(|s| {
             env.set_item(pyo3::intern!(py, "gunicorn.socket"), &s)
@@ -360,40 +525,62 @@ pub fn handle(
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad), &req.uri),
         None => writer.fail(py, e, &req.uri),
     };
-    // The app took the connection over: it raised StopIteration (Gunicorn's
-    // "already handled", which Flask-Sock uses), or it used
-    // `gunicorn.socket` and never called start_response (a WebSocket
-    // library that wrote its own handshake). An app that only looked at the
-    // socket and then answered normally gets its answer written.
-    let taken_over = matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
-        || conn_socket.is_some_and(|s| {
-            s.call_method0(py, pyo3::intern!(py, "_rgunicorn_taken"))
+    // Under gevent, the app took the connection over when it raised
+    // StopIteration (Gunicorn's "already handled", which Flask-Sock uses), or
+    // used `gunicorn.socket` and never called start_response (a WebSocket
+    // library that wrote its own handshake).
+    if conn_socket.is_some_and(|s| {
+        matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
+            || s.call_method0(py, pyo3::intern!(py, "_rgunicorn_taken"))
                 .and_then(|t| t.is_truthy(py))
                 .unwrap_or(true)
                 && !writer.started()
-        });
-    let mut outcome = match result {
-        // The connection is the app's now (a WebSocket ended, say).
-        Ok(body) if taken_over => {
-            close_result(py, &body);
-            Outcome::default()
+    }) {
+        flight.0.take();
+    }
+    let mut outcome = if flight.0.taken() {
+        // The app owns the connection now: its result (or the exception by
+        // which it says so, as Flask-Sock's StopIteration) is not a response.
+        if let Ok(body) = &result {
+            close_result(py, body);
         }
-        Err(_) if taken_over => Outcome::default(),
-        Ok(body) => {
-            let r = send_body(py, &writer, &body);
-            close_result(py, &body);
-            match r {
-                Ok(()) => writer.finish(py, &req.uri),
-                Err(e) => failure(e),
-            }
+        Outcome {
+            taken_over: true,
+            status: writer.status(),
+            ..Outcome::default()
         }
-        Err(e) => failure(BodyError::App(e)),
-    };
-    // Whatever the app left unread of the body must be consumed (or the
-    // connection closed) before the next request on it can be parsed.
-    if taken_over {
-        outcome.taken_over = true;
     } else {
+        let outcome = match result {
+            Ok(body) => {
+                let r = send_body(py, &writer, &body);
+                close_result(py, &body);
+                match r {
+                    Ok(()) => writer.finish(py, &req.uri),
+                    Err(e) => failure(e),
+                }
+            }
+            Err(e) => failure(BodyError::App(e)),
+        };
+        // The app may have taken the connection over while its response
+        // was written (from another thread): then it is left alone too.
+        Outcome {
+            taken_over: flight.0.taken(),
+            ..outcome
+        }
+    };
+    if let Some((sock, claim)) = &claim {
+        // Decided under the claim's lock: a thread of the app taking the
+        // socket over right now either wins (and the connection is its
+        // own) or finds the socket closed.
+        outcome.taken_over |= release_socket(sock, claim);
+    }
+    if outcome.taken_over {
+        outcome.keep_alive = false;
+        outcome.pending_out.clear();
+        outcome.spool = None;
+    } else {
+        // Whatever the app left unread of the body must be consumed (or the
+        // connection closed) before the next request on it can be parsed.
         let (keep, leftover) = input.borrow().finish(py);
         outcome.keep_alive &= keep;
         outcome.leftover_in = leftover;

@@ -27,6 +27,9 @@ struct State {
     out: Vec<u8>,
     /// What the client has not taken yet (see `spool`).
     spool: Option<super::spool::Spool>,
+    /// This request in the worker's registry: claimed before the first
+    /// byte of the response is written (see [`super::flight`]).
+    flight: Option<Arc<super::flight::Flight>>,
 }
 
 /// Requests this worker has started (for request ids).
@@ -46,7 +49,40 @@ impl Writer {
             resp: Response::new(Exchange::of(req)),
             out: Vec::new(),
             spool: None,
+            flight: None,
         })))
+    }
+
+    /// The status the app set (0: none yet).
+    pub fn status(&self) -> u16 {
+        self.lock().resp.head().map_or(0, |h| h.code)
+    }
+
+    /// Tie the response to its request's entry in the registry.
+    pub fn with_flight(self, flight: Arc<super::flight::Flight>) -> Writer {
+        self.lock().flight = Some(flight);
+        self
+    }
+
+    /// `wsgi.early_hints`: send `103 Early Hints` with `headers` now,
+    /// unless the final response has begun or the client speaks HTTP/1.0
+    /// (then nothing happens, as in Gunicorn).
+    pub fn early_hints(&self, py: Python<'_>, headers: Vec<(String, String)>) -> PyResult<()> {
+        let st = self.lock();
+        if st.resp.head_sent() || st.resp.exchange().version != crate::http::Version::Http11 {
+            return Ok(());
+        }
+        let bytes = response::interim(103, "Early Hints", headers).map_err(invalid)?;
+        let (fd, t) = (st.fd, st.timeout);
+        let send = || py.detach(|| super::fdio::send_all(fd, &bytes, t));
+        let sent = match &st.flight {
+            Some(f) => f.interim(send),
+            None => Some(send()),
+        };
+        match sent {
+            Some(r) => r.map_err(|e| PyOSError::new_err(e.to_string())),
+            None => Ok(()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -97,7 +133,13 @@ impl Writer {
         }
         let State { resp, out, .. } = &mut *st;
         let mut keep_alive = resp.finish(out);
-        let out = std::mem::take(&mut st.out);
+        let mut out = std::mem::take(&mut st.out);
+        if !st.flight.as_ref().is_none_or(|f| f.start()) {
+            // The worker is being aborted (it answered), or the app took the
+            // connection over: write nothing.
+            keep_alive = false;
+            out.clear();
+        }
         let (pending_out, spool) = match super::spool::finish(st.spool.take(), st.fd, out) {
             Ok(r) => r,
             Err(_) => {
@@ -107,6 +149,7 @@ impl Writer {
         };
         Outcome {
             keep_alive,
+            taken_over: false,
             leftover_in: Vec::new(),
             pending_out,
             spool,
@@ -117,7 +160,6 @@ impl Writer {
                 _ => Vec::new(),
             },
             environ_atoms: Vec::new(),
-            taken_over: false,
         }
     }
 
@@ -167,6 +209,7 @@ impl Writer {
         }
         Outcome {
             keep_alive: false,
+            taken_over: false,
             leftover_in: Vec::new(),
             pending_out,
             spool: None,
@@ -174,7 +217,6 @@ impl Writer {
             sent,
             response_headers: Vec::new(),
             environ_atoms: Vec::new(),
-            taken_over: false,
         }
     }
 }
@@ -191,6 +233,12 @@ impl State {
     fn flush(&mut self, py: Python<'_>) -> std::io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
+        }
+        if !self.flight.as_ref().is_none_or(|f| f.start()) {
+            self.out.clear();
+            return Err(std::io::Error::other(
+                "the connection is no longer the server's to write on",
+            ));
         }
         let (fd, t) = (self.fd, self.timeout);
         let (out, spool) = (&self.out, &mut self.spool);
@@ -299,6 +347,47 @@ impl WriteCallable {
             Err(BodyError::Io(e)) => Err(PyOSError::new_err(e.to_string())),
             Err(BodyError::BadRequest(e)) => Err(PyOSError::new_err(e.to_string())),
         }
+    }
+}
+
+/// `wsgi.early_hints(headers)` (Gunicorn >= 25): sends `103 Early Hints`
+/// with `headers` (an iterable of `(name, value)`, `str` or latin-1
+/// `bytes`) before the final response. Ignored once the final response has
+/// begun, and for HTTP/1.0 clients, as in Gunicorn; may be called more than
+/// once. A header that could split the response raises `ValueError`.
+#[pyclass(module = "rgunicorn")]
+pub struct EarlyHints {
+    w: Writer,
+}
+
+impl EarlyHints {
+    pub(super) fn new(w: Writer) -> EarlyHints {
+        EarlyHints { w }
+    }
+}
+
+/// A header name or value given as `str`, or as `bytes` taken as latin-1.
+fn latin1_text(v: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(b) = v.cast::<PyBytes>() {
+        return Ok(b.as_bytes().iter().map(|&c| c as char).collect());
+    }
+    v.extract::<String>()
+        .map_err(|_| PyTypeError::new_err("early hint names and values must be str or bytes"))
+}
+
+#[pymethods]
+impl EarlyHints {
+    fn __call__(&self, py: Python<'_>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut list = Vec::new();
+        for item in headers.try_iter()? {
+            let item = item?;
+            let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                item.extract().map_err(|_| {
+                    PyTypeError::new_err("each early hint must be a (name, value) pair")
+                })?;
+            list.push((latin1_text(&name)?, latin1_text(&value)?));
+        }
+        self.w.early_hints(py, list)
     }
 }
 
