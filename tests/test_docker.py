@@ -409,7 +409,7 @@ def test_runtime_image_installs_the_wheel_without_rust(image):
     with no Rust toolchain, compiler or source tree; `rgunicorn --version`
     names the venv's Python and the extension-module build."""
     r = _run(["podman", "run", "--rm", *RUN_ADJUST, image, "sh", "-c",
-              "command -v rgunicorn rgunicornctl; command -v cargo rustc gcc cc; "
+              "for c in rgunicorn rgunicornctl cargo rustc gcc cc; do command -v $c; done; "
               "ls /src /usr/local/cargo 2>&1; /opt/venv/bin/pip show rgunicorn; rgunicorn --version"],
              check=False, timeout=60)
     out = r.stdout + r.stderr
@@ -417,7 +417,7 @@ def test_runtime_image_installs_the_wheel_without_rust(image):
     assert "/opt/venv/bin/rgunicorn\n/opt/venv/bin/rgunicornctl\n" in out, out
     for tool in ("cargo", "rustc", "gcc", "/cc"):
         assert f"bin/{tool.lstrip('/')}\n" not in out, out
-    assert "/src: No such file" in out and "/usr/local/cargo: No such file" in out, out
+    assert "'/src': No such file" in out and "'/usr/local/cargo': No such file" in out, out
     assert "Name: rgunicorn" in out and "Location: /opt/venv/lib/python3.11/site-packages" in out, out
     assert "sys.prefix=/opt/venv" in out and "extension module" in out, out
 
