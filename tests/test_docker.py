@@ -181,8 +181,14 @@ def _requirement_wheels(req: Path, minor: str) -> Path:
     if not stamp.exists() or stamp.read_text() != want:
         shutil.rmtree(wheels, ignore_errors=True)
         wheels.mkdir(parents=True)
-        _run([str(VENV / "bin" / "pip"), "download", "-q", "--disable-pip-version-check",
-              "--only-binary=:all:", "--python-version", f"3.{minor}",
+        # pip of that Python itself, so that environment markers
+        # (`python_version < "3.10"`) are evaluated for it.
+        python = wheelhouse.pyenv_pythons().get(minor)
+        if python:
+            download = [str(python), "-m", "pip", "download"]
+        else:
+            download = [str(VENV / "bin" / "pip"), "download", "--python-version", f"3.{minor}"]
+        _run([*download, "-q", "--disable-pip-version-check", "--only-binary=:all:",
               "-d", str(wheels), "-r", str(req)], timeout=300)
         stamp.write_text(want)
     return wheels
@@ -431,6 +437,9 @@ GUIDE_IMAGE = "localhost/rgunicorn-guide-test:latest"
 # The guide's Dockerfile, verbatim but for two edits: `rgunicorn` in CMD, and
 # `--find-links wheels` on the pip line (no package index serves rgunicorn
 # here; its wheel is in the build context's wheels/, which `COPY . .` brings).
+# No index is reachable from the build at all (the stand-in's pip.conf says
+# no-index), so Flask's wheels are in wheels/ too, and `pip install
+# --upgrade pip` finds nothing newer.
 GUIDE_DOCKERFILE = '''FROM python:3.9
 COPY . .
 ENV PYTHONDONTWRITEBYTECODE=1
@@ -471,7 +480,10 @@ def guide_image(podman, tmp_path_factory):
     (ctx / "run.py").write_text(GUIDE_APP)
     (ctx / "gunicorn-cfg.py").write_text(SEED_CFG.replace(
         'worker_class = "gevent"', 'worker_class = "gthread"  # swapped in by the test'))
-    (ctx / "wheels").mkdir()
+    flask_req = CACHE / "guide" / "requirements.txt"
+    flask_req.parent.mkdir(parents=True, exist_ok=True)
+    flask_req.write_text("".join(r + "\n" for r in GUIDE_REQUIREMENTS.split() if r != "rgunicorn"))
+    shutil.copytree(_requirement_wheels(flask_req, GUIDE_PYTHON_MINOR), ctx / "wheels")
     shutil.copy2(wheel, ctx / "wheels" / wheel.name)
     r = _run(["podman", "build", "--pull=never", "--format", "docker", *RUN_ADJUST,
               "--label", "org.rgunicorn.test-image=1", "-t", GUIDE_IMAGE, str(ctx)],

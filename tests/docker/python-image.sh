@@ -4,9 +4,11 @@
 # The deployment guide's Dockerfile starts `FROM python:3.9`; no registry is
 # reachable here, so the image is modelled: the Debian bookworm stand-in
 # (tests/docker/base-image.sh) with pyenv's CPython 3.X copied in at its own
-# path (its libpython is found by its RUNPATH there), `python`, `python3`,
-# `pip` and `pip3` in /usr/local/bin, first on PATH, and the CA certificates
-# (apt-get, the network once), so that pip reaches PyPI, as in the real image.
+# path (its libpython is found by its RUNPATH there), its bin/ first on PATH
+# (where pip puts console scripts, as /usr/local/bin in the real image), and
+# `python`, `python3`, `pip` and `pip3` in /usr/local/bin too. One difference, said in /etc/pip.conf: pip uses no package
+# index (`no-index`), as none is reachable from these test builds; what a
+# Dockerfile installs comes from its `--find-links` directories.
 #
 # Idempotent: nothing is done when IMAGE already carries this recipe and
 # this CPython's version.
@@ -19,7 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 IMAGE="$1"
 PREFIX="$(cd "$2" && pwd)"
 BASE="localhost/python:3.11-slim-bookworm"
-RECIPE="2 $(basename "$PREFIX")"
+RECIPE="4 $(basename "$PREFIX")"
 
 label() { podman image inspect --format '{{index .Config.Labels "org.rgunicorn.stand-in"}}' "$IMAGE" 2>/dev/null || true; }
 if [ "$(label)" = "$RECIPE" ]; then
@@ -33,11 +35,11 @@ ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 cat > "$ctx/Containerfile" <<EOT
 FROM $BASE
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends ca-certificates \\
- && rm -rf /var/lib/apt/lists/*
 RUN mkdir -p "$PREFIX" && cp -a /mnt/python/. "$PREFIX/" \\
  && for n in python python3 pip pip3; do ln -sf "$PREFIX/bin/\$n" "/usr/local/bin/\$n"; done \\
+ && printf '[global]\\nno-index = true\\n' > /etc/pip.conf \\
  && python --version && pip --version
+ENV PATH=$PREFIX/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LABEL org.rgunicorn.stand-in="$RECIPE"
 CMD ["python3"]
 EOT
