@@ -19,6 +19,13 @@ use std::process::Command;
 /// Set in the nested cargo that builds rgunicornctl, so it does not recurse.
 const NESTED: &str = "RGUNICORN_BUILDING_CTL";
 
+/// The PyO3 configuration rgunicornctl is compiled with (`PYO3_CONFIG_FILE`):
+/// the oldest supported CPython, no libpython linked. rgunicornctl calls
+/// nothing of PyO3; the library it shares with the server only has to
+/// compile.
+const CTL_PYO3_CONFIG: &str =
+    "implementation=CPython\nversion=3.9\nshared=false\nsuppress_build_script_link_lines=true\n";
+
 fn main() {
     pyo3_build_config::use_pyo3_cfgs();
     let extension = std::env::var_os("CARGO_FEATURE_EXTENSION_MODULE").is_some()
@@ -100,15 +107,34 @@ fn git_commit() -> String {
 
 /// Build rgunicornctl (release, no Python linked) and put it where the
 /// wheel's data directory expects it.
+///
+/// rgunicornctl never runs Python, so it is built with one fixed PyO3
+/// configuration (a config file, [`CTL_PYO3_CONFIG`]) instead of the
+/// interpreter the wheel is for, and with none of the variables maturin sets
+/// per interpreter: the nested build is then the same for every wheel (one
+/// compile serves `maturin build -i 3.9 -i 3.10 ...`, `pip install .` and the
+/// sdist's build in the same target directory), not a rebuild of the library
+/// per Python.
 fn build_ctl() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let target_dir = manifest.join("target").join("rgunicornctl-build");
+    let target_dir = ctl_target_dir(&manifest);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for f in ["src", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", manifest.join(f).display());
     }
-    let status = Command::new(cargo)
-        .current_dir(&manifest)
+    let config = target_dir.join("pyo3-config.txt");
+    if let Err(e) = std::fs::create_dir_all(&target_dir).and_then(|()| {
+        // Rewritten only when different: its mtime is no reason to rebuild.
+        if std::fs::read_to_string(&config).ok().as_deref() == Some(CTL_PYO3_CONFIG) {
+            Ok(())
+        } else {
+            std::fs::write(&config, CTL_PYO3_CONFIG)
+        }
+    }) {
+        panic!("cannot write {}: {e}", config.display());
+    }
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&manifest)
         .args([
             "build",
             "--release",
@@ -120,12 +146,26 @@ fn build_ctl() {
         .env(NESTED, "1")
         // No libpython: rgunicornctl never runs Python.
         .env("PYO3_BUILD_EXTENSION_MODULE", "1")
+        .env("PYO3_CONFIG_FILE", &config)
         // A small file: it is copied into every virtualenv.
         .env("CARGO_PROFILE_RELEASE_STRIP", "true")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .status();
+        .env_remove("CARGO_BUILD_TARGET_DIR");
+    // What differs from one interpreter's build to the next (maturin sets
+    // them per interpreter; pip's isolated build changes PATH's first entry).
+    for var in [
+        "PYO3_PYTHON",
+        "PYO3_ENVIRONMENT_SIGNATURE",
+        "PYTHON_SYS_EXECUTABLE",
+        "PYO3_NO_PYTHON",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "_PYTHON_SYSCONFIGDATA_NAME",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("building rgunicornctl failed ({s})"),
@@ -142,4 +182,19 @@ fn build_ctl() {
             scripts.display()
         );
     }
+}
+
+/// Where the nested build of rgunicornctl goes: `rgunicornctl-build` in the
+/// outer build's target directory (found from OUT_DIR,
+/// `<target>/<profile>/build/<crate>-<hash>/out`), so that every build
+/// sharing a target directory shares it too (a build from the sdist
+/// included); `target/rgunicornctl-build` beside Cargo.toml if OUT_DIR is
+/// not laid out that way.
+fn ctl_target_dir(manifest: &Path) -> PathBuf {
+    std::env::var_os("OUT_DIR")
+        .map(PathBuf::from)
+        .and_then(|out| out.ancestors().nth(4).map(Path::to_path_buf))
+        .filter(|t| t.join("CACHEDIR.TAG").exists())
+        .unwrap_or_else(|| manifest.join("target"))
+        .join("rgunicornctl-build")
 }

@@ -2,8 +2,12 @@
 # The one test command: bash scripts/test.sh [extra pytest args]
 #
 # From a fresh clone it installs what the tests need (scripts/setup.sh), builds
-# both binaries, checks formatting and lints, runs the Rust unit tests and then
-# the Python integration tests against the real binaries.
+# both binaries (cargo build --release, the developers' route), checks
+# formatting and lints, runs the Rust unit tests, builds the wheels (one per
+# supported CPython, tests/wheelhouse.py), pip-installs the machine's Python's
+# wheel into a fresh virtualenv, target/installed-venv, and runs the Python
+# integration tests against that installed rgunicorn and rgunicornctl: what
+# users install is what is tested, so packaging cannot rot.
 #
 # Environment:
 #   RG_TEST_SERVER=gunicorn   run the integration tests against gunicorn
@@ -24,11 +28,11 @@
 #                                                and Debian's static python3
 #                             Without it every tier runs, and a tier that cannot
 #                             run here FAILS the run, naming the reason.
-#   RG_TEST_INSTALLED=1       run the integration tests against rgunicorn as
-#                             users install it: the wheel (maturin build
-#                             --release) pip-installed into a fresh
-#                             target/installed-venv with tests/requirements.txt
+#   RG_TEST_CARGO=1           run the integration tests against the cargo-built
+#                             target/release/rgunicorn instead of the installed
+#                             wheel (what `pytest tests/...` run by hand does)
 #   RG_BIN=/venv/bin/rgunicorn  run them against that installed rgunicorn
+#                             instead of building and installing the wheel
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,16 +69,35 @@ run_step "cargo fmt --check" cargo fmt --all -- --check
 run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
 run_step "cargo test --release (unit tests)" cargo test --release
 
-if [ -n "${RG_TEST_INSTALLED:-}" ] && [ -z "${RG_BIN:-}" ]; then
-    section "wheel: build, install into a fresh target/installed-venv"
-    rm -rf target/installed-wheels target/installed-venv
-    target/venv/bin/maturin build --release -i target/venv/bin/python -o target/installed-wheels
+if [ -n "${RG_TEST_CARGO:-}" ] || [ "${RG_TEST_SERVER:-}" = gunicorn ]; then
+    unset RG_BIN
+elif [ -z "${RG_BIN:-}" ]; then
+    section "wheels (maturin build --release, one per supported CPython), installed into a fresh target/installed-venv"
+    t0=$SECONDS
+    # Built once per source state (target/wheels/.stamp); test_packaging and
+    # test_docker install the same files.
+    wheel="$(target/venv/bin/python tests/wheelhouse.py)"
+    ls -l target/wheels/
+    rm -rf target/installed-venv
     base_python="$(target/venv/bin/python -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')"
     "$base_python" -m venv target/installed-venv
     target/installed-venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
-    target/installed-venv/bin/pip install -q --disable-pip-version-check --no-index target/installed-wheels/rgunicorn-*.whl
+    target/installed-venv/bin/pip install -q --disable-pip-version-check --no-index "$wheel"
     export RG_BIN="$ROOT/target/installed-venv/bin/rgunicorn"
     "$RG_BIN" --version
+    echo "-- the wheel and target/installed-venv: $((SECONDS - t0)) s"
+    if [ "$#" -eq 0 ]; then
+        # The other builds the packaging and Docker tests install (the other
+        # Pythons' wheels, `pip install .`, the sdist) are made meanwhile, in
+        # the background at the lowest CPU and I/O priority, so the tests
+        # running at the same time keep the CPU they need; a test that needs
+        # one of them waits for it (tests/wheelhouse.py holds a lock). With
+        # pytest arguments (a selection) the tests build what they need.
+        echo "-- background builds (tests/wheelhouse.py --rest): log in target/prebuild.log"
+        nice -n 19 ionice -c 3 target/venv/bin/python tests/wheelhouse.py --rest \
+            > target/prebuild.log 2>&1 &
+        prebuild_pid=$!
+    fi
 fi
 
 section "pytest (server: ${RG_TEST_SERVER:-rgunicorn}${RG_BIN:+, installed: $RG_BIN})"
@@ -89,6 +112,15 @@ if [ "$rc" -ne 0 ]; then
     failed+=("pytest (exit $rc)")
 fi
 echo "-- pytest took $((SECONDS - t0)) s"
+if [ -n "${prebuild_pid:-}" ]; then
+    section "background builds"
+    if wait "$prebuild_pid"; then
+        grep '^== \|^built ' target/prebuild.log || true
+    else
+        tail -40 target/prebuild.log
+        failed+=("background builds (target/prebuild.log)")
+    fi
+fi
 
 section "result"
 if [ -n "${RG_SKIP_TIERS:-}" ]; then

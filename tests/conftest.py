@@ -5,11 +5,14 @@ Every test starts the real server binary with real Python apps (files under
 
 Which server runs is chosen by the environment:
 
-* default: ``target/release/rgunicorn``
+* default: ``target/release/rgunicorn``, the cargo-built embedding binary
+  (what a developer runs ``pytest tests/test_x.py`` against after ``cargo
+  build --release``);
 * ``RG_BIN=/path/to/venv/bin/rgunicorn``: an installed rgunicorn (the wheel's
   console script, see tests/test_packaging.py); its ``rgunicornctl`` is the
   one next to it, and its virtualenv (with tests/requirements.txt installed)
-  is the one the apps run in.
+  is the one the apps run in. The test command (scripts/test.sh, hence CI)
+  sets it to the wheel it builds and installs into target/installed-venv.
 * ``RG_TEST_SERVER=gunicorn``: ``target/venv/bin/gunicorn`` with the very same
   command line, to validate a test against the reference implementation.
 
@@ -49,6 +52,10 @@ APPS_DIR = TESTS_DIR / "apps"
 VENV = ROOT / "target" / "venv"
 RGUNICORN_BIN = ROOT / "target" / "release" / "rgunicorn"
 RGUNICORNCTL_BIN = ROOT / "target" / "release" / "rgunicornctl"
+#: The cargo-built binaries, whichever rgunicorn the suite runs: the few
+#: tests of the developers' route use them even against an installed wheel.
+CARGO_RGUNICORN_BIN = RGUNICORN_BIN
+CARGO_RGUNICORNCTL_BIN = RGUNICORNCTL_BIN
 #: Set when the tests run against an installed rgunicorn (``RG_BIN``).
 INSTALLED_BIN = os.environ.get("RG_BIN", "").strip()
 if INSTALLED_BIN:

@@ -9,14 +9,21 @@ health-check timer here, so the test drives it with `podman healthcheck run`).
 No registry is reachable, so:
 
 * the base image is a stand-in for python:3.11-slim-bookworm, made once by
-  tests/docker/base-image.sh (debootstrap + Debian's python3) and cached;
+  tests/docker/base-image.sh (debootstrap + Debian's python3 and its venv
+  module) and cached;
 * the Dockerfile's build stage (rust image, PyPI) is replaced by
-  tests/docker/build-stage.Containerfile, which brings the host-built binaries
-  and a venv made by the CPython they embed; the runtime stage is taken
-  verbatim from contrib/docker/Dockerfile;
-* that CPython (whose libpython the binaries link, by rpath) is mounted
-  read-only at its own path, at build and at run time. Where it lives is asked
-  of the built binary (conftest.linked_python), not assumed.
+  tests/docker/build-stage.Containerfile, which brings the wheels the build
+  stage makes: rgunicorn's for the base image's Python 3.11, the very file the
+  rest of the suite installs (tests/wheelhouse.py), and the sample app's
+  requirements (downloaded on the host). The runtime stage is taken verbatim
+  from contrib/docker/Dockerfile: it pip-installs them and has no Rust
+  toolchain, nor anything of the host;
+* the deployment guide's own Dockerfile (`FROM python:3.9`, `COPY . .`, `pip
+  install -r requirements.txt`, `CMD ["gunicorn", ...]`), with `gunicorn`
+  replaced by `rgunicorn` in requirements.txt and CMD, is built as it stands
+  on a stand-in python:3.9 (tests/docker/python-image.sh: pyenv's 3.9 on the
+  bookworm stand-in); its pip finds rgunicorn's wheel by `--find-links`, as
+  no package index serves it here.
 
 The podman part is the ``podman`` tier: when it cannot run here it fails with
 the reason, unless ``RG_SKIP_TIERS=podman`` leaves it out.
@@ -42,14 +49,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (INSTALLED_BIN, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, ROOT,
-                      TESTS_DIR, VENV, free_port, linked_python, tier_missing, wait_until)
+import wheelhouse
+from conftest import (IS_GUNICORN, ROOT, TESTS_DIR, VENV, free_port, tier_missing, wait_until)
 
 DOCKER_DIR = ROOT / "contrib" / "docker"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 K8S_DIR = ROOT / "contrib" / "kubernetes"
 CACHE = ROOT / "target" / "docker"
 BASE_IMAGE = "localhost/python:3.11-slim-bookworm"
+BASE_PYTHON_MINOR = "11"  # Debian bookworm's python3, in the stand-in base image
 IMAGE = "localhost/rgunicorn-test:latest"
 # The adjustments podman needs on these machines.
 RUN_ADJUST = ["--runtime", "runc", "--ulimit", "nofile=10000:10000", "--ulimit", "nproc=32768:32768"]
@@ -147,7 +155,6 @@ def _tools_missing() -> list[str]:
 
 @pytest.fixture(scope="module")
 def podman():
-    """-> the host CPython to mount into the containers (see python_mount)."""
     if IS_GUNICORN:
         pytest.skip("rgunicorn-only: the image runs rgunicorn")
     if os.geteuid() != 0:
@@ -162,69 +169,51 @@ def podman():
     if _tools_missing():
         tier_missing("podman", f"{', '.join(_tools_missing())} not installed and apt-get could not "
                                "install them")
-    return python_mount()
 
 
-def python_mount() -> tuple[str, str]:
-    """(the CPython installation the built binaries embed, its python3.X).
-
-    The binaries find libpython by their rpath, so the installation is
-    mounted at its own path. A libpython outside that installation (a
-    system Python's /usr/lib/...) cannot be mounted without hiding the
-    image's own /usr: the tier cannot run with such a build."""
-    py = linked_python()
-    home = py["base_prefix"]
-    libs = [os.path.realpath(p) for p in py["libpython"]]
-    if not libs:
-        tier_missing("podman", f"{RGUNICORN_BIN} maps no shared libpython (statically linked?); "
-                               f"the test image mounts the host's: {py}")
-    outside = [p for p in libs if not p.startswith(home.rstrip("/") + "/")]
-    if outside or home in ("/usr", "/"):
-        tier_missing("podman", f"the binaries link {libs}, from the installation at {home}, which "
-                               "cannot be mounted into the image without hiding its own files; "
-                               "build with a CPython installed in its own prefix (pyenv, /opt/...)")
-    if not os.access(py["executable"], os.X_OK):
-        pytest.fail(f"{py['executable']} (the interpreter of {home}) is not executable: {py}")
-    return home, py["executable"]
-
-
-def _wheels() -> Path:
-    """The sample app's requirements as wheels under target/docker/wheels,
-    downloaded on the host once (the build containers stay offline)."""
-    req = DOCKER_DIR / "requirements.txt"
-    wheels = CACHE / "wheels"
+def _requirement_wheels(req: Path, minor: str) -> Path:
+    """The wheels of requirements file `req` for CPython 3.`minor`, under
+    target/docker/, downloaded on the host once (the build containers stay
+    offline)."""
+    wheels = CACHE / f"wheels-{req.parent.name}-3{minor}"
     stamp = wheels / ".requirements.sha256"
     want = hashlib.sha256(req.read_bytes()).hexdigest()
     if not stamp.exists() or stamp.read_text() != want:
         shutil.rmtree(wheels, ignore_errors=True)
         wheels.mkdir(parents=True)
-        _run([str(VENV / "bin" / "pip"), "download", "-q", "--disable-pip-version-check",
-              "--only-binary=:all:", "--python-version", linked_python()["version"],
+        # pip of that Python itself, so that environment markers
+        # (`python_version < "3.10"`) are evaluated for it.
+        python = wheelhouse.pyenv_pythons().get(minor)
+        if python:
+            download = [str(python), "-m", "pip", "download"]
+        else:
+            download = [str(VENV / "bin" / "pip"), "download", "--python-version", f"3.{minor}"]
+        _run([*download, "-q", "--disable-pip-version-check", "--only-binary=:all:",
               "-d", str(wheels), "-r", str(req)], timeout=300)
         stamp.write_text(want)
     return wheels
 
 
+def _old_images(label: str):
+    """Untagged leftovers of earlier builds of the test images (their layers
+    hold earlier wheels)."""
+    _run(["podman", "image", "prune", "-f", "--filter", f"label={label}"], check=False)
+
+
 @pytest.fixture(scope="module")
 def image(podman, tmp_path_factory):
-    """Build the runtime stage of contrib/docker/Dockerfile on the stand-in
-    base with the host's binaries (see the module doc); yields the tag."""
-    if INSTALLED_BIN:
-        # The Dockerfile still copies the cargo-built binaries (issue 14,
-        # item 5: a wheel-based Dockerfile, is not done yet).
-        pytest.skip("the image is built from the cargo-built binaries, not an installed wheel")
-    for b in (RGUNICORN_BIN, RGUNICORNCTL_BIN):
-        if not b.exists():
-            pytest.fail(f"{b} does not exist: run scripts/test.sh (or cargo build --release)")
+    """Build contrib/docker/Dockerfile's runtime stage, verbatim, on the
+    stand-in base, after a build stage that brings the wheels (see the module
+    doc); yields the tag."""
     _run(["bash", str(TESTS_DIR / "docker" / "base-image.sh"), BASE_IMAGE], timeout=900)
+    wheel = wheelhouse.wheel_for(BASE_PYTHON_MINOR, wheelhouse.build([BASE_PYTHON_MINOR]))
 
     ctx = tmp_path_factory.mktemp("image-context")
     (ctx / "contrib").mkdir()
     shutil.copytree(DOCKER_DIR, ctx / "contrib" / "docker")
-    shutil.copytree(_wheels(), ctx / "wheels")
-    (ctx / "bin").mkdir()
-    for b in (RGUNICORN_BIN, RGUNICORNCTL_BIN):
-        shutil.copy2(b, ctx / "bin" / b.name)
+    shutil.copytree(_requirement_wheels(DOCKER_DIR / "requirements.txt", BASE_PYTHON_MINOR),
+                    ctx / "wheels")
+    shutil.copy2(wheel, ctx / "wheels" / wheel.name)
     text = DOCKERFILE.read_text()
     runtime = text[text.index("FROM ${PYTHON_IMAGE} AS runtime"):]
     (ctx / "Containerfile").write_text(
@@ -232,18 +221,17 @@ def image(podman, tmp_path_factory):
         + (TESTS_DIR / "docker" / "build-stage.Containerfile").read_text()
         + "\n# ---- the runtime stage of contrib/docker/Dockerfile, verbatim ----\n"
         + runtime)
+
     def image_id():
         r = _run(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE], check=False)
         return r.stdout.strip() if r.returncode == 0 else None
     previous = image_id()
-    home, python = podman
-    _run(["podman", "build", "--format", "docker", *RUN_ADJUST, "-v", f"{home}:{home}:ro",
-          "--build-arg", f"HOST_PYTHON={python}",
+    _run(["podman", "build", "--pull=never", "--format", "docker", *RUN_ADJUST,
+          "--label", "org.rgunicorn.test-image=1",
           "-t", IMAGE, "-f", str(ctx / "Containerfile"), str(ctx)], timeout=600)
     if previous and previous != image_id():  # the last run's image, now untagged
         _run(["podman", "rmi", previous], check=False)
-    # Untagged leftovers holding earlier binaries (the build stage's last layers).
-    _run(["podman", "image", "prune", "-f", "--filter", "label=org.rgunicorn.test-binaries=1"], check=False)
+    _old_images("org.rgunicorn.test-image=1")
     yield IMAGE
     # The image stays in podman's store: the next run's build reuses its layers.
 
@@ -255,9 +243,8 @@ class Container:
         self.name = f"rg-test-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        home, _ = python_mount()
         _run(["podman", "run", "-d", "--name", self.name, *RUN_ADJUST,
-              "-p", f"127.0.0.1:{self.port}:8000", "-v", f"{home}:{home}:ro", *args,
+              "-p", f"127.0.0.1:{self.port}:8000", *args,
               image, *(cmd or [])], timeout=60)
 
     def inspect(self, fmt: str) -> str:
@@ -318,6 +305,8 @@ PROBE = ["-v", f"{TESTS_DIR / 'apps' / 'container_app.py'}:/app/container_app.py
 PROBE_CMD = ["rgunicorn", "--config", "gunicorn-cfg.py", "container_app:app"]
 
 
+# The first test to use the image builds it (and, once per machine, the base).
+@pytest.mark.timeout(1800)
 def test_image_keeps_dockerfile_settings(image):
     """`podman build --format docker` kept what the runtime relies on."""
     (info,) = json.loads(_run(["podman", "image", "inspect", image]).stdout)
@@ -419,3 +408,106 @@ def test_health_starting_healthy_unhealthy(container, say):
     # Repaired: a replacement worker boots and the next check is healthy again.
     c.exec("rm", "/tmp/rgunicorn-broken")
     assert wait_until(lambda: c.healthcheck_run() == "healthy", timeout=30, interval=1), c.logs()[1]
+
+
+def test_runtime_image_installs_the_wheel_without_rust(image):
+    """The runtime stage holds rgunicorn as pip installed it, from the wheel,
+    with no Rust toolchain, compiler or source tree; `rgunicorn --version`
+    names the venv's Python and the extension-module build."""
+    r = _run(["podman", "run", "--rm", *RUN_ADJUST, image, "sh", "-c",
+              "for c in rgunicorn rgunicornctl cargo rustc gcc cc; do command -v $c; done; "
+              "ls /src /usr/local/cargo 2>&1; /opt/venv/bin/pip show rgunicorn; rgunicorn --version"],
+             check=False, timeout=60)
+    out = r.stdout + r.stderr
+    print(out)
+    assert "/opt/venv/bin/rgunicorn\n/opt/venv/bin/rgunicornctl\n" in out, out
+    for tool in ("cargo", "rustc", "gcc", "/cc"):
+        assert f"bin/{tool.lstrip('/')}\n" not in out, out
+    assert "'/src': No such file" in out and "'/usr/local/cargo': No such file" in out, out
+    assert "Name: rgunicorn" in out and "Location: /opt/venv/lib/python3.11/site-packages" in out, out
+    assert "sys.prefix=/opt/venv" in out and "extension module" in out, out
+
+
+# --------------------------------------------------------------------------
+# the deployment guide's own Dockerfile
+# --------------------------------------------------------------------------
+
+GUIDE_PYTHON_MINOR = "9"  # FROM python:3.9
+GUIDE_IMAGE = "localhost/rgunicorn-guide-test:latest"
+# The guide's Dockerfile, verbatim but for two edits: `rgunicorn` in CMD, and
+# `--find-links wheels` on the pip line (no package index serves rgunicorn
+# here; its wheel is in the build context's wheels/, which `COPY . .` brings).
+# No index is reachable from the build at all (the stand-in's pip.conf says
+# no-index), so Flask's wheels are in wheels/ too, and `pip install
+# --upgrade pip` finds nothing newer.
+GUIDE_DOCKERFILE = '''FROM python:3.9
+COPY . .
+ENV PYTHONDONTWRITEBYTECODE=1
+ENV PYTHONUNBUFFERED=1
+RUN pip install --upgrade pip
+RUN pip install --no-cache-dir --find-links wheels -r requirements.txt
+CMD ["rgunicorn", "--config", "gunicorn-cfg.py", "run:app"]
+'''
+# requirements.txt with `gunicorn` replaced by `rgunicorn`.
+GUIDE_REQUIREMENTS = "flask\nrgunicorn\n"
+GUIDE_APP = '''from flask import Flask
+app = Flask(__name__)
+
+@app.route("/")
+def index():
+    return "Hello from the guide's image!"
+'''
+
+
+@pytest.fixture(scope="module")
+def guide_image(podman, tmp_path_factory):
+    """The guide's Dockerfile built as it stands (see GUIDE_DOCKERFILE) on the
+    stand-in python:3.9, made from pyenv's 3.9."""
+    pythons = wheelhouse.pyenv_pythons()
+    if GUIDE_PYTHON_MINOR not in pythons:
+        tier_missing("pythons", f"no pyenv CPython 3.{GUIDE_PYTHON_MINOR}: the stand-in python:3.9 "
+                                "image is made from it")
+    prefix = pythons[GUIDE_PYTHON_MINOR].parent.parent
+    _run(["bash", str(TESTS_DIR / "docker" / "python-image.sh"),
+          f"localhost/python:3.{GUIDE_PYTHON_MINOR}", str(prefix)], timeout=900)
+    # Made by the test command's background prebuild (wheelhouse.py --rest)
+    # while the first test files ran; waited for, or built, here.
+    wheel = wheelhouse.wheel_for(GUIDE_PYTHON_MINOR, wheelhouse.build([GUIDE_PYTHON_MINOR]))
+    from test_config import SEED_CFG  # the guide's gunicorn-cfg.py, verbatim
+    ctx = tmp_path_factory.mktemp("guide-context")
+    (ctx / "Dockerfile").write_text(GUIDE_DOCKERFILE)
+    (ctx / "requirements.txt").write_text(GUIDE_REQUIREMENTS)
+    (ctx / "run.py").write_text(GUIDE_APP)
+    (ctx / "gunicorn-cfg.py").write_text(SEED_CFG.replace(
+        'worker_class = "gevent"', 'worker_class = "gthread"  # swapped in by the test'))
+    flask_req = CACHE / "guide" / "requirements.txt"
+    flask_req.parent.mkdir(parents=True, exist_ok=True)
+    flask_req.write_text("".join(r + "\n" for r in GUIDE_REQUIREMENTS.split() if r != "rgunicorn"))
+    shutil.copytree(_requirement_wheels(flask_req, GUIDE_PYTHON_MINOR), ctx / "wheels")
+    shutil.copy2(wheel, ctx / "wheels" / wheel.name)
+    r = _run(["podman", "build", "--pull=never", "--format", "docker", *RUN_ADJUST,
+              "--label", "org.rgunicorn.test-image=1", "-t", GUIDE_IMAGE, str(ctx)],
+             timeout=900)
+    print(r.stdout[-3000:])
+    _old_images("org.rgunicorn.test-image=1")
+    return GUIDE_IMAGE
+
+
+@pytest.mark.timeout(wheelhouse.BUILD_TIMEOUT + 900)
+def test_guide_dockerfile_builds_and_serves(guide_image, say):
+    c = Container(guide_image)
+    try:
+        c.wait_answers(timeout=30)
+        r = requests.get(c.url + "/", timeout=5)
+        assert r.status_code == 200 and r.text == "Hello from the guide's image!"
+        out, err = c.logs()
+        # The guide's config: 3 workers, access log on stdout.
+        assert wait_until(lambda: c.logs()[1].count("Booting worker") >= 3, timeout=20), c.logs()
+        assert wait_until(lambda: '"GET / HTTP/1.1" 200' in c.logs()[0], timeout=5), c.logs()
+        version = c.exec("rgunicorn", "--version").stdout
+        say(version.strip().replace("\n", " | "))
+        assert "Python 3.9." in version and "extension module" in version, version
+        # rgunicornctl, as a HEALTHCHECK would run it in this image too.
+        assert c.exec("rgunicornctl", "health", check=False).returncode == 0
+    finally:
+        c.remove()

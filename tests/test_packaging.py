@@ -3,8 +3,11 @@
 Everything here uses real pip, real virtualenvs (under target/packaging-tests/)
 and real Pythons (pyenv's, Debian's static /usr/bin/python3), then serves a
 real app over loopback. The expensive steps (building wheels) run once per
-source state: each build is cached under target/packaging-tests/ with a stamp
-of the sources, so a second run costs only venvs and requests.
+source state: the wheels are the suite's one set (tests/wheelhouse.py,
+target/wheels/, which scripts/test.sh builds before pytest and installs for
+the whole run), `pip install .` and the sdist are cached under
+target/packaging-tests/ with a stamp of the sources, so a second run costs
+only venvs and requests.
 
 What a user would see is asserted: the commands are on the virtualenv's PATH,
 the app runs on that virtualenv's interpreter with no LD_LIBRARY_PATH,
@@ -15,7 +18,6 @@ wheel is auditwheel-clean, the sdist builds.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import shutil
 import signal
@@ -28,16 +30,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (INSTALLED_BIN, RGUNICORN_BIN, ROOT, VENV, free_port, tier_missing,
-                      wait_until)
+import wheelhouse
+from conftest import (CARGO_RGUNICORN_BIN, ROOT, VENV, free_port, tier_missing, wait_until)
+from wheelhouse import BUILD_TIMEOUT
 
 pytestmark = pytest.mark.skipif(os.environ.get("RG_TEST_SERVER") == "gunicorn",
                                 reason="packaging of rgunicorn itself")
 
-WORK = ROOT / "target" / "packaging-tests"
-PYENV = Path.home() / ".pyenv" / "versions"
-#: Builds are slow on a small machine: one build may take this long.
-BUILD_TIMEOUT = 3600
+WORK = wheelhouse.WORK
+PYENV = wheelhouse.PYENV
 
 APP = '''
 import os, sys, json
@@ -79,50 +80,6 @@ def run(cmd, timeout=600, **kw) -> subprocess.CompletedProcess:
         raise AssertionError(f"{cmd} exited {p.returncode}\n--- stdout\n{p.stdout[-4000:]}"
                              f"\n--- stderr\n{p.stderr[-6000:]}")
     return p
-
-
-def source_stamp() -> str:
-    """A hash of every tracked (and untracked, not ignored) file the wheel is
-    built from, as they are in the working tree."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--",
-         "src", "python", "wheel-data", "Cargo.toml", "Cargo.lock", "build.rs",
-         "pyproject.toml"],
-        cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    h = hashlib.sha256()
-    for f in sorted(files):
-        p = ROOT / f
-        if p.is_file():
-            h.update(f.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
-def cached(name: str, build) -> Path:
-    """`WORK/name`, rebuilt by `build(dir)` only when the sources changed."""
-    d = WORK / name
-    stamp = d / ".stamp"
-    want = source_stamp()
-    if stamp.exists() and stamp.read_text() == want:
-        return d
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    t0 = time.monotonic()
-    build(d)
-    print(f"built {name} in {time.monotonic() - t0:.0f} s")
-    stamp.write_text(want)
-    return d
-
-
-def build_env() -> dict:
-    """The environment for a build: the Rust toolchain, no active venv, and
-    one cargo target directory shared by every packaging build, so the
-    dependencies are compiled once, not once per build (on 2 cores that is
-    most of a build's time). What is built, and how pip or maturin is asked
-    to build it, is what a user's command does."""
-    env = os.environ.copy()
-    env.pop("VIRTUAL_ENV", None)
-    env["CARGO_TARGET_DIR"] = str(WORK / "cargo-target")
-    return env
 
 
 def pyenv_python(minor: str) -> Path:
@@ -248,34 +205,18 @@ def assert_no_build_paths(so: Path):
 @pytest.fixture(scope="session")
 def pip_venv_311():
     """`pip install .` from the clone into a fresh venv of pyenv's 3.11."""
-    python = pyenv_python("11")
-
-    def build(d: Path):
-        venv = d / "venv"
-        run([python, "-m", "venv", venv], env=clean_env())
-        run([venv / "bin" / "pip", "install", "--disable-pip-version-check", ROOT],
-            timeout=BUILD_TIMEOUT, env=build_env())
-    return cached("pip-install-3.11", build) / "venv"
+    return wheelhouse.pip_install_venv(pyenv_python("11"))
 
 
 @pytest.fixture(scope="session")
 def wheels():
-    """`maturin build --release`: one wheel per supported Python."""
-    def build(d: Path):
-        interpreters = []
-        for minor in ("9", "10", "11", "12", "13"):
-            found = sorted(glob.glob(str(PYENV / f"3.{minor}.*" / "bin" / "python3")))
-            if found:
-                interpreters += ["-i", found[-1]]
-        run([VENV / "bin" / "maturin", "build", "--release", "-o", d, *interpreters],
-            cwd=ROOT, timeout=BUILD_TIMEOUT, env=build_env())
-    return cached("wheels", build)
+    """`maturin build --release`: one wheel per supported Python, the
+    suite's one set (tests/wheelhouse.py; built by scripts/test.sh)."""
+    return wheelhouse.build()
 
 
 def wheel_for(wheels: Path, minor: str) -> Path:
-    found = glob.glob(str(wheels / f"rgunicorn-*-cp3{minor}-*.whl"))
-    assert len(found) == 1, (minor, os.listdir(wheels))
-    return Path(found[0])
+    return wheelhouse.wheel_for(minor, wheels)
 
 
 # --------------------------------------------------------------------------
@@ -325,16 +266,34 @@ def test_version_names_python_and_build(pip_venv_311):
     assert meta.split() == [cargo_version, cargo_version], meta
 
 
-@pytest.mark.skipif(bool(INSTALLED_BIN), reason="the cargo-built binary")
 def test_cargo_binary_version():
-    """The embedding binary says what it is, and which Python it linked."""
-    out = run([RGUNICORN_BIN, "--version"]).stdout
+    """The embedding binary (the developers' route, `cargo build --release`)
+    says what it is, and which Python it linked; it runs whichever rgunicorn
+    the rest of the suite runs."""
+    out = run([CARGO_RGUNICORN_BIN, "--version"]).stdout
     print(out)
     lines = out.splitlines()
     assert lines[0].startswith("rgunicorn (version "), out
     assert lines[1].startswith("Python 3."), out
     assert "sys.prefix=" in lines[1], out
     assert "embedding binary" in lines[2], out
+
+
+def test_cargo_binary_serves(tmp_path):
+    """The developers' route serves an app too: the cargo-built binary on the
+    Python it linked, with the virtualenv VIRTUAL_ENV names (target/venv)."""
+    venv = ROOT / "target" / "venv"
+    (tmp_path / "app.py").write_text(APP)
+    env = clean_env()
+    env["VIRTUAL_ENV"] = str(venv)
+    srv = Served([CARGO_RGUNICORN_BIN, "-w", "1"], tmp_path, env)
+    try:
+        info = srv.wait()
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.output()
+    assert info["prefix"] == str(venv), info
+    assert info["ld_library_path"] is None, info
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 600)
@@ -435,15 +394,9 @@ def test_wheel_is_auditwheel_clean(wheels):
 
 @pytest.mark.timeout(BUILD_TIMEOUT + 600)
 def test_sdist_builds(tmp_path):
-    def build(d: Path):
-        env = build_env()
-        run([VENV / "bin" / "maturin", "sdist", "-o", d], cwd=ROOT, env=env)
-        sdist = next(d.glob("rgunicorn-*.tar.gz"))
-        # Build the wheel from the sdist alone, as pip does from an index
-        # (the shared cargo target only saves compiling dependencies).
-        run([VENV / "bin" / "pip", "wheel", "--no-deps", "--disable-pip-version-check",
-             "-w", d / "wheel", sdist], timeout=BUILD_TIMEOUT, env=env)
-    d = cached("sdist", build)
+    # The wheel is built from the sdist alone, as pip does from an index
+    # (the shared cargo target only saves compiling dependencies).
+    d = wheelhouse.sdist()
     sdist = next(d.glob("rgunicorn-*.tar.gz"))
     with tarfile.open(sdist) as t:
         names = [n.split("/", 1)[1] for n in t.getnames() if "/" in n]

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORN_BIN, RGUNICORNCTL_BIN, VENV,
-                      cargo_binary_only, free_port, gunicorn_xfail, pid_alive, proc_stat,
+from conftest import (APPS_DIR, CARGO_RGUNICORN_BIN, IS_GUNICORN, RGUNICORN_BIN,
+                      RGUNICORNCTL_BIN, VENV, free_port, gunicorn_xfail, pid_alive, proc_stat,
                       raw_request, rgunicorn_only, session_members, wait_until)
 
 APP = "proc_app:app"
@@ -376,9 +376,10 @@ def test_rgunicornctl_does_not_link_python():
 
 
 @rgunicorn_only  # inspects the rgunicorn binaries
-@cargo_binary_only  # an installed rgunicorn is a console script (test_packaging.py)
 def test_rgunicorn_links_build_libpython():
-    out = _ldd(RGUNICORN_BIN)
+    """The cargo-built binary (also when the suite runs an installed wheel,
+    whose rgunicorn is a console script: tests/test_packaging.py)."""
+    out = _ldd(CARGO_RGUNICORN_BIN)
     lines = [line for line in out.splitlines() if "libpython" in line]
     assert lines, f"rgunicorn does not link libpython:\n{out}"
     base = os.path.realpath(sys.base_prefix)  # the interpreter target/venv was made from

@@ -3,8 +3,9 @@
 #
 # No image registry is reachable from the test machines, so the image that
 # contrib/docker/Dockerfile starts FROM is modelled here: Debian bookworm
-# (debootstrap, minbase variant) with Debian's python3 (3.11), imported into
-# podman's store as localhost/python:3.11-slim-bookworm.
+# (debootstrap, minbase variant) with Debian's python3 (3.11) and its venv
+# module (ensurepip: `python3 -m venv` makes a venv with pip, as in the real
+# image), imported into podman's store as localhost/python:3.11-slim-bookworm.
 #
 # Idempotent and cached, fastest path first:
 #   1. the image is already in podman's store            -> nothing to do
@@ -21,7 +22,7 @@ CACHE="$ROOT/target/docker"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # Bump when the recipe below changes: a cached tarball or image of another
 # version is rebuilt.
-RECIPE=2
+RECIPE=3
 TARBALL="$CACHE/python-3.11-slim-bookworm.rootfs.v$RECIPE.tar.gz"
 
 label() { podman image inspect --format '{{index .Config.Labels "org.rgunicorn.stand-in"}}' "$IMAGE" 2>/dev/null || true; }
@@ -34,16 +35,16 @@ mkdir -p "$CACHE"
 if [ ! -s "$TARBALL" ]; then
     rootfs="$(mktemp -d "$CACHE/rootfs.XXXXXX")"
     trap 'rm -rf "$rootfs"' EXIT
-    echo "debootstrap bookworm (minbase + python3) into $rootfs"
-    debootstrap --variant=minbase --include=python3 bookworm "$rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+    echo "debootstrap bookworm (minbase + python3, python3-venv) into $rootfs"
+    debootstrap --variant=minbase --include=python3,python3-venv bookworm "$rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
         || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
     # Slim the stand-in the way the real slim images are slimmed.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
            "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
     # One difference from python:3.11-slim, for the tests only: /root is
-    # 0755, so that the host's CPython, mounted at its own path (under /root
-    # when it is a pyenv one, where the host-built binaries look for
-    # libpython), is reachable by the image's unprivileged user.
+    # 0755, so that a pyenv CPython copied in at its own path (under /root;
+    # tests/docker/python-image.sh, the stand-in for python:3.9) is reachable
+    # by an unprivileged user.
     chmod 0755 "$rootfs/root"
     tar -C "$rootfs" --numeric-owner -czf "$TARBALL.tmp" .
     mv "$TARBALL.tmp" "$TARBALL"
