@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import (APPS_DIR, IS_GUNICORN, ROOT, SERVER_BIN, free_port, linked_python, tier_missing,
+from conftest import (APPS_DIR, INSTALLED_BIN, IS_GUNICORN, ROOT, SERVER_BIN, free_port, linked_python,
+                      tier_missing,
                       wait_until)
 from systemd_nspawn.container import Container, Unavailable
 
@@ -97,7 +98,10 @@ def box(tmp_path_factory):
                                           for p in py["libpython"]):
         tier_missing("nspawn", f"the binary links {py['libpython']} (installation {pyhome}), which "
                                "cannot be bound into the container without hiding its own files")
-    binds = [str(SERVER_BIN.parent), str(APPS_DIR), pyhome]
+    # The installed wheel is a virtualenv (its console script, pyvenv.cfg and
+    # the extension module in site-packages): bind all of it.
+    served = SERVER_BIN.parent.parent if INSTALLED_BIN else SERVER_BIN.parent
+    binds = [str(served), str(APPS_DIR), pyhome]
     c = Container(work, binds)
     try:
         rootfs = c.build_rootfs()
