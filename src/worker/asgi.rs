@@ -33,7 +33,7 @@
 use super::boot::{listener_info, Booted};
 use super::handoff;
 use super::msg::WORKER_BOOT_ERROR;
-use super::{Call, Class};
+use super::{Call, Class, Job};
 use crate::http::response::{Exchange, Head, Response};
 use crate::http::{self, BodyFraming, ChunkedDecoder, Request, Version};
 use crate::scoreboard::Slot;
@@ -53,17 +53,6 @@ use tokio::sync::oneshot;
 const HIGH_WATER: usize = 64 * 1024;
 /// Largest piece of request body one `receive` returns.
 const READ_MAX: usize = 64 * 1024;
-
-/// A request on its way to the loop.
-struct Job {
-    listener: usize,
-    req: Request,
-    prebuffered: Vec<u8>,
-    spill: Option<std::fs::File>,
-    fd: RawFd,
-    peer: Peer,
-    reply: oneshot::Sender<(Request, Outcome)>,
-}
 
 /// The class as the I/O thread sees it.
 pub(super) struct Asgi {
@@ -93,17 +82,9 @@ impl Class for Asgi {
     }
 
     async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(Request, Outcome)> {
-        let (tx, rx) = oneshot::channel();
+        let (job, rx) = call.into_job();
         self.slot.active.fetch_add(1, Ordering::Relaxed);
-        let pushed = self.tx.push(Job {
-            listener: call.listener,
-            req: call.req,
-            prebuffered: call.prebuffered,
-            spill: call.spill,
-            fd: call.fd,
-            peer: call.peer.clone(),
-            reply: tx,
-        });
+        let pushed = self.tx.push(job);
         let r = match pushed {
             Ok(()) => rx.await.ok(),
             Err(_) => None,

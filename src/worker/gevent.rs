@@ -30,16 +30,15 @@
 use super::boot::Booted;
 use super::handoff;
 use super::msg::WORKER_BOOT_ERROR;
-use super::{Call, Class};
+use super::{Call, Class, Job};
 use crate::http;
 use crate::scoreboard::Slot;
-use crate::wsgi::{self, Bridge, Outcome, Peer};
+use crate::wsgi::{self, Bridge, Outcome};
 use pyo3::prelude::*;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
 
 pub(super) struct Gevent {
     bridge: Arc<Bridge>,
@@ -47,17 +46,6 @@ pub(super) struct Gevent {
     tx: handoff::Sender<Job>,
     rx: Arc<handoff::Receiver<Job>>,
     slot: &'static Slot,
-}
-
-/// A request on its way to the hub.
-struct Job {
-    listener: usize,
-    req: http::Request,
-    prebuffered: Vec<u8>,
-    spill: Option<std::fs::File>,
-    fd: RawFd,
-    peer: Peer,
-    reply: oneshot::Sender<(http::Request, Outcome)>,
 }
 
 impl Gevent {
@@ -96,16 +84,7 @@ impl Class for Gevent {
     }
 
     async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(http::Request, Outcome)> {
-        let (tx, rx) = oneshot::channel();
-        let job = Job {
-            listener: call.listener,
-            req: call.req,
-            prebuffered: call.prebuffered,
-            spill: call.spill,
-            fd: call.fd,
-            peer: call.peer.clone(),
-            reply: tx,
-        };
+        let (job, rx) = call.into_job();
         self.slot.active.fetch_add(1, Ordering::Relaxed);
         let r = match self.tx.push(job) {
             Ok(()) => rx.await.ok(),

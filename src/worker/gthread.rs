@@ -5,15 +5,13 @@
 //! idle keep-alive) never hold a Python thread.
 
 use super::boot::Booted;
-use super::{Call, Class};
+use super::{Call, Class, Job};
 use crate::http;
 use crate::scoreboard::Slot;
-use crate::wsgi::{self, Bridge, Outcome, Peer};
+use crate::wsgi::{self, Bridge, Outcome};
 use pyo3::prelude::*;
-use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
-use tokio::sync::oneshot;
 
 pub(super) struct Gthread {
     bridge: Arc<Bridge>,
@@ -21,17 +19,6 @@ pub(super) struct Gthread {
     /// Set by `start`.
     pool: Option<mpsc::Sender<Job>>,
     slot: &'static Slot,
-}
-
-/// A request on its way to a Python thread.
-struct Job {
-    listener: usize,
-    req: http::Request,
-    prebuffered: Vec<u8>,
-    spill: Option<std::fs::File>,
-    fd: RawFd,
-    peer: Peer,
-    reply: oneshot::Sender<(http::Request, Outcome)>,
 }
 
 impl Gthread {
@@ -60,16 +47,7 @@ impl Class for Gthread {
 
     async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(http::Request, Outcome)> {
         let pool = self.pool.as_ref()?;
-        let (tx, rx) = oneshot::channel();
-        let job = Job {
-            listener: call.listener,
-            req: call.req,
-            prebuffered: call.prebuffered,
-            spill: call.spill,
-            fd: call.fd,
-            peer: call.peer.clone(),
-            reply: tx,
-        };
+        let (job, rx) = call.into_job();
         self.slot.active.fetch_add(1, Ordering::Relaxed);
         if pool.send(job).is_err() {
             return None;

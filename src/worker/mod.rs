@@ -199,6 +199,42 @@ trait Class: Send + Sync + Sized + 'static {
     }
 }
 
+/// A parsed request on its way to the thread or event loop that runs the
+/// app (gthread's pool, gevent's hub, the ASGI loop), with the oneshot its
+/// outcome comes back on.
+struct Job {
+    listener: usize,
+    req: http::Request,
+    prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
+    fd: RawFd,
+    peer: Peer,
+    reply: tokio::sync::oneshot::Sender<(http::Request, Outcome)>,
+}
+
+impl Call<'_> {
+    /// The request as a [`Job`] for another thread, and where its outcome
+    /// will arrive.
+    fn into_job(
+        self,
+    ) -> (
+        Job,
+        tokio::sync::oneshot::Receiver<(http::Request, Outcome)>,
+    ) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            listener: self.listener,
+            req: self.req,
+            prebuffered: self.prebuffered,
+            spill: self.spill,
+            fd: self.fd,
+            peer: self.peer.clone(),
+            reply,
+        };
+        (job, rx)
+    }
+}
+
 /// One parsed request, handed from the loop to the class.
 struct Call<'a> {
     /// Index of the listener it arrived on.
