@@ -136,6 +136,11 @@ def _rg_error(msg):
     _log(40, msg)
 
 
+def _rg_exception(msg):
+    """An app's exception: Gunicorn's log.exception."""
+    rg_log(40, msg, True)  # noqa: F821 (added by asgi.rs)
+
+
 def _log(level, msg):
     rg_log(level, msg)  # noqa: F821 (added by asgi.rs)
 
@@ -325,7 +330,7 @@ class Driver:
             # exit: nothing to report.
             cycle.finish(True)
         except BaseException as e:
-            _rg_error("Exception in ASGI application\n" + traceback.format_exc())
+            _rg_exception("Exception in ASGI application\n" + traceback.format_exc())
             cycle.finish(True)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise

@@ -237,8 +237,15 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 }
 
 /// The driver's messages, into the error log (Python `logging` levels).
+/// `exception`: an app's exception, Gunicorn's `log.exception` (target
+/// `exception`, which StatsD counts as `gunicorn.log.exception`).
 #[pyfunction]
-fn rg_log(level: u32, msg: &str) {
+#[pyo3(signature = (level, msg, exception = false))]
+fn rg_log(level: u32, msg: &str, exception: bool) {
+    if exception {
+        tracing::error!(target: "rgunicorn::exception", "{msg}");
+        return;
+    }
     match level {
         0..=10 => tracing::debug!("{msg}"),
         11..=20 => tracing::info!("{msg}"),

@@ -132,7 +132,11 @@ async def app(scope, receive, send):
     if path == "/no-response":
         return
     if path == "/sleep":
-        await asyncio.sleep(0.1)
+        # /sleep?S sleeps S seconds (default 0.1).
+        seconds = float(scope["query_string"] or b"0.1")
+        note("sleep-start %s" % seconds)
+        await asyncio.sleep(seconds)
+        note("sleep-end %s" % seconds)
         return await respond(send, 200, b"slept")
     if path == "/block":
         time.sleep(60)
