@@ -712,6 +712,32 @@ fn push_atom(out: &mut String, v: Option<&str>) {
     }
 }
 
+/// `%({key}e)s` for a request with no WSGI environ (the ASGI worker): the
+/// minimal environ Gunicorn's ASGI worker builds for its access log:
+/// REQUEST_METHOD, RAW_URI, PATH_INFO, QUERY_STRING, SERVER_PROTOCOL,
+/// REMOTE_ADDR and an `HTTP_*` key per request header. `key` is lower case.
+fn request_environ(key: &str, i: &AccessInfo<'_>) -> Option<String> {
+    match key {
+        "request_method" => Some(i.method.to_owned()),
+        "raw_uri" => Some(i.uri.to_owned()),
+        "path_info" => Some(i.path.to_owned()),
+        "query_string" => Some(i.query.to_owned()),
+        "server_protocol" => Some(i.protocol.to_owned()),
+        "remote_addr" => Some(i.remote.to_owned()),
+        _ => {
+            let name = key.strip_prefix("http_")?;
+            let v = i.request_headers.iter().rev().find(|h| {
+                h.name.len() == name.len()
+                    && h.name
+                        .iter()
+                        .zip(name.bytes())
+                        .all(|(&a, b)| a.to_ascii_lowercase() == if b == b'_' { b'-' } else { b })
+            })?;
+            Some(String::from_utf8_lossy(&v.value).into_owned())
+        }
+    }
+}
+
 /// Format one access-log line (without the newline).
 pub fn format_access(fmt: &AccessFormat, i: &AccessInfo<'_>) -> String {
     let mut out = String::with_capacity(160);
@@ -730,6 +756,13 @@ pub fn format_access(fmt: &AccessFormat, i: &AccessInfo<'_>) -> String {
                     .rev()
                     .find(|(k, _)| k.eq_ignore_ascii_case(n))
                     .map(|(_, v)| v.as_str()),
+            ),
+            Piece::Environ(idx) if i.environ.is_empty() => push_atom(
+                &mut out,
+                fmt.env_keys
+                    .get(*idx)
+                    .and_then(|k| request_environ(k, i))
+                    .as_deref(),
             ),
             Piece::Environ(idx) => {
                 push_atom(&mut out, i.environ.get(*idx).and_then(|v| v.as_deref()))
@@ -901,6 +934,34 @@ mod more_tests {
         assert_eq!(format_access(&f, &i), r#"1.2.3.4 http 1.2.3.4 - a \"b\""#);
         let l = format_access(&AccessFormat::parse("%(L)s %(M)s"), &i);
         assert_eq!(l, "1.000001 1000");
+    }
+
+    #[test]
+    fn without_a_wsgi_environ_e_atoms_read_gunicorns_asgi_access_environ() {
+        let f = AccessFormat::parse(
+            "%({REQUEST_METHOD}e)s %({raw_uri}e)s %({PATH_INFO}e)s %({QUERY_STRING}e)s \
+             %({SERVER_PROTOCOL}e)s %({REMOTE_ADDR}e)s %({HTTP_X_REQUEST_ID}e)s \
+             %({wsgi.url_scheme}e)s %({HTTP_NONE}e)s",
+        );
+        let hdrs = [hdr("X-Request-Id", "abc"), hdr("Host", "h")];
+        let i = AccessInfo {
+            remote: "10.0.0.1",
+            method: "POST",
+            uri: "/a%20b?x=1",
+            path: "/a b",
+            query: "x=1",
+            protocol: "HTTP/1.1",
+            status: 200,
+            sent: None,
+            request_headers: &hdrs,
+            response_headers: &[],
+            duration: Duration::from_micros(1),
+            environ: &[],
+        };
+        assert_eq!(
+            format_access(&f, &i),
+            "POST /a%20b?x=1 /a b x=1 HTTP/1.1 10.0.0.1 abc - -"
+        );
     }
 
     #[test]

@@ -95,3 +95,12 @@ def test_pid1_sigterm_finishes_the_asgi_request_runs_shutdown_and_exits_0(tmp_pa
             i for i, line in enumerate(lines) if line.startswith("shutdown")), lines
     finally:
         srv.close()
+
+
+def test_access_log_environ_atoms_under_asgi(server):
+    """`%({key}e)s` reads the environ Gunicorn's ASGI worker builds for its
+    access log (method, URIs, protocol, address, HTTP_* headers)."""
+    fmt = "E %({REQUEST_METHOD}e)s %({RAW_URI}e)s %({QUERY_STRING}e)s %({HTTP_X_TRACE}e)s %({nope}e)s"
+    srv = server("-k", "asgi", "--access-logfile", "-", "--access-logformat", fmt, app=RAW)
+    assert requests.get(srv.url + "/?q=1", headers={"X-Trace": "t-42"}, timeout=5).status_code == 200
+    assert wait_until(lambda: "E GET /?q=1 q=1 t-42 -" in srv.log()), srv.log()
