@@ -113,43 +113,20 @@ enum Ext {
     Space,
 }
 
-/// RFC 9110 §5.6.2 `tchar`.
-#[inline]
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
-
 impl Ext {
     /// One byte of a chunk extension (never the LF: a CR ends the line).
     fn step(self, b: u8) -> Result<State, ParseError> {
         let ws = b == b' ' || b == b'\t';
         let next = match self {
             Ext::BeforeName if ws => Ext::BeforeName,
-            Ext::BeforeName if is_tchar(b) => Ext::Name,
-            Ext::Name if is_tchar(b) => Ext::Name,
+            Ext::BeforeName if super::is_tchar(b) => Ext::Name,
+            Ext::Name if super::is_tchar(b) => Ext::Name,
             Ext::Name | Ext::AfterName if ws => Ext::AfterName,
             Ext::Name | Ext::AfterName if b == b'=' => Ext::BeforeValue,
             Ext::BeforeValue if ws => Ext::BeforeValue,
-            Ext::BeforeValue if is_tchar(b) => Ext::Token,
+            Ext::BeforeValue if super::is_tchar(b) => Ext::Token,
             Ext::BeforeValue if b == b'"' => Ext::Quoted,
-            Ext::Token if is_tchar(b) => Ext::Token,
+            Ext::Token if super::is_tchar(b) => Ext::Token,
             Ext::Quoted if b == b'"' => Ext::AfterQuote,
             Ext::Quoted if b == b'\\' => Ext::QuotedEscape,
             // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text

@@ -47,3 +47,38 @@ pub use request::{
 
 #[cfg(test)]
 mod tests;
+
+/// RFC 9110 §5.6.2 tchar, by byte: one table look-up per byte of a name.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// Whether `b` is an RFC 9110 §5.6.2 `tchar` (a byte of a token).
+#[inline]
+pub(crate) fn is_tchar(b: u8) -> bool {
+    TCHAR[usize::from(b)]
+}

@@ -177,37 +177,8 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// RFC 9110 §5.6.2 tchar, by byte: one table look-up per byte of a name.
-const TCHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    t
-};
-
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| TCHAR[usize::from(b)])
+    !s.is_empty() && s.bytes().all(super::is_tchar)
 }
 
 /// Why a text cannot be a field value or reason phrase.
