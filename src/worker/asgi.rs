@@ -44,9 +44,13 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::oneshot;
+
+mod websocket;
+use websocket::WsConn;
 
 /// A response larger than this still waiting for the client makes `send`
 /// wait until the socket has taken it all (backpressure).
@@ -61,6 +65,16 @@ pub(super) struct Asgi {
     driver: Py<PyAny>,
     slots: usize,
     slot: &'static Slot,
+    drain: Arc<Drain>,
+}
+
+/// When a retiring worker closes the WebSockets still open: set by the I/O
+/// thread when the drain begins, read by the loop on its next wake-up.
+#[derive(Default)]
+struct Drain {
+    at: Mutex<Option<Instant>>,
+    /// Set with `at`; the loop clears it when it has scheduled the closes.
+    news: AtomicBool,
 }
 
 impl Class for Asgi {
@@ -103,6 +117,12 @@ impl Class for Asgi {
 
     fn stopped(&self) {
         self.tx.close();
+    }
+
+    fn draining(&self, deadline: Instant) {
+        *self.drain.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.drain.news.store(true, Ordering::Release);
+        self.tx.wake();
     }
 
     fn main_loop(&self) -> Result<(), i32> {
@@ -165,9 +185,10 @@ pub(super) fn serve(b: &Booted<'_>) -> Result<(), i32> {
         tracing::error!("cannot create the event loop's wake-up fd: {e}");
         WORKER_BOOT_ERROR
     })?;
+    let drain = Arc::new(Drain::default());
     let driver = Python::attach(|py| -> PyResult<Py<PyAny>> {
         let m = module(py)?;
-        let srv = Server::new(py, b, rx)?;
+        let srv = Server::new(py, b, rx, drain.clone())?;
         let opts = PyDict::new(py);
         for name in [
             "asgi_loop",
@@ -212,6 +233,7 @@ pub(super) fn serve(b: &Booted<'_>) -> Result<(), i32> {
         driver,
         slots: b.settings.worker_connections.max(1),
         slot: b.slot,
+        drain,
     };
     super::conn::run(class, b)
 }
@@ -227,6 +249,7 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         let m = PyModule::from_code(py, &code, c"<rgunicorn-asgi>", c"_rgunicorn_asgi")?;
         m.add_class::<Conn>()?;
         m.add_class::<Server>()?;
+        m.add_class::<WsConn>()?;
         m.add_function(pyo3::wrap_pyfunction!(rg_log, &m)?)?;
         py.import("sys")?
             .getattr("modules")?
@@ -265,10 +288,20 @@ pub struct Server {
     /// The lifespan state, copied into each scope.
     state: Mutex<Option<Py<PyDict>>>,
     hooks: Option<std::sync::Arc<crate::hooks::RequestHooks>>,
+    /// `websocket_max_message_size` (0: no limit).
+    ws_max: usize,
+    drain: Arc<Drain>,
+    /// The driver's `_draining(seconds)`, called once when the drain begins.
+    on_drain: Mutex<Option<Py<PyAny>>>,
 }
 
 impl Server {
-    fn new(py: Python<'_>, b: &Booted<'_>, rx: handoff::Receiver<Job>) -> PyResult<Server> {
+    fn new(
+        py: Python<'_>,
+        b: &Booted<'_>,
+        rx: handoff::Receiver<Job>,
+        drain: Arc<Drain>,
+    ) -> PyResult<Server> {
         let asgi = PyDict::new(py);
         asgi.set_item("version", "3.0")?;
         asgi.set_item("spec_version", "2.4")?;
@@ -298,21 +331,32 @@ impl Server {
             state: Mutex::new(None),
             hooks: crate::hooks::RequestHooks::new(b.settings, b.slot_index)
                 .map(std::sync::Arc::new),
+            ws_max: setting_str(b, "websocket_max_message_size")
+                .parse()
+                .unwrap_or(16 << 20),
+            drain,
+            on_drain: Mutex::new(None),
         })
     }
 
-    /// The scope of one request; `Err`: a request the proxy headers make
-    /// invalid (answered 400 without calling the app).
+    /// The scope of one request (`ws`: of a WebSocket handshake); `Err`: a
+    /// request the proxy headers make invalid (answered 400 without calling
+    /// the app).
     fn scope<'py>(
         &self,
         py: Python<'py>,
         job: &Job,
+        ws: bool,
     ) -> Result<(Bound<'py, PyDict>, bool), http::ParseError> {
         let req = &job.req;
         let fwd = crate::wsgi::forwarded_https(&self.proxy, req, &job.peer)?;
         let build = || -> PyResult<Bound<'py, PyDict>> {
             let d = PyDict::new(py);
-            d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+            if ws {
+                d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "websocket"))?;
+            } else {
+                d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+            }
             d.set_item(pyo3::intern!(py, "asgi"), self.asgi.bind(py))?;
             d.set_item(
                 pyo3::intern!(py, "http_version"),
@@ -321,15 +365,21 @@ impl Server {
                     Version::Http11 => pyo3::intern!(py, "1.1"),
                 },
             )?;
-            d.set_item(pyo3::intern!(py, "method"), &req.method)?;
-            d.set_item(
-                pyo3::intern!(py, "scheme"),
-                if fwd {
-                    pyo3::intern!(py, "https")
-                } else {
-                    pyo3::intern!(py, "http")
-                },
-            )?;
+            let scheme = match (ws, fwd) {
+                (false, false) => pyo3::intern!(py, "http"),
+                (false, true) => pyo3::intern!(py, "https"),
+                (true, false) => pyo3::intern!(py, "ws"),
+                (true, true) => pyo3::intern!(py, "wss"),
+            };
+            if ws {
+                d.set_item("subprotocols", websocket::subprotocols(req))?;
+                let ext = PyDict::new(py);
+                ext.set_item("websocket.http.response", PyDict::new(py))?;
+                d.set_item("extensions", ext)?;
+            } else {
+                d.set_item(pyo3::intern!(py, "method"), &req.method)?;
+            }
+            d.set_item(pyo3::intern!(py, "scheme"), scheme)?;
             let path_bytes: Vec<u8> = req.path.chars().map(|c| c as u32 as u8).collect();
             let path = String::from_utf8_lossy(&path_bytes);
             if self.root_path.is_empty() || path.starts_with(self.root_path.as_str()) {
@@ -424,6 +474,13 @@ impl Server {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
     }
 
+    /// `callback(seconds)` is called (once, from `take`) when the worker
+    /// starts retiring, with the time left until it closes what is still
+    /// open.
+    fn set_on_drain(&self, callback: Py<PyAny>) {
+        *self.on_drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(callback);
+    }
+
     /// Every request waiting, as `(conn, scope)` pairs; `None` once the
     /// worker has stopped serving.
     fn take<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
@@ -431,9 +488,28 @@ impl Server {
         if !self.rx.drain(&mut jobs) {
             return Ok(None);
         }
+        if self.drain.news.swap(false, Ordering::AcqRel) {
+            self.tell_drain(py)?;
+        }
         let out = PyList::empty(py);
-        for job in jobs {
-            match self.scope(py, &job) {
+        for mut job in jobs {
+            let ws = websocket::is_handshake(&job.req);
+            if ws {
+                if let Err((status, answer)) = websocket::check(&job.req) {
+                    let outcome = Outcome {
+                        keep_alive: false,
+                        pending_out: answer,
+                        status,
+                        ..Outcome::default()
+                    };
+                    let _ = job.reply.send((job.req, outcome));
+                    continue;
+                }
+                // After a refusal the connection closes; after a
+                // WebSocket, too.
+                job.req.keep_alive = false;
+            }
+            match self.scope(py, &job, ws) {
                 Ok((scope, https)) => {
                     if let Some(h) = &self.hooks {
                         h.pre(
@@ -449,7 +525,12 @@ impl Server {
                         conn.post_hook =
                             Some((h.clone(), scope.clone().unbind(), peer_addr.clone()));
                     }
-                    out.append((Py::new(py, conn)?, scope))?;
+                    if ws {
+                        let ws = WsConn::new(conn, self.ws_max);
+                        out.append((Py::new(py, ws)?, scope))?;
+                    } else {
+                        out.append((Py::new(py, conn)?, scope))?;
+                    }
                 }
                 Err(e) => {
                     let out = http::response::parse_error(&e);
@@ -464,6 +545,25 @@ impl Server {
             }
         }
         Ok(Some(out))
+    }
+}
+
+impl Server {
+    /// Tell the driver the drain began: how long until what is still open
+    /// closes.
+    fn tell_drain(&self, py: Python<'_>) -> PyResult<()> {
+        let at = *self.drain.at.lock().unwrap_or_else(|p| p.into_inner());
+        let cb = self
+            .on_drain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.clone_ref(py));
+        if let (Some(at), Some(cb)) = (at, cb) {
+            let left = at.saturating_duration_since(Instant::now());
+            cb.call1(py, (left.as_secs_f64(),))?;
+        }
+        Ok(())
     }
 }
 
@@ -691,10 +791,9 @@ impl Conn {
     /// Send the outcome back to the I/O thread (once).
     fn complete_with(&mut self, mut extra: Option<Vec<u8>>) {
         let extra_status = extra.as_ref().map(|_| 500);
-        let Some(reply) = self.reply.take() else {
+        if self.reply.is_none() || self.req.is_none() {
             return;
-        };
-        let Some(req) = self.req.take() else { return };
+        }
         let mut keep_alive = !self.gone && !self.broken && self.ended && self.keep;
         if let Some(bytes) = extra.take() {
             // The server's own answer (500): the connection closes after it.
@@ -745,6 +844,16 @@ impl Conn {
             response_headers: headers,
             environ_atoms: Vec::new(),
         };
+        self.reply_with(outcome);
+    }
+
+    /// Run `post_request` and send `outcome` back to the I/O thread
+    /// (once).
+    fn reply_with(&mut self, outcome: Outcome) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let Some(req) = self.req.take() else { return };
         if let Some((h, scope, addr)) = self.post_hook.take() {
             Python::attach(|py| {
                 h.post(
