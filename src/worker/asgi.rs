@@ -29,6 +29,12 @@
 //!
 //! The lifespan startup runs on the main thread before the connection loop
 //! starts, so READY (sent by the I/O thread) means the app has started.
+//!
+//! A WebSocket handshake comes the same way; [`Server::take`] checks it and
+//! starts the app on it through the driver's `_websocket` callback, with a
+//! `WsConn` (`asgi/websocket.rs`: tungstenite's frames on the descriptor)
+//! instead of a [`Conn`]. It holds its request slot until the WebSocket is
+//! over, and a retiring worker closes it with 1001 ([`Class::draining`]).
 
 use super::boot::{listener_info, Booted};
 use super::handoff;
@@ -45,7 +51,7 @@ use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -291,8 +297,17 @@ pub struct Server {
     /// `websocket_max_message_size` (0: no limit).
     ws_max: usize,
     drain: Arc<Drain>,
-    /// The driver's `_draining(seconds)`, called once when the drain begins.
-    on_drain: Mutex<Option<Py<PyAny>>>,
+    /// The driver's, set once before it serves.
+    callbacks: OnceLock<Callbacks>,
+}
+
+/// What `Server::take` calls in the driver besides returning the HTTP
+/// requests.
+struct Callbacks {
+    /// `_websocket(conn, scope)`: start the app on a WebSocket handshake.
+    websocket: Py<PyAny>,
+    /// `_draining(seconds)`: once, when the worker starts retiring.
+    draining: Py<PyAny>,
 }
 
 impl Server {
@@ -335,7 +350,7 @@ impl Server {
                 .parse()
                 .unwrap_or(16 << 20),
             drain,
-            on_drain: Mutex::new(None),
+            callbacks: OnceLock::new(),
         })
     }
 
@@ -474,11 +489,16 @@ impl Server {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
     }
 
-    /// `callback(seconds)` is called (once, from `take`) when the worker
-    /// starts retiring, with the time left until it closes what is still
-    /// open.
-    fn set_on_drain(&self, callback: Py<PyAny>) {
-        *self.on_drain.lock().unwrap_or_else(|p| p.into_inner()) = Some(callback);
+    /// From `take`: `websocket(conn, scope)` starts the app on each
+    /// WebSocket handshake (the HTTP requests are `take`'s list, which
+    /// then pays nothing for WebSockets); `draining(seconds)` is called
+    /// once when the worker starts retiring, with the time left until it
+    /// closes what is still open.
+    fn set_callbacks(&self, websocket: Py<PyAny>, draining: Py<PyAny>) {
+        let _ = self.callbacks.set(Callbacks {
+            websocket,
+            draining,
+        });
     }
 
     /// Every request waiting, as `(conn, scope)` pairs; `None` once the
@@ -526,8 +546,14 @@ impl Server {
                             Some((h.clone(), scope.clone().unbind(), peer_addr.clone()));
                     }
                     if ws {
-                        let ws = WsConn::new(conn, self.ws_max);
-                        out.append((Py::new(py, ws)?, scope))?;
+                        let ws = Py::new(py, WsConn::new(conn, self.ws_max))?;
+                        match self.callbacks.get() {
+                            Some(cb) => {
+                                cb.websocket.call1(py, (ws, scope))?;
+                            }
+                            // No driver to run it: dropping it answers 500.
+                            None => drop(ws),
+                        }
                     } else {
                         out.append((Py::new(py, conn)?, scope))?;
                     }
@@ -553,15 +579,9 @@ impl Server {
     /// closes.
     fn tell_drain(&self, py: Python<'_>) -> PyResult<()> {
         let at = *self.drain.at.lock().unwrap_or_else(|p| p.into_inner());
-        let cb = self
-            .on_drain
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|c| c.clone_ref(py));
-        if let (Some(at), Some(cb)) = (at, cb) {
+        if let (Some(at), Some(cb)) = (at, self.callbacks.get()) {
             let left = at.saturating_duration_since(Instant::now());
-            cb.call1(py, (left.as_secs_f64(),))?;
+            cb.draining.call1(py, (left.as_secs_f64(),))?;
         }
         Ok(())
     }
