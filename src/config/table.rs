@@ -948,6 +948,7 @@ settings_table! {
         ..BASE
     },
     int("asgi_disconnect_grace_period", WORKERS, &["--asgi-disconnect-grace-period"], 3, "Seconds ASGI apps get to handle a client disconnect.", Status::Same),
+    int("websocket_max_message_size", WORKERS, &["--websocket-max-message-size"], 16 * 1024 * 1024, "Largest WebSocket message, in bytes, the asgi worker accepts (a larger frame or fragmented message closes the connection with 1009); 0 for no limit.", Status::Same),
     SettingDef {
         name: "http_parser",
         section: WORKERS,

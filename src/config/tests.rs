@@ -7,7 +7,7 @@ use std::ffi::OsString;
 
 use super::*;
 
-/// Gunicorn's setting names (`KNOWN_SETTINGS`, Gunicorn 23 to 26.1).
+/// Gunicorn's setting names (`KNOWN_SETTINGS`, Gunicorn 23 to 26.3).
 const GUNICORN_SETTINGS: &[&str] = &[
     // Config File
     "config",
@@ -140,6 +140,7 @@ const GUNICORN_SETTINGS: &[&str] = &[
     "asgi_loop",
     "asgi_lifespan",
     "asgi_disconnect_grace_period",
+    "websocket_max_message_size", // 26.3
     "http_parser",
 ];
 
@@ -266,7 +267,7 @@ fn every_gunicorn_setting_is_present() {
     for name in GUNICORN_SETTINGS {
         assert!(ours.contains(name), "Gunicorn setting {name} missing");
     }
-    assert_eq!(GUNICORN_SETTINGS.len(), 118);
+    assert_eq!(GUNICORN_SETTINGS.len(), 119);
     let theirs: HashSet<&str> = GUNICORN_SETTINGS.iter().copied().collect();
     for def in table() {
         let gunicorns = theirs.contains(def.name);

@@ -8,10 +8,19 @@ scope. `receive` and `send` call into the `Conn`, which reads and writes the
 socket without blocking; only when the socket would block does a task wait
 for it, with the loop's own add_reader/add_writer.
 
-`Conn` and `Server` are added to this module by src/worker/asgi.rs.
+A WebSocket handshake arrives as a Rust `WsConn` instead (scope type
+`websocket`): tungstenite's frames on the same descriptor, a `WsCycle` here
+for the app's receive and send. Once accepted, the descriptor is watched for
+reading for as long as the WebSocket is open (pings are answered and a
+close is seen even while the app does not receive), until 32 messages wait
+for the app (backpressure); a send that the socket cannot take at once
+waits until it has.
+
+`Conn`, `WsConn` and `Server` are added to this module by src/worker/asgi.rs.
 """
 
 import asyncio
+import collections
 import sys
 import traceback
 
@@ -251,6 +260,309 @@ class Cycle:
         self.conn.complete(error)
 
 
+# Stop reading frames while this many messages wait for the app's receive().
+_WS_QUEUE_HIGH = 32
+# How long a close handshake may take before the connection closes anyway.
+_WS_CLOSE_TIMEOUT = 5.0
+
+
+class ClientDisconnected(OSError):
+    """A WebSocket `send` after the connection closed (ASGI 2.4: a
+    server-specific subclass of OSError)."""
+
+
+class WsCycle:
+    """One WebSocket connection: the app's receive and send."""
+
+    __slots__ = ("conn", "fd", "loop", "tasks", "connect_given", "accepted", "denied",
+                 "close_sent", "queue", "end", "over", "waiter", "reading", "writing",
+                 "write_waiters", "over_fut", "handing_back")
+
+    def __init__(self, conn, loop, tasks):
+        self.conn = conn
+        self.fd = conn.fd
+        self.loop = loop
+        self.tasks = tasks
+        self.connect_given = False
+        self.accepted = False
+        # The app answered with an HTTP response instead of accepting.
+        self.denied = False
+        self.close_sent = False
+        self.queue = collections.deque()
+        # (code, reason) of the websocket.disconnect the app gets.
+        self.end = None
+        # The WebSocket is over on the wire (closed, failed or gone).
+        self.over = False
+        self.waiter = None
+        self.reading = False
+        self.writing = False
+        self.write_waiters = []
+        self.over_fut = loop.create_future()
+        self.handing_back = False
+
+    # -- the descriptor: one reader and one writer callback at most
+
+    def _start_reading(self):
+        if not self.reading and not self.over and not self.conn.done:
+            self.reading = True
+            self.loop.add_reader(self.fd, self._on_readable)
+
+    def _stop_reading(self):
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
+
+    def _on_readable(self):
+        conn = self.conn
+        if conn.done or self.over:
+            return
+        q = self.queue
+        msgs, end, pending = conn.pump(max(1, _WS_QUEUE_HIGH - len(q)))
+        if not self.close_sent:
+            # After our close frame the app gets no more data.
+            for m in msgs:
+                if m.__class__ is str:
+                    q.append({"type": "websocket.receive", "text": m})
+                else:
+                    q.append({"type": "websocket.receive", "bytes": m})
+        if pending:
+            self._want_write()
+        if end is not None:
+            self._over(end)
+        elif len(q) >= _WS_QUEUE_HIGH and not self.close_sent:
+            # Backpressure: receive() reads on once the app has caught up.
+            self._stop_reading()
+        if self.waiter is not None:
+            _wake(self.waiter)
+
+    def _resume(self):
+        if not self.reading and not self.over and not self.conn.done:
+            self._start_reading()
+            self._on_readable()  # frames already buffered in Rust
+
+    def _want_write(self):
+        if not self.writing and not self.conn.done:
+            self.writing = True
+            self.loop.add_writer(self.fd, self._on_writable)
+
+    def _stop_writing(self):
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.fd)
+
+    def _on_writable(self):
+        if not self.conn.done and self.conn.flush() == 1:
+            return
+        self._stop_writing()
+        waiters, self.write_waiters = self.write_waiters, []
+        for f in waiters:
+            _wake(f)
+
+    async def _drain(self):
+        """Wait until what was written so far has gone to the socket."""
+        if self.conn.done:
+            return
+        fut = self.loop.create_future()
+        self.write_waiters.append(fut)
+        self._want_write()
+        await fut
+
+    # -- the end of the connection
+
+    def _over(self, end):
+        """The WebSocket is over on the wire: the client's close (answered),
+        the answer to ours, a failure, or the client gone."""
+        self.over = True
+        self._stop_reading()
+        if self.end is None:
+            self.end = end
+        _wake(self.over_fut)
+        if self.waiter is not None:
+            _wake(self.waiter)
+        if not self.handing_back:
+            self.handing_back = True
+            t = self.loop.create_task(self._hand_back())
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
+
+    async def _hand_back(self):
+        conn = self.conn
+        deadline = self.loop.time() + _WS_CLOSE_TIMEOUT
+        try:
+            # The reply to the client's close, or our close frame.
+            if not conn.done and conn.flush() == 1:
+                try:
+                    await asyncio.wait_for(self._drain(), _WS_CLOSE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    pass
+            if not conn.done and conn.failed:
+                # We failed the connection: FIN after our close frame, and
+                # read what the client still sends until it closes, so the
+                # socket is not reset under our close frame.
+                conn.shutdown_write()
+                while not conn.done and not conn.linger():
+                    fut = self.loop.create_future()
+                    self.loop.add_reader(self.fd, _wake, fut)
+                    try:
+                        await asyncio.wait_for(fut, max(0.0, deadline - self.loop.time()))
+                    except asyncio.TimeoutError:
+                        break
+                    finally:
+                        self.loop.remove_reader(self.fd)
+        finally:
+            self._finish()
+
+    def _finish(self, error=False):
+        """Hand the connection back to the I/O thread (once)."""
+        conn = self.conn
+        if conn.done:
+            return
+        self._stop_reading()
+        self._stop_writing()
+        conn.finish(error)
+        self.over = True
+        if self.end is None:
+            self.end = (1006, "")
+        waiters, self.write_waiters = self.write_waiters, []
+        for f in waiters:
+            _wake(f)
+        _wake(self.over_fut)
+        if self.waiter is not None:
+            _wake(self.waiter)
+
+    def _start_close(self, code, reason, timeout):
+        """Our close frame; the client's answer comes through the reader.
+        The connection is handed back after `timeout` at the latest."""
+        r = self.conn.close(code, reason)
+        self.close_sent = True
+        if r == 2:
+            self._over((1006, ""))
+            return
+        if r == 1:
+            self._want_write()
+        self._start_reading()
+        self.loop.call_later(timeout, self._finish)
+
+    def going_away(self, timeout):
+        """The worker is retiring: close with 1001."""
+        if self.accepted and not self.over and not self.close_sent and not self.conn.done:
+            if self.end is None:
+                self.end = (1001, "")
+            self._start_close(1001, "Going Away", timeout)
+            if self.waiter is not None:
+                _wake(self.waiter)
+
+    # -- ASGI
+
+    async def receive(self):
+        if not self.connect_given:
+            self.connect_given = True
+            return {"type": "websocket.connect"}
+        q = self.queue
+        while True:
+            if q:
+                m = q.popleft()
+                if not self.reading and len(q) <= _WS_QUEUE_HIGH // 2:
+                    self._resume()
+                return m
+            if self.end is not None:
+                return {"type": "websocket.disconnect", "code": self.end[0],
+                        "reason": self.end[1]}
+            fut = self.loop.create_future()
+            self.waiter = fut
+            try:
+                await fut
+            finally:
+                if self.waiter is fut:
+                    self.waiter = None
+
+    async def send(self, message):
+        t = message["type"]
+        conn = self.conn
+        if t == "websocket.send":
+            if not self.accepted:
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.accept', 'websocket.close' or "
+                    "'websocket.http.response.start', but got 'websocket.send'.")
+            if self.over or self.close_sent:
+                raise ClientDisconnected("WebSocket closed")
+            b = message.get("bytes")
+            if b is not None:
+                r = conn.send_bytes(b if b.__class__ is bytes else bytes(b))
+            else:
+                text = message.get("text")
+                if text is None:
+                    raise TypeError("'websocket.send' needs 'bytes' or 'text'")
+                r = conn.send_text(text)
+            if r == 1:
+                await self._drain()
+            elif r == 2:
+                raise ClientDisconnected("WebSocket closed")
+        elif t == "websocket.accept":
+            if self.accepted or self.denied:
+                raise RuntimeError("Unexpected ASGI message 'websocket.accept' sent, "
+                                   "after the handshake was answered.")
+            if conn.done:
+                raise ClientDisconnected("WebSocket closed")
+            r = conn.accept(message.get("subprotocol"), message.get("headers") or ())
+            self.accepted = True
+            if r == 1:
+                await self._drain()
+            self._start_reading()
+            self._on_readable()  # frames that came right behind the handshake
+        elif t == "websocket.close":
+            if not self.accepted:
+                if self.denied:
+                    raise RuntimeError("Unexpected ASGI message 'websocket.close' sent, "
+                                       "after an HTTP response started.")
+                # ASGI: a close before accept is an HTTP 403.
+                self.denied = True
+                await self._http_sent(conn.forbid())
+                return
+            if self.close_sent or self.over:
+                return
+            code = message.get("code")
+            self._start_close(1000 if code is None else code, message.get("reason") or "",
+                              _WS_CLOSE_TIMEOUT)
+            await asyncio.shield(self.over_fut)
+        elif t == "websocket.http.response.start":
+            if self.accepted or self.denied:
+                raise RuntimeError("Unexpected ASGI message 'websocket.http.response.start' "
+                                   "sent, after the handshake was answered.")
+            conn.deny_start(message["status"], message.get("headers") or ())
+            self.denied = True
+        elif t == "websocket.http.response.body":
+            await self._http_sent(conn.deny_body(message.get("body", b""),
+                                                 message.get("more_body", False)))
+        else:
+            raise RuntimeError("Unexpected ASGI message '%s' sent." % t)
+
+    async def _http_sent(self, r):
+        conn = self.conn
+        while r == 1:
+            await self._drain()
+            r = conn.deny_flush()
+        if r == 2:
+            self._finish()
+
+    async def app_done(self, error):
+        """The app returned (or raised): answer what it left unanswered."""
+        conn = self.conn
+        if conn.done:
+            return
+        if not self.accepted and not self.denied and not error:
+            # Returned without accepting: 403, as a close before accept.
+            self.denied = True
+            await self._http_sent(conn.forbid())
+        elif not self.accepted:
+            # It raised before answering (500), or left its HTTP response
+            # unfinished (the connection closes).
+            self._finish(error)
+        elif not self.close_sent and not self.over:
+            self._start_close(1011 if error else 1000, "", _WS_CLOSE_TIMEOUT)
+            await asyncio.shield(self.over_fut)
+
+
 class Driver:
     def __init__(self, app, server, opts):
         self.app = app
@@ -259,6 +571,8 @@ class Driver:
         self.loop = None
         self.lifespan = None
         self.tasks = set()
+        # Open WebSockets (their WsCycle), closed with 1001 when retiring.
+        self.websockets = set()
         self.stopped = None
         self.grace = float(opts.get("asgi_disconnect_grace_period") or 0)
 
@@ -290,6 +604,7 @@ class Driver:
     def serve(self):
         loop = self.loop
         self.stopped = loop.create_future()
+        self.server.set_callbacks(self._websocket, self._draining)
         loop.add_reader(self.server.wakeup_fd(), self._take)
         try:
             loop.run_until_complete(self.stopped)
@@ -319,6 +634,48 @@ class Driver:
             t = loop.create_task(self._run(app, conn, scope))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
+
+    def _websocket(self, conn, scope):
+        """A WebSocket handshake (called by `Server.take`, so the HTTP batch
+        pays nothing for it)."""
+        t = self.loop.create_task(self._run_ws(self.app, conn, scope))
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    def _draining(self, left):
+        """The worker retires: WebSockets still open a little before the
+        graceful timeout ends (`left` seconds from now) are closed with
+        1001, so it exits by itself."""
+        grace = float(self.opts.get("graceful_timeout") or 30)
+        wait = max(0.05, min(1.0, grace / 10))
+        self.loop.call_later(max(0.0, left - wait), self._close_websockets, wait)
+
+    def _close_websockets(self, wait):
+        for cycle in list(self.websockets):
+            cycle.going_away(wait)
+
+    async def _run_ws(self, app, conn, scope):
+        cycle = WsCycle(conn, self.loop, self.tasks)
+        self.websockets.add(cycle)
+        error = False
+        try:
+            await app(scope, cycle.receive, cycle.send)
+        except asyncio.CancelledError:
+            error = True
+        except ClientDisconnected:
+            pass  # the client went away while the app was sending
+        except BaseException as e:
+            error = True
+            _rg_error("Exception in ASGI application\n" + traceback.format_exc())
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                cycle._finish(True)
+                raise
+        finally:
+            self.websockets.discard(cycle)
+        try:
+            await cycle.app_done(error)
+        except asyncio.CancelledError:
+            cycle._finish(True)
 
     async def _run(self, app, conn, scope):
         cycle = Cycle(conn, self.loop, self.grace)

@@ -29,6 +29,12 @@
 //!
 //! The lifespan startup runs on the main thread before the connection loop
 //! starts, so READY (sent by the I/O thread) means the app has started.
+//!
+//! A WebSocket handshake comes the same way; [`Server::take`] checks it and
+//! starts the app on it through the driver's `_websocket` callback, with a
+//! `WsConn` (`asgi/websocket.rs`: tungstenite's frames on the descriptor)
+//! instead of a [`Conn`]. It holds its request slot until the WebSocket is
+//! over, and a retiring worker closes it with 1001 ([`Class::draining`]).
 
 use super::boot::{listener_info, Booted};
 use super::handoff;
@@ -44,9 +50,13 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 use tokio::sync::oneshot;
+
+mod websocket;
+use websocket::WsConn;
 
 /// A response larger than this still waiting for the client makes `send`
 /// wait until the socket has taken it all (backpressure).
@@ -61,6 +71,16 @@ pub(super) struct Asgi {
     driver: Py<PyAny>,
     slots: usize,
     slot: &'static Slot,
+    drain: Arc<Drain>,
+}
+
+/// When a retiring worker closes the WebSockets still open: set by the I/O
+/// thread when the drain begins, read by the loop on its next wake-up.
+#[derive(Default)]
+struct Drain {
+    at: Mutex<Option<Instant>>,
+    /// Set with `at`; the loop clears it when it has scheduled the closes.
+    news: AtomicBool,
 }
 
 impl Class for Asgi {
@@ -103,6 +123,12 @@ impl Class for Asgi {
 
     fn stopped(&self) {
         self.tx.close();
+    }
+
+    fn draining(&self, deadline: Instant) {
+        *self.drain.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.drain.news.store(true, Ordering::Release);
+        self.tx.wake();
     }
 
     fn main_loop(&self) -> Result<(), i32> {
@@ -165,9 +191,10 @@ pub(super) fn serve(b: &Booted<'_>) -> Result<(), i32> {
         tracing::error!("cannot create the event loop's wake-up fd: {e}");
         WORKER_BOOT_ERROR
     })?;
+    let drain = Arc::new(Drain::default());
     let driver = Python::attach(|py| -> PyResult<Py<PyAny>> {
         let m = module(py)?;
-        let srv = Server::new(py, b, rx)?;
+        let srv = Server::new(py, b, rx, drain.clone())?;
         let opts = PyDict::new(py);
         for name in [
             "asgi_loop",
@@ -212,6 +239,7 @@ pub(super) fn serve(b: &Booted<'_>) -> Result<(), i32> {
         driver,
         slots: b.settings.worker_connections.max(1),
         slot: b.slot,
+        drain,
     };
     super::conn::run(class, b)
 }
@@ -227,6 +255,7 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         let m = PyModule::from_code(py, &code, c"<rgunicorn-asgi>", c"_rgunicorn_asgi")?;
         m.add_class::<Conn>()?;
         m.add_class::<Server>()?;
+        m.add_class::<WsConn>()?;
         m.add_function(pyo3::wrap_pyfunction!(rg_log, &m)?)?;
         py.import("sys")?
             .getattr("modules")?
@@ -272,10 +301,29 @@ pub struct Server {
     /// The lifespan state, copied into each scope.
     state: Mutex<Option<Py<PyDict>>>,
     hooks: Option<std::sync::Arc<crate::hooks::RequestHooks>>,
+    /// `websocket_max_message_size` (0: no limit).
+    ws_max: usize,
+    drain: Arc<Drain>,
+    /// The driver's, set once before it serves.
+    callbacks: OnceLock<Callbacks>,
+}
+
+/// What `Server::take` calls in the driver besides returning the HTTP
+/// requests.
+struct Callbacks {
+    /// `_websocket(conn, scope)`: start the app on a WebSocket handshake.
+    websocket: Py<PyAny>,
+    /// `_draining(seconds)`: once, when the worker starts retiring.
+    draining: Py<PyAny>,
 }
 
 impl Server {
-    fn new(py: Python<'_>, b: &Booted<'_>, rx: handoff::Receiver<Job>) -> PyResult<Server> {
+    fn new(
+        py: Python<'_>,
+        b: &Booted<'_>,
+        rx: handoff::Receiver<Job>,
+        drain: Arc<Drain>,
+    ) -> PyResult<Server> {
         let asgi = PyDict::new(py);
         asgi.set_item("version", "3.0")?;
         asgi.set_item("spec_version", "2.4")?;
@@ -305,21 +353,32 @@ impl Server {
             state: Mutex::new(None),
             hooks: crate::hooks::RequestHooks::new(b.settings, b.slot_index)
                 .map(std::sync::Arc::new),
+            ws_max: setting_str(b, "websocket_max_message_size")
+                .parse()
+                .unwrap_or(16 << 20),
+            drain,
+            callbacks: OnceLock::new(),
         })
     }
 
-    /// The scope of one request; `Err`: a request the proxy headers make
-    /// invalid (answered 400 without calling the app).
+    /// The scope of one request (`ws`: of a WebSocket handshake); `Err`: a
+    /// request the proxy headers make invalid (answered 400 without calling
+    /// the app).
     fn scope<'py>(
         &self,
         py: Python<'py>,
         job: &Job,
+        ws: bool,
     ) -> Result<(Bound<'py, PyDict>, bool), http::ParseError> {
         let req = &job.req;
         let fwd = crate::wsgi::forwarded_https(&self.proxy, req, &job.peer)?;
         let build = || -> PyResult<Bound<'py, PyDict>> {
             let d = PyDict::new(py);
-            d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+            if ws {
+                d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "websocket"))?;
+            } else {
+                d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+            }
             d.set_item(pyo3::intern!(py, "asgi"), self.asgi.bind(py))?;
             d.set_item(
                 pyo3::intern!(py, "http_version"),
@@ -328,15 +387,21 @@ impl Server {
                     Version::Http11 => pyo3::intern!(py, "1.1"),
                 },
             )?;
-            d.set_item(pyo3::intern!(py, "method"), &req.method)?;
-            d.set_item(
-                pyo3::intern!(py, "scheme"),
-                if fwd {
-                    pyo3::intern!(py, "https")
-                } else {
-                    pyo3::intern!(py, "http")
-                },
-            )?;
+            let scheme = match (ws, fwd) {
+                (false, false) => pyo3::intern!(py, "http"),
+                (false, true) => pyo3::intern!(py, "https"),
+                (true, false) => pyo3::intern!(py, "ws"),
+                (true, true) => pyo3::intern!(py, "wss"),
+            };
+            if ws {
+                d.set_item("subprotocols", websocket::subprotocols(req))?;
+                let ext = PyDict::new(py);
+                ext.set_item("websocket.http.response", PyDict::new(py))?;
+                d.set_item("extensions", ext)?;
+            } else {
+                d.set_item(pyo3::intern!(py, "method"), &req.method)?;
+            }
+            d.set_item(pyo3::intern!(py, "scheme"), scheme)?;
             let path_bytes: Vec<u8> = req.path.chars().map(|c| c as u32 as u8).collect();
             let path = String::from_utf8_lossy(&path_bytes);
             if self.root_path.is_empty() || path.starts_with(self.root_path.as_str()) {
@@ -431,6 +496,18 @@ impl Server {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
     }
 
+    /// From `take`: `websocket(conn, scope)` starts the app on each
+    /// WebSocket handshake (the HTTP requests are `take`'s list, which
+    /// then pays nothing for WebSockets); `draining(seconds)` is called
+    /// once when the worker starts retiring, with the time left until it
+    /// closes what is still open.
+    fn set_callbacks(&self, websocket: Py<PyAny>, draining: Py<PyAny>) {
+        let _ = self.callbacks.set(Callbacks {
+            websocket,
+            draining,
+        });
+    }
+
     /// Every request waiting, as `(conn, scope)` pairs; `None` once the
     /// worker has stopped serving.
     fn take<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
@@ -438,9 +515,28 @@ impl Server {
         if !self.rx.drain(&mut jobs) {
             return Ok(None);
         }
+        if self.drain.news.swap(false, Ordering::AcqRel) {
+            self.tell_drain(py)?;
+        }
         let out = PyList::empty(py);
-        for job in jobs {
-            match self.scope(py, &job) {
+        for mut job in jobs {
+            let ws = websocket::is_handshake(&job.req);
+            if ws {
+                if let Err((status, answer)) = websocket::check(&job.req) {
+                    let outcome = Outcome {
+                        keep_alive: false,
+                        pending_out: answer,
+                        status,
+                        ..Outcome::default()
+                    };
+                    let _ = job.reply.send((job.req, outcome));
+                    continue;
+                }
+                // After a refusal the connection closes; after a
+                // WebSocket, too.
+                job.req.keep_alive = false;
+            }
+            match self.scope(py, &job, ws) {
                 Ok((scope, https)) => {
                     if let Some(h) = &self.hooks {
                         h.pre(
@@ -456,7 +552,18 @@ impl Server {
                         conn.post_hook =
                             Some((h.clone(), scope.clone().unbind(), peer_addr.clone()));
                     }
-                    out.append((Py::new(py, conn)?, scope))?;
+                    if ws {
+                        let ws = Py::new(py, WsConn::new(conn, self.ws_max))?;
+                        match self.callbacks.get() {
+                            Some(cb) => {
+                                cb.websocket.call1(py, (ws, scope))?;
+                            }
+                            // No driver to run it: dropping it answers 500.
+                            None => drop(ws),
+                        }
+                    } else {
+                        out.append((Py::new(py, conn)?, scope))?;
+                    }
                 }
                 Err(e) => {
                     let out = http::response::parse_error(&e);
@@ -471,6 +578,19 @@ impl Server {
             }
         }
         Ok(Some(out))
+    }
+}
+
+impl Server {
+    /// Tell the driver the drain began: how long until what is still open
+    /// closes.
+    fn tell_drain(&self, py: Python<'_>) -> PyResult<()> {
+        let at = *self.drain.at.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(at), Some(cb)) = (at, self.callbacks.get()) {
+            let left = at.saturating_duration_since(Instant::now());
+            cb.draining.call1(py, (left.as_secs_f64(),))?;
+        }
+        Ok(())
     }
 }
 
@@ -698,10 +818,9 @@ impl Conn {
     /// Send the outcome back to the I/O thread (once).
     fn complete_with(&mut self, mut extra: Option<Vec<u8>>) {
         let extra_status = extra.as_ref().map(|_| 500);
-        let Some(reply) = self.reply.take() else {
+        if self.reply.is_none() || self.req.is_none() {
             return;
-        };
-        let Some(req) = self.req.take() else { return };
+        }
         let mut keep_alive = !self.gone && !self.broken && self.ended && self.keep;
         if let Some(bytes) = extra.take() {
             // The server's own answer (500): the connection closes after it.
@@ -752,6 +871,16 @@ impl Conn {
             response_headers: headers,
             environ_atoms: Vec::new(),
         };
+        self.reply_with(outcome);
+    }
+
+    /// Run `post_request` and send `outcome` back to the I/O thread
+    /// (once).
+    fn reply_with(&mut self, outcome: Outcome) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let Some(req) = self.req.take() else { return };
         if let Some((h, scope, addr)) = self.post_hook.take() {
             Python::attach(|py| {
                 h.post(

@@ -354,7 +354,7 @@ async fn serve<C: Class>(
         _ = parent_watch => {},
     }
     tracing::info!("Worker exiting (pid: {})", std::process::id());
-    ctx.head.drain_deadline();
+    ctx.class.draining(ctx.head.drain_deadline());
     let _ = shutdown_tx.send(true);
     for a in &accepts {
         a.abort();

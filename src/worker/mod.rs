@@ -182,6 +182,12 @@ trait Class: Send + Sync + Sized + 'static {
     /// must be idempotent; it is how `main_loop` learns to return.
     fn stopped(&self) {}
 
+    /// On the I/O thread when a graceful stop begins: connections still
+    /// open at `deadline` (a little before `--graceful-timeout` ends) are
+    /// closed by the loop; a class that holds long-lived connections of
+    /// its own (the ASGI worker's WebSockets) closes them by then.
+    fn draining(&self, _deadline: std::time::Instant) {}
+
     /// The class runs its own event loop on the worker's main thread
     /// (gevent's hub, an asyncio loop): the connection loop then runs on an
     /// I/O thread instead, and [`Class::main_loop`] on the main thread.

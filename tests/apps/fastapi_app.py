@@ -1,12 +1,13 @@
 """A FastAPI app for tests/test_asgi.py: path and query parameters, a
 pydantic body (422 on a bad one), a dependency, StreamingResponse and a
-BackgroundTask, lifespan state."""
+BackgroundTask, lifespan state; and a websocket route
+(tests/test_asgi_websocket.py)."""
 
 import asyncio
 import os
 from contextlib import asynccontextmanager
 
-from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -75,3 +76,18 @@ async def background(tasks: BackgroundTasks):
         note("background done")
     tasks.add_task(later)
     return {"queued": True}
+
+
+@app.websocket("/ws/{room}")
+async def ws_room(websocket: WebSocket, room: str, token: str | None = None):
+    if room == "closed":
+        await websocket.close()
+        return
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_json({"room": room, "token": token, "echo": text,
+                                       "greeting": websocket.state.greeting})
+    except WebSocketDisconnect as e:
+        note("ws disconnect %d" % e.code)
