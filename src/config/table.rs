@@ -409,7 +409,7 @@ settings_table! {
         ..BASE
     } => worker_class: WorkerClass,
     int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread; gevent ignores it).", Status::Same) => threads: usize,
-    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients (gthread, gevent).", Status::Same) => worker_connections: usize,
+    int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients per worker (gthread, gevent, asgi; an open WebSocket counts as one).", Status::Same) => worker_connections: usize,
     int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same) => max_requests: u64,
     int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same) => max_requests_jitter: u64,
     int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same) => timeout: u64,

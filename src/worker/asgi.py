@@ -666,7 +666,7 @@ class Driver:
             pass  # the client went away while the app was sending
         except BaseException as e:
             error = True
-            _rg_error("Exception in ASGI application\n" + traceback.format_exc())
+            _rg_exception("Exception in ASGI application\n" + traceback.format_exc())
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 cycle._finish(True)
                 raise
