@@ -4,8 +4,10 @@
 //!
 //! - Requests cross to the hub through a [`handoff`] queue: the I/O thread
 //!   pushes each parsed request, and the hub's watcher on the hand-off's
-//!   descriptor takes the whole batch per wake-up and spawns one greenlet
-//!   per request (`gevent.spawn`). Outcomes go back through tokio oneshots.
+//!   descriptor takes the whole batch per wake-up and switches into one
+//!   greenlet of a pool per request (`gevent_serve` in `bootstrap.py`;
+//!   a greenlet is spawned only when all are busy). Outcomes go back
+//!   through tokio oneshots.
 //! - A greenlet's body reads and response writes use the connection's
 //!   descriptor directly, as the other classes do, but wait with
 //!   `gevent.socket.wait_read`/`wait_write` (`wsgi::fdio::set_cooperative`),
@@ -161,14 +163,15 @@ impl Hub {
         }
     }
 
-    /// Serve the next request taken (in its own greenlet).
-    fn run_one(&self, py: Python<'_>) {
+    /// Serve the next request taken, in the calling greenlet; false when
+    /// none is left (the greenlet then parks).
+    fn run_one(&self, py: Python<'_>) -> bool {
         let job = self
             .batch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
-        let Some(job) = job else { return };
+        let Some(job) = job else { return false };
         let out = wsgi::handle(
             py,
             &self.bridge,
@@ -180,5 +183,6 @@ impl Hub {
             &job.peer,
         );
         let _ = job.reply.send((job.req, out));
+        true
     }
 }
