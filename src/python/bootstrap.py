@@ -260,6 +260,7 @@ def gevent_serve(hub_obj):
     no greenlet (and no fresh Python frame stack: an mmap and a munmap each)
     is made per request, and no extra callback turn of the hub is spent
     starting one. New greenlets are spawned only when every one is busy.
+    The outcomes go back to the I/O thread once per turn of the hub.
     Each request starts in an empty contextvars context, as a new greenlet
     would; greenlet-locals live on, as thread-locals do in a thread pool."""
     import gevent
@@ -270,14 +271,21 @@ def gevent_serve(hub_obj):
     done = Event()
     watcher = hub.loop.io(hub_obj.fd(), 1)
     drain, run_one, spawn, park = hub_obj.drain, hub_obj.run_one, gevent.spawn, hub.switch
+    flush, later = hub_obj.flush, hub.loop.run_callback
     idle = []
 
     def serve():
         me = getcurrent()
         while True:
             me.gr_context = None
-            while run_one():
+            served = run_one()
+            while served:
+                if served == 2:
+                    # Outcomes go back to the I/O thread together, once
+                    # this turn of the hub is over.
+                    later(flush)
                 me.gr_context = None
+                served = run_one()
             idle.append(me)
             park()
 
@@ -297,7 +305,10 @@ def gevent_serve(hub_obj):
             spawn(serve)
 
     watcher.start(ready)
-    done.wait()
+    try:
+        done.wait()
+    finally:
+        flush()
 
 
 class ConnSocket:

@@ -87,6 +87,7 @@ impl Class for Gevent {
 
     async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(http::Request, Outcome)> {
         let (job, rx) = call.into_job();
+        REPLIES.start_courier();
         self.slot.active.fetch_add(1, Ordering::Relaxed);
         let r = match self.tx.push(job) {
             Ok(()) => rx.await.ok(),
@@ -139,6 +140,10 @@ struct Hub {
     scratch: Mutex<Vec<Job>>,
 }
 
+/// Outcomes held until the end of the hub's turn (`Hub::flush`); one hub
+/// per worker process.
+static REPLIES: handoff::Outbox<(http::Request, Outcome)> = handoff::Outbox::new();
+
 #[pymethods]
 impl Hub {
     /// The descriptor to watch.
@@ -163,15 +168,17 @@ impl Hub {
         }
     }
 
-    /// Serve the next request taken, in the calling greenlet; false when
-    /// none is left (the greenlet then parks).
-    fn run_one(&self, py: Python<'_>) -> bool {
+    /// Serve the next request taken, in the calling greenlet: 0 when none
+    /// is left (the greenlet then parks), 1 when one was served, 2 when one
+    /// was served and its outcome is the first held back: schedule `flush`
+    /// at the end of the hub's turn.
+    fn run_one(&self, py: Python<'_>) -> u8 {
         let job = self
             .batch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
-        let Some(job) = job else { return false };
+        let Some(job) = job else { return 0 };
         let out = wsgi::handle(
             py,
             &self.bridge,
@@ -182,7 +189,18 @@ impl Hub {
             job.fd,
             &job.peer,
         );
-        let _ = job.reply.send((job.req, out));
-        true
+        // The response is written; the I/O thread needs the outcome only to
+        // read the connection's next request: it gets this turn's outcomes
+        // together, one wake-up for them all.
+        if REPLIES.push(job.reply, (job.req, out)) {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Send the outcomes held back (see `run_one`).
+    fn flush(&self) {
+        REPLIES.flush();
     }
 }
