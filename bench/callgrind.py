@@ -1,6 +1,8 @@
 """Instructions per request, counted by callgrind (repeatable on a noisy machine).
 
     target/venv/bin/python bench/callgrind.py [--bin target/release/rgunicorn] [-k sync|gthread]
+    target/venv/bin/python bench/callgrind.py -k gevent
+    target/venv/bin/python bench/callgrind.py -k asgi            # bench/apps/asgi_hello.py
 
 Starts rgunicorn with one worker under `valgrind --tool=callgrind
 --trace-children=yes`, sends N1 and then N2 keep-alive hello requests (two
@@ -33,21 +35,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_instructions(binary: str, worker_class: str, requests: int, post: bool) -> int:
+def worker_instructions(binary: str, worker_class: str, requests: int, post: bool, app: str) -> int:
     out = Path(tempfile.mkdtemp(prefix="rg-callgrind-"))
     port = free_port()
     cmd = [
         "valgrind", "--tool=callgrind", "--trace-children=yes",
         f"--callgrind-out-file={out}/cg.%p",
         binary, "-w", "1", "-k", worker_class, "-b", f"127.0.0.1:{port}",
-        "--chdir", str(ROOT / "bench" / "apps"), "--timeout", "600", "hello:app",
+        "--chdir", str(ROOT / "bench" / "apps"), "--timeout", "600", app,
     ]
     # A fixed hash seed: dict and str hashing otherwise vary the count by a
     # few percent from run to run.
     env = dict(os.environ, PYTHONHASHSEED="0")
+    venv = ROOT / "target" / "venv"
+    if venv.exists():
+        env.update(VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 400
         while True:
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -88,9 +93,11 @@ def main() -> None:
     ap.add_argument("--n1", type=int, default=200)
     ap.add_argument("--n2", type=int, default=1200)
     ap.add_argument("--post", action="store_true", help="16 KiB POST echo instead of GET")
+    ap.add_argument("--app", help="default: hello:app, asgi_hello:app for -k asgi")
     a = ap.parse_args()
-    i1 = worker_instructions(a.bin, a.k, a.n1, a.post)
-    i2 = worker_instructions(a.bin, a.k, a.n2, a.post)
+    app = a.app or ("asgi_hello:app" if a.k == "asgi" else "hello:app")
+    i1 = worker_instructions(a.bin, a.k, a.n1, a.post, app)
+    i2 = worker_instructions(a.bin, a.k, a.n2, a.post, app)
     per = (i2 - i1) / (a.n2 - a.n1)
     what = "POST 16 KiB" if a.post else "hello GET"
     print(f"{a.bin} -k {a.k} {what}: {per:,.0f} instructions per request "

@@ -6,6 +6,7 @@ config and command line, run unchanged."""
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -149,6 +150,27 @@ def test_gevent_spawn_and_the_patched_stdlib_in_a_request(server):
     assert env["socket_at_import"].startswith("gevent"), env
     assert env["sleep_at_import"].startswith("gevent"), env
     assert env["ssl_patched"] and env["thread_ident_is_greenlet"]
+    assert srv.stop() == 0
+
+
+def test_each_request_starts_in_a_fresh_context_on_a_pooled_greenlet(server):
+    # The worker serves requests on a pool of greenlets (no greenlet made
+    # per request): a contextvar set by one request is never seen by the
+    # next one served on the same greenlet, nor by concurrent ones.
+    srv = gserver(server, "-w", "1")
+    greenlets = set()
+    with requests.Session() as s:
+        for i in range(5):
+            before, now, g = ast.literal_eval(s.get(srv.url + f"/context?seq{i}", timeout=10).text)
+            # (Gunicorn runs a connection's requests in one greenlet and one
+            # context: there the value carries over on a keep-alive connection.)
+            assert (before, now) == (None, f"seq{i}") or (IS_GUNICORN and i > 0)
+            greenlets.add(g)
+    assert len(greenlets) == 1, "one client, one request at a time: one greenlet reused"
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        got = list(pool.map(lambda i: ast.literal_eval(
+            requests.get(srv.url + f"/context?c{i}", timeout=10).text), range(60)))
+    assert [(b, n) for b, n, _ in got] == [(None, f"c{i}") for i in range(60)]
     assert srv.stop() == 0
 
 

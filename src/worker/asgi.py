@@ -257,7 +257,10 @@ class Cycle:
             _wake(fut)
         if self.done_fut is not None:
             _wake(self.done_fut)
-        self.conn.complete(error)
+        # The answer to the I/O thread waits for the end of this loop turn,
+        # with every other one completed in it: one wake-up for them all.
+        if self.conn.complete_batched(error):
+            self.loop.call_soon(flush_replies)  # noqa: F821 (added by asgi.rs)
 
 
 # Stop reading frames while this many messages wait for the app's receive().
@@ -616,10 +619,12 @@ class Driver:
             if self.lifespan is not None:
                 loop.run_until_complete(self.lifespan.shutdown())
         finally:
+            flush_replies()  # noqa: F821
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             except Exception:
                 pass
+            flush_replies()  # noqa: F821
             loop.close()
 
     def _take(self):
@@ -630,10 +635,14 @@ class Driver:
         loop = self.loop
         app = self.app
         tasks = self.tasks
+        grace = self.grace
+        run = self._run
+        discard = tasks.discard
         for conn, scope in batch:
-            t = loop.create_task(self._run(app, conn, scope))
+            cycle = Cycle(conn, loop, grace)
+            t = cycle.task = loop.create_task(run(app, cycle, scope))
             tasks.add(t)
-            t.add_done_callback(tasks.discard)
+            t.add_done_callback(discard)
 
     def _websocket(self, conn, scope):
         """A WebSocket handshake (called by `Server.take`, so the HTTP batch
@@ -677,9 +686,8 @@ class Driver:
         except asyncio.CancelledError:
             cycle._finish(True)
 
-    async def _run(self, app, conn, scope):
-        cycle = Cycle(conn, self.loop, self.grace)
-        cycle.task = asyncio.current_task()
+    @staticmethod
+    async def _run(app, cycle, scope):
         try:
             await app(scope, cycle.receive, cycle.send)
         except asyncio.CancelledError:

@@ -103,6 +103,7 @@ impl Class for Asgi {
 
     async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(Request, Outcome)> {
         let (job, rx) = call.into_job();
+        REPLIES.start_courier();
         self.slot.active.fetch_add(1, Ordering::Relaxed);
         let pushed = self.tx.push(job);
         let r = match pushed {
@@ -257,6 +258,7 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         m.add_class::<Server>()?;
         m.add_class::<WsConn>()?;
         m.add_function(pyo3::wrap_pyfunction!(rg_log, &m)?)?;
+        m.add_function(pyo3::wrap_pyfunction!(flush_replies, &m)?)?;
         py.import("sys")?
             .getattr("modules")?
             .set_item("_rgunicorn_asgi", &m)?;
@@ -815,11 +817,34 @@ impl Conn {
         self.out.len() - self.out_pos + self.file.as_ref().map_or(0, |(_, l)| *l as usize)
     }
 
-    /// Send the outcome back to the I/O thread (once).
-    fn complete_with(&mut self, mut extra: Option<Vec<u8>>) {
+    /// `complete`: a 500 if nothing was sent, a close if the response was
+    /// broken off; see `complete_with`.
+    fn conclude(&mut self, error: bool, batched: bool) -> bool {
+        if self.reply.is_none() {
+            return false;
+        }
+        if !self.resp.head_sent() && !self.gone {
+            if !error {
+                tracing::error!("ASGI callable returned without sending a response");
+            }
+            return self.complete_with(
+                Some(http::response::error(500, "Internal Server Error", "")),
+                batched,
+            );
+        }
+        if error || !self.ended {
+            // The response was started and not finished: close.
+            self.broken = true;
+        }
+        self.complete_with(None, batched)
+    }
+
+    /// Send the outcome back to the I/O thread (once); `batched`: through
+    /// [`REPLIES`], and true when a flush must be scheduled.
+    fn complete_with(&mut self, mut extra: Option<Vec<u8>>, batched: bool) -> bool {
         let extra_status = extra.as_ref().map(|_| 500);
         if self.reply.is_none() || self.req.is_none() {
-            return;
+            return false;
         }
         let mut keep_alive = !self.gone && !self.broken && self.ended && self.keep;
         if let Some(bytes) = extra.take() {
@@ -871,16 +896,19 @@ impl Conn {
             response_headers: headers,
             environ_atoms: Vec::new(),
         };
-        self.reply_with(outcome);
+        self.reply_with(outcome, batched)
     }
 
     /// Run `post_request` and send `outcome` back to the I/O thread
-    /// (once).
-    fn reply_with(&mut self, outcome: Outcome) {
+    /// (once); `batched`: through [`REPLIES`], and true when a flush must be
+    /// scheduled.
+    fn reply_with(&mut self, outcome: Outcome, batched: bool) -> bool {
         let Some(reply) = self.reply.take() else {
-            return;
+            return false;
         };
-        let Some(req) = self.req.take() else { return };
+        let Some(req) = self.req.take() else {
+            return false;
+        };
         if let Some((h, scope, addr)) = self.post_hook.take() {
             Python::attach(|py| {
                 h.post(
@@ -895,7 +923,12 @@ impl Conn {
                 )
             });
         }
-        let _ = reply.send((req, outcome));
+        if batched {
+            REPLIES.push(reply, (req, outcome))
+        } else {
+            let _ = reply.send((req, outcome));
+            false
+        }
     }
 }
 
@@ -1092,25 +1125,14 @@ impl Conn {
     /// The app is done (or the response is complete): answer the I/O
     /// thread. `error`: the app raised (its traceback is logged).
     fn complete(&mut self, error: bool) {
-        if self.reply.is_none() {
-            return;
-        }
-        if !self.resp.head_sent() && !self.gone {
-            if !error {
-                tracing::error!("ASGI callable returned without sending a response");
-            }
-            self.complete_with(Some(http::response::error(
-                500,
-                "Internal Server Error",
-                "",
-            )));
-            return;
-        }
-        if error || !self.ended {
-            // The response was started and not finished: close.
-            self.broken = true;
-        }
-        self.complete_with(None);
+        self.conclude(error, false);
+    }
+
+    /// `complete`, with the answer held in the loop's outbox until
+    /// `flush_replies` (one wake-up of the I/O thread per loop turn, not
+    /// per response); true: the outbox was empty, schedule that flush.
+    fn complete_batched(&mut self, error: bool) -> bool {
+        self.conclude(error, true)
     }
 
     /// Whether the request came over HTTPS (for the hooks' view).
@@ -1126,9 +1148,20 @@ impl Drop for Conn {
         // the connection.
         if self.reply.is_some() {
             self.broken = true;
-            self.complete_with(None);
+            self.complete_with(None, false);
         }
     }
+}
+
+/// Answers `Conn::complete_batched` holds back until the end of the
+/// loop's turn (there is one loop per worker process).
+static REPLIES: handoff::Outbox<(Request, Outcome)> = handoff::Outbox::new();
+
+/// Send the answers held back during this loop turn (`asgi.py` schedules
+/// it with `call_soon` when `complete_batched` asks for it).
+#[pyfunction]
+fn flush_replies() {
+    REPLIES.flush();
 }
 
 /// The reason phrase of a status code (RFC 9110), or "" for one we do not

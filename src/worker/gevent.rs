@@ -4,8 +4,10 @@
 //!
 //! - Requests cross to the hub through a [`handoff`] queue: the I/O thread
 //!   pushes each parsed request, and the hub's watcher on the hand-off's
-//!   descriptor takes the whole batch per wake-up and spawns one greenlet
-//!   per request (`gevent.spawn`). Outcomes go back through tokio oneshots.
+//!   descriptor takes the whole batch per wake-up and switches into one
+//!   greenlet of a pool per request (`gevent_serve` in `bootstrap.py`;
+//!   a greenlet is spawned only when all are busy). Outcomes go back
+//!   through tokio oneshots.
 //! - A greenlet's body reads and response writes use the connection's
 //!   descriptor directly, as the other classes do, but wait with
 //!   `gevent.socket.wait_read`/`wait_write` (`wsgi::fdio::set_cooperative`),
@@ -85,6 +87,7 @@ impl Class for Gevent {
 
     async fn dispatch<'a>(&'a self, call: Call<'a>) -> Option<(http::Request, Outcome)> {
         let (job, rx) = call.into_job();
+        REPLIES.start_courier();
         self.slot.active.fetch_add(1, Ordering::Relaxed);
         let r = match self.tx.push(job) {
             Ok(()) => rx.await.ok(),
@@ -137,6 +140,10 @@ struct Hub {
     scratch: Mutex<Vec<Job>>,
 }
 
+/// Outcomes held until the end of the hub's turn (`Hub::flush`); one hub
+/// per worker process.
+static REPLIES: handoff::Outbox<(http::Request, Outcome)> = handoff::Outbox::new();
+
 #[pymethods]
 impl Hub {
     /// The descriptor to watch.
@@ -161,14 +168,17 @@ impl Hub {
         }
     }
 
-    /// Serve the next request taken (in its own greenlet).
-    fn run_one(&self, py: Python<'_>) {
+    /// Serve the next request taken, in the calling greenlet: 0 when none
+    /// is left (the greenlet then parks), 1 when one was served, 2 when one
+    /// was served and its outcome is the first held back: schedule `flush`
+    /// at the end of the hub's turn.
+    fn run_one(&self, py: Python<'_>) -> u8 {
         let job = self
             .batch
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
-        let Some(job) = job else { return };
+        let Some(job) = job else { return 0 };
         let out = wsgi::handle(
             py,
             &self.bridge,
@@ -179,6 +189,18 @@ impl Hub {
             job.fd,
             &job.peer,
         );
-        let _ = job.reply.send((job.req, out));
+        // The response is written; the I/O thread needs the outcome only to
+        // read the connection's next request: it gets this turn's outcomes
+        // together, one wake-up for them all.
+        if REPLIES.push(job.reply, (job.req, out)) {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Send the outcomes held back (see `run_one`).
+    fn flush(&self) {
+        REPLIES.flush();
     }
 }

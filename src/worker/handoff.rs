@@ -19,12 +19,19 @@
 //! Ordering: the receiver clears `armed` before it takes the queue, and a
 //! sender pushes before it tests `armed`; so an item pushed while a batch is
 //! being taken is either in that batch or has its own wake-up.
+//!
+//! The way back is batched too: an [`Outbox`] holds the replies (tokio
+//! oneshots) the loop produced during one turn, and the loop sends them all
+//! at the end of the turn. Sent back to back, they wake the I/O thread once
+//! (tokio writes its wake-up descriptor only to a parked thread), where one
+//! send per request the moment it completes woke it once per request.
 
 use crate::scoreboard::now_ms;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 
 struct Shared<T> {
     queue: Mutex<Vec<T>>,
@@ -216,6 +223,89 @@ impl<T> Receiver<T> {
     }
 }
 
+/// Replies held back until the end of the loop's turn (see the module
+/// comment). The loop's code pushes; whoever saw [`Outbox::push`] return
+/// true schedules one [`Outbox::flush`] at the end of the turn. The flush
+/// hands the batch to a courier task on the I/O thread (one cross-thread
+/// wake-up), which sends the oneshots there (local wake-ups, no system
+/// call): on a current-thread runtime every oneshot sent from another
+/// thread would write the runtime's wake-up descriptor once.
+pub struct Outbox<T> {
+    /// This turn's replies (the loop's thread).
+    held: Mutex<Vec<(oneshot::Sender<T>, T)>>,
+    /// Flushed, for the courier to send.
+    sent: Mutex<Vec<(oneshot::Sender<T>, T)>>,
+    notify: tokio::sync::Notify,
+    courier: AtomicBool,
+}
+
+impl<T: Send + 'static> Outbox<T> {
+    pub const fn new() -> Outbox<T> {
+        Outbox {
+            held: Mutex::new(Vec::new()),
+            sent: Mutex::new(Vec::new()),
+            notify: tokio::sync::Notify::const_new(),
+            courier: AtomicBool::new(false),
+        }
+    }
+
+    /// Start the courier on the current tokio runtime (the I/O thread's),
+    /// once; until then a flush sends the replies itself.
+    pub fn start_courier(&'static self) {
+        if self.courier.load(Ordering::Relaxed) || self.courier.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            loop {
+                self.notify.notified().await;
+                std::mem::swap(
+                    &mut *self.sent.lock().unwrap_or_else(|p| p.into_inner()),
+                    &mut batch,
+                );
+                for (reply, value) in batch.drain(..) {
+                    // A receiver that is gone (its connection closed) is
+                    // nothing to act on.
+                    let _ = reply.send(value);
+                }
+            }
+        });
+    }
+
+    /// Hold a reply; true when the outbox was empty (schedule a flush).
+    pub fn push(&self, reply: oneshot::Sender<T>, value: T) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.push((reply, value));
+        held.len() == 1
+    }
+
+    /// Send every reply held, in order: through the courier (one wake-up of
+    /// the I/O thread), or here when there is none.
+    pub fn flush(&self) {
+        let mut batch = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        if self.courier.load(Ordering::SeqCst) {
+            self.sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&mut batch);
+            self.notify.notify_one();
+            return;
+        }
+        for (reply, value) in batch {
+            let _ = reply.send(value);
+        }
+    }
+}
+
+impl<T: Send + 'static> Default for Outbox<T> {
+    fn default() -> Self {
+        Outbox::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +397,58 @@ mod tests {
         assert_eq!(tx.stalled_since(), first, "the oldest ping counts");
         rx.drain(&mut Vec::new());
         assert_eq!(tx.stalled_since(), 0, "drained: keeping up");
+    }
+
+    #[test]
+    fn an_outbox_holds_replies_until_flushed_and_asks_for_one_flush_per_batch() {
+        let ob = Outbox::new();
+        let (t1, mut r1) = oneshot::channel();
+        let (t2, mut r2) = oneshot::channel();
+        let (t3, r3) = oneshot::channel::<u8>();
+        assert!(ob.push(t1, 1), "the first reply asks for a flush");
+        assert!(!ob.push(t2, 2), "one flush is already due");
+        drop(r3);
+        assert!(!ob.push(t3, 3));
+        assert!(r1.try_recv().is_err(), "held until the flush");
+        ob.flush();
+        assert_eq!(r1.try_recv().ok(), Some(1));
+        assert_eq!(r2.try_recv().ok(), Some(2));
+        let (t4, mut r4) = oneshot::channel();
+        assert!(ob.push(t4, 4), "flushed: the next batch asks again");
+        ob.flush();
+        assert_eq!(r4.try_recv().ok(), Some(4));
+    }
+
+    #[test]
+    fn a_flushed_batch_reaches_the_runtime_through_its_courier() {
+        static OB: Outbox<u32> = Outbox::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let got = rt.block_on(async {
+            OB.start_courier();
+            let mut rxs = Vec::new();
+            let mut txs = Vec::new();
+            for i in 0..50u32 {
+                let (tx, rx) = oneshot::channel();
+                txs.push((tx, i));
+                rxs.push(rx);
+            }
+            // The loop: another thread pushes a batch and flushes it.
+            let lp = std::thread::spawn(move || {
+                for (tx, i) in txs {
+                    OB.push(tx, i);
+                }
+                OB.flush();
+            });
+            let mut got = Vec::new();
+            for rx in rxs {
+                got.push(rx.await.expect("sent"));
+            }
+            lp.join().expect("loop thread");
+            got
+        });
+        assert_eq!(got, (0..50).collect::<Vec<_>>());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 sleeps, outbound HTTP with requests, gevent.spawn, a hub-blocking CPU loop,
 streamed bodies both ways, and a Flask-Sock echo route (/ws)."""
 
+import contextvars
 import hashlib
 import os
 import socket
@@ -18,6 +19,9 @@ from flask_sock import Sock
 # Taken at import: proves the worker monkey-patched before importing us.
 SOCKET_AT_IMPORT = socket.socket.__module__
 SLEEP_AT_IMPORT = time.sleep.__module__
+
+# Set by /context: a request must never see another request's value.
+REQUEST_VAR = contextvars.ContextVar("request_var", default=None)
 
 flask_app = Flask(__name__)
 sock = Sock(flask_app)
@@ -61,6 +65,11 @@ def app(environ, start_response):
     elif path == "/spawn":
         g = gevent.spawn(lambda: sum(range(10)))
         body = b"spawned %d" % g.get(timeout=5)
+    elif path == "/context":
+        before = REQUEST_VAR.get()
+        REQUEST_VAR.set(q)
+        gevent.sleep(0.01)
+        body = repr((before, REQUEST_VAR.get(), id(gevent.getcurrent()))).encode()
     elif path == "/spin":
         spin_forever_cpu()
     elif path == "/environ":

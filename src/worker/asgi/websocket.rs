@@ -634,7 +634,7 @@ impl WsConn {
                     response_headers: std::mem::take(&mut self.headers),
                     ..Outcome::default()
                 };
-                self.http.reply_with(outcome);
+                self.http.reply_with(outcome, false);
             }
             State::Handshake | State::Denied => {
                 self.state = State::Finished;
