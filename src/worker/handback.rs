@@ -39,7 +39,7 @@ use nix::sys::socket::{
 };
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Sockets per record (the kernel takes at most 253 per `SCM_RIGHTS`).
@@ -48,8 +48,12 @@ const BATCH: usize = 64;
 /// The write end workers send on (inherited from the master), -1: none.
 static SEND_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// Idle connections of this worker: (socket, listener index).
-static IDLE: Mutex<Vec<(RawFd, u32)>> = Mutex::new(Vec::new());
+/// Idle connections of this worker, indexed by descriptor: the listener
+/// index + 1, 0 for none. One atomic store to register and one to
+/// unregister, on every keep-alive request; the abort scans the table once.
+/// A connection on a descriptor past the table is not handed back.
+static IDLE: [AtomicU32; IDLE_FDS] = [const { AtomicU32::new(0) }; IDLE_FDS];
+const IDLE_FDS: usize = 1 << 16;
 
 /// Connections this worker inherited from an aborted one.
 static ADOPTED: Mutex<Vec<(OwnedFd, u32)>> = Mutex::new(Vec::new());
@@ -73,23 +77,25 @@ pub fn channel() -> std::io::Result<OwnedFd> {
     Ok(r)
 }
 
-/// While alive, `fd` (accepted on listener `listener`) is an idle
-/// connection the abort may hand back.
-pub struct Idle(RawFd);
+/// While alive, the connection is one the abort may hand back.
+pub struct Idle(Option<&'static AtomicU32>);
 
 impl Drop for Idle {
     fn drop(&mut self) {
-        let mut v = lock(&IDLE);
-        if let Some(i) = v.iter().position(|(fd, _)| *fd == self.0) {
-            v.swap_remove(i);
+        if let Some(e) = self.0 {
+            e.store(0, Ordering::Relaxed);
         }
     }
 }
 
-/// Register `fd` as idle (see the module doc).
+/// Register `fd` (accepted on listener `listener`) as idle (see the module
+/// doc).
 pub fn idle(fd: RawFd, listener: usize) -> Idle {
-    lock(&IDLE).push((fd, listener as u32));
-    Idle(fd)
+    let e = usize::try_from(fd).ok().and_then(|i| IDLE.get(i));
+    if let Some(e) = e {
+        e.store(listener as u32 + 1, Ordering::Relaxed);
+    }
+    Idle(e)
 }
 
 /// The abort watcher: send every idle connection to the master. Returns
@@ -100,7 +106,14 @@ pub fn hand_back() -> usize {
     if send < 0 {
         return 0;
     }
-    let idle = std::mem::take(&mut *lock(&IDLE));
+    let idle: Vec<(RawFd, u32)> = IDLE
+        .iter()
+        .enumerate()
+        .filter_map(|(fd, e)| match e.swap(0, Ordering::Relaxed) {
+            0 => None,
+            l => Some((fd as RawFd, l - 1)),
+        })
+        .collect();
     let mut sent = 0;
     for batch in idle.chunks(BATCH) {
         let fds: Vec<RawFd> = batch.iter().map(|(fd, _)| *fd).collect();
