@@ -53,8 +53,10 @@ run_step() { # name, command...: run, remember a failure, go on
     fi
 }
 
+t_all=$SECONDS
 section "setup (system packages, target/venv)"
 bash scripts/setup.sh
+echo "-- setup: $SECONDS s"
 
 # Cargo needs to be on PATH (rustup puts it in ~/.cargo/bin).
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -62,8 +64,10 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 
 section "cargo build --release"
+t0=$SECONDS
 cargo build --release 2>&1
 ls -l target/release/rgunicorn target/release/rgunicornctl
+echo "-- cargo build --release: $((SECONDS - t0)) s"
 
 run_step "cargo fmt --check" cargo fmt --all -- --check
 run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
@@ -103,7 +107,7 @@ fi
 section "pytest (server: ${RG_TEST_SERVER:-rgunicorn}${RG_BIN:+, installed: $RG_BIN})"
 t0=$SECONDS
 set +e
-target/venv/bin/python -m pytest tests -v -p no:cacheprovider \
+target/venv/bin/python -m pytest tests -v -p no:cacheprovider --durations=30 \
     --timeout="${RG_TEST_TIMEOUT:-120}" -rfEsxX "$@"
 rc=$?
 set -e
@@ -123,6 +127,7 @@ if [ -n "${prebuild_pid:-}" ]; then
 fi
 
 section "result"
+echo "whole run: $((SECONDS - t_all)) s"
 if [ -n "${RG_SKIP_TIERS:-}" ]; then
     echo "tiers left out on purpose (RG_SKIP_TIERS): $RG_SKIP_TIERS"
 fi

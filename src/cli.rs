@@ -128,10 +128,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         eprintln!("rgunicorn: error: No application module specified.");
         return Ok(2);
     };
-    let journald = settings.log_journald
-        || crate::systemd::journal::stderr_is_journal(
-            std::env::var("JOURNAL_STREAM").ok().as_deref(),
-        );
+    let journald = crate::logging::wants_journald(&settings);
     crate::logging::init(&settings, journald).context("cannot set up logging")?;
     // Nothing is silently ignored: extra arguments, config-file names that
     // are not settings, settings that do nothing here (also --check-config).

@@ -19,8 +19,9 @@
 //! A reload (HUP) sets everything up again from the new settings in the
 //! master ([`reconfigure`]): log files, level, access format, syslog,
 //! StatsD, as Gunicorn's reload makes a new logger; the new generation of
-//! workers inherits that. (Whether the error log goes to the journal is
-//! decided once, at start.)
+//! workers inherits that, including whether the error log goes to the
+//! journal (`log_journald`): both ways are installed at start, and a flag
+//! read per event picks one.
 //!
 //! Optional outputs, each set up in the master before any fork (the
 //! workers inherit the sockets) and costing nothing when off:
@@ -35,6 +36,7 @@ pub mod syslog;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 use tracing::{Event, Level, Subscriber};
@@ -201,13 +203,35 @@ fn build(s: &crate::config::Settings) -> anyhow::Result<Logs> {
     })
 }
 
+/// The error log goes to the journal (else as text to its sink).
+static JOURNALD: AtomicBool = AtomicBool::new(false);
+/// The journal layers could be made at start (a reload can turn them on).
+static JOURNALD_AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Whether the error log should go to the journal: `--log-journald`, or
+/// stderr is the journal's stream (`JOURNAL_STREAM`).
+pub fn wants_journald(s: &crate::config::Settings) -> bool {
+    s.log_journald
+        || crate::systemd::journal::stderr_is_journal(
+            std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        )
+}
+
 /// A reload: set the logs up again from `s` (files, level, access format,
-/// syslog, StatsD). On an error the logs stay as they were.
+/// syslog, StatsD, journald). On an error the logs stay as they were.
 pub fn reconfigure(s: &crate::config::Settings) -> anyhow::Result<()> {
     use tracing_subscriber::filter::LevelFilter;
     let level = parse_level(&s.loglevel).map_err(anyhow::Error::msg)?;
     let logs = build(s)?;
     *LOGS.write().unwrap_or_else(|p| p.into_inner()) = Some(logs);
+    let journald = wants_journald(s);
+    if journald && !JOURNALD_AVAILABLE.load(Ordering::Relaxed) {
+        tracing::warn!("cannot log to the journal (no journal socket at start); logging text");
+    }
+    JOURNALD.store(
+        journald && JOURNALD_AVAILABLE.load(Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
     if let Some(h) = LEVEL.get() {
         h.reload(LevelFilter::from_level(level))
             .map_err(|e| anyhow::anyhow!("cannot change the log level: {e}"))?;
@@ -231,22 +255,18 @@ pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
     }
     let (filter, handle) = tracing_subscriber::reload::Layer::new(LevelFilter::from_level(level));
     let _ = LEVEL.set(handle);
-    let registry = tracing_subscriber::registry().with(filter);
-    if journald {
-        match journald_layer(Priority::Error)
-            .and_then(|l| Ok((l, journald_layer(Priority::Critical)?)))
-        {
-            Ok((layer, critical)) => {
-                use tracing_subscriber::filter::filter_fn;
-                use tracing_subscriber::Layer;
-                let is_critical = |m: &tracing::Metadata<'_>| m.target().ends_with("critical");
-                let subscriber = registry
-                    .with(layer.with_filter(filter_fn(move |m| !is_critical(m))))
-                    .with(critical.with_filter(filter_fn(is_critical)));
-                let _ = tracing::subscriber::set_global_default(subscriber);
-                return Ok(());
-            }
-            Err(e) => {
+    // Both the journal and the text layer are installed; JOURNALD picks
+    // one per event (a reload may change it). The filters are evaluated
+    // per event, not cached per call site, so the switch takes effect at
+    // once.
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::Layer;
+    let journal = match journald_layer(Priority::Error)
+        .and_then(|l| Ok((l, journald_layer(Priority::Critical)?)))
+    {
+        Ok(layers) => Some(layers),
+        Err(e) => {
+            if journald {
                 // Say it in the plain log we fall back to.
                 let line = format!(
                     "[{}] [{}] [WARNING] cannot log to the journal ({e}); logging text to {}\n",
@@ -256,13 +276,27 @@ pub fn init(s: &crate::config::Settings, journald: bool) -> anyhow::Result<()> {
                 );
                 error_log_raw(line.as_bytes());
             }
+            None
         }
-    }
-    let subscriber = registry.with(
-        tracing_subscriber::fmt::layer()
-            .event_format(GunicornFormat)
-            .with_writer(ErrorLogWriter),
-    );
+    };
+    JOURNALD_AVAILABLE.store(journal.is_some(), Ordering::Relaxed);
+    JOURNALD.store(journald && journal.is_some(), Ordering::Relaxed);
+    let to_journal = |_: &tracing::Metadata<'_>| JOURNALD.load(Ordering::Relaxed);
+    let is_critical = |m: &tracing::Metadata<'_>| m.target().ends_with("critical");
+    let (layer, critical) = match journal {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer.with_filter(filter_fn(move |m| to_journal(m) && !is_critical(m))))
+        .with(critical.with_filter(filter_fn(move |m| to_journal(m) && is_critical(m))))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(GunicornFormat)
+                .with_writer(ErrorLogWriter)
+                .with_filter(filter_fn(move |m| !to_journal(m))),
+        );
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(())
 }

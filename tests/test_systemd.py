@@ -720,6 +720,52 @@ def test_logs_go_to_journald_with_priority_and_pid(spawned, tmp_path, how):
         rx.stop()
 
 
+# unshare(1) and root for a private /run/systemd/journal
+@pytest.mark.tier("unshare")
+def test_log_journald_follows_a_reload(spawned, tmp_path):
+    """``log_journald`` in the config file is re-applied by a reload (HUP),
+    as the other logging settings are: the new workers log to the journal
+    once it is turned on, and as text again once it is turned off."""
+    rx = JournalReceiver(tmp_path)
+    try:
+        port = free_port()
+        err = tmp_path / "stderr-file"
+        err.touch()
+        conf = tmp_path / "rg.conf.py"
+        conf.write_text("log_journald = False\n")
+        script = ('mkdir -p /run/systemd && mount -t tmpfs none /run/systemd'
+                  ' && mkdir /run/systemd/journal && touch /run/systemd/journal/socket'
+                  f' && mount --bind {rx.address} /run/systemd/journal/socket'
+                  f' && exec "$0" "$@" 2>>{err}')
+        cmd = [UNSHARE, "--mount", "--propagation", "private", "sh", "-c", script,
+               str(SERVER_BIN), "-c", str(conf), "-w", "1", "--bind", f"127.0.0.1:{port}", APP]
+        srv = spawned(cmd, server_env({"JOURNAL_STREAM": None}), port=port, listen_pid=False)
+        srv.wait_ready()
+
+        def booted_in_journal():
+            return [e for e in rx.entries() if "Booting worker" in e[1].get("MESSAGE", "")]
+
+        assert wait_until(lambda: "Booting worker" in err.read_text(), timeout=10), err.read_text()
+        assert not booted_in_journal(), rx.entries()
+        first = set(srv.worker_pids())
+
+        conf.write_text("log_journald = True\n")
+        srv.send_signal(signal.SIGHUP)
+        entries = wait_until(booted_in_journal, timeout=20)
+        assert entries, (rx.entries(), err.read_text()[-2000:])
+        assert entries[0][0] not in first
+        text_boots = err.read_text().count("Booting worker")
+
+        conf.write_text("log_journald = False\n")
+        srv.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: err.read_text().count("Booting worker") > text_boots,
+                          timeout=20), err.read_text()[-2000:]
+        assert len(booted_in_journal()) == len(entries)
+        assert srv.stop() == 0
+    finally:
+        rx.stop()
+
+
 def test_unmatched_journal_stream_keeps_text_logs(server):
     srv = server("-w", "1", app=APP, env={"JOURNAL_STREAM": "1:1"})
     assert "Booting worker with pid" in srv.wait_for_log("Booting worker")

@@ -17,8 +17,9 @@ Each result carries a stamp (a hash of the sources, and the interpreter) and
 is rebuilt only when that changes. Builds hold a lock (flock), so that the
 test command can make the slow ones in the background, at the lowest CPU
 priority, while the first test files run: a test that needs one waits for
-it, then finds it made. Every build uses one cargo target directory, so the
-dependencies are compiled once, not once per build.
+it, then finds it made. Every build uses one cargo target directory, the
+developers' `target/` ([`CARGO_TARGET`]), so the dependencies are compiled
+once, not once per build.
 
 Command line (scripts/test.sh):
   wheelhouse.py            the wheel for the Python running this; prints it
@@ -42,7 +43,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / "target" / "wheels"
 WORK = ROOT / "target" / "packaging-tests"
-CARGO_TARGET = WORK / "cargo-target"
+#: The cargo target directory every build here uses: the one `cargo build
+#: --release` (scripts/test.sh's first build) uses, so that the wheels'
+#: dependencies (everything but PyO3, whose features and interpreter differ)
+#: are the ones that build already compiled, not compiled a second time. The
+#: builds' artifacts differ by features and interpreter, so they sit side by
+#: side there; `target/release/rgunicorn` is left alone.
+CARGO_TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
 PYENV = Path.home() / ".pyenv" / "versions"
 SUPPORTED_MINORS = ("9", "10", "11", "12", "13")
 #: Builds are slow on a small machine: one build may take this long.

@@ -124,6 +124,11 @@ pub struct Arbiter {
     /// that serves on them: they stop listening once that generation
     /// retires (see `close_dropped_listeners`).
     dropped_listeners: Vec<(u64, Listener)>,
+    /// Where workers aborted by `--timeout` send their idle keep-alive
+    /// connections ([`crate::worker::handback`]).
+    handback_r: OwnedFd,
+    /// Connections handed back, for the next worker forked.
+    handed_back: Vec<(OwnedFd, u32)>,
 }
 
 /// What the process environment held, before `raw_env` set them, for each
@@ -177,6 +182,8 @@ impl Arbiter {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .context("cannot create the worker pipe")?;
         let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
+        let handback_r = crate::worker::handback::channel()
+            .context("cannot create the connection hand-back socket")?;
         let sup = Supervisor::new(settings.workers, Limits::from_settings(&settings));
         Ok(Arbiter {
             settings,
@@ -199,6 +206,8 @@ impl Arbiter {
             sd: crate::systemd::Service::from_env(),
             env_orig: EnvOrig::default(),
             dropped_listeners: Vec::new(),
+            handback_r,
+            handed_back: Vec::new(),
         })
     }
 
@@ -263,6 +272,10 @@ impl Arbiter {
             if pipe_ready {
                 self.read_worker_messages(&mut events);
             }
+            // Before reaping: a worker aborted by --timeout handed its idle
+            // connections back before it exited; its replacement, forked
+            // below, inherits them.
+            crate::worker::handback::receive(&self.handback_r, &mut self.handed_back);
             let exited = self.reap_children(&mut events);
             self.read_scoreboard(&mut events);
             let actions = self.sup.tick(now_ms(), events);
@@ -410,6 +423,8 @@ impl Arbiter {
                 Err(e).context("fork failed")
             }
             Ok(ForkResult::Parent { child }) => {
+                // The child has them now.
+                self.handed_back.clear();
                 self.totals.spawns += 1;
                 slot.pid.store(child.as_raw(), Ordering::Relaxed);
                 self.sup.spawned(now_ms(), child, slot_index);
@@ -424,6 +439,8 @@ impl Arbiter {
         let _ = SigSet::empty().thread_set_mask();
         let _ = nix::unistd::close(self.sigfd.as_raw_fd());
         let _ = nix::unistd::close(self.pipe_r.as_raw_fd());
+        let _ = nix::unistd::close(self.handback_r.as_raw_fd());
+        crate::worker::handback::set_adopted(std::mem::take(&mut self.handed_back));
         if let Some(c) = self.control.take() {
             c.close_in_child();
         }

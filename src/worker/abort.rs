@@ -17,6 +17,9 @@
 //! started is answered `500 Internal Server Error` (as Gunicorn's sync
 //! worker answers the request its abort interrupts) and closed cleanly
 //! (see [`crate::wsgi::flight`]); a response already under way is cut off.
+//! The worker's idle keep-alive connections are handed back to the master
+//! for the next worker (see [`super::handback`]), so that requests their
+//! clients sent behind the stuck one are answered, not lost.
 //!
 //! The handlers only write one byte to a pipe or call `_exit`, both
 //! async-signal-safe; everything else happens on the watcher thread.
@@ -107,6 +110,12 @@ fn watch(r: OwnedFd) {
     ));
     if answered > 0 {
         tracing::debug!("answered 500 to {answered} request(s) cut off by the timeout");
+    }
+    // Then the idle keep-alive connections go to the next worker, with any
+    // request their clients sent meanwhile still unread in them.
+    let handed = super::handback::hand_back();
+    if handed > 0 {
+        tracing::debug!("handed {handed} idle connection(s) back to the master");
     }
     let stacks = Python::attach(|py| {
         crate::python::bootstrap(py)

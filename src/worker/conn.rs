@@ -300,6 +300,7 @@ async fn serve<C: Class>(
     let master = nix::unistd::getppid();
     let orphaned = move || nix::unistd::getppid() != master;
 
+    let unix_listener: Vec<bool> = listeners.iter().map(|l| l.1).collect();
     let mut accepts = Vec::new();
     for (i, (fd, unix)) in listeners.into_iter().enumerate() {
         let ctx = ctx.clone();
@@ -313,6 +314,20 @@ async fn serve<C: Class>(
                 tracing::error!("accept loop on listener {i} ended: {e}");
             }
         }));
+    }
+    // Idle keep-alive connections of a worker that --timeout aborted, with
+    // any request their clients sent meanwhile (see `handback.rs`).
+    for (fd, idx) in super::handback::take_adopted() {
+        let idx = idx as usize;
+        match unix_listener.get(idx) {
+            Some(&unix) => {
+                if let Err(e) = adopt(ctx.clone(), fd, idx, unix) {
+                    tracing::debug!("cannot take over a handed-back connection: {e}");
+                }
+            }
+            // A reload dropped its listener meanwhile: close it.
+            None => drop(fd),
+        }
     }
     if let Ok(mut usr1) = usr1 {
         tokio::spawn(async move {
@@ -450,7 +465,7 @@ async fn accept_loop<C: Class, L: Listen>(
         match l.accept_one().await {
             Ok((s, addr)) => {
                 let peer = peer_for(addr, &ctx.proxy);
-                spawn_conn(ctx.clone(), s, peer, idx);
+                spawn_conn(ctx.clone(), s, peer, idx, false);
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
             Err(e) => accept_error(e).await,
@@ -472,7 +487,9 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn spawn_conn<C, S>(ctx: Arc<Ctx<C>>, s: S, peer: Peer, idx: usize)
+/// Serve `s`; `idle`: a keep-alive connection between requests (handed
+/// back by an aborted worker), not a new one.
+fn spawn_conn<C, S>(ctx: Arc<Ctx<C>>, s: S, peer: Peer, idx: usize, idle: bool)
 where
     C: Class,
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
@@ -480,8 +497,28 @@ where
     let (guard, fresh) = ctx.cap.opened();
     tokio::spawn(async move {
         let _guard = guard;
-        serve_conn(ctx, s, peer, idx, fresh).await;
+        serve_conn(ctx, s, peer, idx, fresh, idle).await;
     });
+}
+
+/// Serve a connection an aborted worker handed back (see `handback.rs`).
+fn adopt<C: Class>(ctx: Arc<Ctx<C>>, fd: OwnedFd, idx: usize, unix: bool) -> std::io::Result<()> {
+    if unix {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        let s = tokio::net::UnixStream::from_std(s)?;
+        let peer = peer_for(None, &ctx.proxy);
+        spawn_conn(ctx, s, peer, idx, true);
+    } else {
+        let s = std::net::TcpStream::from(fd);
+        s.set_nonblocking(true)?;
+        let addr = s.peer_addr().ok();
+        let s = tokio::net::TcpStream::from_std(s)?;
+        let _ = s.set_nodelay(true);
+        let peer = peer_for(addr, &ctx.proxy);
+        spawn_conn(ctx, s, peer, idx, true);
+    }
+    Ok(())
 }
 
 /// One non-blocking read straight from the socket into `buf`. false: the
@@ -614,8 +651,14 @@ async fn read_head<S: AsyncRead + Unpin, F>(
 /// The largest read buffer a connection keeps from one request to the next.
 const READ_BUF_KEEP: usize = 64 * 1024;
 
-async fn serve_conn<C, S>(ctx: Arc<Ctx<C>>, mut s: S, mut peer: Peer, idx: usize, fresh: Fresh)
-where
+async fn serve_conn<C, S>(
+    ctx: Arc<Ctx<C>>,
+    mut s: S,
+    mut peer: Peer,
+    idx: usize,
+    fresh: Fresh,
+    adopted: bool,
+) where
     C: Class,
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
 {
@@ -632,19 +675,24 @@ where
     {
         return;
     }
-    let mut idle = false;
+    let mut idle = adopted && buf.is_empty();
+    let handable = ctx.proxy.proxy_mode == http::proxy::Mode::Off;
     loop {
-        let (mut req, n) =
-            match read_head(&ctx.head, &ctx.shutdown, &mut s, &mut buf, idle, &mut fresh).await {
-                None => return,
-                Some(Ok(r)) => r,
-                Some(Err(e)) => {
-                    tracing::debug!("invalid request from {}: {e}", peer.addr);
-                    let out = http::response::parse_error(&e);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
-                    return;
-                }
-            };
+        // Nothing of the next request read yet: if --timeout aborts this
+        // worker meanwhile, the connection goes to the next worker.
+        let handback = (handable && buf.is_empty()).then(|| super::handback::idle(fd, idx));
+        let head = read_head(&ctx.head, &ctx.shutdown, &mut s, &mut buf, idle, &mut fresh).await;
+        drop(handback);
+        let (mut req, n) = match head {
+            None => return,
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                tracing::debug!("invalid request from {}: {e}", peer.addr);
+                let out = http::response::parse_error(&e);
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
+                return;
+            }
+        };
         let mut rest = super::body::split_rest(&ctx.body, &req, &mut buf, n);
         buf.clear();
         fresh = None;

@@ -61,6 +61,7 @@ mod boot;
 mod conn;
 mod gevent;
 mod gthread;
+pub mod handback;
 pub mod handoff;
 pub mod msg;
 pub use body::unlinked_tempfile;
@@ -122,8 +123,13 @@ fn serve(b: boot::Booted<'_>) -> Result<(), i32> {
     match b.settings.effective_worker_class() {
         WorkerClass::Sync => conn::run(sync::Sync::new(&b)?, &b),
         WorkerClass::Gthread => conn::run(gthread::Gthread::new(&b)?, &b),
-        // Tornado's own server and IOLoop: not the shared loop.
-        WorkerClass::Tornado => tornado::run(&b),
+        // Tornado's own server and IOLoop: not the shared loop (which
+        // serves connections handed back by an aborted worker: close them
+        // rather than hold them unanswered).
+        WorkerClass::Tornado => {
+            drop(handback::take_adopted());
+            tornado::run(&b)
+        }
         WorkerClass::Gevent => conn::run(gevent::Gevent::new(&b)?, &b),
         WorkerClass::Asgi => asgi::serve(&b),
     }
