@@ -208,7 +208,7 @@ const DIRTY_HOOKS: &str = "Dirty Arbiter Hooks";
 
 const NO_SSL_CONTEXT: Status = Status::NotSupported(
     "TLS is done by rustls in Rust, not by Python's ssl module, so there is no SSLContext to hand \
-     the hook; set certfile, keyfile, ca_certs, cert_reqs and ciphers instead (see docs/deployment-https.md)",
+     the hook; set certfile, keyfile, ca_certs, cert_reqs and ciphers instead (see docs/deploy-https.md)",
 );
 const NO_RELOAD: Status = Status::NotSupported(
     "automatic code reloading is not implemented yet; reload with SIGHUP or `rgunicornctl reload`",
@@ -858,7 +858,7 @@ settings_table! {
     },
     int("cert_reqs", SSL, &["--cert-reqs"], 0, "Whether a client certificate is required: 0 none, 1 optional, 2 required.",
         Status::Different("1 and 2 need ca_certs (Python would fall back to the system's CAs); the handshake checks the \
-                           client's certificate, which the app does not see (see docs/deployment-https.md)")) => cert_reqs: u64,
+                           client's certificate, which the app does not see (see docs/deploy-https.md)")) => cert_reqs: u64,
     SettingDef {
         name: "ca_certs",
         section: SSL,
