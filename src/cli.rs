@@ -178,12 +178,6 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     // HTTPS: the certificate, key and CA files are read and checked now,
     // before binding, so a bad one stops the start naming the file.
     crate::tls::install(&settings)?;
-    if crate::tls::enabled(&settings) && settings.worker_class == config::WorkerClass::Tornado {
-        anyhow::bail!(
-            "certfile: the tornado worker class does not serve HTTPS here yet; \
-             use another worker class, or a TLS proxy in front"
-        );
-    }
 
     let opts = bind_options(&settings)?;
     let mut listeners = Vec::new();

@@ -14,6 +14,10 @@
 //! while the old one finishes its open connections with the old. A reload
 //! whose TLS files are bad keeps the previous configuration.
 //!
+//! The tornado class is the exception (Tornado's server does its own
+//! socket I/O): it gets an `ssl.SSLContext` built from the same settings,
+//! as under Gunicorn (`worker/tornado.rs`).
+//!
 //! In a worker ([`Terminator`]): the connection loop accepts as for plain
 //! HTTP (only while a slot is free), then hands the socket to a thread
 //! named `tls` with its own tokio runtime, which does the handshake under
