@@ -172,6 +172,10 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         );
     }
 
+    // HTTPS: the certificate, key and CA files are read and checked now,
+    // before binding, so a bad one stops the start naming the file.
+    crate::tls::install(&settings)?;
+
     let opts = bind_options(&settings)?;
     let mut listeners = Vec::new();
     let mut control_fd = None;

@@ -25,5 +25,6 @@ pub mod python;
 pub mod scoreboard;
 pub mod sock;
 pub mod systemd;
+pub mod tls;
 pub mod worker;
 pub mod wsgi;

@@ -220,7 +220,11 @@ impl Arbiter {
     pub fn run(mut self) -> i32 {
         tracing::info!("Starting rgunicorn {}", env!("CARGO_PKG_VERSION"));
         for l in &self.listeners {
-            tracing::info!("Listening at: {} ({})", l.describe(), self.pid);
+            tracing::info!(
+                "Listening at: {} ({})",
+                crate::tls::scheme(l.describe()),
+                self.pid
+            );
         }
         tracing::info!(
             "Using worker: {}",
@@ -594,6 +598,10 @@ impl Arbiter {
                     tracing::error!("Reload: logging stays as it was: {e:#}");
                 }
                 let mut new = new;
+                // Renewed certificate files: the new generation serves them.
+                if let Err(e) = crate::tls::install(&new) {
+                    tracing::error!("Reload: TLS stays as it was: {e:#}");
+                }
                 if new.bind != self.settings.bind && !self.rebind(&new) {
                     new.bind = self.settings.bind.clone();
                 }
@@ -659,7 +667,11 @@ impl Arbiter {
             }
         }
         for l in &opened {
-            tracing::info!("Listening at: {} ({})", l.describe(), self.pid);
+            tracing::info!(
+                "Listening at: {} ({})",
+                crate::tls::scheme(l.describe()),
+                self.pid
+            );
         }
         // In the new bind's order; what is left over was dropped.
         let mut old = std::mem::take(&mut self.listeners);

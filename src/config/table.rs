@@ -206,8 +206,9 @@ const HTTP2: &str = "HTTP/2";
 const DIRTY: &str = "Dirty Arbiters";
 const DIRTY_HOOKS: &str = "Dirty Arbiter Hooks";
 
-const NO_TLS: Status = Status::NotSupported(
-    "rgunicorn does not terminate TLS; put a TLS proxy (nginx, a load balancer) in front",
+const NO_SSL_CONTEXT: Status = Status::NotSupported(
+    "TLS is done by rustls in Rust, not by Python's ssl module, so there is no SSLContext to hand \
+     the hook; set certfile, keyfile, ca_certs, cert_reqs and ciphers instead (see docs/deploy-https.md)",
 );
 const NO_RELOAD: Status = Status::NotSupported(
     "automatic code reloading is not implemented yet; reload with SIGHUP or `rgunicornctl reload`",
@@ -781,7 +782,7 @@ settings_table! {
     hook("worker_exit", HOOKS, "Called in the worker just before it exits.", Status::Same),
     hook("nworkers_changed", HOOKS, "Called just after the number of workers has changed.", Status::Same),
     hook("on_exit", HOOKS, "Called just before exiting.", Status::Same),
-    hook("ssl_context", HOOKS, "Called when an SSLContext is needed.", NO_TLS),
+    hook("ssl_context", HOOKS, "Called when an SSLContext is needed.", NO_SSL_CONTEXT),
     // ---- PROXY protocol, uWSGI
     SettingDef {
         name: "proxy_protocol",
@@ -831,20 +832,20 @@ settings_table! {
         cli: &["--keyfile"],
         meta: Some("FILE"),
         ty: ValueType::OptStr,
-        help: "SSL key file.",
-        status: NO_TLS,
+        help: "SSL key file (PEM). Unset: the key is in certfile.",
+        status: Status::Same,
         ..BASE
-    },
+    } => keyfile: Option<String>,
     SettingDef {
         name: "certfile",
         section: SSL,
         cli: &["--certfile"],
         meta: Some("FILE"),
         ty: ValueType::OptStr,
-        help: "SSL certificate file.",
-        status: NO_TLS,
+        help: "SSL certificate file (PEM, the server's certificate first, then its chain). Set: every listener serves HTTPS.",
+        status: Status::Same,
         ..BASE
-    },
+    } => certfile: Option<String>,
     SettingDef {
         name: "ssl_version",
         section: SSL,
@@ -855,31 +856,39 @@ settings_table! {
         status: Status::Different("ignored, with a warning, as Gunicorn has done since 21.0"),
         ..BASE
     },
-    int("cert_reqs", SSL, &["--cert-reqs"], 0, "Whether a client certificate is required.", NO_TLS),
+    int("cert_reqs", SSL, &["--cert-reqs"], 0, "Whether a client certificate is required: 0 none, 1 optional, 2 required.",
+        Status::Different("1 and 2 need ca_certs (Python would fall back to the system's CAs); the handshake checks the \
+                           client's certificate, which the app does not see (see docs/deploy-https.md)")) => cert_reqs: u64,
     SettingDef {
         name: "ca_certs",
         section: SSL,
         cli: &["--ca-certs"],
         meta: Some("FILE"),
         ty: ValueType::OptStr,
-        help: "CA certificates file.",
-        status: NO_TLS,
+        help: "CA certificates file (PEM): the CAs a client certificate must chain to.",
+        status: Status::Same,
         ..BASE
-    },
+    } => ca_certs: Option<String>,
     SettingDef {
         default: DefaultValue::Bool(true),
-        ..flag("suppress_ragged_eofs", SSL, &["--suppress-ragged-eofs"], "Suppress ragged EOFs.", NO_TLS)
-    },
-    flag("do_handshake_on_connect", SSL, &["--do-handshake-on-connect"], "Perform the SSL handshake on connect.", NO_TLS),
+        ..flag("suppress_ragged_eofs", SSL, &["--suppress-ragged-eofs"], "Suppress ragged EOFs.",
+            Status::Different("true: a client that closes TCP without TLS close_notify ends its request body as a clean \
+                               end of input would; false: the connection is dropped at once, the app's read fails"))
+    } => suppress_ragged_eofs: bool,
+    flag("do_handshake_on_connect", SSL, &["--do-handshake-on-connect"], "Perform the SSL handshake on connect.",
+        Status::Different("accepted, no effect: the handshake always completes in Rust, under tls_handshake_timeout, \
+                           before the connection reaches a worker slot")),
     SettingDef {
         name: "ciphers",
         section: SSL,
         cli: &["--ciphers"],
         ty: ValueType::OptStr,
         help: "SSL cipher suite, as an OpenSSL cipher list.",
-        status: NO_TLS,
+        status: Status::Different("OpenSSL names and aliases are mapped to rustls' TLS 1.2 suites (all ECDHE with AES-GCM or \
+                                   ChaCha20-Poly1305); a name rustls cannot offer is refused at start. As with OpenSSL, \
+                                   TLS 1.3 suites are not affected"),
         ..BASE
-    },
+    } => ciphers: Option<String>,
     SettingDef {
         name: "raw_paste_global_conf",
         section: MECH,
@@ -1065,6 +1074,10 @@ settings_table! {
         status: Status::Rgunicorn,
         check: Some(super::value::check_ids),
     } => control_readonly_gid: Vec<u32>,
+    int("tls_handshake_timeout", SSL, &["--tls-handshake-timeout"], 10,
+        "Seconds a client may take to complete the TLS handshake; it is done in Rust and holds no \
+         worker slot meanwhile, and a client still handshaking then is closed.",
+        Status::Rgunicorn) => tls_handshake_timeout: u64,
     flag("log_journald", LOG, &["--log-journald"], "Send logs to the systemd journal with structured fields.", Status::Rgunicorn) => log_journald: bool,
     // Slow clients (issue 11): kept out of Python by reading bodies and
     // writing responses in Rust.

@@ -679,7 +679,6 @@ fn not_supported_settings_are_refused_unless_default() {
         (&["app:app", "-D"], "daemon"),
         (&["--reload", "app:app"], "reload"),
         (&["app:app", "--reload"], "reload"),
-        (&["--certfile", "/etc/cert.pem", "app:app"], "certfile"),
         (&["--spew", "app:app"], "spew"),
     ];
     for (argv, name) in cli {
@@ -688,7 +687,7 @@ fn not_supported_settings_are_refused_unless_default() {
         assert!(e.starts_with(&want), "{argv:?}: {e}");
     }
     let file: &[(&str, RawValue)] = &[
-        ("certfile", s("/etc/cert.pem")),
+        ("ssl_context", RawValue::Callable(HookRef(4))),
         ("reload", RawValue::Bool(true)),
         ("on_dirty_starting", RawValue::Callable(HookRef(3))),
     ];

@@ -47,6 +47,19 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
     class.start()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let body = class.body_policy(super::body::Policy::from_settings(s));
+    // HTTPS: the `tls` thread, started while TERM and USR1 are blocked.
+    let (tls, handed) = match crate::tls::current() {
+        None => (None, None),
+        Some(config) => {
+            let opts = crate::tls::Opts::from_settings(s, b.io_timeout);
+            let terminator = crate::tls::Terminator::start(config, opts).map_err(|e| {
+                tracing::error!("cannot start the worker's TLS thread: {e}");
+                WORKER_BOOT_ERROR
+            })?;
+            let (back, handed) = tokio::sync::mpsc::unbounded_channel();
+            (Some(TlsSide { terminator, back }), Some(handed))
+        }
+    };
     let ctx = Arc::new(Ctx {
         cap: Arc::new(Capacity::new(class.slots(), s.worker_connections.max(1))),
         class,
@@ -72,6 +85,7 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         slot_index: b.slot_index,
         quick_stop_hooks: s.hook("worker_int").is_some() || s.hook("worker_exit").is_some(),
         body,
+        tls,
     });
     let listener_fds: Vec<(RawFd, bool)> = b
         .listeners
@@ -83,7 +97,7 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         Signals::install(ctx.quick_stop_hooks)?
     };
     if !C::MAIN_LOOP {
-        runtime.block_on(serve(ctx, listener_fds, shutdown_tx, signals));
+        runtime.block_on(serve(ctx, listener_fds, shutdown_tx, signals, handed));
         return Ok(());
     }
     // The class's loop owns the main thread; this one moves to `io`.
@@ -92,7 +106,13 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         .name("io".into())
         .spawn(move || {
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                runtime.block_on(serve(io_ctx.clone(), listener_fds, shutdown_tx, signals))
+                runtime.block_on(serve(
+                    io_ctx.clone(),
+                    listener_fds,
+                    shutdown_tx,
+                    signals,
+                    handed,
+                ))
             }));
             // Normally done by `serve` already; after a panic, this is what
             // ends the main loop.
@@ -153,6 +173,19 @@ struct Ctx<C> {
     retire_sent: AtomicBool,
     notify_fd: RawFd,
     slot_index: usize,
+    /// HTTPS (`certfile`): where accepted connections go for their
+    /// handshake.
+    tls: Option<TlsSide>,
+}
+
+/// A connection whose handshake is done: the plain end of its socketpair
+/// (see `crate::tls`), its client and its listener.
+type Handed = (std::os::unix::net::UnixStream, Peer, usize);
+
+/// The worker's TLS terminator, and the way back for its connections.
+struct TlsSide {
+    terminator: crate::tls::Terminator,
+    back: tokio::sync::mpsc::UnboundedSender<Handed>,
 }
 
 impl<C> Ctx<C> {
@@ -261,9 +294,21 @@ impl Capacity {
 
     /// Count a new connection: open and fresh, until the guards drop.
     fn opened(self: &Arc<Self>) -> (ConnGuard, Fresh) {
+        (self.open_only(), self.fresh_only())
+    }
+
+    /// Count a connection as open (a TLS one, from its accept until its
+    /// pump ends: handshaking, it is not fresh, so it never holds up the
+    /// accept loop).
+    fn open_only(self: &Arc<Self>) -> ConnGuard {
         self.conns.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.clone())
+    }
+
+    /// Count a connection as fresh (a TLS one once its handshake is done).
+    fn fresh_only(self: &Arc<Self>) -> Fresh {
         self.fresh.fetch_add(1, Ordering::AcqRel);
-        (ConnGuard(self.clone()), Fresh(self.clone()))
+        Fresh(self.clone())
     }
 }
 
@@ -292,8 +337,26 @@ async fn serve<C: Class>(
     listeners: Vec<(RawFd, bool)>,
     shutdown_tx: watch::Sender<bool>,
     signals: Signals,
+    handed: Option<tokio::sync::mpsc::UnboundedReceiver<Handed>>,
 ) {
     let Signals { mut term, usr1 } = signals;
+    if let Some(mut handed) = handed {
+        // TLS connections whose handshake is done go down the plain path
+        // (already counted as open: their pump holds the guard).
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some((plain, peer, idx)) = handed.recv().await {
+                match tokio::net::UnixStream::from_std(plain) {
+                    Ok(s) => {
+                        let fresh = ctx.cap.fresh_only();
+                        let ctx = ctx.clone();
+                        tokio::spawn(serve_conn(ctx, s, peer, idx, fresh, false));
+                    }
+                    Err(e) => tracing::warn!("cannot take a TLS connection: {e}"),
+                }
+            }
+        });
+    }
     // The master that forked us. Orphaned means "my parent is no longer this
     // pid", not "my parent is pid 1": in a container the master *is* pid 1,
     // and under a subreaper an orphan is not re-parented to pid 1 at all.
@@ -391,6 +454,9 @@ trait Listen: Sized {
     /// Take over a (duplicated) listening descriptor.
     fn open(fd: OwnedFd) -> std::io::Result<Self>;
 
+    /// An accepted connection, for another runtime (the TLS thread).
+    fn into_raw(s: Self::Stream) -> std::io::Result<crate::tls::Raw>;
+
     /// The next connection, and its client's address (`None` on a Unix
     /// socket).
     fn accept_one(
@@ -405,6 +471,10 @@ impl Listen for tokio::net::TcpListener {
         let l = std::net::TcpListener::from(fd);
         l.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(l)
+    }
+
+    fn into_raw(s: Self::Stream) -> std::io::Result<crate::tls::Raw> {
+        s.into_std().map(crate::tls::Raw::Tcp)
     }
 
     async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
@@ -423,6 +493,10 @@ impl Listen for tokio::net::UnixListener {
         tokio::net::UnixListener::from_std(l)
     }
 
+    fn into_raw(s: Self::Stream) -> std::io::Result<crate::tls::Raw> {
+        s.into_std().map(crate::tls::Raw::Unix)
+    }
+
     async fn accept_one(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
         let (s, _) = self.accept().await?;
         Ok((s, None))
@@ -439,6 +513,7 @@ fn peer_for(addr: Option<SocketAddr>, proxy: &ProxyPolicy) -> Peer {
             port: addr.port().to_string().into(),
             trusted: proxy.trusts(Some(addr.ip())),
             proxy_info: None,
+            tls: false,
         },
         None => Peer {
             trusted: true,
@@ -464,8 +539,29 @@ async fn accept_loop<C: Class, L: Listen>(
         }
         match l.accept_one().await {
             Ok((s, addr)) => {
-                let peer = peer_for(addr, &ctx.proxy);
-                spawn_conn(ctx.clone(), s, peer, idx, false);
+                let mut peer = peer_for(addr, &ctx.proxy);
+                match &ctx.tls {
+                    None => spawn_conn(ctx.clone(), s, peer, idx, false),
+                    Some(tls) => {
+                        // The handshake happens on the TLS thread; this
+                        // loop goes on at once (the connection is not
+                        // fresh until it is done).
+                        peer.tls = true;
+                        match L::into_raw(s) {
+                            Ok(raw) => {
+                                let back = tls.back.clone();
+                                tls.terminator.submit(
+                                    raw,
+                                    Box::new(ctx.cap.open_only()),
+                                    Box::new(move |plain| {
+                                        let _ = back.send((plain, peer, idx));
+                                    }),
+                                );
+                            }
+                            Err(e) => tracing::warn!("cannot hand a connection to TLS: {e}"),
+                        }
+                    }
+                }
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
             Err(e) => accept_error(e).await,
@@ -676,7 +772,9 @@ async fn serve_conn<C, S>(
         return;
     }
     let mut idle = adopted && buf.is_empty();
-    let handable = ctx.proxy.proxy_mode == http::proxy::Mode::Off;
+    // Not a TLS connection: its plain end means nothing without this
+    // worker's pump (and the TLS session state goes with the worker).
+    let handable = ctx.proxy.proxy_mode == http::proxy::Mode::Off && !peer.tls;
     loop {
         // Nothing of the next request read yet: if --timeout aborts this
         // worker meanwhile, the connection goes to the next worker.

@@ -102,8 +102,20 @@ class _Server(tornado.httpserver.HTTPServer):
         super().on_close(server_conn)
 
 
+def _ssl_context(tls):
+    """HTTPS (certfile): the context Gunicorn's default factory builds."""
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls["ca_certs"])
+    ctx.load_cert_chain(certfile=tls["certfile"], keyfile=tls["keyfile"])
+    ctx.verify_mode = tls["cert_reqs"]
+    if tls["ciphers"]:
+        ctx.set_ciphers(tls["ciphers"])
+    return ctx
+
+
 class Worker:
-    def __init__(self, ctl, app, fds, keepalive, graceful_timeout):
+    def __init__(self, ctl, app, fds, keepalive, graceful_timeout, tls=None):
         self.ctl = ctl
         self.draining = False
         self.conns = 0
@@ -125,6 +137,7 @@ class Worker:
             # Tornado's idle timeout bounds the wait for each request head,
             # between keep-alive requests as for a new connection.
             idle_connection_timeout=keepalive if keepalive > 0 else 10,
+            ssl_options=_ssl_context(tls) if tls else None,
         )
         socks = []
         for fd in fds:

@@ -20,6 +20,9 @@
 //!   stop accepting, let in-flight requests finish, answer late ones with
 //!   `Connection: close`, leave before `--graceful-timeout`; USR1 reopens
 //!   the logs; ABRT, INT and QUIT are `abort.rs`'s, as for every class.
+//!
+//! HTTPS (`certfile`): Tornado's server is handed an `ssl.SSLContext`, as
+//! Gunicorn's tornado worker does, and does the handshake on its IOLoop.
 
 use super::abort;
 use super::boot::{set_mask, Booted};
@@ -30,6 +33,27 @@ use pyo3::types::PyModule;
 use std::ffi::CString;
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+/// HTTPS for Tornado's own server (`certfile`): what Gunicorn's tornado
+/// worker hands it, an `ssl.SSLContext` built by `tornado.py` from these
+/// settings (OpenSSL through Python's `ssl`, as under Gunicorn: the
+/// handshake runs on the IOLoop, asynchronously). The master already
+/// checked the files with rustls (`crate::tls`). None: plain HTTP.
+fn tls_options<'py>(
+    py: Python<'py>,
+    s: &crate::config::Settings,
+) -> PyResult<Option<Bound<'py, pyo3::types::PyDict>>> {
+    if !crate::tls::enabled(s) {
+        return Ok(None);
+    }
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("certfile", &s.certfile)?;
+    d.set_item("keyfile", &s.keyfile)?;
+    d.set_item("ca_certs", &s.ca_certs)?;
+    d.set_item("cert_reqs", s.cert_reqs)?;
+    d.set_item("ciphers", &s.ciphers)?;
+    Ok(Some(d))
+}
 
 /// Run the worker until the IOLoop stops. `Err` is the exit code.
 pub(super) fn run(b: &Booted<'_>) -> Result<(), i32> {
@@ -59,6 +83,7 @@ pub(super) fn run(b: &Booted<'_>) -> Result<(), i32> {
             fds,
             s.keepalive,
             s.graceful_timeout as f64,
+            tls_options(py, s)?,
         ))?;
         Ok(w.unbind())
     })

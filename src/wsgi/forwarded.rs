@@ -110,10 +110,14 @@ pub(super) fn inspect<'a>(
     peer: &Peer,
 ) -> Result<Forwarded<'a>, ParseError> {
     if !peer.trusted {
-        return Ok(Forwarded::default());
+        return Ok(Forwarded {
+            https: peer.tls,
+            ..Forwarded::default()
+        });
     }
     let mut out = Forwarded {
         policy: Some(policy),
+        https: peer.tls,
         ..Forwarded::default()
     };
     let mut scheme_seen = false;

@@ -79,6 +79,10 @@ pub struct Peer {
     pub trusted: bool,
     /// What a PROXY protocol header said (then `addr`/`port` are the client's).
     pub proxy_info: Option<Box<crate::http::proxy::ProxyInfo>>,
+    /// The connection came over TLS (`certfile`): the scheme is `https`
+    /// unless a trusted proxy's scheme header says otherwise, as in
+    /// Gunicorn.
+    pub tls: bool,
 }
 
 /// How one request ended, for the connection loop.

@@ -1,0 +1,342 @@
+"""HTTPS (issue 15, items 1 and 2): rustls behind every worker class.
+
+Certificates are made at test time with the openssl CLI (a throw-away CA,
+two server certificates, a client certificate); no private key is
+committed. Clients are Python's ssl module and curl.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, rgunicorn_only, wait_until
+
+pytestmark = rgunicorn_only
+
+APP = "tls_app:app"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    """ca.pem; server.pem/.key (CN server.test) and renewed.pem/.key (CN
+    renewed.test), RSA, for localhost and 127.0.0.1; client.pem/.key (EC);
+    other.key (matches nothing)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI missing")
+    d = tmp_path_factory.mktemp("certs")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=rgunicorn test CA", cwd=d)
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, key, ext in [("server", ["rsa:2048"], "server.ext"), ("renewed", ["rsa:2048"], "server.ext"),
+                           ("client", ["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"], "client.ext")]:
+        _openssl("req", "-newkey", *key, "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}.test", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", ext, cwd=d)
+    _openssl("genpkey", "-algorithm", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key", cwd=d)
+    return d
+
+
+def client_ctx(certs: Path, client_cert: bool = False, max12: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    if client_cert:
+        ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    if max12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def https_get(port: int, ctx: ssl.SSLContext, path: str = "/", timeout: float = 10) -> tuple[int, bytes]:
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def start_tls(server, certs: Path, *args, app=APP, cert="server", wait=True, ctx=None):
+    port = free_port()
+    srv = server("--certfile", certs / f"{cert}.pem", "--keyfile", certs / f"{cert}.key", *args,
+                 app=app, bind=f"127.0.0.1:{port}", wait=False)
+    srv.port = port
+    if wait:
+        ctx = ctx or client_ctx(certs)
+
+        def ready():
+            if not srv.running():
+                pytest.fail(f"server exited early\n{srv.log()}")
+            try:
+                return https_get(port, ctx, timeout=2)[0] == 200
+            except (OSError, ssl.SSLError, http.client.HTTPException):
+                return False
+
+        if not wait_until(ready, timeout=30):
+            pytest.fail(f"no HTTPS answer\n{srv.log()}")
+    return srv
+
+
+CLASSES = {
+    "sync": ([], APP),
+    "gthread": (["-k", "gthread", "--threads", "4"], APP),
+    "gevent": (["-k", "gevent"], APP),
+    "asgi": (["-k", "asgi"], "tls_app:asgi"),
+    # Tornado's own server, given an ssl.SSLContext as Gunicorn's tornado
+    # worker gives it (the handshake runs on its IOLoop, not in Rust).
+    "tornado": (["-k", "tornado"], APP),
+}
+
+
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_every_class_serves_https_with_scheme_https(server, certs, kind):
+    args, app = CLASSES[kind]
+    if kind in ("gevent", "tornado"):
+        pytest.importorskip(kind)
+    srv = start_tls(server, certs, "-w", "1", *args, app=app)
+    assert "Listening at: https://127.0.0.1:" in srv.log()
+    ctx = client_ctx(certs)
+    # Keep-alive: several requests on one TLS connection, with a body both
+    # ways larger than the socketpair's buffers (backpressure through the
+    # pump, also for sync, whose app blocks the connection loop).
+    c = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=20)
+    c.request("GET", "/scheme")
+    r = c.getresponse()
+    assert (r.status, r.read()) == (200, b"https")
+    body = bytes(range(256)) * (4 * 1024 * 4)  # 4 MiB
+    c.request("POST", "/echo", body=body)
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == body
+    c.request("GET", "/big?8388608")
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b"x" * 8388608
+    c.close()
+    # curl, plain plaintext on the same port gets no HTTP answer.
+    out = subprocess.run(["curl", "-sS", "--cacert", str(certs / "ca.pem"),
+                          f"https://localhost:{srv.port}/scheme"], capture_output=True, timeout=20)
+    assert out.stdout == b"https", out
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            assert not s.recv(100).startswith(b"HTTP/")
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("case", ["missing", "not-pem", "key-mismatch", "missing-key"])
+def test_a_bad_certificate_or_key_stops_the_start_naming_the_file(server, certs, tmp_path, case):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is not PEM\n")
+    certfile, keyfile, named = {
+        "missing": (tmp_path / "nope.pem", certs / "server.key", tmp_path / "nope.pem"),
+        "not-pem": (junk, certs / "server.key", junk),
+        "key-mismatch": (certs / "server.pem", certs / "other.key", certs / "other.key"),
+        "missing-key": (certs / "server.pem", tmp_path / "nokey.pem", tmp_path / "nokey.pem"),
+    }[case]
+    port = free_port()
+    srv = server("--certfile", certfile, "--keyfile", keyfile, app=APP, bind=f"127.0.0.1:{port}", wait=False)
+    code = srv.wait_exit(20)
+    assert code not in (None, 0), srv.log()
+    log = srv.log()
+    assert str(named) in log, log
+    assert "Listening at" not in log and "Booting worker" not in log, log
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_mutual_tls_cert_reqs_2_requires_a_client_certificate(server, certs):
+    with_cert = client_ctx(certs, client_cert=True)
+    srv = start_tls(server, certs, "--ca-certs", certs / "ca.pem", "--cert-reqs", "2", ctx=with_cert)
+    assert https_get(srv.port, with_cert, "/scheme") == (200, b"https")
+    with pytest.raises((ssl.SSLError, OSError, http.client.HTTPException)):
+        # TLS 1.3: the refusal can come with the first read.
+        https_get(srv.port, client_ctx(certs), "/scheme")
+    # curl without a client certificate gets no answer either.
+    out = subprocess.run(["curl", "-sS", "--cacert", str(certs / "ca.pem"),
+                          f"https://localhost:{srv.port}/"], capture_output=True, timeout=20)
+    assert out.returncode != 0 and b"Hello" not in out.stdout, out
+
+
+def test_cert_reqs_1_takes_clients_with_and_without_a_certificate(server, certs):
+    srv = start_tls(server, certs, "--ca-certs", certs / "ca.pem", "--cert-reqs", "1")
+    assert https_get(srv.port, client_ctx(certs))[0] == 200
+    assert https_get(srv.port, client_ctx(certs, client_cert=True))[0] == 200
+
+
+def test_cert_reqs_without_ca_certs_is_refused(server, certs):
+    srv = start_tls(server, certs, "--cert-reqs", "2", wait=False)
+    assert srv.wait_exit(20) not in (None, 0)
+    assert "cert_reqs 2 checks client certificates and needs ca_certs" in srv.log()
+
+
+def test_ciphers_restrict_tls12_suites_and_unknown_ones_are_refused(server, certs):
+    srv = start_tls(server, certs, "--ciphers", "ECDHE-RSA-CHACHA20-POLY1305")
+    ctx = client_ctx(certs, max12=True)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            assert s.version() == "TLSv1.2"
+            assert s.cipher()[0] == "ECDHE-RSA-CHACHA20-POLY1305"
+    # A client offering only other TLS 1.2 suites is turned away.
+    ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    with pytest.raises((ssl.SSLError, OSError)):
+        https_get(srv.port, ctx)
+    # TLS 1.3 is not affected (as with OpenSSL's cipher list).
+    assert https_get(srv.port, client_ctx(certs))[0] == 200
+
+    bad = start_tls(server, certs, "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256:AES256-SHA", wait=False)
+    assert bad.wait_exit(20) not in (None, 0)
+    assert "`AES256-SHA` is not a cipher rustls can offer" in bad.log(), bad.log()
+
+
+def test_the_ssl_context_hook_is_refused_with_a_clear_message(server, certs, tmp_path):
+    conf = tmp_path / "conf.py"
+    conf.write_text("def ssl_context(config, default_ssl_context_factory):\n"
+                    "    return default_ssl_context_factory()\n")
+    srv = start_tls(server, certs, "-c", conf, wait=False)
+    assert srv.wait_exit(20) not in (None, 0)
+    assert "does not support `ssl_context`" in srv.log() and "rustls" in srv.log(), srv.log()
+
+
+def peer_cn(port: int, certs: Path) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with client_ctx(certs).wrap_socket(raw, server_hostname="localhost") as s:
+            subject = dict(x[0] for x in s.getpeercert()["subject"])
+            return subject["commonName"]
+
+
+def test_reload_serves_renewed_certificate_files_and_keeps_open_connections(server, certs, tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(certs / "server.pem", live / "cert.pem")
+    shutil.copy(certs / "server.key", live / "key.pem")
+    port = free_port()
+    srv = server("--certfile", live / "cert.pem", "--keyfile", live / "key.pem", "-w", "2",
+                 "--keep-alive", "30", "--graceful-timeout", "20",
+                 app=APP, bind=f"127.0.0.1:{port}", wait=False)
+    ctx = client_ctx(certs)
+    assert wait_until(lambda: _answers(port, ctx), timeout=30), srv.log()
+    assert peer_cn(port, certs) == "server.test"
+    # A keep-alive connection opened before the reload.
+    kept = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    kept.request("GET", "/")
+    r = kept.getresponse()
+    assert (r.status, r.read()) == (200, b"Hello, World!")
+    old = set(srv.wait_for_workers(2))
+
+    # Renew: new files in place, then HUP.
+    shutil.copy(certs / "renewed.pem", live / "cert.pem")
+    shutil.copy(certs / "renewed.key", live / "key.pem")
+    srv.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: len(set(srv.worker_pids()) - old) >= 2, timeout=30), srv.log()
+    # The old generation stops accepting once told to retire; the old
+    # worker holding `kept` stays until that connection ends.
+    assert wait_until(lambda: len(old & set(srv.worker_pids())) <= 1, timeout=30), srv.log()
+    time.sleep(0.5)
+    for _ in range(5):
+        assert peer_cn(port, certs) == "renewed.test"
+    # The connection opened before still works (its old worker answers it,
+    # and says it closes, while retiring).
+    kept.request("GET", "/scheme")
+    r = kept.getresponse()
+    assert (r.status, r.read()) == (200, b"https")
+    kept.close()
+
+    # A renewal with a broken key keeps the previous certificate.
+    (live / "key.pem").write_text("broken\n")
+    srv.send_signal(signal.SIGHUP)
+    srv.wait_for_log(r"Reload: TLS stays as it was: .*key\.pem")
+    time.sleep(1)
+    assert peer_cn(port, certs) == "renewed.test"
+    assert srv.running()
+
+
+def _answers(port: int, ctx) -> bool:
+    try:
+        return https_get(port, ctx, timeout=2)[0] == 200
+    except (OSError, ssl.SSLError, http.client.HTTPException):
+        return False
+
+
+#: The first bytes of a TLS ClientHello record: the record header claims
+#: 512 bytes, of which the client then sends only a few.
+PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 16
+
+
+def test_stalled_handshakes_hold_no_slot_and_time_out(server, certs):
+    srv = start_tls(server, certs, "-w", "2", "--tls-handshake-timeout", "4")
+    stalled = []
+    for i in range(50):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        if i % 2:
+            s.sendall(PARTIAL_HELLO)
+        stalled.append(s)
+    time.sleep(0.5)
+    ctx = client_ctx(certs)
+    t0 = time.monotonic()
+    answered = sum(1 for _ in range(20) if https_get(srv.port, ctx, timeout=5) == (200, b"Hello, World!"))
+    took = time.monotonic() - t0
+    assert answered == 20, srv.log()
+    assert took < 15, took
+    # Past the handshake timeout, the server has closed every stalled one.
+    deadline = time.monotonic() + 15
+    closed = 0
+    for s in stalled:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            closed += s.recv(100) == b""
+        except ConnectionResetError:
+            closed += 1
+        except OSError:
+            pass
+        s.close()
+    assert closed == 50, closed
+    assert time.monotonic() - t0 >= 3
+
+
+def test_a_client_closing_mid_request_does_not_disturb_others(server, certs):
+    """A client that sends half a request and vanishes (no close_notify):
+    the worker goes on serving."""
+    srv = start_tls(server, certs, "-w", "1")
+    ctx = client_ctx(certs)
+    for _ in range(10):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        s.close()  # no close_notify: Python's close() does not send one
+    assert https_get(srv.port, ctx, "/scheme") == (200, b"https")
+
+
+def test_many_parallel_https_clients(server, certs):
+    srv = start_tls(server, certs, "-w", "2", "-k", "gthread", "--threads", "4")
+    ctx = client_ctx(certs)
+    results = []
+
+    def run():
+        c = http.client.HTTPSConnection("127.0.0.1", srv.port, context=ctx, timeout=20)
+        for _ in range(20):
+            c.request("GET", "/")
+            r = c.getresponse()
+            results.append((r.status, r.read()))
+        c.close()
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results.count((200, b"Hello, World!")) == 160
