@@ -423,7 +423,7 @@ fn peer_for(addr: Option<SocketAddr>, proxy: &ProxyPolicy) -> Peer {
             addr: addr.ip().to_string().into(),
             port: addr.port().to_string().into(),
             trusted: proxy.trusts(Some(addr.ip())),
-            proxy_info: None,
+            ..Peer::default()
         },
         None => Peer {
             trusted: true,
