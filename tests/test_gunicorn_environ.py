@@ -129,6 +129,29 @@ def test_taken_over_connection_gets_nothing_from_the_server(server):
     assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("kind", list(WORKERS))
+def test_taken_over_connection_ends_with_a_fin_not_a_reset(server, kind):
+    """The app took the connection over and closed its socket while the
+    client's last bytes sat unread: the server's close is a lingering one
+    (FIN, then it reads them), so the client sees the app's last bytes and
+    a clean end of stream, not a reset (which can destroy a websocket's
+    close frame before the client reads it: close code 1006)."""
+    srv = server(*WORKERS[kind], app=APP)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.sendall(b"GET /takeover-close HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while got != b"server-bye":
+        b = s.recv(100)
+        assert b, got
+        got += b
+    s.sendall(b"the client's close reply, never read by the app")
+    s.settimeout(5)
+    # EOF, not ConnectionResetError.
+    assert s.recv(100) == b""
+    s.close()
+    assert srv.stop() == 0
+
+
 def test_looking_at_gunicorn_socket_keeps_the_connection_alive(server):
     srv = server(*WORKERS["gthread"], app=APP)
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)

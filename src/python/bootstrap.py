@@ -333,6 +333,10 @@ class ConnectionSocket(socket.socket):
     def close(self):
         if self._rg_claim._claim_close():
             socket.socket.close(self)
+            if socket.socket.fileno(self) == -1:
+                # The app's descriptor is gone: the server's is the last, and
+                # a taken-over connection gets a lingering close.
+                self._rg_claim._claim_released()
 
     def __repr__(self):
         if not self._rg_claim._claim_bound():
@@ -363,8 +367,12 @@ class ConnectionSocket(socket.socket):
 def _connection_socket_method(name, io):
     base = getattr(socket.socket, name)
 
+    escapes = name in ("dup", "detach")
+
     def method(self, *args, **kwargs):
         self._rg_bind(io)
+        if escapes:
+            self._rg_claim._claim_escaped()
         return base(self, *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name

@@ -740,6 +740,7 @@ impl Conn {
             pending_out,
             spool: None,
             taken_over: false,
+            linger: false,
             status,
             sent: self.resp.sent(),
             response_headers: headers,

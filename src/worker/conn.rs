@@ -683,7 +683,11 @@ where
         ctx.request_done();
         if outcome.taken_over {
             // The app owns the connection now: no log line with a status
-            // it never sent, no FIN; only our descriptor closes.
+            // it never sent, no FIN; only our descriptor closes (with a
+            // lingering close when it is the last one).
+            if outcome.linger {
+                linger_close(fd, &mut s).await;
+            }
             return;
         }
         let took = started.elapsed();
@@ -735,6 +739,28 @@ where
         }
         idle = buf.is_empty();
     }
+}
+
+/// How long a lingering close reads what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// End a connection the app took over and closed, whose last descriptor is
+/// ours: a FIN, then what the client still sends (a websocket client's
+/// close reply, say) is read and dropped until it closes or [`LINGER`]
+/// passes. Closing with unread bytes would send a reset instead, which can
+/// destroy the app's last bytes (its close frame) before the client reads
+/// them; Gunicorn's and Nginx's lingering close avoid the same.
+async fn linger_close<S: AsyncRead + Unpin>(fd: RawFd, s: &mut S) {
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {

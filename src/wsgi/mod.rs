@@ -91,6 +91,12 @@ pub struct Outcome {
     /// The app took the connection over (`gunicorn.socket`): the server
     /// writes nothing more on it and lets it go without a shutdown.
     pub taken_over: bool,
+    /// Taken over, and the app has closed its socket: the server's
+    /// descriptor is the connection's last, so the server ends it with a
+    /// lingering close (a FIN, then what the client still sends is read and
+    /// dropped for a moment), not a close that resets a connection with
+    /// unread bytes, which can destroy what the app sent last.
+    pub linger: bool,
     /// Bytes read from the socket past this request (pipelined requests).
     pub leftover_in: Vec<u8>,
     /// Response bytes the client has not taken yet; the async side writes them.
@@ -473,6 +479,11 @@ pub struct EarlyHints {
 
 struct LinkState {
     claim: ClaimState,
+    /// Taken over, then closed by the app with no other descriptor of it
+    /// left in Python (`_claim_released`).
+    released: bool,
+    /// The app made a descriptor of its own (`dup()`, `detach()`).
+    escaped: bool,
     /// The response of the request running now (None between requests).
     writer: Option<Writer>,
 }
@@ -496,6 +507,8 @@ impl EarlyHints {
             flight,
             state: Mutex::new(LinkState {
                 claim: ClaimState::Closed,
+                released: false,
+                escaped: false,
                 writer: None,
             }),
         }
@@ -517,6 +530,10 @@ impl EarlyHints {
     /// The request ended: unless the app took the connection over, the
     /// socket may no longer bind. Returns (the socket is bound and must be
     /// closed with its Python `close()`, the app took the connection over).
+    fn released(&self) -> bool {
+        self.lock().released
+    }
+
     fn expire(&self) -> (bool, bool) {
         let mut st = self.lock();
         st.writer = None;
@@ -593,6 +610,20 @@ impl EarlyHints {
             st.claim = ClaimState::Closed;
         }
         bound
+    }
+
+    /// A taken-over socket is closed and its descriptor gone (no file
+    /// object of `makefile()` keeps it open).
+    fn _claim_released(&self) {
+        let mut st = self.lock();
+        st.released = st.claim == ClaimState::Taken && !st.escaped;
+    }
+
+    /// `dup()` or `detach()`: a descriptor the claim does not see.
+    fn _claim_escaped(&self) {
+        let mut st = self.lock();
+        st.escaped = true;
+        st.released = false;
     }
 
     fn _claim_bound(&self) -> bool {
@@ -741,6 +772,7 @@ pub fn handle(
     outcome.taken_over |= release_socket(peer, hints_ref, sock.as_ref());
     if outcome.taken_over {
         outcome.keep_alive = false;
+        outcome.linger = hints_ref.released();
         outcome.pending_out.clear();
         outcome.spool = None;
     } else {

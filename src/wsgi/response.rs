@@ -151,6 +151,7 @@ impl Writer {
         Outcome {
             keep_alive,
             taken_over: false,
+            linger: false,
             leftover_in: Vec::new(),
             pending_out,
             spool,
@@ -211,6 +212,7 @@ impl Writer {
         Outcome {
             keep_alive: false,
             taken_over: false,
+            linger: false,
             leftover_in: Vec::new(),
             pending_out,
             spool: None,

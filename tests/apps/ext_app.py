@@ -62,6 +62,14 @@ def app(environ, start_response):
             msg = b"sent"
         start_response("200 OK", [("Content-Length", str(len(msg)))])
         return [msg]
+    if path == "/takeover-close":
+        # A websocket's end, as simple-websocket does it: the last bytes,
+        # the client's answer arrives (unread), the app closes its socket.
+        s = environ["gunicorn.socket"]
+        s.sendall(b"server-bye")
+        time.sleep(0.5)
+        s.close()
+        return []
     if path == "/stash":
         STASH["sock"] = environ["gunicorn.socket"]
         STASH["hints"] = environ["wsgi.early_hints"]
