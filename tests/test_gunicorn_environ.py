@@ -129,6 +129,29 @@ def test_taken_over_connection_gets_nothing_from_the_server(server):
     assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("kind", list(WORKERS))
+def test_taken_over_connection_ends_with_a_fin_not_a_reset(server, kind):
+    """The app took the connection over and closed its socket while the
+    client's last bytes sat unread: the server's close is a lingering one
+    (FIN, then it reads them), so the client sees the app's last bytes and
+    a clean end of stream, not a reset (which can destroy a websocket's
+    close frame before the client reads it: close code 1006)."""
+    srv = server(*WORKERS[kind], app=APP)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.sendall(b"GET /takeover-close HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while got != b"server-bye":
+        b = s.recv(100)
+        assert b, got
+        got += b
+    s.sendall(b"the client's close reply, never read by the app")
+    s.settimeout(5)
+    # EOF, not ConnectionResetError.
+    assert s.recv(100) == b""
+    s.close()
+    assert srv.stop() == 0
+
+
 def test_looking_at_gunicorn_socket_keeps_the_connection_alive(server):
     srv = server(*WORKERS["gthread"], app=APP)
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
@@ -138,6 +161,73 @@ def test_looking_at_gunicorn_socket_keeps_the_connection_alive(server):
         assert r.startswith(b"HTTP/1.1 200 OK"), r
         assert r.endswith(b"\r\n\r\n127.0.0.1 AF_INET"), r
     s.close()
+    assert srv.stop() == 0
+
+
+def hinted_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Read the 103 responses, then one final response with a
+    Content-Length, from a kept-alive connection: (103s seen, final)."""
+    hints = 0
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            b = sock.recv(65536)
+            assert b, f"closed mid-head: {buf!r}"
+            buf += b
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 103 "):
+            break
+        hints += 1
+        buf = rest
+    length = int([line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")][0])
+    while len(rest) < length:
+        b = sock.recv(65536)
+        assert b, "closed mid-body"
+        rest += b
+    assert len(rest) == length, f"more than one response: {rest!r}"
+    return hints, head + b"\r\n\r\n" + rest
+
+
+@pytest.mark.parametrize("kind", list(WORKERS))
+def test_extensions_on_every_request_of_a_kept_alive_connection(server, kind):
+    """gunicorn.socket and wsgi.early_hints are made once per connection and
+    serve each of its requests; one kept past its request neither binds nor
+    sends anything, while its connection idles and after it closed."""
+    srv = server(*WORKERS[kind], "-w", "1", app=APP)
+    a = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    for path, hints, body in [
+        ("/hints", 2, b"ok"),
+        ("/peer", 0, b"127.0.0.1 AF_INET"),  # binds the socket, closed after
+        ("/hints", 2, b"ok"),
+        ("/peer", 0, b"127.0.0.1 AF_INET"),  # a new one
+        ("/stash", 0, b"stashed"),
+        ("/", 0, b"hello"),
+        ("/hints", 2, b"ok"),
+    ]:
+        a.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        got, r = hinted_response(a)
+        assert (got, r.startswith(b"HTTP/1.1 200 OK"), r.endswith(body)) == (hints, True, True), r
+
+    def stale(sock):
+        sock.sendall(b"GET /stale HTTP/1.1\r\nHost: x\r\n\r\n")
+        return hinted_response(sock)
+
+    # From another connection while `a` idles: EBADF, and no hint anywhere.
+    b = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    got, r = stale(b)
+    assert (got, r.endswith(b"OSError 9")) == (0, True), r
+    a.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        a.recv(100)
+    # The stashed objects' own connection closed: the same.
+    a.close()
+    time.sleep(0.3)
+    got, r = stale(b)
+    assert (got, r.endswith(b"OSError 9")) == (0, True), r
+    b.close()
+    log = srv.log()
+    assert "Error handling request" not in log, log
     assert srv.stop() == 0
 
 

@@ -343,14 +343,17 @@ class ConnectionSocket(socket.socket):
     (simple-websocket, so Flask-Sock and Flask-SocketIO's threading mode).
 
     rgunicorn makes it without a descriptor (``ConnectionSocket.__new__``
-    and the ``_rg_claim`` slot, from Rust: no system call per request). The
-    first use binds it to a duplicate of the connection's descriptor. Any
+    and the ``_rg_claim`` slot, from Rust: no system call), once per
+    connection, and re-arms its claim (the connection's
+    ``wsgi.early_hints``) for each request. The first use binds it to a
+    duplicate of the connection's descriptor. Any
     I/O, ``fileno()`` (which selectors call) or a change of blocking mode
     hands the connection to the app: the socket becomes blocking, as
     Gunicorn's is, and the server writes nothing more on the connection,
     leaves it open for as long as the app holds this socket, and does not
     reuse it for another request. Reading the addresses or options does not.
-    After the request, a socket never handed over no longer binds.
+    After the request, a socket never handed over no longer binds; one that
+    was bound is closed, and the next request gets a new one.
     """
 
     __slots__ = ("_rg_claim",)
@@ -359,18 +362,22 @@ class ConnectionSocket(socket.socket):
         raise TypeError("ConnectionSocket is made by rgunicorn")
 
     def _rg_bind(self, io):
-        fd = self._rg_claim.bind()
+        fd = self._rg_claim._claim_bind()
         if fd is not None:
             socket.socket.__init__(self, fileno=fd)
-        if io and self._rg_claim.take():
+        if io and self._rg_claim._claim_take():
             socket.socket.setblocking(self, True)
 
     def close(self):
-        if self._rg_claim.close():
+        if self._rg_claim._claim_close():
             socket.socket.close(self)
+            if socket.socket.fileno(self) == -1:
+                # The app's descriptor is gone: the server's is the last, and
+                # a taken-over connection gets a lingering close.
+                self._rg_claim._claim_released()
 
     def __repr__(self):
-        if not self._rg_claim.bound():
+        if not self._rg_claim._claim_bound():
             return "<rgunicorn.ConnectionSocket (not used yet)>"
         return socket.socket.__repr__(self)
 
@@ -398,8 +405,12 @@ class ConnectionSocket(socket.socket):
 def _connection_socket_method(name, io):
     base = getattr(socket.socket, name)
 
+    escapes = name in ("dup", "detach")
+
     def method(self, *args, **kwargs):
         self._rg_bind(io)
+        if escapes:
+            self._rg_claim._claim_escaped()
         return base(self, *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name

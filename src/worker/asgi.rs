@@ -891,6 +891,7 @@ impl Conn {
             pending_out,
             spool: None,
             taken_over: false,
+            linger: false,
             status,
             sent: self.resp.sent(),
             response_headers: headers,

@@ -512,8 +512,7 @@ fn peer_for(addr: Option<SocketAddr>, proxy: &ProxyPolicy) -> Peer {
             addr: addr.ip().to_string().into(),
             port: addr.port().to_string().into(),
             trusted: proxy.trusts(Some(addr.ip())),
-            proxy_info: None,
-            tls: false,
+            ..Peer::default()
         },
         None => Peer {
             trusted: true,
@@ -829,7 +828,11 @@ async fn serve_conn<C, S>(
         ctx.request_done();
         if outcome.taken_over {
             // The app owns the connection now: no log line with a status
-            // it never sent, no FIN; only our descriptor closes.
+            // it never sent, no FIN; only our descriptor closes (with a
+            // lingering close when it is the last one).
+            if outcome.linger {
+                linger_close(fd, &mut s).await;
+            }
             return;
         }
         let took = started.elapsed();
@@ -881,6 +884,28 @@ async fn serve_conn<C, S>(
         }
         idle = buf.is_empty();
     }
+}
+
+/// How long a lingering close reads what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// End a connection the app took over and closed, whose last descriptor is
+/// ours: a FIN, then what the client still sends (a websocket client's
+/// close reply, say) is read and dropped until it closes or [`LINGER`]
+/// passes. Closing with unread bytes would send a reset instead, which can
+/// destroy the app's last bytes (its close frame) before the client reads
+/// them; Gunicorn's and Nginx's lingering close avoid the same.
+async fn linger_close<S: AsyncRead + Unpin>(fd: RawFd, s: &mut S) {
+    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {

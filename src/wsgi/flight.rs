@@ -13,9 +13,14 @@
 //! Each request's state is one atomic; the response writer claims it
 //! ([`Flight::start`]) before the first byte of the final response, so the
 //! abort and the writer never both write a status line.
+//!
+//! An entry belongs to a connection ([`register`], once, by its first
+//! request) and is idle between its requests ([`Flight::run`] and
+//! [`Flight::done`] bracket each): a keep-alive request takes no lock and
+//! allocates nothing here.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,12 +34,14 @@ const ABORTED: u8 = 2;
 const TAKEN: u8 = 3;
 /// An interim response (`103 Early Hints`) is being written.
 const INTERIM: u8 = 4;
+/// The connection is between requests: nothing to answer or time out.
+const IDLE: u8 = 5;
 
-/// One request running the app.
+/// A connection's request running the app (or none: idle).
 #[derive(Debug)]
 pub struct Flight {
     fd: RawFd,
-    since_ms: u64,
+    since_ms: AtomicU64,
     state: AtomicU8,
 }
 
@@ -44,7 +51,8 @@ fn flights() -> std::sync::MutexGuard<'static, Vec<Arc<Flight>>> {
     FLIGHTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Registers a request for as long as it lives.
+/// Registers a connection for as long as it lives.
+#[derive(Debug)]
 pub struct Guard(pub Arc<Flight>);
 
 impl Drop for Guard {
@@ -56,18 +64,49 @@ impl Drop for Guard {
     }
 }
 
-/// A request on `fd` starts running the app.
-pub fn begin(fd: RawFd) -> Guard {
+/// The connection on `fd` enters the registry, idle.
+pub fn register(fd: RawFd) -> Guard {
     let f = Arc::new(Flight {
         fd,
-        since_ms: crate::scoreboard::now_ms(),
-        state: AtomicU8::new(RUNNING),
+        since_ms: AtomicU64::new(0),
+        state: AtomicU8::new(IDLE),
     });
     flights().push(f.clone());
     Guard(f)
 }
 
+/// A request on `fd` starts running the app (a connection of one request).
+#[cfg(test)]
+fn begin(fd: RawFd) -> Guard {
+    let g = register(fd);
+    g.0.run();
+    g
+}
+
 impl Flight {
+    /// A request on the connection starts running the app. (Not after a
+    /// takeover, which ends the connection, nor once the worker is being
+    /// aborted: then the request stays unanswerable.)
+    pub fn run(&self) {
+        self.since_ms
+            .store(crate::scoreboard::now_ms(), Ordering::Relaxed);
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != ABORTED && s != TAKEN).then_some(RUNNING)
+            });
+    }
+
+    /// The request is over: the connection is idle again (unless the app
+    /// took it over or the worker is being aborted).
+    pub fn done(&self) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                matches!(s, RUNNING | STARTED).then_some(IDLE)
+            });
+    }
+
     /// Claim the connection for the final response, before its first byte
     /// is written. false: the server must not write (the worker is being
     /// aborted and already answered, or the app owns the connection).
@@ -120,8 +159,8 @@ impl Flight {
 pub fn oldest_running() -> u64 {
     flights()
         .iter()
-        .filter(|f| !matches!(f.state.load(Ordering::Acquire), TAKEN | ABORTED))
-        .map(|f| f.since_ms)
+        .filter(|f| matches!(f.state.load(Ordering::Acquire), RUNNING | STARTED | INTERIM))
+        .map(|f| f.since_ms.load(Ordering::Relaxed))
         .min()
         .unwrap_or(0)
 }
@@ -207,7 +246,8 @@ mod tests {
         let running = begin(b.as_raw_fd());
         let taken = begin(c.as_raw_fd());
         taken.0.take();
-        assert_eq!(oldest_running(), started.0.since_ms.min(running.0.since_ms));
+        let since = |g: &Guard| g.0.since_ms.load(Ordering::Relaxed);
+        assert_eq!(oldest_running(), since(&started).min(since(&running)));
         assert_eq!(abort_unstarted(b"HTTP/1.1 500 X\r\n\r\n"), 1);
         let mut got = Vec::new();
         client_b.read_to_end(&mut got).expect("read");
@@ -227,5 +267,23 @@ mod tests {
         assert_eq!(g.0.interim(|| 7), Some(7));
         assert!(g.0.start());
         assert_eq!(g.0.interim(|| 7), None);
+
+        // The entry outlives its request: idle between requests, it is
+        // neither answered by an abort nor counted for --timeout, and the
+        // next request starts afresh.
+        g.0.done();
+        assert_eq!(oldest_running(), 0);
+        assert_eq!(abort_unstarted(b"HTTP/1.1 500 X\r\n\r\n"), 0);
+        g.0.run();
+        assert!(oldest_running() > 0);
+        assert_eq!(g.0.interim(|| 8), Some(8));
+        assert!(g.0.start());
+        g.0.done();
+        // A takeover is for good.
+        g.0.run();
+        g.0.take();
+        g.0.done();
+        g.0.run();
+        assert!(g.0.taken());
     }
 }

@@ -20,7 +20,7 @@ pub mod spool;
 use crate::http::{Request, Version};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ use std::time::Duration;
 pub use forwarded::ProxyPolicy;
 pub use input::Input;
 use response::Writer;
-pub use response::{EarlyHints, ErrorStream, FileWrapper, StartResponse};
+pub use response::{ErrorStream, FileWrapper, StartResponse};
 
 /// What the server knows about the socket a request came in on.
 #[derive(Debug, Clone)]
@@ -83,6 +83,8 @@ pub struct Peer {
     /// unless a trusted proxy's scheme header says otherwise, as in
     /// Gunicorn.
     pub tls: bool,
+    /// What the WSGI bridge keeps from one request to the next.
+    pub conn: ConnState,
 }
 
 /// How one request ended, for the connection loop.
@@ -93,6 +95,12 @@ pub struct Outcome {
     /// The app took the connection over (`gunicorn.socket`): the server
     /// writes nothing more on it and lets it go without a shutdown.
     pub taken_over: bool,
+    /// Taken over, and the app has closed its socket: the server's
+    /// descriptor is the connection's last, so the server ends it with a
+    /// lingering close (a FIN, then what the client still sends is read and
+    /// dropped for a moment), not a close that resets a connection with
+    /// unread bytes, which can destroy what the app sent last.
+    pub linger: bool,
     /// Bytes read from the socket past this request (pipelined requests).
     pub leftover_in: Vec<u8>,
     /// Response bytes the client has not taken yet; the async side writes them.
@@ -121,23 +129,6 @@ impl Bridge {
         let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
         let errors = Py::new(py, ErrorStream)?;
         let wrapper = py.get_type::<FileWrapper>();
-        let mut templates = Vec::with_capacity(listeners.len());
-        for l in listeners {
-            let d = PyDict::new(py);
-            d.set_item("wsgi.version", (1, 0))?;
-            d.set_item("wsgi.url_scheme", l.url_scheme)?;
-            d.set_item("wsgi.multithread", multithread)?;
-            d.set_item("wsgi.multiprocess", multiprocess)?;
-            d.set_item("wsgi.run_once", false)?;
-            d.set_item("wsgi.errors", errors.clone_ref(py))?;
-            d.set_item("wsgi.file_wrapper", &wrapper)?;
-            d.set_item("wsgi.input_terminated", true)?;
-            d.set_item("SERVER_SOFTWARE", &software)?;
-            d.set_item("SCRIPT_NAME", &script_name)?;
-            d.set_item("SERVER_NAME", &l.server_name)?;
-            d.set_item("SERVER_PORT", &l.server_port)?;
-            templates.push(d.unbind());
-        }
         let socket_new = match crate::python::bootstrap(py)
             .and_then(|b| b.getattr("ConnectionSocket"))
             .and_then(|cls| Ok((cls.getattr("__new__")?.unbind(), cls.unbind())))
@@ -148,6 +139,47 @@ impl Bridge {
                 None
             }
         };
+        let mut templates = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let d = PyDict::new(py);
+            // Interned keys: the request's own (`intern!`) and an app's
+            // string literals then find them by identity.
+            let set = |k: &str, v: &Bound<'_, PyAny>| d.set_item(PyString::intern(py, k), v);
+            set("wsgi.version", (1, 0).into_pyobject(py)?.as_any())?;
+            set("wsgi.url_scheme", &PyString::new(py, l.url_scheme))?;
+            set("wsgi.multithread", &PyBool::new(py, multithread))?;
+            set("wsgi.multiprocess", &PyBool::new(py, multiprocess))?;
+            set("wsgi.run_once", &PyBool::new(py, false))?;
+            set("wsgi.errors", errors.bind(py).as_any())?;
+            set("wsgi.file_wrapper", wrapper.as_any())?;
+            set("wsgi.input_terminated", &PyBool::new(py, true))?;
+            set("SERVER_SOFTWARE", &PyString::new(py, &software))?;
+            set("SCRIPT_NAME", &PyString::new(py, &script_name))?;
+            set("SERVER_NAME", &PyString::new(py, &l.server_name))?;
+            set("SERVER_PORT", &PyString::new(py, &l.server_port))?;
+            // Every key each request sets is in the template too (replaced
+            // by the request's value): a copy of the template then has room
+            // for them and the request's headers (up to 42 keys in all),
+            // so building the environ never grows the dict.
+            let mut per_request = vec![
+                "REQUEST_METHOD",
+                "SERVER_PROTOCOL",
+                "RAW_URI",
+                "QUERY_STRING",
+                "PATH_INFO",
+                "REMOTE_ADDR",
+                "REMOTE_PORT",
+                "wsgi.input",
+                "wsgi.early_hints",
+            ];
+            if socket_new.is_some() {
+                per_request.push("gunicorn.socket");
+            }
+            for k in per_request {
+                set(k, &py.None().into_bound(py))?;
+            }
+            templates.push(d.unbind());
+        }
         Ok(Bridge {
             app,
             templates,
@@ -311,56 +343,153 @@ fn environ<'py>(
     Ok(env)
 }
 
-/// The environ entries Gunicorn adds beyond PEP 3333, in one place:
-/// - `gunicorn.socket`: the connection as a `socket.socket`
-///   (bootstrap.py's `ConnectionSocket`), bound to a duplicate descriptor
-///   only when first used; returned with its claim, which the request's end
-///   releases (see [`release_socket`]);
-/// - `wsgi.early_hints` (Gunicorn >= 25): sends `103 Early Hints`.
-fn gunicorn_extensions<'py>(
-    py: Python<'py>,
-    bridge: &Bridge,
-    env: &Bound<'py, PyDict>,
-    writer: &Writer,
-    fd: RawFd,
-    flight: &Arc<flight::Flight>,
-) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, SocketClaim>)>> {
-    env.set_item(
-        pyo3::intern!(py, "wsgi.early_hints"),
-        EarlyHints::new(writer.clone()),
-    )?;
-    // The gevent worker brings its own (`Bridge::conn_socket`).
-    let (Some((new, cls)), None) = (&bridge.socket_new, &bridge.conn_socket) else {
-        return Ok(None);
-    };
-    let sock = new.bind(py).call1((cls.bind(py),))?;
-    let claim = Bound::new(py, SocketClaim::new(fd, flight.clone()))?;
-    sock.setattr(pyo3::intern!(py, "_rg_claim"), &claim)?;
-    env.set_item(pyo3::intern!(py, "gunicorn.socket"), &sock)?;
-    Ok(Some((sock, claim)))
+/// What the bridge keeps for a connection from one request to the next
+/// (see [`handle`]); shared by the clones of its [`Peer`] (gthread and
+/// gevent hand a clone to the thread that runs each request). Empty until
+/// the connection's first request.
+#[derive(Clone, Default)]
+pub struct ConnState(Arc<Mutex<Option<ConnWsgi>>>);
+
+impl std::fmt::Debug for ConnState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnState")
+    }
 }
 
-/// The request is over: a `gunicorn.socket` the app did not take over is
-/// closed (when it was bound) and can no longer bind, so an app that kept
-/// it cannot reach a descriptor the connection no longer owns. Returns
-/// whether the app took the connection over.
-fn release_socket(sock: &Bound<'_, PyAny>, claim: &Bound<'_, SocketClaim>) -> bool {
-    let (close, taken) = claim.borrow().expire();
-    if close {
-        if let Err(e) = sock.call_method0(pyo3::intern!(sock.py(), "close")) {
-            tracing::debug!("closing gunicorn.socket: {e}");
+struct ConnWsgi {
+    fd: RawFd,
+    /// The connection's entry in the worker's registry (flight.rs): idle
+    /// between requests, removed when the connection is dropped.
+    flight: flight::Guard,
+    /// `wsgi.early_hints` (which also holds `gunicorn.socket`'s claim) and
+    /// `gunicorn.socket`: made by the connection's first request, and again
+    /// after a request that used the socket without taking the connection
+    /// over (that one is closed). A request the app never touches them in
+    /// makes nothing.
+    ext: Option<(Py<EarlyHints>, Option<Py<PyAny>>)>,
+}
+
+impl ConnState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConnWsgi>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A request's share of its connection's state: the registry entry, and
+/// `wsgi.early_hints` and `gunicorn.socket`, the environ entries Gunicorn
+/// adds beyond PEP 3333:
+/// - `gunicorn.socket`: the connection as a `socket.socket` (bootstrap.py's
+///   `ConnectionSocket`), bound to a duplicate descriptor only when first
+///   used; the gevent worker brings its own (`Bridge::conn_socket`);
+/// - `wsgi.early_hints` (Gunicorn >= 25): sends `103 Early Hints`.
+///
+/// A `ConnectionSocket` is a Python object made by calling
+/// `socket.socket.__new__`: per connection, not per request.
+#[allow(clippy::type_complexity)]
+fn connection<'py>(
+    py: Python<'py>,
+    bridge: &Bridge,
+    peer: &Peer,
+    fd: RawFd,
+) -> PyResult<(
+    Arc<flight::Flight>,
+    Bound<'py, EarlyHints>,
+    Option<Bound<'py, PyAny>>,
+)> {
+    let mut st = peer.conn.lock();
+    if st.as_ref().is_some_and(|c| c.fd != fd) {
+        *st = None;
+    }
+    let conn = st.get_or_insert_with(|| ConnWsgi {
+        fd,
+        flight: flight::register(fd),
+        ext: None,
+    });
+    let flight = conn.flight.0.clone();
+    let (hints, sock) = match &conn.ext {
+        Some((hints, sock)) => (
+            hints.bind(py).clone(),
+            sock.as_ref().map(|s| s.bind(py).clone()),
+        ),
+        None => {
+            let hints = Bound::new(py, EarlyHints::new(fd, flight.clone()))?;
+            let sock = match (&bridge.socket_new, &bridge.conn_socket) {
+                (Some((new, cls)), None) => {
+                    let sock = new.bind(py).call1((cls.bind(py),))?;
+                    sock.setattr(pyo3::intern!(py, "_rg_claim"), &hints)?;
+                    Some(sock)
+                }
+                _ => None,
+            };
+            conn.ext = Some((
+                hints.clone().unbind(),
+                sock.as_ref().map(|s| s.clone().unbind()),
+            ));
+            (hints, sock)
+        }
+    };
+    Ok((flight, hints, sock))
+}
+
+/// The request is over: a `gunicorn.socket` the app did not take over can
+/// no longer bind; one it used is closed (and the connection's next request
+/// gets a new one), so an app that kept it cannot reach a descriptor the
+/// connection no longer owns. Returns whether the app took the connection
+/// over.
+fn release_socket(peer: &Peer, hints: &EarlyHints, sock: Option<&Bound<'_, PyAny>>) -> bool {
+    let (bound, taken) = hints.expire();
+    if bound {
+        if let Some(sock) = sock {
+            if let Err(e) = sock.call_method0(pyo3::intern!(sock.py(), "close")) {
+                tracing::debug!("closing gunicorn.socket: {e}");
+            }
+        }
+        if let Some(conn) = peer.conn.lock().as_mut() {
+            conn.ext = None;
         }
     }
     taken
 }
 
-/// What `gunicorn.socket` asks the server (see bootstrap.py's
-/// `ConnectionSocket`).
-#[pyclass(module = "rgunicorn")]
-pub struct SocketClaim {
+/// Ends a request's part in its connection's state however `handle`
+/// returns: the claim expires, the registry entry goes idle.
+struct Running<'a> {
+    flight: &'a flight::Flight,
+    hints: &'a EarlyHints,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.hints.expire();
+        self.flight.done();
+    }
+}
+
+/// `wsgi.early_hints(headers)` (Gunicorn >= 25): sends `103 Early Hints`
+/// with `headers` (an iterable of `(name, value)`, `str` or latin-1
+/// `bytes`) before the final response. Ignored once the final response has
+/// begun, and for HTTP/1.0 clients, as in Gunicorn; may be called more than
+/// once. A header that could split the response raises `ValueError`.
+///
+/// One per connection, re-armed by each request: it also holds what
+/// `gunicorn.socket` (bootstrap.py's `ConnectionSocket`, whose `_rg_claim`
+/// it is) asks the server, through the `_claim_*` methods.
+#[pyclass(module = "rgunicorn", frozen)]
+pub struct EarlyHints {
     fd: RawFd,
     flight: Arc<flight::Flight>,
-    state: Mutex<ClaimState>,
+    state: Mutex<LinkState>,
+}
+
+struct LinkState {
+    claim: ClaimState,
+    /// Taken over, then closed by the app with no other descriptor of it
+    /// left in Python (`_claim_released`).
+    released: bool,
+    /// The app made a descriptor of its own (`dup()`, `detach()`).
+    escaped: bool,
+    /// The response of the request running now (None between requests).
+    writer: Option<Writer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,50 +500,90 @@ enum ClaimState {
     Bound,
     /// The app did I/O: the connection is its own.
     Taken,
-    /// Closed by the app, or the request ended without a takeover.
+    /// Closed by the app, or between requests.
     Closed,
 }
 
-impl SocketClaim {
-    fn new(fd: RawFd, flight: Arc<flight::Flight>) -> SocketClaim {
-        SocketClaim {
+impl EarlyHints {
+    fn new(fd: RawFd, flight: Arc<flight::Flight>) -> EarlyHints {
+        EarlyHints {
             fd,
             flight,
-            state: Mutex::new(ClaimState::Unbound),
+            state: Mutex::new(LinkState {
+                claim: ClaimState::Closed,
+                released: false,
+                escaped: false,
+                writer: None,
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ClaimState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request starts: hints go to its response, the socket may bind.
+    fn arm(&self, writer: Writer) {
+        let mut st = self.lock();
+        if st.claim == ClaimState::Closed {
+            st.claim = ClaimState::Unbound;
+        }
+        st.writer = Some(writer);
     }
 
     /// The request ended: unless the app took the connection over, the
     /// socket may no longer bind. Returns (the socket is bound and must be
     /// closed with its Python `close()`, the app took the connection over).
+    fn released(&self) -> bool {
+        self.lock().released
+    }
+
     fn expire(&self) -> (bool, bool) {
         let mut st = self.lock();
-        let was = *st;
+        st.writer = None;
+        let was = st.claim;
         if was != ClaimState::Taken {
-            *st = ClaimState::Closed;
+            st.claim = ClaimState::Closed;
         }
         (was == ClaimState::Bound, was == ClaimState::Taken)
     }
 }
 
 #[pymethods]
-impl SocketClaim {
+impl EarlyHints {
+    fn __call__(&self, py: Python<'_>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut list = Vec::new();
+        for item in headers.try_iter()? {
+            let item = item?;
+            let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                item.extract().map_err(|_| {
+                    PyTypeError::new_err("each early hint must be a (name, value) pair")
+                })?;
+            list.push((
+                response::latin1_text(&name)?,
+                response::latin1_text(&value)?,
+            ));
+        }
+        let writer = self.lock().writer.clone();
+        match writer {
+            Some(w) => w.early_hints(py, list),
+            // The request is over.
+            None => Ok(()),
+        }
+    }
+
     /// The first time: a duplicate of the connection's descriptor for the
     /// socket to bind to. Then None.
-    fn bind(&self) -> PyResult<Option<RawFd>> {
+    fn _claim_bind(&self) -> PyResult<Option<RawFd>> {
         let mut st = self.lock();
-        match *st {
+        match st.claim {
             ClaimState::Unbound => {
                 // SAFETY: the connection task keeps the descriptor open while
                 // its request runs, and the claim is expired when it ends.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
                 let dup = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))
                     .map_err(|e| pyo3::exceptions::PyOSError::new_err((e as i32, e.desc())))?;
-                *st = ClaimState::Bound;
+                st.claim = ClaimState::Bound;
                 Ok(Some(dup))
             }
             ClaimState::Bound | ClaimState::Taken => Ok(None),
@@ -427,29 +596,42 @@ impl SocketClaim {
 
     /// The app does I/O on the socket: the first time, the connection
     /// becomes its own (true: make the socket blocking).
-    fn take(&self) -> bool {
+    fn _claim_take(&self) -> bool {
         let mut st = self.lock();
-        if *st != ClaimState::Bound {
+        if st.claim != ClaimState::Bound {
             return false;
         }
-        *st = ClaimState::Taken;
+        st.claim = ClaimState::Taken;
         self.flight.take();
         true
     }
 
     /// `close()`: true when the socket is bound and must close.
-    fn close(&self) -> bool {
+    fn _claim_close(&self) -> bool {
         let mut st = self.lock();
-        let bound = matches!(*st, ClaimState::Bound | ClaimState::Taken);
-        *st = match *st {
-            ClaimState::Taken => ClaimState::Taken,
-            _ => ClaimState::Closed,
-        };
+        let bound = matches!(st.claim, ClaimState::Bound | ClaimState::Taken);
+        if st.claim != ClaimState::Taken {
+            st.claim = ClaimState::Closed;
+        }
         bound
     }
 
-    fn bound(&self) -> bool {
-        matches!(*self.lock(), ClaimState::Bound | ClaimState::Taken)
+    /// A taken-over socket is closed and its descriptor gone (no file
+    /// object of `makefile()` keeps it open).
+    fn _claim_released(&self) {
+        let mut st = self.lock();
+        st.released = st.claim == ClaimState::Taken && !st.escaped;
+    }
+
+    /// `dup()` or `detach()`: a descriptor the claim does not see.
+    fn _claim_escaped(&self) {
+        let mut st = self.lock();
+        st.escaped = true;
+        st.released = false;
+    }
+
+    fn _claim_bound(&self) -> bool {
+        matches!(self.lock().claim, ClaimState::Bound | ClaimState::Taken)
     }
 }
 
@@ -470,9 +652,19 @@ pub fn handle(
     fd: RawFd,
     peer: &Peer,
 ) -> Outcome {
-    // In the worker's registry until the app is done: the --timeout abort
-    // answers it, gunicorn.socket hands it over (see flight.rs).
-    let flight = flight::begin(fd);
+    // The connection's entry in the worker's registry runs until the app is
+    // done: the --timeout abort answers it, gunicorn.socket hands it over
+    // (see flight.rs).
+    let (flight, hints, sock) = match connection(py, bridge, peer, fd) {
+        Ok(c) => c,
+        Err(e) => return internal_error(py, e, fd, req),
+    };
+    flight.run();
+    let hints_ref = hints.get();
+    let _running = Running {
+        flight: &flight,
+        hints: hints_ref,
+    };
     let input = Input::new(
         fd,
         req,
@@ -485,11 +677,12 @@ pub fn handle(
         Ok(i) => i,
         Err(e) => return internal_error(py, e, fd, req),
     };
-    let writer = Writer::new(fd, req, bridge.io_timeout).with_flight(flight.0.clone());
+    let writer = Writer::new(fd, req, bridge.io_timeout, Some(flight.clone()));
     let fwd = match forwarded::inspect(&bridge.proxy, req, peer) {
         Ok(f) => f,
         Err(e) => return writer.fail(py, BodyError::BadRequest(e), &req.uri),
     };
+    hints_ref.arm(writer.clone());
     let start = match Bound::new(py, StartResponse::new(writer.clone())) {
         Ok(s) => s,
         Err(e) => return internal_error(py, e, fd, req),
@@ -498,10 +691,15 @@ pub fn handle(
         Ok(e) => e,
         Err(e) => return internal_error(py, e, fd, req),
     };
-    let claim = match gunicorn_extensions(py, bridge, &env, &writer, fd, &flight.0) {
-        Ok(c) => c,
-        Err(e) => return internal_error(py, e, fd, req),
-    };
+    let extensions = env
+        .set_item(pyo3::intern!(py, "wsgi.early_hints"), &hints)
+        .and_then(|()| match &sock {
+            Some(s) => env.set_item(pyo3::intern!(py, "gunicorn.socket"), s),
+            None => Ok(()),
+        });
+    if let Err(e) = extensions {
+        return internal_error(py, e, fd, req);
+    }
     // The gevent worker's own `gunicorn.socket` (a gevent socket made on
     // first use): see `gevent_taken` below.
     let conn_socket = match &bridge.conn_socket {
@@ -540,9 +738,9 @@ pub fn handle(
                 .unwrap_or(true)
                 && !writer.started()
     }) {
-        flight.0.take();
+        flight.take();
     }
-    let mut outcome = if flight.0.taken() {
+    let mut outcome = if flight.taken() {
         // The app owns the connection now: its result (or the exception by
         // which it says so, as Flask-Sock's StopIteration) is not a response.
         if let Ok(body) = &result {
@@ -568,18 +766,17 @@ pub fn handle(
         // The app may have taken the connection over while its response
         // was written (from another thread): then it is left alone too.
         Outcome {
-            taken_over: flight.0.taken(),
+            taken_over: flight.taken(),
             ..outcome
         }
     };
-    if let Some((sock, claim)) = &claim {
-        // Decided under the claim's lock: a thread of the app taking the
-        // socket over right now either wins (and the connection is its
-        // own) or finds the socket closed.
-        outcome.taken_over |= release_socket(sock, claim);
-    }
+    // Decided under the claim's lock: a thread of the app taking the
+    // socket over right now either wins (and the connection is its own) or
+    // finds the socket closed.
+    outcome.taken_over |= release_socket(peer, hints_ref, sock.as_ref());
     if outcome.taken_over {
         outcome.keep_alive = false;
+        outcome.linger = hints_ref.released();
         outcome.pending_out.clear();
         outcome.spool = None;
     } else {
@@ -631,7 +828,7 @@ fn capture_environ(env: &Bound<'_, PyDict>, keys: &[String]) -> Vec<Option<Strin
 }
 
 fn internal_error(py: Python<'_>, e: PyErr, fd: RawFd, req: &Request) -> Outcome {
-    let w = Writer::new(fd, req, Duration::from_secs(5));
+    let w = Writer::new(fd, req, Duration::from_secs(5), None);
     w.fail(py, BodyError::App(e), &req.uri)
 }
 

@@ -41,7 +41,14 @@ static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 pub struct Writer(Arc<Mutex<State>>);
 
 impl Writer {
-    pub fn new(fd: RawFd, req: &Request, timeout: Duration) -> Writer {
+    /// The response to `req` on `fd`; `flight`, its request's entry in the
+    /// worker's registry, which the first byte of the response claims.
+    pub fn new(
+        fd: RawFd,
+        req: &Request,
+        timeout: Duration,
+        flight: Option<Arc<super::flight::Flight>>,
+    ) -> Writer {
         Writer(Arc::new(Mutex::new(State {
             seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             fd,
@@ -49,19 +56,13 @@ impl Writer {
             resp: Response::new(Exchange::of(req)),
             out: Vec::new(),
             spool: None,
-            flight: None,
+            flight,
         })))
     }
 
     /// The status the app set (0: none yet).
     pub fn status(&self) -> u16 {
         self.lock().resp.head().map_or(0, |h| h.code)
-    }
-
-    /// Tie the response to its request's entry in the registry.
-    pub fn with_flight(self, flight: Arc<super::flight::Flight>) -> Writer {
-        self.lock().flight = Some(flight);
-        self
     }
 
     /// `wsgi.early_hints`: send `103 Early Hints` with `headers` now,
@@ -150,6 +151,7 @@ impl Writer {
         Outcome {
             keep_alive,
             taken_over: false,
+            linger: false,
             leftover_in: Vec::new(),
             pending_out,
             spool,
@@ -210,6 +212,7 @@ impl Writer {
         Outcome {
             keep_alive: false,
             taken_over: false,
+            linger: false,
             leftover_in: Vec::new(),
             pending_out,
             spool: None,
@@ -350,45 +353,14 @@ impl WriteCallable {
     }
 }
 
-/// `wsgi.early_hints(headers)` (Gunicorn >= 25): sends `103 Early Hints`
-/// with `headers` (an iterable of `(name, value)`, `str` or latin-1
-/// `bytes`) before the final response. Ignored once the final response has
-/// begun, and for HTTP/1.0 clients, as in Gunicorn; may be called more than
-/// once. A header that could split the response raises `ValueError`.
-#[pyclass(module = "rgunicorn")]
-pub struct EarlyHints {
-    w: Writer,
-}
-
-impl EarlyHints {
-    pub(super) fn new(w: Writer) -> EarlyHints {
-        EarlyHints { w }
-    }
-}
-
-/// A header name or value given as `str`, or as `bytes` taken as latin-1.
-fn latin1_text(v: &Bound<'_, PyAny>) -> PyResult<String> {
+/// A header name or value given to `wsgi.early_hints` as `str`, or as
+/// `bytes` taken as latin-1.
+pub(super) fn latin1_text(v: &Bound<'_, PyAny>) -> PyResult<String> {
     if let Ok(b) = v.cast::<PyBytes>() {
         return Ok(b.as_bytes().iter().map(|&c| c as char).collect());
     }
     v.extract::<String>()
         .map_err(|_| PyTypeError::new_err("early hint names and values must be str or bytes"))
-}
-
-#[pymethods]
-impl EarlyHints {
-    fn __call__(&self, py: Python<'_>, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut list = Vec::new();
-        for item in headers.try_iter()? {
-            let item = item?;
-            let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                item.extract().map_err(|_| {
-                    PyTypeError::new_err("each early hint must be a (name, value) pair")
-                })?;
-            list.push((latin1_text(&name)?, latin1_text(&value)?));
-        }
-        self.w.early_hints(py, list)
-    }
 }
 
 /// `wsgi.errors`: text written here goes to the error log.

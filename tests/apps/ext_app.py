@@ -8,6 +8,9 @@ from flask import Flask
 from flask_sock import Sock
 
 flask_app = Flask(__name__)
+# /stash keeps a request's gunicorn.socket and wsgi.early_hints; /stale
+# uses them from a later request.
+STASH = {}
 sock = Sock(flask_app)
 
 
@@ -59,6 +62,29 @@ def app(environ, start_response):
             msg = b"sent"
         start_response("200 OK", [("Content-Length", str(len(msg)))])
         return [msg]
+    if path == "/takeover-close":
+        # A websocket's end, as simple-websocket does it: the last bytes,
+        # the client's answer arrives (unread), the app closes its socket.
+        s = environ["gunicorn.socket"]
+        s.sendall(b"server-bye")
+        time.sleep(0.5)
+        s.close()
+        return []
+    if path == "/stash":
+        STASH["sock"] = environ["gunicorn.socket"]
+        STASH["hints"] = environ["wsgi.early_hints"]
+        start_response("200 OK", [("Content-Length", "7")])
+        return [b"stashed"]
+    if path == "/stale":
+        try:
+            STASH["sock"].getpeername()
+        except OSError as e:
+            msg = f"OSError {e.errno}"
+        else:
+            msg = "usable"
+        STASH["hints"]([("Link", "</stale.css>; rel=preload")])
+        start_response("200 OK", [("Content-Length", str(len(msg)))])
+        return [msg.encode()]
     if path == "/sleep":
         time.sleep(float(environ.get("QUERY_STRING") or "10"))
         start_response("200 OK", [("Content-Length", "5")])
