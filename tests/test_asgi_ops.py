@@ -104,3 +104,37 @@ def test_access_log_environ_atoms_under_asgi(server):
     srv = server("-k", "asgi", "--access-logfile", "-", "--access-logformat", fmt, app=RAW)
     assert requests.get(srv.url + "/?q=1", headers={"X-Trace": "t-42"}, timeout=5).status_code == 200
     assert wait_until(lambda: "E GET /?q=1 q=1 t-42 -" in srv.log()), srv.log()
+
+
+def test_a_slow_streamed_upload_gets_408_and_the_app_a_disconnect(server):
+    """A body too large to be read before the app is called streams through
+    `receive`; a client that sends it slower than the body rate rule gets
+    `408 Request Timeout` after `--body-timeout`, as under the WSGI
+    workers, and the app sees `http.disconnect`, not a wait forever."""
+    s = server("-k", "asgi", "-w", "1", "--body-timeout", "1", app=RAW)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        t = time.monotonic()
+        data = b""
+        c.settimeout(0.3)
+        while time.monotonic() - t < 8:
+            try:
+                c.sendall(b"x")
+            except OSError:
+                break
+            try:
+                chunk = c.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        took = time.monotonic() - t
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
+    assert b"Connection: close" in data
+    assert 0.9 < took < 4, took
+    # A fast upload of the same size is served whole on a new connection.
+    r = s.post("/echo", data=b"y" * 1000000)
+    assert r.status_code == 200 and len(r.content) == 1000000

@@ -177,13 +177,16 @@ class Cycle:
             self.loop.call_later(self.grace, task.cancel)
         return _DISCONNECT
 
-    async def _readable(self):
+    async def _readable(self, timeout=None):
         fut = self.loop.create_future()
         self.reading = fut
         self.loop.add_reader(self.fd, _wake, fut)
+        timer = None if timeout is None else self.loop.call_later(timeout, _wake, fut)
         try:
             await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             if self.reading is fut:
                 self.reading = None
                 self.loop.remove_reader(self.fd)
@@ -198,11 +201,19 @@ class Cycle:
                     r = conn.read()
                 except EOFError:
                     return self._gone()
+                except TimeoutError:
+                    # Too slow for the body rate rule: the server answers
+                    # 408 (or closes) and the app sees a disconnect.
+                    conn.body_timed_out()
+                    self.body_read = True
+                    return _DISCONNECT
                 if r is not None:
                     if not r[1]:
                         self.body_read = True
                     return {"type": "http.request", "body": r[0], "more_body": r[1]}
-                await self._readable()
+                # Woken by the socket, or when the rate rule's deadline
+                # comes (read then raises TimeoutError).
+                await self._readable(conn.body_wait())
                 if conn.done:
                     return _DISCONNECT
         # The body is read: wait for the client to go away (or the response

@@ -40,6 +40,7 @@ use super::boot::{listener_info, Booted};
 use super::handoff;
 use super::msg::WORKER_BOOT_ERROR;
 use super::{Call, Class, Job};
+use crate::http::rate::RateClock;
 use crate::http::response::{Exchange, Head, Response};
 use crate::http::{self, BodyFraming, ChunkedDecoder, Request, Version};
 use crate::scoreboard::Slot;
@@ -305,6 +306,9 @@ pub struct Server {
     hooks: Option<std::sync::Arc<crate::hooks::RequestHooks>>,
     /// `websocket_max_message_size` (0: no limit).
     ws_max: usize,
+    /// The body rate rule (`body_timeout`, `body_min_rate`) for streamed
+    /// request bodies.
+    body_rate: (std::time::Duration, u64),
     drain: Arc<Drain>,
     /// The driver's, set once before it serves.
     callbacks: OnceLock<Callbacks>,
@@ -358,6 +362,10 @@ impl Server {
             ws_max: setting_str(b, "websocket_max_message_size")
                 .parse()
                 .unwrap_or(16 << 20),
+            body_rate: {
+                let p = super::body::Policy::from_settings(b.settings);
+                (p.timeout, p.min_rate)
+            },
             drain,
             callbacks: OnceLock::new(),
         })
@@ -549,7 +557,7 @@ impl Server {
                         );
                     }
                     let peer_addr = job.peer.addr.to_string();
-                    let mut conn = Conn::new(job, https);
+                    let mut conn = Conn::new(job, https, self.body_rate);
                     if let Some(h) = &self.hooks {
                         conn.post_hook =
                             Some((h.clone(), scope.clone().unbind(), peer_addr.clone()));
@@ -623,6 +631,10 @@ pub struct Conn {
     /// The body the I/O thread spilled to a file (read before `raw`).
     spill: Option<std::fs::File>,
     expect_continue: bool,
+    /// The body rate rule (grace, bytes/s), and its clock from the app's
+    /// first wait for body bytes the socket did not have yet.
+    body_rate: (std::time::Duration, u64),
+    body_clock: Option<RateClock>,
     /// The client went away.
     gone: bool,
     /// The app broke the response off (it raised, or returned early).
@@ -644,7 +656,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn new(job: Job, https: bool) -> Conn {
+    fn new(job: Job, https: bool, body_rate: (std::time::Duration, u64)) -> Conn {
         let ex = Exchange::of(&job.req);
         let scan = match job.req.body {
             BodyFraming::None | BodyFraming::Length(0) => None,
@@ -654,6 +666,8 @@ impl Conn {
         Conn {
             fd: job.fd,
             expect_continue: job.req.expect_continue,
+            body_rate,
+            body_clock: None,
             req: Some(job.req),
             reply: Some(job.reply),
             https,
@@ -719,6 +733,9 @@ impl Conn {
         }
         // SAFETY: read(2) initialised these n bytes.
         unsafe { self.raw.set_len(len + n as usize) };
+        if let Some(c) = self.body_clock.as_mut() {
+            c.add(n as usize);
+        }
         Ok(true)
     }
 
@@ -828,7 +845,7 @@ impl Conn {
                 tracing::error!("ASGI callable returned without sending a response");
             }
             return self.complete_with(
-                Some(http::response::error(500, "Internal Server Error", "")),
+                Some((500, http::response::error(500, "Internal Server Error", ""))),
                 batched,
             );
         }
@@ -841,14 +858,16 @@ impl Conn {
 
     /// Send the outcome back to the I/O thread (once); `batched`: through
     /// [`REPLIES`], and true when a flush must be scheduled.
-    fn complete_with(&mut self, mut extra: Option<Vec<u8>>, batched: bool) -> bool {
-        let extra_status = extra.as_ref().map(|_| 500);
+    /// `extra`: the server's own answer (status, bytes) instead of the app's.
+    fn complete_with(&mut self, mut extra: Option<(u16, Vec<u8>)>, batched: bool) -> bool {
+        let extra_status = extra.as_ref().map(|(status, _)| *status);
         if self.reply.is_none() || self.req.is_none() {
             return false;
         }
         let mut keep_alive = !self.gone && !self.broken && self.ended && self.keep;
-        if let Some(bytes) = extra.take() {
-            // The server's own answer (500): the connection closes after it.
+        if let Some((_, bytes)) = extra.take() {
+            // The server's own answer (500, 408): the connection closes
+            // after it.
             self.out.clear();
             self.out_pos = 0;
             self.out.extend_from_slice(&bytes);
@@ -971,12 +990,52 @@ impl Conn {
             }
             match self.fill() {
                 Ok(true) => {}
-                Ok(false) => return Ok(None),
+                Ok(false) => {
+                    let (grace, min_rate) = self.body_rate;
+                    let clock = self
+                        .body_clock
+                        .get_or_insert_with(|| RateClock::start(grace, min_rate));
+                    if Instant::now() >= clock.deadline() {
+                        return Err(pyo3::exceptions::PyTimeoutError::new_err(
+                            "the client sent its body too slowly",
+                        ));
+                    }
+                    return Ok(None);
+                }
                 Err(_) => {
                     self.gone = true;
                     return Err(pyo3::exceptions::PyEOFError::new_err("client disconnected"));
                 }
             }
+        }
+    }
+
+    /// Seconds until the body rate rule cuts the client off if no more
+    /// bytes come (`None`: not waiting for body bytes): how long `receive`
+    /// may wait for the socket before it calls `read` again.
+    fn body_wait(&self) -> Option<f64> {
+        let c = self.body_clock.as_ref()?;
+        Some(
+            c.deadline()
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64(),
+        )
+    }
+
+    /// The client sent its body too slowly (`read` raised `TimeoutError`):
+    /// answer `408 Request Timeout` if the response has not started, else
+    /// close; the app's `receive` then says `http.disconnect`.
+    fn body_timed_out(&mut self) {
+        if self.reply.is_none() {
+            return;
+        }
+        tracing::debug!("a client sent its body too slowly: 408");
+        self.broken = true;
+        if self.resp.head_sent() {
+            self.complete_with(None, false);
+        } else {
+            let page = http::response::parse_error(&http::ParseError::BodyTimeout);
+            self.complete_with(Some((408, page)), false);
         }
     }
 
