@@ -78,10 +78,10 @@ if [ -n "${RG_TEST_CARGO:-}" ] || [ "${RG_TEST_SERVER:-}" = gunicorn ]; then
 elif [ -z "${RG_BIN:-}" ]; then
     section "wheels (maturin build --release, one per supported CPython), installed into a fresh target/installed-venv"
     t0=$SECONDS
-    # Built once per source state (target/wheels/.stamp); test_packaging and
+    # Built once per source state (target/wheelhouse/.stamp); test_packaging and
     # test_docker install the same files.
     wheel="$(target/venv/bin/python tests/wheelhouse.py)"
-    ls -l target/wheels/
+    ls -l target/wheelhouse/
     rm -rf target/installed-venv
     base_python="$(target/venv/bin/python -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')"
     "$base_python" -m venv target/installed-venv

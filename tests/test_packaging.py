@@ -4,7 +4,7 @@ Everything here uses real pip, real virtualenvs (under target/packaging-tests/)
 and real Pythons (pyenv's, Debian's static /usr/bin/python3), then serves a
 real app over loopback. The expensive steps (building wheels) run once per
 source state: the wheels are the suite's one set (tests/wheelhouse.py,
-target/wheels/, which scripts/test.sh builds before pytest and installs for
+target/wheelhouse/, which scripts/test.sh builds before pytest and installs for
 the whole run), `pip install .` and the sdist are cached under
 target/packaging-tests/ with a stamp of the sources, so a second run costs
 only venvs and requests.

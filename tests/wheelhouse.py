@@ -1,7 +1,7 @@
 """rgunicorn's builds as users make them, each made once per source state.
 
 * **The wheels**: `maturin build --release -i ...`, one per supported CPython
-  (pyenv's 3.9 to 3.13, and the Python running this), into target/wheels/.
+  (pyenv's 3.9 to 3.13, and the Python running this), into target/wheelhouse/.
   Everything that installs rgunicorn the way users do takes its wheel from
   there: scripts/test.sh pip-installs the machine's Python's wheel into a
   fresh target/installed-venv and runs the integration suite against it
@@ -41,7 +41,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WHEELS = ROOT / "target" / "wheels"
+#: Not target/wheels: a PEP 517 build (`pip install .`, the sdist's `pip
+#: wheel`) in the shared target dir leaves its own linux_x86_64 wheel there.
+WHEELS = ROOT / "target" / "wheelhouse"
 WORK = ROOT / "target" / "packaging-tests"
 #: The cargo target directory every build here uses: the one `cargo build
 #: --release` (scripts/test.sh's first build) uses, so that the wheels'
@@ -146,7 +148,7 @@ def _wheels_missing(minors, source: str) -> list[str]:
 
 
 def build(minors=None, log=None) -> Path:
-    """target/wheels with a wheel for each of `minors` (default: every
+    """target/wheelhouse with a wheel for each of `minors` (default: every
     supported Python found here), the missing ones built by one maturin
     invocation."""
     log = log or sys.stderr
