@@ -417,3 +417,20 @@ def test_nginx_proxies_over_tls_with_kept_alive_upstream_connections(server, cer
         except subprocess.TimeoutExpired:
             p.kill()
     assert srv.running()
+
+
+def test_websockets_over_tls_under_asgi(server, certs):
+    """wss://: the ASGI worker's WebSockets run over the TLS pump like any
+    connection (text, a 300 KB binary message, close code both ways)."""
+    import os
+    from websockets.sync.client import connect
+    srv = start_tls(server, certs, "-k", "asgi", app="asgi_ws:app")
+    with connect(f"wss://127.0.0.1:{srv.port}/echo", ssl=client_ctx(certs), open_timeout=10) as ws:
+        ws.send("héllo")
+        assert ws.recv(timeout=5) == "héllo"
+        big = os.urandom(300_000)
+        ws.send(big)
+        assert ws.recv(timeout=10) == big
+        ws.close(code=4001, reason="bye")
+    assert ws.close_code == 4001
+    assert srv.running()
