@@ -225,6 +225,32 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.05):
         time.sleep(interval)
 
 
+def trickle_body(port: int, head: bytes, limit: float = 8) -> tuple[bytes, float]:
+    """Send ``head`` (a request whose body is still owed), then trickle the
+    body one byte per 0.3 s until the server answers and closes, or
+    ``limit`` seconds pass: (every byte the server sent, seconds it took)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(head)
+        t = time.monotonic()
+        data = b""
+        c.settimeout(0.3)
+        while time.monotonic() - t < limit:
+            try:
+                c.sendall(b"x")
+            except OSError:
+                break
+            try:
+                chunk = c.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data, time.monotonic() - t
+
+
 def raw_request(port: int, data: bytes, timeout: float = 5, host: str = "127.0.0.1") -> bytes:
     """Connect, send ``data`` as is, read until the peer closes or ``timeout``
     (overall deadline) passes; return every byte received."""

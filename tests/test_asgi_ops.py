@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import IS_GUNICORN, wait_until
+from conftest import IS_GUNICORN, trickle_body, wait_until
 from test_logging import Datagrams
 
 pytestmark = [pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn's own ASGI worker"),
@@ -112,26 +112,7 @@ def test_a_slow_streamed_upload_gets_408_and_the_app_a_disconnect(server):
     `408 Request Timeout` after `--body-timeout`, as under the WSGI
     workers, and the app sees `http.disconnect`, not a wait forever."""
     s = server("-k", "asgi", "-w", "1", "--body-timeout", "1", app=RAW)
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
-        c.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
-        t = time.monotonic()
-        data = b""
-        c.settimeout(0.3)
-        while time.monotonic() - t < 8:
-            try:
-                c.sendall(b"x")
-            except OSError:
-                break
-            try:
-                chunk = c.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        took = time.monotonic() - t
+    data, took = trickle_body(s.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
     assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
     assert b"Connection: close" in data
     assert 0.9 < took < 4, took

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import rgunicorn_only
+from conftest import rgunicorn_only, trickle_body
 
 pytestmark = rgunicorn_only
 
@@ -151,26 +151,7 @@ def test_slow_readers_keep_no_slot(server, kind, path, say):
 
 def test_slow_uploader_gets_408(server):
     s = server("-w", "1", "--body-timeout", "1", app="slow_app:app")
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
-        c.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-        t = time.monotonic()
-        data = b""
-        c.settimeout(0.3)
-        while time.monotonic() - t < 8:
-            try:
-                c.sendall(b"x")
-            except OSError:
-                break
-            try:
-                chunk = c.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        took = time.monotonic() - t
+    data, took = trickle_body(s.port, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), data
     assert b"Connection: close" in data
     assert 0.9 < took < 4, took
