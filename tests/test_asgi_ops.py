@@ -15,20 +15,12 @@ import pytest
 import requests
 
 from conftest import IS_GUNICORN, trickle_body, wait_until
-from test_logging import Datagrams
+from test_logging import Datagrams, udp  # noqa: F401 (udp: the fixture)
 
 pytestmark = [pytest.mark.skipif(IS_GUNICORN, reason="rgunicorn's own ASGI worker"),
               pytest.mark.timeout(120)]
 
 RAW = "asgi_raw:app"
-
-
-@pytest.fixture
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    yield s
-    s.close()
 
 
 def test_status_counts_asgi_requests_in_flight(server, tmp_path):
