@@ -434,3 +434,151 @@ def test_websockets_over_tls_under_asgi(server, certs):
         ws.close(code=4001, reason="bye")
     assert ws.close_code == 4001
     assert srv.running()
+
+
+def test_https_on_a_unix_socket_listener(server, certs, tmp_path):
+    """As Gunicorn, certfile applies to every listener, Unix sockets too
+    (a TLS-speaking proxy on the same host)."""
+    path = tmp_path / "rg.sock"
+    srv = server("--certfile", certs / "server.pem", "--keyfile", certs / "server.key",
+                 app=APP, bind=f"unix:{path}", wait=False)
+    ctx = client_ctx(certs)
+
+    def get(target: str) -> bytes:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(5)
+        raw.connect(str(path))
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    def ready():
+        if not srv.running():
+            pytest.fail(f"server exited early\n{srv.log()}")
+        try:
+            return get("/").startswith(b"HTTP/1.1 200")
+        except (OSError, ssl.SSLError):
+            return False
+
+    assert wait_until(ready, timeout=30), srv.log()
+    head, _, body = get("/scheme").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"https"
+    # Plain HTTP on the TLS socket is not served as HTTP.
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(5)
+    raw.connect(str(path))
+    raw.sendall(b"GET /scheme HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        assert b"https" not in raw.recv(65536)
+    except OSError:
+        pass
+    finally:
+        raw.close()
+
+
+def test_proxy_protocol_is_read_inside_tls_as_gunicorn_does(server, certs):
+    """Gunicorn wraps the accepted socket in TLS first and reads the PROXY
+    header from the decrypted stream; rgunicorn does the same (documented
+    in docs/deploy-https.md)."""
+    srv = start_tls(server, certs, "--proxy-protocol", "v1", "--proxy-allow-from", "127.0.0.1", wait=False)
+    ctx = client_ctx(certs)
+
+    def get_via_proxy() -> bytes:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 56324 443\r\n"
+                      b"GET /remote HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    def ready():
+        if not srv.running():
+            pytest.fail(f"server exited early\n{srv.log()}")
+        try:
+            return get_via_proxy().startswith(b"HTTP/1.1 200")
+        except (OSError, ssl.SSLError):
+            return False
+
+    assert wait_until(ready, timeout=30), srv.log()
+    head, _, body = get_via_proxy().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == b"192.0.2.7"
+
+
+def _request_then_ragged_eof(port: int, ctx: ssl.SSLContext) -> bytes:
+    """Send a whole request over TLS, then close the TCP write side without
+    a close_notify (a truncation as an attacker or a crashed client makes
+    it), and return whatever response arrives."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def flush():
+        if data := outgoing.read():
+            raw.sendall(data)
+
+    def pump_in() -> bool:
+        data = raw.recv(65536)
+        if not data:
+            incoming.write_eof()
+            return False
+        incoming.write(data)
+        return True
+
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                if not pump_in():
+                    return b""
+        flush()
+        tls.write(b"GET /slow?0.5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        flush()
+        raw.shutdown(socket.SHUT_WR)  # FIN with no close_notify before it
+        out = b""
+        for _ in range(10_000):
+            try:
+                data = tls.read(65536)
+            except ssl.SSLWantReadError:
+                try:
+                    if not pump_in():
+                        # The server's FIN: what is decrypted is all there is.
+                        return out
+                except OSError:
+                    return out
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return out
+            if not data:
+                return out
+            out += data
+        raise AssertionError("the response never ended")
+    finally:
+        raw.close()
+
+
+def test_suppress_ragged_eofs(server, certs, tmp_path):
+    """True (Gunicorn's default): a client that closes TCP without a
+    close_notify after a whole request still gets its answer, as with a
+    plain half-close. False: the TLS stream is taken as truncated and the
+    connection is dropped, so nothing of it reaches the client."""
+    ctx = client_ctx(certs)
+    srv = start_tls(server, certs, "-w", "1")
+    out = _request_then_ragged_eof(srv.port, ctx)
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"slow"), out
+    srv.stop()
+
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text("suppress_ragged_eofs = False\n")
+    srv = start_tls(server, certs, "-w", "1", "-c", cfg)
+    assert _request_then_ragged_eof(srv.port, ctx) == b""
+    # The worker goes on serving other clients.
+    assert https_get(srv.port, ctx, "/scheme") == (200, b"https")

@@ -1,6 +1,8 @@
 """Apps for tests/test_tls.py: what the server told the app about the
-scheme, a body echo and a large response, as WSGI (`app`) and ASGI
-(`asgi`)."""
+scheme and the client's address, a body echo, a large response and a slow
+one, as WSGI (`app`) and ASGI (`asgi`)."""
+
+import time
 
 
 def app(environ, start_response):
@@ -12,6 +14,11 @@ def app(environ, start_response):
         body = environ["wsgi.input"].read(n)
     elif path == "/big":
         body = b"x" * int(environ["QUERY_STRING"] or 0)
+    elif path == "/remote":
+        body = environ["REMOTE_ADDR"].encode()
+    elif path == "/slow":
+        time.sleep(float(environ["QUERY_STRING"] or 0.5))
+        body = b"slow"
     else:
         body = b"Hello, World!"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
