@@ -588,7 +588,23 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
-    """Factory fixture: ``server(*args, app="hello:app", env=None, cwd=APPS_DIR,
+    """Factory fixture, see ``_server_factory``."""
+    started: list[Server] = []
+    yield _server_factory(tmp_path, started)
+    stop_servers(started)
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """``server``, with servers that live for the whole module: for a test
+    file that sends many independent requests to a few configurations."""
+    started: list[Server] = []
+    yield _server_factory(tmp_path_factory.mktemp("servers"), started)
+    stop_servers(started)
+
+
+def _server_factory(tmp_path: Path, started: list):
+    """Factory: ``server(*args, app="hello:app", env=None, cwd=APPS_DIR,
     wait=True, bind=None, timeout=15, port=None, pass_fds=())`` -> Server.
 
     * args go to the server before the app (``app=None``: no app argument);
@@ -602,8 +618,6 @@ def server(tmp_path):
     Every server started is stopped at teardown (SIGTERM, then SIGKILL of the
     whole session).
     """
-    started: list[Server] = []
-
     if not SERVER_BIN.exists():
         pytest.fail(f"{SERVER_BIN} does not exist: run scripts/test.sh (or cargo build --release)")
 
@@ -645,8 +659,7 @@ def server(tmp_path):
             srv.wait_ready(timeout)
         return srv
 
-    yield start
-    stop_servers(started)
+    return start
 
 
 def stop_servers(started: list) -> None:

@@ -33,7 +33,9 @@ pub struct Limits {
     /// lowered to 32768.
     pub fields: usize,
     /// Longest header field line, in bytes, counting its CRLF (as Gunicorn
-    /// does). 0 = unlimited (but see [`UNLIMITED_LINE_CAP`]).
+    /// does). 0 (or less, in the settings) = the default, 8190, as Gunicorn
+    /// 27's parser does (its docs still say "unlimited"; its own corpus,
+    /// `invalid/limit_header_default_01`, says the default).
     pub field_size: usize,
 }
 
@@ -55,8 +57,9 @@ pub const MAX_HEADERS: usize = 32768;
 pub const UNLIMITED_LINE_CAP: usize = 64 * 1024;
 /// No head, whatever the limits, is held beyond this many bytes.
 pub const MAX_HEAD: usize = 1024 * 1024;
-/// Empty lines (CRLF) skipped before the request line (RFC 9112 §2.2).
-pub const MAX_LEADING_EMPTY_LINES: usize = 8;
+/// Empty lines (CRLF) skipped before the request line (RFC 9112 §2.2): one,
+/// as Gunicorn 27 (its corpus refuses two, `rfc9112_leading_crlf_02`).
+pub const MAX_LEADING_EMPTY_LINES: usize = 1;
 
 /// HTTP/1.x minor version of the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +145,7 @@ impl Effective {
             n => n.min(MAX_HEADERS),
         };
         let field_size = match limits.field_size {
-            0 => UNLIMITED_LINE_CAP,
+            0 => Limits::default().field_size,
             n => n,
         };
         // Gunicorn's `max_buffer_headers`: fields * (field_size + 2) + 4, plus
@@ -259,7 +262,7 @@ fn map_httparse_error(e: httparse::Error) -> ParseError {
 fn scan_head(buf: &[u8], eff: &Effective) -> Result<Option<HeadShape>, ParseError> {
     // RFC 9112 §2.2: "a server that is expecting to receive and parse a
     // request-line SHOULD ignore at least one empty line (CRLF) received prior
-    // to the request-line." We ignore a few, and no more.
+    // to the request-line." We ignore one, as Gunicorn does.
     let mut start = 0;
     let mut empty = 0;
     loop {
@@ -965,19 +968,23 @@ mod tests {
     }
 
     #[test]
-    fn unlimited_field_size_is_still_capped() {
+    fn field_size_zero_is_the_default_as_in_gunicorn_27() {
         let limits = Limits {
             field_size: 0,
             ..Limits::default()
         };
-        let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        raw.extend(std::iter::repeat_n(b'a', 20_000));
-        assert_eq!(parse_head(&raw, &limits), Ok(None));
-        raw.extend(b"\r\n\r\n");
-        assert!(parse_head(&raw, &limits).unwrap().is_some());
-        raw.truncate(raw.len() - 4);
-        raw.extend(std::iter::repeat_n(b'a', UNLIMITED_LINE_CAP));
-        assert_eq!(parse_head(&raw, &limits).unwrap_err().status(), 431);
+        let line = |n: usize| {
+            let mut raw = b"GET / HTTP/1.0\r\nX: ".to_vec();
+            raw.extend(std::iter::repeat_n(b'a', n));
+            raw.extend(b"\r\n\r\n");
+            raw
+        };
+        // "X: " + value + CRLF = 8190 bytes is the longest line taken.
+        assert!(parse_head(&line(8190 - 5), &limits).unwrap().is_some());
+        assert_eq!(
+            parse_head(&line(8190 - 4), &limits).unwrap_err().status(),
+            431
+        );
     }
 
     #[test]
@@ -1486,7 +1493,8 @@ mod tests {
             field_size: 0,
         };
         let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
-        let line = [b"X: ".as_slice(), &[b'a'; 60_000], b"\r\n"].concat();
+        // Each line within the field size (0 = the default, 8190).
+        let line = [b"X: ".as_slice(), &[b'a'; 8_000], b"\r\n"].concat();
         while raw.len() <= MAX_HEAD {
             raw.extend(&line);
         }

@@ -208,6 +208,17 @@ where
         let old = target.len();
         target.reserve(want);
         let n = read_some(s, target, &clock).await?;
+        if n == 0 {
+            return Err(match scan {
+                // The client ended its side inside a chunked body: it may
+                // still read, so say what was wrong, as Gunicorn does
+                // (`ChunkMissingTerminator`, 400).
+                Scan::Chunked(..) => Refused::Answer(ParseError::MissingChunkTerminator),
+                // Short of its Content-Length: nothing to answer, as
+                // Gunicorn does (`NoMoreData`).
+                Scan::Length(_) => Refused::Closed,
+            });
+        }
         clock.add(n);
         let used = scan.feed(&target[old..]).map_err(Refused::Answer)?;
         total += used as u64;
@@ -233,7 +244,7 @@ where
 }
 
 /// One read of at least a byte into `buf`'s spare capacity, within the
-/// clock's deadline. Tries the socket directly first: the bytes are usually
+/// clock's deadline; 0 at the end of the client's input. Tries the socket directly first: the bytes are usually
 /// there already, and tokio would first wait for a readiness event.
 async fn read_some<S>(s: &mut S, buf: &mut Vec<u8>, clock: &RateClock) -> Result<usize, Refused>
 where
@@ -246,7 +257,7 @@ where
     // and only the bytes it reports are marked initialised.
     let r = unsafe { libc::read(s.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
     match r {
-        0 => return Err(Refused::Closed),
+        0 => return Ok(0),
         n if n > 0 => {
             let n = n as usize;
             // SAFETY: read(2) initialised these n bytes (see above).
@@ -261,8 +272,8 @@ where
         }
     }
     match tokio::time::timeout_at(clock.deadline().into(), s.read_buf(buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => Err(Refused::Closed),
         Ok(Ok(n)) => Ok(n),
+        Ok(Err(_)) => Err(Refused::Closed),
         Err(_) => Err(Refused::Answer(ParseError::BodyTimeout)),
     }
 }
@@ -474,6 +485,21 @@ mod tests {
             drop(c);
             let r = preread(&policy(1 << 20, 1024), &mut s, &mut req, &mut rest).await;
             assert!(matches!(r, Err(Refused::Closed)), "{r:?}");
+        });
+    }
+
+    #[test]
+    fn chunked_body_cut_short_is_answered_400() {
+        rt().block_on(async {
+            let (mut s, c) = pair();
+            let (mut req, mut rest) =
+                request(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n");
+            drop(c);
+            let r = preread(&policy(1 << 20, 1024), &mut s, &mut req, &mut rest).await;
+            assert!(
+                matches!(r, Err(Refused::Answer(ParseError::MissingChunkTerminator))),
+                "{r:?}"
+            );
         });
     }
 }
