@@ -3,6 +3,7 @@
     target/venv/bin/python bench/callgrind.py [--bin target/release/rgunicorn] [-k sync|gthread]
     target/venv/bin/python bench/callgrind.py -k gevent
     target/venv/bin/python bench/callgrind.py -k asgi            # bench/apps/asgi_hello.py
+    target/venv/bin/python bench/callgrind.py -k gevent --app hello_sleep:app --path /sleep --n1 100 --n2 400
 
 Starts rgunicorn with one worker under `valgrind --tool=callgrind
 --trace-children=yes`, sends N1 and then N2 keep-alive hello requests (two
@@ -35,7 +36,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_instructions(binary: str, worker_class: str, requests: int, post: bool, app: str) -> int:
+def worker_instructions(binary: str, worker_class: str, requests: int, post: bool, app: str,
+                        path: str = "/") -> int:
     out = Path(tempfile.mkdtemp(prefix="rg-callgrind-"))
     port = free_port()
     cmd = [
@@ -66,9 +68,9 @@ def worker_instructions(binary: str, worker_class: str, requests: int, post: boo
         body = b"x" * 16384
         for _ in range(requests):
             if post:
-                c.request("POST", "/", body=body)
+                c.request("POST", path, body=body)
             else:
-                c.request("GET", "/")
+                c.request("GET", path)
             r = c.getresponse()
             r.read()
             assert r.status == 200, r.status
@@ -99,12 +101,14 @@ def main() -> None:
     ap.add_argument("--n2", type=int, default=1200)
     ap.add_argument("--post", action="store_true", help="16 KiB POST echo instead of GET")
     ap.add_argument("--app", help="default: hello:app, asgi_hello:app for -k asgi")
+    ap.add_argument("--path", default="/",
+                    help="e.g. /sleep with --app hello_sleep:app (-k gevent: the 50 ms sleep path)")
     a = ap.parse_args()
     app = a.app or ("asgi_hello:app" if a.k == "asgi" else "hello:app")
-    i1 = worker_instructions(a.bin, a.k, a.n1, a.post, app)
-    i2 = worker_instructions(a.bin, a.k, a.n2, a.post, app)
+    i1 = worker_instructions(a.bin, a.k, a.n1, a.post, app, a.path)
+    i2 = worker_instructions(a.bin, a.k, a.n2, a.post, app, a.path)
     per = (i2 - i1) / (a.n2 - a.n1)
-    what = "POST 16 KiB" if a.post else "hello GET"
+    what = ("POST 16 KiB" if a.post else "GET") + f" {a.path} ({app})"
     print(f"{a.bin} -k {a.k} {what}: {per:,.0f} instructions per request "
           f"(worker totals {i1:,} for {a.n1}, {i2:,} for {a.n2})")
 

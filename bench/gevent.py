@@ -67,7 +67,11 @@ def run_wrk(port: int, scenario: str, seconds: int):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
                          stdin=subprocess.DEVNULL)
     text = out.stdout + out.stderr
-    return bench.parse_wrk(text), text
+    res = bench.parse_wrk(text)
+    # The machine's 1-minute load average as the run ends: the sleep
+    # scenarios measure latency, which other work on the machine inflates.
+    res["load"] = os.getloadavg()[0]
+    return res, text
 
 
 def main() -> int:
@@ -101,23 +105,39 @@ def main() -> int:
         f"Each server: 2 workers, bench/apps/hello_sleep.py, 127.0.0.1. wrk -t{bench.THREADS} "
         f"-d{bench.SECONDS}s --latency after a {bench.WARMUP}s warm-up, c={bench.CONNECTIONS} "
         f"unless the scenario says. CPU = user+sys of the server's whole process tree per "
-        f"request served. Ratios are relative to {BASELINE}.",
+        f"request served. Ratios are relative to {BASELINE}. load = the machine's 1-minute "
+        f"load average at the end of the run (2 cores: above 2, the servers wait for a CPU; "
+        f"the latency-bound sleep scenarios suffer most).",
         "",
-        "| scenario | server | req/s | × | p99 ms | × | CPU µs/req | × | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | server | req/s | × | p99 ms | × | CPU µs/req | × | errors | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for sc in scenarios:
         b = base.get(sc, {})
         for name, res in results.items():
             r = res.get(sc)
             if r is None:
-                lines.append(f"| {sc} | {name} | {res.get('_status', 'no result')} | | | | | | |")
+                lines.append(f"| {sc} | {name} | {res.get('_status', 'no result')} | | | | | | | |")
                 continue
             lines.append(
                 f"| {sc} | {name} | {bench.fmt(r['rps'], ',.0f')} | {bench.ratio(r['rps'], b.get('rps'))} "
                 f"| {bench.fmt(r['p99_ms'], '.2f')} | {bench.ratio(r['p99_ms'], b.get('p99_ms'))} "
                 f"| {bench.fmt(r['cpu_us'], '.1f')} | {bench.ratio(r['cpu_us'], b.get('cpu_us'))} "
-                f"| {r['errors']} |")
+                f"| {r['errors']} | {r['load']:.1f} |")
+    ours = results.get("rgunicorn gevent", {})
+    targets = []
+    for sc, what, goal in (("hello keep-alive", "× gunicorn gevent", "≥ 5×"),
+                           ("sleep 50 ms c=200", "% of the ideal 4,000 req/s", "≥ 90%"),
+                           ("sleep 50 ms c=1000", "× gunicorn gevent", "≥ 2×")):
+        r, b = ours.get(sc), base.get(sc)
+        if not r or not r.get("rps"):
+            continue
+        if what.startswith("%"):
+            targets.append(f"- {sc}: {100 * r['rps'] / 4000:.1f}{what} (target {goal})")
+        elif b and b.get("rps"):
+            targets.append(f"- {sc}: {r['rps'] / b['rps']:.2f}{what} (target {goal})")
+    if targets:
+        lines += ["", "Issue 13's targets for rgunicorn gevent:", *targets]
     table = "\n".join(lines) + "\n"
     print()
     print(table)

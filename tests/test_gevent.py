@@ -153,24 +153,91 @@ def test_gevent_spawn_and_the_patched_stdlib_in_a_request(server):
     assert srv.stop() == 0
 
 
-def test_each_request_starts_in_a_fresh_context_on_a_pooled_greenlet(server):
-    # The worker serves requests on a pool of greenlets (no greenlet made
-    # per request): a contextvar set by one request is never seen by the
-    # next one served on the same greenlet, nor by concurrent ones.
+def test_each_request_starts_in_a_fresh_context(server):
+    # A contextvar set by one request is never seen by the next one, nor by
+    # concurrent ones.
     srv = gserver(server, "-w", "1")
-    greenlets = set()
     with requests.Session() as s:
         for i in range(5):
-            before, now, g = ast.literal_eval(s.get(srv.url + f"/context?seq{i}", timeout=10).text)
+            before, now, _ = ast.literal_eval(s.get(srv.url + f"/context?seq{i}", timeout=10).text)
             # (Gunicorn runs a connection's requests in one greenlet and one
             # context: there the value carries over on a keep-alive connection.)
             assert (before, now) == (None, f"seq{i}") or (IS_GUNICORN and i > 0)
-            greenlets.add(g)
-    assert len(greenlets) == 1, "one client, one request at a time: one greenlet reused"
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         got = list(pool.map(lambda i: ast.literal_eval(
             requests.get(srv.url + f"/context?c{i}", timeout=10).text), range(60)))
     assert [(b, n) for b, n, _ in got] == [(None, f"c{i}") for i in range(60)]
+    assert srv.stop() == 0
+
+
+def test_a_thread_local_set_by_one_request_is_not_seen_by_the_next(server):
+    # Gunicorn's gevent worker serves each connection in a new greenlet, so
+    # a threading.local (a greenlet-local once patched) that an app or a
+    # library leaves set is gone for the next client. rgunicorn runs each
+    # request in a new greenlet: the same, one request after another on
+    # one worker.
+    srv = gserver(server, "-w", "1")
+    for i in range(5):
+        # (requests.get: a new connection each time.)
+        before, now = ast.literal_eval(requests.get(srv.url + f"/local?v{i}", timeout=10).text)
+        assert (before, now) == (None, f"v{i}")
+    # On one keep-alive connection Gunicorn keeps the connection's greenlet
+    # and the value carries over; rgunicorn starts every request afresh.
+    with requests.Session() as s:
+        for i in range(3):
+            before, now = ast.literal_eval(s.get(srv.url + f"/local?k{i}", timeout=10).text)
+            assert (before, now) == (None, f"k{i}") or (IS_GUNICORN and before == f"k{i - 1}")
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        got = list(pool.map(lambda i: ast.literal_eval(
+            requests.get(srv.url + f"/local?c{i}", timeout=10).text), range(60)))
+    assert got == [(None, f"c{i}") for i in range(60)]
+    assert srv.stop() == 0
+
+
+def test_a_requests_greenlet_is_a_full_gevent_citizen(server):
+    srv = gserver(server, "-w", "1")
+    env = ast.literal_eval(srv.get("/citizen").text)
+    assert env == {"ident_is_current": True, "local": "mine", "child": [(True, None)],
+                   "timed_out": True, "thread_name": True}
+    # A greenlet the request spawned lives on after the response.
+    assert srv.get("/spawn-later?a").text == "spawned"
+    assert wait_until(lambda: srv.get("/later").text == "['a']", timeout=10)
+    # What an app raises or has thrown at its greenlet is the app's error
+    # (a 500), never the hub's: the worker serves on. (Gunicorn answers the
+    # Timeout with a 500 too; a GreenletExit ends its connection's greenlet,
+    # which closes the connection without a response.)
+    pid = srv.worker_pids()[0]
+    for how in ("timeout", "exit", "kill"):
+        try:
+            assert srv.get(f"/raise?{how}").status_code == 500, how
+        except requests.ConnectionError:
+            assert IS_GUNICORN and how != "timeout", how
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        got = list(pool.map(lambda i: requests.get(srv.url + "/sleep?0.05", timeout=10).text,
+                            range(40)))
+    assert got == ["slept"] * 40
+    assert srv.worker_pids() == [pid]
+    assert srv.stop() == 0
+
+
+def test_a_timer_a_request_left_running_never_hits_a_later_request(server):
+    # An app that starts a gevent.Timeout and never cancels it: when it
+    # fires, the greenlet it was aimed at is gone (gevent logs the error in
+    # the hub), and the requests running then are not touched.
+    srv = gserver(server, "-w", "1")
+    pid = srv.worker_pids()[0]
+    assert requests.get(srv.url + "/leak-timeout?0.2", timeout=10).text == "leaked"
+    r = requests.get(srv.url + "/sleep?0.5", timeout=10)
+    assert (r.status_code, r.text) == (200, "slept")
+    if not IS_GUNICORN:
+        # Not even on the same keep-alive connection (under Gunicorn that is
+        # the same greenlet, and the timer would interrupt the sleep).
+        with requests.Session() as s:
+            assert s.get(srv.url + "/leak-timeout?0.2", timeout=10).text == "leaked"
+            r = s.get(srv.url + "/sleep?0.5", timeout=10)
+            assert (r.status_code, r.text) == (200, "slept")
+    assert srv.worker_pids() == [pid]
+    assert srv.get("/").text == "hello"
     assert srv.stop() == 0
 
 

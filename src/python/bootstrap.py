@@ -252,42 +252,40 @@ def gevent_wait():
 
 def gevent_serve(hub_obj):
     """Run the hub on the main thread until the worker stops, serving the
-    requests the I/O thread hands over (a batch per wake-up) in a pool of
-    greenlets.
+    requests the I/O thread hands over (a batch per wake-up), each in a
+    greenlet of its own, as Gunicorn's gevent worker does (there, one per
+    connection): a request starts with no greenlet-locals (gevent.local,
+    and threading.local once patched) and in an empty contextvars context,
+    and a timer or a kill aimed at a request's greenlet after the request
+    ended finds it dead instead of hitting the next request.
 
-    A greenlet that finished a request takes the next one queued, or parks
-    until the hub's watcher switches straight back into it with a new one:
-    no greenlet (and no fresh Python frame stack: an mmap and a munmap each)
-    is made per request, and no extra callback turn of the hub is spent
-    starting one. New greenlets are spawned only when every one is busy.
-    The outcomes go back to the I/O thread once per turn of the hub.
-    Each request starts in an empty contextvars context, as a new greenlet
-    would; greenlet-locals live on, as thread-locals do in a thread pool."""
+    The greenlet is a raw `greenlet` whose parent is the hub, made and
+    switched into from the hand-off's watcher: none of `gevent.spawn`'s
+    Greenlet object, links and extra turn of the hub. Its Python frame
+    stack comes from a cache of freed ones (`frame_stacks` in gevent.rs),
+    not from an mmap and a munmap per request. The outcomes go back to the
+    I/O thread once per turn of the hub."""
     import gevent
     from gevent import getcurrent
     from gevent.event import Event
+    from greenlet import greenlet
 
     hub = gevent.get_hub()
     done = Event()
     watcher = hub.loop.io(hub_obj.fd(), 1)
-    drain, run_one, spawn, park = hub_obj.drain, hub_obj.run_one, gevent.spawn, hub.switch
+    drain, run_one = hub_obj.drain, hub_obj.run_one
     flush, later = hub_obj.flush, hub.loop.run_callback
-    idle = []
 
     def serve():
-        me = getcurrent()
-        while True:
-            me.gr_context = None
-            served = run_one()
-            while served:
-                if served == 2:
-                    # Outcomes go back to the I/O thread together, once
-                    # this turn of the hub is over.
-                    later(flush)
-                me.gr_context = None
-                served = run_one()
-            idle.append(me)
-            park()
+        try:
+            if run_one() == 2:
+                # Outcomes go back to the I/O thread together, once this
+                # turn of the hub is over.
+                later(flush)
+        except BaseException:
+            # run_one answers every error itself; nothing may reach the
+            # hub, which would stop serving the rest of the batch.
+            hub.print_exception(getcurrent(), *sys.exc_info())
 
     def ready():
         n = drain()
@@ -297,12 +295,7 @@ def gevent_serve(hub_obj):
             return
         while n > 0:
             n -= 1
-            if idle:
-                g = idle.pop()
-                if not g.dead:
-                    g.switch()
-                    continue
-            spawn(serve)
+            greenlet(serve, hub).switch()
 
     watcher.start(ready)
     try:

@@ -4,10 +4,12 @@
 //!
 //! - Requests cross to the hub through a [`handoff`] queue: the I/O thread
 //!   pushes each parsed request, and the hub's watcher on the hand-off's
-//!   descriptor takes the whole batch per wake-up and switches into one
-//!   greenlet of a pool per request (`gevent_serve` in `bootstrap.py`;
-//!   a greenlet is spawned only when all are busy). Outcomes go back
-//!   through tokio oneshots.
+//!   descriptor takes the whole batch per wake-up and switches into a new
+//!   greenlet per request (`gevent_serve` in `bootstrap.py`: a raw
+//!   greenlet whose parent is the hub, so a request never sees another's
+//!   greenlet-locals, as under Gunicorn). Its Python frame stack comes
+//!   from [`frame_stacks`], not from an mmap per request. Outcomes go
+//!   back through tokio oneshots, those of a hub turn together.
 //! - A greenlet's body reads and response writes use the connection's
 //!   descriptor directly, as the other classes do, but wait with
 //!   `gevent.socket.wait_read`/`wait_write` (`wsgi::fdio::set_cooperative`),
@@ -111,6 +113,7 @@ impl Class for Gevent {
 
     fn main_loop(&self) -> Result<(), i32> {
         Python::attach(|py| {
+            frame_stacks::install(py, self.slots);
             let hub = Hub {
                 rx: self.rx.clone(),
                 bridge: self.bridge.clone(),
@@ -168,10 +171,10 @@ impl Hub {
         }
     }
 
-    /// Serve the next request taken, in the calling greenlet: 0 when none
-    /// is left (the greenlet then parks), 1 when one was served, 2 when one
-    /// was served and its outcome is the first held back: schedule `flush`
-    /// at the end of the hub's turn.
+    /// Serve the next request taken, in the calling greenlet (one made for
+    /// it): 0 when none is left, 1 when one was served, 2 when one was
+    /// served and its outcome is the first held back: schedule `flush` at
+    /// the end of the hub's turn.
     fn run_one(&self, py: Python<'_>) -> u8 {
         let job = self
             .batch
@@ -202,5 +205,104 @@ impl Hub {
     /// Send the outcomes held back (see `run_one`).
     fn flush(&self) {
         REPLIES.flush();
+    }
+}
+
+/// Python's frame stacks, recycled from one greenlet to the next.
+///
+/// Since Python 3.11 every greenlet, like every thread, has a frame stack
+/// of its own: a 16 KiB chunk taken from the object arena allocator on
+/// the greenlet's first call (an `mmap`, and a page fault when first
+/// touched) and given back when it ends (a `munmap`). With a greenlet per
+/// request that would be two system calls and a page fault per request;
+/// this cache keeps up to `worker_connections` freed chunks (as many as
+/// there can be greenlets running requests) and hands them out again.
+/// Every chunk still comes from Python's own allocator and goes back to
+/// it, so the memory the cache never holds (obmalloc's arenas, bigger
+/// chunks) is untouched, and the cache may start after Python allocated
+/// chunks of its own.
+mod frame_stacks {
+    use pyo3::ffi;
+    use std::ffi::c_void;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// Python's `_PY_DATA_STACK_CHUNK_SIZE` (3.11 to 3.14).
+    const CHUNK: usize = 16 * 1024;
+
+    type Alloc = extern "C" fn(*mut c_void, usize) -> *mut c_void;
+    type Free = extern "C" fn(*mut c_void, *mut c_void, usize);
+
+    struct Cache {
+        /// Python's allocator (its context as an address).
+        ctx: usize,
+        alloc: Alloc,
+        free: Free,
+        /// Chunks given back, as addresses; never more than its capacity.
+        idle: Vec<usize>,
+    }
+
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+
+    fn cache() -> MutexGuard<'static, Option<Cache>> {
+        CACHE.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    extern "C" fn alloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+        let mut c = cache();
+        let Some(c) = c.as_mut() else {
+            return std::ptr::null_mut();
+        };
+        if size == CHUNK {
+            if let Some(p) = c.idle.pop() {
+                return p as *mut c_void;
+            }
+        }
+        (c.alloc)(c.ctx as *mut c_void, size)
+    }
+
+    extern "C" fn free(_ctx: *mut c_void, ptr: *mut c_void, size: usize) {
+        let mut c = cache();
+        let Some(c) = c.as_mut() else { return };
+        if size == CHUNK && c.idle.len() < c.idle.capacity() {
+            c.idle.push(ptr as usize);
+            return;
+        }
+        (c.free)(c.ctx as *mut c_void, ptr, size);
+    }
+
+    /// Put the cache in front of Python's arena allocator, keeping up to
+    /// `max` idle chunks. Call with the GIL held (Python allocates from
+    /// arenas only with it), once.
+    pub(super) fn install(_py: pyo3::Python<'_>, max: usize) {
+        let mut c = cache();
+        if c.is_some() {
+            return;
+        }
+        let mut orig = ffi::PyObjectArenaAllocator {
+            ctx: std::ptr::null_mut(),
+            alloc: None,
+            free: None,
+        };
+        // SAFETY: fills in the struct; the GIL is held.
+        unsafe { ffi::PyObject_GetArenaAllocator(&mut orig) };
+        let (Some(a), Some(f)) = (orig.alloc, orig.free) else {
+            return;
+        };
+        *c = Some(Cache {
+            ctx: orig.ctx as usize,
+            alloc: a,
+            free: f,
+            idle: Vec::with_capacity(max),
+        });
+        drop(c);
+        let mut ours = ffi::PyObjectArenaAllocator {
+            ctx: std::ptr::null_mut(),
+            alloc: Some(alloc),
+            free: Some(free),
+        };
+        // SAFETY: Python copies the struct; the GIL is held, so no arena
+        // allocation runs meanwhile. Ours hands every chunk it did not
+        // allocate itself to `orig`, which allocated it.
+        unsafe { ffi::PyObject_SetArenaAllocator(&mut ours) };
     }
 }

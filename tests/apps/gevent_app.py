@@ -1,6 +1,7 @@
 """The app the gevent worker tests use (tests/test_gevent.py): cooperative
-sleeps, outbound HTTP with requests, gevent.spawn, a hub-blocking CPU loop,
-streamed bodies both ways, and a Flask-Sock echo route (/ws)."""
+sleeps, outbound HTTP with requests, gevent.spawn, greenlet-locals,
+timeouts and kills, a hub-blocking CPU loop, streamed bodies both ways, and
+a Flask-Sock echo route (/ws)."""
 
 import contextvars
 import hashlib
@@ -12,6 +13,7 @@ import time
 
 import gevent
 import gevent.monkey
+from gevent.local import local as greenlet_local
 import requests
 from flask import Flask
 from flask_sock import Sock
@@ -22,6 +24,10 @@ SLEEP_AT_IMPORT = time.sleep.__module__
 
 # Set by /context: a request must never see another request's value.
 REQUEST_VAR = contextvars.ContextVar("request_var", default=None)
+# Set by /local: a greenlet-local once threading is patched.
+LOCAL = threading.local()
+# Appended to by the greenlets /spawn-later leaves running.
+LATER = []
 
 flask_app = Flask(__name__)
 sock = Sock(flask_app)
@@ -70,6 +76,54 @@ def app(environ, start_response):
         REQUEST_VAR.set(q)
         gevent.sleep(0.01)
         body = repr((before, REQUEST_VAR.get(), id(gevent.getcurrent()))).encode()
+    elif path == "/local":
+        before = getattr(LOCAL, "value", None)
+        LOCAL.value = q
+        gevent.sleep(0.01)
+        body = repr((before, LOCAL.value)).encode()
+    elif path == "/citizen":
+        me = gevent.getcurrent()
+        loc = greenlet_local()
+        loc.x = "mine"
+        seen = []
+
+        def child():
+            seen.append((gevent.getcurrent() is not me, getattr(loc, "x", None)))
+        gevent.spawn(child).join(5)
+        try:
+            with gevent.Timeout(0.05):
+                gevent.sleep(5)
+            timed_out = False
+        except gevent.Timeout:
+            timed_out = True
+        body = repr({
+            "ident_is_current": threading.get_ident() == id(me),
+            "local": loc.x,
+            "child": seen,
+            "timed_out": timed_out,
+            "thread_name": bool(threading.current_thread().name),
+        }).encode()
+    elif path == "/leak-timeout":
+        # Started and never cancelled: fires after the request has ended.
+        gevent.Timeout(float(q)).start()
+        body = b"leaked"
+    elif path == "/spawn-later":
+        def later():
+            gevent.sleep(0.2)
+            LATER.append(q)
+        gevent.spawn(later)
+        body = b"spawned"
+    elif path == "/later":
+        body = repr(LATER).encode()
+    elif path == "/raise":
+        if q == "timeout":
+            raise gevent.Timeout()
+        if q == "exit":
+            raise gevent.GreenletExit()
+        # Killed by gevent (GreenletExit thrown in at the next switch).
+        gevent.kill(gevent.getcurrent())
+        gevent.sleep(0.1)
+        body = b"not killed"
     elif path == "/spin":
         spin_forever_cpu()
     elif path == "/environ":
