@@ -4,9 +4,10 @@ Runs on the worker's main thread. HTTP parsing, keep-alive and limits stay
 in Rust (src/worker/conn.rs on the I/O thread); requests arrive in batches
 through `Server.take()` when the wake-up fd is readable, each as a Rust
 `Conn` (the socket, the body still to read, the response writer) and its
-scope. `receive` and `send` call into the `Conn`, which reads and writes the
-socket without blocking; only when the socket would block does a task wait
-for it, with the loop's own add_reader/add_writer.
+scope. `receive` (a `Cycle` here) and `send` (the `Conn`'s own method) read
+and write the socket without blocking; only when the socket would block does
+a task wait for it, with the loop's own add_reader/add_writer
+(`Cycle._readable`, `_send_wait`).
 
 A WebSocket handshake arrives as a Rust `WsConn` instead (scope type
 `websocket`): tungstenite's frames on the same descriptor, a `WsCycle` here
@@ -154,42 +155,50 @@ def _log(level, msg):
     rg_log(level, msg)  # noqa: F821 (added by asgi.rs)
 
 
+# The name of every request's task: a name given costs nothing, where
+# asyncio formats "Task-<n>" for each task it names itself.
+_TASK_NAME = "rgunicorn-asgi-request"
+
+
 class Cycle:
     """One request: the app's receive and send."""
 
-    __slots__ = ("conn", "fd", "loop", "reading", "done_fut", "body_read", "task", "grace")
+    __slots__ = ("conn", "body_read", "task", "cancel")
 
-    def __init__(self, conn, loop, grace):
+    # Set once by the driver (the same for every request).
+    loop = None
+    grace = 0.0
+
+    def __init__(self, conn):
         self.conn = conn
-        self.fd = conn.fd
-        self.loop = loop
-        self.reading = None
-        self.done_fut = None
         self.body_read = False
-        self.task = None
-        self.grace = grace
+        # The request's task; `cancel` (the same task) is cleared once the
+        # grace period after a disconnect is scheduled.
+        self.task = self.cancel = None
 
     def _gone(self):
         """The client went away before the response was complete: the app
         gets `asgi_disconnect_grace_period` seconds, then is cancelled."""
-        if self.task is not None and not self.conn.done:
-            task, self.task = self.task, None
+        if self.cancel is not None and not self.conn.done:
+            task, self.cancel = self.cancel, None
             self.loop.call_later(self.grace, task.cancel)
         return _DISCONNECT
 
     async def _readable(self, timeout=None):
+        conn = self.conn
         fut = self.loop.create_future()
-        self.reading = fut
-        self.loop.add_reader(self.fd, _wake, fut)
+        conn.reading = fut
+        fd = conn.fd
+        self.loop.add_reader(fd, _wake, fut)
         timer = None if timeout is None else self.loop.call_later(timeout, _wake, fut)
         try:
             await fut
         finally:
             if timer is not None:
                 timer.cancel()
-            if self.reading is fut:
-                self.reading = None
-                self.loop.remove_reader(self.fd)
+            if conn.reading is fut:
+                conn.reading = None
+                self.loop.remove_reader(fd)
 
     async def receive(self):
         conn = self.conn
@@ -227,51 +236,42 @@ class Cycle:
             else:
                 # A pipelined request is there: not a disconnect; wait for
                 # the response to end.
-                if self.done_fut is None:
-                    self.done_fut = self.loop.create_future()
-                await self.done_fut
+                fut = conn.done_fut
+                if fut is None:
+                    fut = conn.done_fut = self.loop.create_future()
+                await fut
         return _DISCONNECT
 
-    async def _writable(self):
-        fut = self.loop.create_future()
-        self.loop.add_writer(self.fd, _wake, fut)
+
+
+# The app's `send` is `Conn.send` (Rust): it reads the message and writes the
+# response, and gives back a ready awaitable, or, when the socket cannot take
+# the bytes yet, this coroutine, which waits until it has (backpressure).
+async def _send_wait(conn):
+    loop = _loop
+    fd = conn.fd
+    r = 1
+    while r == 1:
+        fut = loop.create_future()
+        loop.add_writer(fd, _wake, fut)
         try:
             await fut
         finally:
-            self.loop.remove_writer(self.fd)
+            loop.remove_writer(fd)
+        r = conn.flush()
+    if r == 2:
+        conn.finish(False)
 
-    async def send(self, message):
-        conn = self.conn
-        t = message["type"]
-        if t == "http.response.body":
-            r = conn.body(message.get("body", b""), message.get("more_body", False))
-        elif t == "http.response.start":
-            conn.start(message["status"], message.get("headers", ()))
-            return
-        elif t == "http.response.pathsend":
-            r = conn.pathsend(message["path"])
-        else:
-            raise RuntimeError("Unexpected ASGI message '%s' sent." % t)
-        while r == 1:
-            await self._writable()
-            r = conn.flush()
-        if r == 2:
-            self.finish(False)
 
-    def finish(self, error):
-        """Hand the connection back to the I/O thread (once)."""
-        if self.conn.done:
-            return
-        if self.reading is not None:
-            fut, self.reading = self.reading, None
-            self.loop.remove_reader(self.fd)
-            _wake(fut)
-        if self.done_fut is not None:
-            _wake(self.done_fut)
-        # The answer to the I/O thread waits for the end of this loop turn,
-        # with every other one completed in it: one wake-up for them all.
-        if self.conn.complete_batched(error):
-            self.loop.call_soon(flush_replies)  # noqa: F821 (added by asgi.rs)
+def _wake_receive(conn):
+    """The request is over (`Conn.finish`): wake a receive() that waits on it."""
+    fut = conn.reading
+    if fut is not None:
+        conn.reading = None
+        _loop.remove_reader(conn.fd)
+        _wake(fut)
+    if conn.done_fut is not None:
+        _wake(conn.done_fut)
 
 
 # Stop reading frames while this many messages wait for the app's receive().
@@ -604,6 +604,8 @@ class Driver:
             self.app = _asgi2(self.app)
         self.loop = _loop = new_loop(self.opts.get("asgi_loop"))
         asyncio.set_event_loop(self.loop)
+        Cycle.loop = self.loop
+        Cycle.grace = self.grace
         mode = (self.opts.get("asgi_lifespan") or "auto").lower()
         if mode not in ("auto", "on", "off"):
             raise AppKindError("asgi_lifespan must be auto, on or off, not %r" % mode)
@@ -619,6 +621,7 @@ class Driver:
         loop = self.loop
         self.stopped = loop.create_future()
         self.server.set_callbacks(self._websocket, self._draining)
+        set_hooks(_send_wait, _wake_receive, loop.call_soon)  # noqa: F821 (added by asgi.rs)
         loop.add_reader(self.server.wakeup_fd(), self._take)
         try:
             loop.run_until_complete(self.stopped)
@@ -645,15 +648,22 @@ class Driver:
             return
         loop = self.loop
         app = self.app
-        tasks = self.tasks
-        grace = self.grace
         run = self._run
-        discard = tasks.discard
-        for conn, scope in batch:
-            cycle = Cycle(conn, loop, grace)
-            t = cycle.task = loop.create_task(run(app, cycle, scope))
-            tasks.add(t)
-            t.add_done_callback(discard)
+        add = self.tasks.add
+        if loop.get_task_factory() is None:
+            # What create_task does, without uvloop naming the task after
+            # asyncio has formatted a name for it.
+            Task = asyncio.Task
+            for conn, scope in batch:
+                cycle = Cycle(conn)
+                t = cycle.task = cycle.cancel = Task(
+                    run(app, cycle, scope), loop=loop, name=_TASK_NAME)
+                add(t)
+        else:
+            for conn, scope in batch:
+                cycle = Cycle(conn)
+                t = cycle.task = cycle.cancel = loop.create_task(run(app, cycle, scope))
+                add(t)
 
     def _websocket(self, conn, scope):
         """A WebSocket handshake (called by `Server.take`, so the HTTP batch
@@ -697,21 +707,24 @@ class Driver:
         except asyncio.CancelledError:
             cycle._finish(True)
 
-    @staticmethod
-    async def _run(app, cycle, scope):
+    async def _run(self, app, cycle, scope):
         try:
-            await app(scope, cycle.receive, cycle.send)
+            await app(scope, cycle.receive, cycle.conn.send)
         except asyncio.CancelledError:
             # Cancelled after the client went away (the grace period), or at
             # exit: nothing to report.
-            cycle.finish(True)
+            cycle.conn.finish(True)
         except BaseException as e:
             _rg_exception("Exception in ASGI application\n" + traceback.format_exc())
-            cycle.finish(True)
+            cycle.conn.finish(True)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
         else:
-            cycle.finish(False)
+            cycle.conn.finish(False)
+        finally:
+            # Instead of a done callback (one more loop callback per
+            # request): the task has nothing left to run.
+            self.tasks.discard(cycle.task)
 
 
 def task_stacks():
