@@ -4,10 +4,10 @@ Runs on the worker's main thread. HTTP parsing, keep-alive and limits stay
 in Rust (src/worker/conn.rs on the I/O thread); requests arrive in batches
 through `Server.take()` when the wake-up fd is readable, each as a Rust
 `Conn` (the socket, the body still to read, the response writer) and its
-scope. `receive` (a `Cycle` here) and `send` (the `Conn`'s own method) read
-and write the socket without blocking; only when the socket would block does
-a task wait for it, with the loop's own add_reader/add_writer
-(`Cycle._readable`, `_send_wait`).
+scope. The app's `receive` and `send` are the `Conn`'s own methods: they read
+and write the socket without blocking and give back a ready awaitable; only
+when the socket would block does a task wait for it, with the loop's own
+add_reader/add_writer (the `_receive` and `_send_wait` coroutines here).
 
 A WebSocket handshake arrives as a Rust `WsConn` instead (scope type
 `websocket`): tungstenite's frames on the same descriptor, a `WsCycle` here
@@ -160,88 +160,80 @@ def _log(level, msg):
 _TASK_NAME = "rgunicorn-asgi-request"
 
 
-class Cycle:
-    """One request: the app's receive and send."""
+# Set once by the driver: `asgi_disconnect_grace_period`.
+_grace = 0.0
 
-    __slots__ = ("conn", "body_read", "task", "cancel")
 
-    # Set once by the driver (the same for every request).
-    loop = None
-    grace = 0.0
+def _gone(conn):
+    """The client went away before the response was complete: the app gets
+    `asgi_disconnect_grace_period` seconds, then is cancelled."""
+    task = conn.cancel
+    if task is not None and not conn.done:
+        conn.cancel = None
+        _loop.call_later(_grace, task.cancel)
+    return _DISCONNECT
 
-    def __init__(self, conn):
-        self.conn = conn
-        self.body_read = False
-        # The request's task; `cancel` (the same task) is cleared once the
-        # grace period after a disconnect is scheduled.
-        self.task = self.cancel = None
 
-    def _gone(self):
-        """The client went away before the response was complete: the app
-        gets `asgi_disconnect_grace_period` seconds, then is cancelled."""
-        if self.cancel is not None and not self.conn.done:
-            task, self.cancel = self.cancel, None
-            self.loop.call_later(self.grace, task.cancel)
+async def _readable(conn, timeout=None):
+    loop = _loop
+    fut = loop.create_future()
+    conn.reading = fut
+    fd = conn.fd
+    loop.add_reader(fd, _wake, fut)
+    timer = None if timeout is None else loop.call_later(timeout, _wake, fut)
+    try:
+        await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if conn.reading is fut:
+            conn.reading = None
+            loop.remove_reader(fd)
+
+
+# The app's `receive` is `Conn.receive` (Rust): body bytes already buffered
+# (all of a small body, pre-read by the I/O thread) come back as a ready
+# awaitable; anything that may wait for the socket is this coroutine.
+async def _receive(conn):
+    if conn.done:
         return _DISCONNECT
-
-    async def _readable(self, timeout=None):
-        conn = self.conn
-        fut = self.loop.create_future()
-        conn.reading = fut
-        fd = conn.fd
-        self.loop.add_reader(fd, _wake, fut)
-        timer = None if timeout is None else self.loop.call_later(timeout, _wake, fut)
-        try:
+    if not conn.body_read:
+        while True:
+            try:
+                r = conn.read()
+            except EOFError:
+                return _gone(conn)
+            except TimeoutError:
+                # Too slow for the body rate rule: the server answers 408
+                # (or closes) and the app sees a disconnect.
+                conn.body_timed_out()
+                conn.body_read = True
+                return _DISCONNECT
+            if r is not None:
+                if not r[1]:
+                    conn.body_read = True
+                return {"type": "http.request", "body": r[0], "more_body": r[1]}
+            # Woken by the socket, or when the rate rule's deadline comes
+            # (read then raises TimeoutError).
+            await _readable(conn, conn.body_wait())
+            if conn.done:
+                return _DISCONNECT
+    # The body is read: wait for the client to go away (or the response to
+    # complete).
+    while not conn.done:
+        closed = conn.peek_closed()
+        if closed:
+            return _gone(conn)
+        if closed is None:
+            await _readable(conn)
+        else:
+            # A pipelined request is there: not a disconnect; wait for the
+            # response to end.
+            fut = conn.done_fut
+            if fut is None:
+                fut = conn.done_fut = _loop.create_future()
             await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if conn.reading is fut:
-                conn.reading = None
-                self.loop.remove_reader(fd)
-
-    async def receive(self):
-        conn = self.conn
-        if conn.done:
-            return _DISCONNECT
-        if not self.body_read:
-            while True:
-                try:
-                    r = conn.read()
-                except EOFError:
-                    return self._gone()
-                except TimeoutError:
-                    # Too slow for the body rate rule: the server answers
-                    # 408 (or closes) and the app sees a disconnect.
-                    conn.body_timed_out()
-                    self.body_read = True
-                    return _DISCONNECT
-                if r is not None:
-                    if not r[1]:
-                        self.body_read = True
-                    return {"type": "http.request", "body": r[0], "more_body": r[1]}
-                # Woken by the socket, or when the rate rule's deadline
-                # comes (read then raises TimeoutError).
-                await self._readable(conn.body_wait())
-                if conn.done:
-                    return _DISCONNECT
-        # The body is read: wait for the client to go away (or the response
-        # to complete).
-        while not conn.done:
-            closed = conn.peek_closed()
-            if closed:
-                return self._gone()
-            if closed is None:
-                await self._readable()
-            else:
-                # A pipelined request is there: not a disconnect; wait for
-                # the response to end.
-                fut = conn.done_fut
-                if fut is None:
-                    fut = conn.done_fut = self.loop.create_future()
-                await fut
-        return _DISCONNECT
-
+    return _DISCONNECT
 
 
 # The app's `send` is `Conn.send` (Rust): it reads the message and writes the
@@ -593,7 +585,7 @@ class Driver:
     def boot(self):
         """Check the app's kind, make the loop and run the lifespan startup.
         Raises on a failure (the worker does not boot)."""
-        global _loop
+        global _loop, _grace
         kind = self.opts.get("app_kind")
         if kind == "wsgi":
             raise AppKindError(
@@ -604,8 +596,7 @@ class Driver:
             self.app = _asgi2(self.app)
         self.loop = _loop = new_loop(self.opts.get("asgi_loop"))
         asyncio.set_event_loop(self.loop)
-        Cycle.loop = self.loop
-        Cycle.grace = self.grace
+        _grace = self.grace
         mode = (self.opts.get("asgi_lifespan") or "auto").lower()
         if mode not in ("auto", "on", "off"):
             raise AppKindError("asgi_lifespan must be auto, on or off, not %r" % mode)
@@ -621,7 +612,7 @@ class Driver:
         loop = self.loop
         self.stopped = loop.create_future()
         self.server.set_callbacks(self._websocket, self._draining)
-        set_hooks(_send_wait, _wake_receive, loop.call_soon)  # noqa: F821 (added by asgi.rs)
+        set_hooks(_send_wait, _wake_receive, _receive, _DISCONNECT, loop.call_soon)  # noqa: F821 (added by asgi.rs)
         loop.add_reader(self.server.wakeup_fd(), self._take)
         try:
             loop.run_until_complete(self.stopped)
@@ -655,14 +646,11 @@ class Driver:
             # asyncio has formatted a name for it.
             Task = asyncio.Task
             for conn, scope in batch:
-                cycle = Cycle(conn)
-                t = cycle.task = cycle.cancel = Task(
-                    run(app, cycle, scope), loop=loop, name=_TASK_NAME)
+                t = conn.task = Task(run(app, conn, scope), loop=loop, name=_TASK_NAME)
                 add(t)
         else:
             for conn, scope in batch:
-                cycle = Cycle(conn)
-                t = cycle.task = cycle.cancel = loop.create_task(run(app, cycle, scope))
+                t = conn.task = loop.create_task(run(app, conn, scope))
                 add(t)
 
     def _websocket(self, conn, scope):
@@ -707,24 +695,24 @@ class Driver:
         except asyncio.CancelledError:
             cycle._finish(True)
 
-    async def _run(self, app, cycle, scope):
+    async def _run(self, app, conn, scope):
         try:
-            await app(scope, cycle.receive, cycle.conn.send)
+            await app(scope, conn.receive, conn.send)
         except asyncio.CancelledError:
             # Cancelled after the client went away (the grace period), or at
             # exit: nothing to report.
-            cycle.conn.finish(True)
+            conn.finish(True)
         except BaseException as e:
             _rg_exception("Exception in ASGI application\n" + traceback.format_exc())
-            cycle.conn.finish(True)
+            conn.finish(True)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
         else:
-            cycle.conn.finish(False)
+            conn.finish(False)
         finally:
             # Instead of a done callback (one more loop callback per
             # request): the task has nothing left to run.
-            self.tasks.discard(cycle.task)
+            self.tasks.discard(conn.task)
 
 
 def task_stacks():

@@ -266,6 +266,7 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         m.add_function(pyo3::wrap_pyfunction!(flush_replies, &m)?)?;
         m.add_function(pyo3::wrap_pyfunction!(set_hooks, &m)?)?;
         m.add_class::<Done>()?;
+        m.add_class::<Ready>()?;
         py.import("sys")?
             .getattr("modules")?
             .set_item("_rgunicorn_asgi", &m)?;
@@ -789,6 +790,15 @@ pub struct Conn {
     /// woken when the response completes.
     #[pyo3(get, set)]
     done_fut: Option<Py<PyAny>>,
+    /// The app has had the last piece of the body from `receive`.
+    #[pyo3(get, set)]
+    body_read: bool,
+    /// The request's task (set by the driver).
+    task: Option<Py<PyAny>>,
+    /// The same task until a disconnect has scheduled its cancellation
+    /// (after `asgi_disconnect_grace_period`).
+    #[pyo3(get, set)]
+    cancel: Option<Py<PyAny>>,
     /// `post_request`, with the scope it is given as the environ.
     post_hook: Option<(
         std::sync::Arc<crate::hooks::RequestHooks>,
@@ -829,6 +839,9 @@ impl Conn {
             keep: false,
             reading: None,
             done_fut: None,
+            body_read: false,
+            task: None,
+            cancel: None,
             post_hook: None,
         }
     }
@@ -1297,6 +1310,59 @@ impl Conn {
         Ok(())
     }
 
+    /// The request's task.
+    #[getter]
+    fn task(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Set the request's task (and the task a disconnect cancels).
+    #[setter]
+    fn set_task(&mut self, py: Python<'_>, task: Option<Py<PyAny>>) {
+        self.cancel = task.as_ref().map(|t| t.clone_ref(py));
+        self.task = task;
+    }
+
+    /// The app's `receive`: body bytes already buffered (a small body is
+    /// pre-read whole by the I/O thread, and a request without one has an
+    /// empty body) come back as a ready awaitable; when the socket may have
+    /// to be waited for, the driver's `_receive` coroutine.
+    fn receive<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let hooks = hooks(py)?;
+        let message = {
+            let mut c = slf.borrow_mut();
+            if c.reply.is_none() {
+                Some(hooks.disconnect.bind(py).clone())
+            } else if c.body_read {
+                None
+            } else {
+                match c.take_body(READ_MAX) {
+                    Ok(Some(b)) => {
+                        let more = c.scan.is_some();
+                        if !more {
+                            c.body_read = true;
+                        }
+                        let d = PyDict::new(py);
+                        d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
+                        d.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &b))?;
+                        d.set_item(pyo3::intern!(py, "more_body"), more)?;
+                        Some(d.into_any())
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        c.broken = true;
+                        return Err(PyValueError::new_err(format!("invalid request body: {e}")));
+                    }
+                }
+            }
+        };
+        match message {
+            Some(m) => Ok(Bound::new(py, Ready { value: m.unbind() })?.into_any()),
+            None => hooks.receive.bind(py).call1((slf,)),
+        }
+    }
+
     /// The app's `send`: the message is read and the response written
     /// here. What it returns to await is a ready [`Done`], unless the
     /// socket cannot take the bytes yet: then the driver's `_send_wait`
@@ -1499,6 +1565,10 @@ struct Hooks {
     send_wait: Py<PyAny>,
     /// `_wake_receive(conn)`: wake a `receive` waiting on the request.
     wake_receive: Py<PyAny>,
+    /// `_receive(conn)`: the coroutine for a `receive` that may wait.
+    receive: Py<PyAny>,
+    /// The `http.disconnect` message.
+    disconnect: Py<PyAny>,
     /// The loop's `call_soon`, and `flush_replies` for it.
     call_soon: Py<PyAny>,
     flush: Py<PyAny>,
@@ -1518,6 +1588,8 @@ fn set_hooks(
     py: Python<'_>,
     send_wait: Py<PyAny>,
     wake_receive: Py<PyAny>,
+    receive: Py<PyAny>,
+    disconnect: Py<PyAny>,
     call_soon: Py<PyAny>,
 ) -> PyResult<()> {
     let flush = module(py)?.getattr("flush_replies")?.unbind();
@@ -1528,6 +1600,8 @@ fn set_hooks(
             done,
             send_wait,
             wake_receive,
+            receive,
+            disconnect,
             call_soon,
             flush,
         },
@@ -1562,6 +1636,36 @@ impl Done {
     #[pyo3(signature = (*_args))]
     fn throw(&self, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
         Err(pyo3::exceptions::PyStopIteration::new_err(()))
+    }
+
+    fn close(&self) {}
+}
+
+/// An awaitable that is already done with `value` as its result: what
+/// `receive` gives back when the message is there without waiting.
+#[pyclass(module = "_rgunicorn_asgi")]
+pub struct Ready {
+    value: Py<PyAny>,
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
+        Err(pyo3::exceptions::PyStopIteration::new_err((self
+            .value
+            .clone_ref(py),)))
+    }
+
+    fn send(&self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.__next__(py)
     }
 
     fn close(&self) {}
