@@ -237,6 +237,19 @@ def test_exceptions_and_missing_responses(server):
     assert srv.get("/").text == "Hello, World!"
 
 
+def test_send_takes_every_message_shape_and_its_awaitable_works_with_asyncio(server):
+    srv = asgi(server)
+    r = srv.get("/send-shapes")
+    assert r.status_code == 201
+    assert r.headers["x-shape"] == "list"
+    assert r.text == "one,two"
+    r = srv.get("/bad-message")
+    assert r.status_code == 500
+    srv.wait_for_log(r"RuntimeError: Unexpected ASGI message 'http.response.bogus' sent.")
+    # Keep-alive goes on after both.
+    assert srv.get("/").text == "Hello, World!"
+
+
 def test_keep_alive_and_pipelining(server):
     srv = asgi(server)
     req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -4,9 +4,10 @@ Runs on the worker's main thread. HTTP parsing, keep-alive and limits stay
 in Rust (src/worker/conn.rs on the I/O thread); requests arrive in batches
 through `Server.take()` when the wake-up fd is readable, each as a Rust
 `Conn` (the socket, the body still to read, the response writer) and its
-scope. `receive` and `send` call into the `Conn`, which reads and writes the
-socket without blocking; only when the socket would block does a task wait
-for it, with the loop's own add_reader/add_writer.
+scope. The app's `receive` and `send` are the `Conn`'s own methods: they read
+and write the socket without blocking and give back a ready awaitable; only
+when the socket would block does a task wait for it, with the loop's own
+add_reader/add_writer (the `_receive` and `_send_wait` coroutines here).
 
 A WebSocket handshake arrives as a Rust `WsConn` instead (scope type
 `websocket`): tungstenite's frames on the same descriptor, a `WsCycle` here
@@ -154,124 +155,115 @@ def _log(level, msg):
     rg_log(level, msg)  # noqa: F821 (added by asgi.rs)
 
 
-class Cycle:
-    """One request: the app's receive and send."""
+# The name of every request's task: a name given costs nothing, where
+# asyncio formats "Task-<n>" for each task it names itself.
+_TASK_NAME = "rgunicorn-asgi-request"
 
-    __slots__ = ("conn", "fd", "loop", "reading", "done_fut", "body_read", "task", "grace")
 
-    def __init__(self, conn, loop, grace):
-        self.conn = conn
-        self.fd = conn.fd
-        self.loop = loop
-        self.reading = None
-        self.done_fut = None
-        self.body_read = False
-        self.task = None
-        self.grace = grace
+# Set once by the driver: `asgi_disconnect_grace_period`.
+_grace = 0.0
 
-    def _gone(self):
-        """The client went away before the response was complete: the app
-        gets `asgi_disconnect_grace_period` seconds, then is cancelled."""
-        if self.task is not None and not self.conn.done:
-            task, self.task = self.task, None
-            self.loop.call_later(self.grace, task.cancel)
+
+def _gone(conn):
+    """The client went away before the response was complete: the app gets
+    `asgi_disconnect_grace_period` seconds, then is cancelled."""
+    task = conn.cancel
+    if task is not None and not conn.done:
+        conn.cancel = None
+        _loop.call_later(_grace, task.cancel)
+    return _DISCONNECT
+
+
+async def _readable(conn, timeout=None):
+    loop = _loop
+    fut = loop.create_future()
+    conn.reading = fut
+    fd = conn.fd
+    loop.add_reader(fd, _wake, fut)
+    timer = None if timeout is None else loop.call_later(timeout, _wake, fut)
+    try:
+        await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if conn.reading is fut:
+            conn.reading = None
+            loop.remove_reader(fd)
+
+
+# The app's `receive` is `Conn.receive` (Rust): body bytes already buffered
+# (all of a small body, pre-read by the I/O thread) come back as a ready
+# awaitable; anything that may wait for the socket is this coroutine.
+async def _receive(conn):
+    if conn.done:
         return _DISCONNECT
-
-    async def _readable(self, timeout=None):
-        fut = self.loop.create_future()
-        self.reading = fut
-        self.loop.add_reader(self.fd, _wake, fut)
-        timer = None if timeout is None else self.loop.call_later(timeout, _wake, fut)
-        try:
-            await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if self.reading is fut:
-                self.reading = None
-                self.loop.remove_reader(self.fd)
-
-    async def receive(self):
-        conn = self.conn
-        if conn.done:
-            return _DISCONNECT
-        if not self.body_read:
-            while True:
-                try:
-                    r = conn.read()
-                except EOFError:
-                    return self._gone()
-                except TimeoutError:
-                    # Too slow for the body rate rule: the server answers
-                    # 408 (or closes) and the app sees a disconnect.
-                    conn.body_timed_out()
-                    self.body_read = True
-                    return _DISCONNECT
-                if r is not None:
-                    if not r[1]:
-                        self.body_read = True
-                    return {"type": "http.request", "body": r[0], "more_body": r[1]}
-                # Woken by the socket, or when the rate rule's deadline
-                # comes (read then raises TimeoutError).
-                await self._readable(conn.body_wait())
-                if conn.done:
-                    return _DISCONNECT
-        # The body is read: wait for the client to go away (or the response
-        # to complete).
-        while not conn.done:
-            closed = conn.peek_closed()
-            if closed:
-                return self._gone()
-            if closed is None:
-                await self._readable()
-            else:
-                # A pipelined request is there: not a disconnect; wait for
-                # the response to end.
-                if self.done_fut is None:
-                    self.done_fut = self.loop.create_future()
-                await self.done_fut
-        return _DISCONNECT
-
-    async def _writable(self):
-        fut = self.loop.create_future()
-        self.loop.add_writer(self.fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            self.loop.remove_writer(self.fd)
-
-    async def send(self, message):
-        conn = self.conn
-        t = message["type"]
-        if t == "http.response.body":
-            r = conn.body(message.get("body", b""), message.get("more_body", False))
-        elif t == "http.response.start":
-            conn.start(message["status"], message.get("headers", ()))
-            return
-        elif t == "http.response.pathsend":
-            r = conn.pathsend(message["path"])
+    if not conn.body_read:
+        while True:
+            try:
+                r = conn.read()
+            except EOFError:
+                return _gone(conn)
+            except TimeoutError:
+                # Too slow for the body rate rule: the server answers 408
+                # (or closes) and the app sees a disconnect.
+                conn.body_timed_out()
+                conn.body_read = True
+                return _DISCONNECT
+            if r is not None:
+                if not r[1]:
+                    conn.body_read = True
+                return {"type": "http.request", "body": r[0], "more_body": r[1]}
+            # Woken by the socket, or when the rate rule's deadline comes
+            # (read then raises TimeoutError).
+            await _readable(conn, conn.body_wait())
+            if conn.done:
+                return _DISCONNECT
+    # The body is read: wait for the client to go away (or the response to
+    # complete).
+    while not conn.done:
+        closed = conn.peek_closed()
+        if closed:
+            return _gone(conn)
+        if closed is None:
+            await _readable(conn)
         else:
-            raise RuntimeError("Unexpected ASGI message '%s' sent." % t)
-        while r == 1:
-            await self._writable()
-            r = conn.flush()
-        if r == 2:
-            self.finish(False)
+            # A pipelined request is there: not a disconnect; wait for the
+            # response to end.
+            fut = conn.done_fut
+            if fut is None:
+                fut = conn.done_fut = _loop.create_future()
+            await fut
+    return _DISCONNECT
 
-    def finish(self, error):
-        """Hand the connection back to the I/O thread (once)."""
-        if self.conn.done:
-            return
-        if self.reading is not None:
-            fut, self.reading = self.reading, None
-            self.loop.remove_reader(self.fd)
-            _wake(fut)
-        if self.done_fut is not None:
-            _wake(self.done_fut)
-        # The answer to the I/O thread waits for the end of this loop turn,
-        # with every other one completed in it: one wake-up for them all.
-        if self.conn.complete_batched(error):
-            self.loop.call_soon(flush_replies)  # noqa: F821 (added by asgi.rs)
+
+# The app's `send` is `Conn.send` (Rust): it reads the message and writes the
+# response, and gives back a ready awaitable, or, when the socket cannot take
+# the bytes yet, this coroutine, which waits until it has (backpressure).
+async def _send_wait(conn):
+    loop = _loop
+    fd = conn.fd
+    r = 1
+    while r == 1:
+        fut = loop.create_future()
+        loop.add_writer(fd, _wake, fut)
+        try:
+            await fut
+        finally:
+            loop.remove_writer(fd)
+        r = conn.flush()
+    if r == 2:
+        conn.finish(False)
+
+
+def _wake_receive(conn):
+    """The request is over (`Conn.finish`): wake a receive() that waits on it."""
+    fut = conn.reading
+    if fut is not None:
+        conn.reading = None
+        _loop.remove_reader(conn.fd)
+        _wake(fut)
+    if conn.done_fut is not None:
+        _wake(conn.done_fut)
 
 
 # Stop reading frames while this many messages wait for the app's receive().
@@ -593,7 +585,7 @@ class Driver:
     def boot(self):
         """Check the app's kind, make the loop and run the lifespan startup.
         Raises on a failure (the worker does not boot)."""
-        global _loop
+        global _loop, _grace
         kind = self.opts.get("app_kind")
         if kind == "wsgi":
             raise AppKindError(
@@ -604,6 +596,7 @@ class Driver:
             self.app = _asgi2(self.app)
         self.loop = _loop = new_loop(self.opts.get("asgi_loop"))
         asyncio.set_event_loop(self.loop)
+        _grace = self.grace
         mode = (self.opts.get("asgi_lifespan") or "auto").lower()
         if mode not in ("auto", "on", "off"):
             raise AppKindError("asgi_lifespan must be auto, on or off, not %r" % mode)
@@ -619,6 +612,7 @@ class Driver:
         loop = self.loop
         self.stopped = loop.create_future()
         self.server.set_callbacks(self._websocket, self._draining)
+        set_hooks(_send_wait, _wake_receive, _receive, _DISCONNECT, loop.call_soon)  # noqa: F821 (added by asgi.rs)
         loop.add_reader(self.server.wakeup_fd(), self._take)
         try:
             loop.run_until_complete(self.stopped)
@@ -645,15 +639,19 @@ class Driver:
             return
         loop = self.loop
         app = self.app
-        tasks = self.tasks
-        grace = self.grace
         run = self._run
-        discard = tasks.discard
-        for conn, scope in batch:
-            cycle = Cycle(conn, loop, grace)
-            t = cycle.task = loop.create_task(run(app, cycle, scope))
-            tasks.add(t)
-            t.add_done_callback(discard)
+        add = self.tasks.add
+        if loop.get_task_factory() is None:
+            # What create_task does, without uvloop naming the task after
+            # asyncio has formatted a name for it.
+            Task = asyncio.Task
+            for conn, scope in batch:
+                t = conn.task = Task(run(app, conn, scope), loop=loop, name=_TASK_NAME)
+                add(t)
+        else:
+            for conn, scope in batch:
+                t = conn.task = loop.create_task(run(app, conn, scope))
+                add(t)
 
     def _websocket(self, conn, scope):
         """A WebSocket handshake (called by `Server.take`, so the HTTP batch
@@ -697,21 +695,24 @@ class Driver:
         except asyncio.CancelledError:
             cycle._finish(True)
 
-    @staticmethod
-    async def _run(app, cycle, scope):
+    async def _run(self, app, conn, scope):
         try:
-            await app(scope, cycle.receive, cycle.send)
+            await app(scope, conn.receive, conn.send)
         except asyncio.CancelledError:
             # Cancelled after the client went away (the grace period), or at
             # exit: nothing to report.
-            cycle.finish(True)
+            conn.finish(True)
         except BaseException as e:
             _rg_exception("Exception in ASGI application\n" + traceback.format_exc())
-            cycle.finish(True)
+            conn.finish(True)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
         else:
-            cycle.finish(False)
+            conn.finish(False)
+        finally:
+            # Instead of a done callback (one more loop callback per
+            # request): the task has nothing left to run.
+            self.tasks.discard(conn.task)
 
 
 def task_stacks():

@@ -9,14 +9,18 @@
 //!    pushes it on a `handoff.rs` queue: a burst of requests costs the loop
 //!    one eventfd wake-up.
 //! 2. The loop (main thread, GIL held) wakes, takes the whole batch
-//!    ([`Server::take`]), builds each scope in Rust and starts one task per
-//!    request (`asgi.py`).
+//!    ([`Server::take`]), builds each scope in Rust (a copy of a per-listener
+//!    template dict) and starts one task per request (`asgi.py`).
 //! 3. The app's `receive` and `send` work on the socket directly, without
 //!    another hand-off: a [`Conn`] reads the rest of the body and writes the
 //!    response with non-blocking calls on the connection's descriptor, and
 //!    only when the socket would block does the task wait for it with the
 //!    loop's own `add_reader`/`add_writer` (backpressure both ways). While
 //!    the request is in Python the I/O thread does not touch the socket.
+//!    The app's `send` is [`Conn::send`] itself: the message is read in
+//!    Rust and, when the socket took the bytes, a ready awaitable
+//!    ([`Done`]) is returned, so the usual response runs no Python of ours
+//!    and no coroutine per message.
 //! 4. When the response is complete the outcome goes back to the I/O
 //!    thread (a tokio oneshot), with any bytes the client has not taken
 //!    yet; the I/O thread writes those, logs the access and reads the next
@@ -260,6 +264,9 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         m.add_class::<WsConn>()?;
         m.add_function(pyo3::wrap_pyfunction!(rg_log, &m)?)?;
         m.add_function(pyo3::wrap_pyfunction!(flush_replies, &m)?)?;
+        m.add_function(pyo3::wrap_pyfunction!(set_hooks, &m)?)?;
+        m.add_class::<Done>()?;
+        m.add_class::<Ready>()?;
         py.import("sys")?
             .getattr("modules")?
             .set_item("_rgunicorn_asgi", &m)?;
@@ -290,6 +297,11 @@ fn rg_log(level: u32, msg: &str, exception: bool) {
 struct ListenerScope {
     server: Py<PyAny>,
     unix: bool,
+    /// An HTTP scope with every key in place and the constant values set
+    /// (`type`, `asgi`, `root_path`, `server`): each request's scope is a
+    /// copy of it (one allocation of the right size, no rehashing) with
+    /// the request's own values replaced.
+    template: Py<PyDict>,
 }
 
 /// The loop's handle on the worker: the hand-off, the scope's
@@ -345,9 +357,32 @@ impl Server {
                     .into_any()
                     .unbind()
             };
+            let template = PyDict::new(py);
+            let none = py.None();
+            for key in [
+                "type",
+                "asgi",
+                "http_version",
+                "method",
+                "scheme",
+                "path",
+                "raw_path",
+                "query_string",
+                "root_path",
+                "headers",
+                "server",
+                "client",
+            ] {
+                template.set_item(key, &none)?;
+            }
+            template.set_item("type", "http")?;
+            template.set_item("asgi", &asgi)?;
+            template.set_item("root_path", setting_str(b, "root_path"))?;
+            template.set_item("server", &server)?;
             listeners.push(ListenerScope {
                 server,
                 unix: info.unix,
+                template: template.unbind(),
             });
         }
         Ok(Server {
@@ -382,6 +417,12 @@ impl Server {
     ) -> Result<(Bound<'py, PyDict>, bool), http::ParseError> {
         let req = &job.req;
         let fwd = crate::wsgi::forwarded_https(&self.proxy, req, &job.peer)?;
+        if !ws {
+            return self
+                .http_scope(py, job, fwd)
+                .map(|d| (d, fwd))
+                .map_err(|_| http::ParseError::InvalidSchemeHeaders);
+        }
         let build = || -> PyResult<Bound<'py, PyDict>> {
             let d = PyDict::new(py);
             if ws {
@@ -465,6 +506,100 @@ impl Server {
             .map(|d| (d, fwd))
             .map_err(|_| http::ParseError::InvalidSchemeHeaders)
     }
+}
+
+impl Server {
+    /// An HTTP request's scope: a copy of the listener's template with the
+    /// request's values put in (the keys exist, so nothing is resized).
+    fn http_scope<'py>(
+        &self,
+        py: Python<'py>,
+        job: &Job,
+        https: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let req = &job.req;
+        let l = &self.listeners[job.listener.min(self.listeners.len().saturating_sub(1))];
+        let d = l.template.bind(py).copy()?;
+        d.set_item(
+            pyo3::intern!(py, "http_version"),
+            match req.version {
+                Version::Http10 => pyo3::intern!(py, "1.0"),
+                Version::Http11 => pyo3::intern!(py, "1.1"),
+            },
+        )?;
+        d.set_item(pyo3::intern!(py, "method"), method(py, &req.method))?;
+        if https {
+            d.set_item(pyo3::intern!(py, "scheme"), pyo3::intern!(py, "https"))?;
+        } else {
+            d.set_item(pyo3::intern!(py, "scheme"), pyo3::intern!(py, "http"))?;
+        }
+        // `path` and `uri` hold one char per raw byte (latin-1); the scope
+        // wants the percent-decoded path as UTF-8 text and the raw path as
+        // bytes.
+        let path_bytes: Vec<u8> = req.path.chars().map(|c| c as u32 as u8).collect();
+        let path = String::from_utf8_lossy(&path_bytes);
+        if self.root_path.is_empty() || path.starts_with(self.root_path.as_str()) {
+            d.set_item(pyo3::intern!(py, "path"), path.as_ref())?;
+        } else {
+            d.set_item(
+                pyo3::intern!(py, "path"),
+                format!("{}{path}", self.root_path),
+            )?;
+        }
+        let raw_end = req.uri.find(['?', '#']).unwrap_or(req.uri.len());
+        let raw_str = &req.uri[..raw_end];
+        let raw = if raw_str.is_ascii() {
+            PyBytes::new(py, raw_str.as_bytes())
+        } else {
+            let v: Vec<u8> = raw_str.chars().map(|c| c as u32 as u8).collect();
+            PyBytes::new(py, &v)
+        };
+        d.set_item(pyo3::intern!(py, "raw_path"), raw)?;
+        d.set_item(
+            pyo3::intern!(py, "query_string"),
+            PyBytes::new(py, req.query.as_bytes()),
+        )?;
+        let headers = PyList::empty(py);
+        let mut lower = Vec::with_capacity(32);
+        for h in &req.headers {
+            let name = if h.name.iter().any(u8::is_ascii_uppercase) {
+                lower.clear();
+                lower.extend(h.name.iter().map(u8::to_ascii_lowercase));
+                PyBytes::new(py, &lower)
+            } else {
+                PyBytes::new(py, &h.name)
+            };
+            headers.append(PyTuple::new(py, [name, PyBytes::new(py, &h.value)])?)?;
+        }
+        d.set_item(pyo3::intern!(py, "headers"), headers)?;
+        if let Some((addr, port)) = client(&self.proxy, req, &job.peer, l.unix) {
+            d.set_item(pyo3::intern!(py, "client"), (addr, port))?;
+        }
+        if let Some(st) = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            d.set_item(pyo3::intern!(py, "state"), st.bind(py).copy()?)?;
+        }
+        Ok(d)
+    }
+}
+
+/// The scope's `method`: the common methods are interned once.
+fn method<'py>(py: Python<'py>, m: &str) -> Bound<'py, pyo3::types::PyString> {
+    let common = match m {
+        "GET" => pyo3::intern!(py, "GET"),
+        "POST" => pyo3::intern!(py, "POST"),
+        "HEAD" => pyo3::intern!(py, "HEAD"),
+        "PUT" => pyo3::intern!(py, "PUT"),
+        "DELETE" => pyo3::intern!(py, "DELETE"),
+        "PATCH" => pyo3::intern!(py, "PATCH"),
+        "OPTIONS" => pyo3::intern!(py, "OPTIONS"),
+        _ => return pyo3::types::PyString::new(py, m),
+    };
+    common.clone()
 }
 
 /// The scope's `client`: the socket peer (or the PROXY header's client);
@@ -647,6 +782,23 @@ pub struct Conn {
     pathsend: bool,
     /// The body met its framing: the connection may be reused.
     keep: bool,
+    /// The future a `receive` waiting for the socket (or for the client
+    /// to go away) awaits; woken when the response completes.
+    #[pyo3(get, set)]
+    reading: Option<Py<PyAny>>,
+    /// The future a `receive` awaits while a pipelined request is there:
+    /// woken when the response completes.
+    #[pyo3(get, set)]
+    done_fut: Option<Py<PyAny>>,
+    /// The app has had the last piece of the body from `receive`.
+    #[pyo3(get, set)]
+    body_read: bool,
+    /// The request's task (set by the driver).
+    task: Option<Py<PyAny>>,
+    /// The same task until a disconnect has scheduled its cancellation
+    /// (after `asgi_disconnect_grace_period`).
+    #[pyo3(get, set)]
+    cancel: Option<Py<PyAny>>,
     /// `post_request`, with the scope it is given as the environ.
     post_hook: Option<(
         std::sync::Arc<crate::hooks::RequestHooks>,
@@ -685,6 +837,11 @@ impl Conn {
             ended: false,
             pathsend: false,
             keep: false,
+            reading: None,
+            done_fut: None,
+            body_read: false,
+            task: None,
+            cancel: None,
             post_hook: None,
         }
     }
@@ -952,6 +1109,54 @@ impl Conn {
     }
 }
 
+/// Bytes as the app gave them: borrowed from a `bytes`, else copied from
+/// any other buffer-like sequence of ints.
+fn bytes_of<'a>(o: &'a Bound<'_, PyAny>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
+    match o.cast::<PyBytes>() {
+        Ok(b) => Ok(std::borrow::Cow::Borrowed(b.as_bytes())),
+        Err(_) => Ok(std::borrow::Cow::Owned(o.extract::<Vec<u8>>()?)),
+    }
+}
+
+/// `message[key]` of an ASGI message (a dict, or any mapping); `None`
+/// when the key is missing.
+fn message_item<'py>(
+    message: &Bound<'py, PyAny>,
+    key: &Bound<'py, pyo3::types::PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match message.cast::<PyDict>() {
+        Ok(d) => d.get_item(key),
+        Err(_) => match message.get_item(key) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyKeyError>(message.py()) => Ok(None),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// One `(name, value)` of `http.response.start`, checked into `head`.
+fn push_header(head: &mut Head, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    let (name, value) = match item.cast::<PyTuple>() {
+        Ok(t) if t.len() == 2 => (t.get_item(0)?, t.get_item(1)?),
+        _ => (item.get_item(0)?, item.get_item(1)?),
+    };
+    let name = bytes_of(&name)?;
+    let value = bytes_of(&value)?;
+    let name = std::str::from_utf8(&name)
+        .map_err(|_| PyValueError::new_err("header name is not ASCII"))?;
+    // Latin-1: one char per byte (ASCII, the usual case, as it is).
+    let latin;
+    let value = match std::str::from_utf8(&value) {
+        Ok(v) if v.is_ascii() => v,
+        _ => {
+            latin = value.iter().map(|&b| b as char).collect::<String>();
+            latin.as_str()
+        }
+    };
+    head.push_header(name, value)
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 fn os_err(e: std::io::Error) -> PyErr {
     PyOSError::new_err(e.to_string())
 }
@@ -1088,21 +1293,119 @@ impl Conn {
         let code = status as u16;
         let mut head = Head::new(format!("{code} {}", reason(code)))
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        for item in headers.try_iter()? {
-            let item = item?;
-            let name: Vec<u8> = item.get_item(0)?.extract()?;
-            let value: Vec<u8> = item.get_item(1)?.extract()?;
-            let name = String::from_utf8(name)
-                .map_err(|_| PyValueError::new_err("header name is not ASCII"))?;
-            let value: String = value.iter().map(|&b| b as char).collect();
-            head.push_header(&name, &value)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        if let Ok(list) = headers.cast::<PyList>() {
+            // The usual shape: a list of (bytes, bytes) tuples, read in
+            // place.
+            head.headers.reserve(list.len());
+            for item in list.iter() {
+                push_header(&mut head, &item)?;
+            }
+        } else {
+            for item in headers.try_iter()? {
+                push_header(&mut head, &item?)?;
+            }
         }
         self.resp.set_head(head);
         self.started = true;
         Ok(())
     }
 
+    /// The request's task.
+    #[getter]
+    fn task(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Set the request's task (and the task a disconnect cancels).
+    #[setter]
+    fn set_task(&mut self, py: Python<'_>, task: Option<Py<PyAny>>) {
+        self.cancel = task.as_ref().map(|t| t.clone_ref(py));
+        self.task = task;
+    }
+
+    /// The app's `receive`: body bytes already buffered (a small body is
+    /// pre-read whole by the I/O thread, and a request without one has an
+    /// empty body) come back as a ready awaitable; when the socket may have
+    /// to be waited for, the driver's `_receive` coroutine.
+    fn receive<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let hooks = hooks(py)?;
+        let message = {
+            let mut c = slf.borrow_mut();
+            if c.reply.is_none() {
+                Some(hooks.disconnect.bind(py).clone())
+            } else if c.body_read {
+                None
+            } else {
+                match c.take_body(READ_MAX) {
+                    Ok(Some(b)) => {
+                        let more = c.scan.is_some();
+                        if !more {
+                            c.body_read = true;
+                        }
+                        let d = PyDict::new(py);
+                        d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
+                        d.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &b))?;
+                        d.set_item(pyo3::intern!(py, "more_body"), more)?;
+                        Some(d.into_any())
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        c.broken = true;
+                        return Err(PyValueError::new_err(format!("invalid request body: {e}")));
+                    }
+                }
+            }
+        };
+        match message {
+            Some(m) => Ok(Bound::new(py, Ready { value: m.unbind() })?.into_any()),
+            None => hooks.receive.bind(py).call1((slf,)),
+        }
+    }
+
+    /// The app's `send`: the message is read and the response written
+    /// here. What it returns to await is a ready [`Done`], unless the
+    /// socket cannot take the bytes yet: then the driver's `_send_wait`
+    /// waits until it has (backpressure). The last piece of the body
+    /// completes the request at once (see `finish`).
+    fn send<'py>(
+        slf: &Bound<'py, Self>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let r = slf.borrow_mut().message(message)?;
+        let hooks = hooks(py)?;
+        match r {
+            0 => {}
+            2 => Conn::finish(slf, false)?,
+            _ => return hooks.send_wait.bind(py).call1((slf,)),
+        }
+        Ok(hooks.done.bind(py).clone())
+    }
+
+    /// The request is over for the app (it returned, raised, or the last
+    /// piece of the body went out): wake a `receive` that waits, and send
+    /// the outcome back to the I/O thread at the end of this loop turn,
+    /// with every other one completed in it (one wake-up for them all).
+    /// `error`: the app raised (its traceback is logged). Once only.
+    fn finish(slf: &Bound<'_, Self>, error: bool) -> PyResult<()> {
+        let py = slf.py();
+        let waiting = {
+            let c = slf.borrow();
+            if c.reply.is_none() {
+                return Ok(());
+            }
+            c.reading.is_some() || c.done_fut.is_some()
+        };
+        let hooks = hooks(py)?;
+        if waiting {
+            hooks.wake_receive.bind(py).call1((slf,))?;
+        }
+        if slf.borrow_mut().conclude(error, true) {
+            hooks.call_soon.bind(py).call1((&hooks.flush,))?;
+        }
+        Ok(())
+    }
     /// `http.response.body`: 0 = go on, 1 = wait until writable and
     /// `flush` (backpressure), 2 = the response is complete (call
     /// `complete` once the descriptor is no longer watched).
@@ -1188,17 +1491,57 @@ impl Conn {
         self.conclude(error, false);
     }
 
-    /// `complete`, with the answer held in the loop's outbox until
-    /// `flush_replies` (one wake-up of the I/O thread per loop turn, not
-    /// per response); true: the outbox was empty, schedule that flush.
-    fn complete_batched(&mut self, error: bool) -> bool {
-        self.conclude(error, true)
-    }
-
     /// Whether the request came over HTTPS (for the hooks' view).
     #[getter]
     fn https(&self) -> bool {
         self.https
+    }
+}
+
+impl Conn {
+    /// One of the three HTTP response messages: 0 = go on, 1 = wait until
+    /// writable and `flush` (backpressure), 2 = the response is complete
+    /// (as `body`).
+    fn message<'py>(&mut self, message: &Bound<'py, PyAny>) -> PyResult<u8> {
+        let py = message.py();
+        let get = |key: &Bound<'py, pyo3::types::PyString>| message_item(message, key);
+        let t = get(pyo3::intern!(py, "type"))?
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("type"))?;
+        let t = t
+            .cast::<pyo3::types::PyString>()
+            .map_err(|_| PyRuntimeError::new_err(format!("Unexpected ASGI message '{t}' sent.")))?;
+        let body_t = pyo3::intern!(py, "http.response.body");
+        if t.is(body_t) || t.to_str()? == "http.response.body" {
+            let data = get(pyo3::intern!(py, "body"))?;
+            let more = match get(pyo3::intern!(py, "more_body"))? {
+                Some(m) => m.is_truthy()?,
+                None => false,
+            };
+            return match &data {
+                Some(d) => self.body(&bytes_of(d)?, more),
+                None => self.body(b"", more),
+            };
+        }
+        match t.to_str()? {
+            "http.response.start" => {
+                let status: i64 = get(pyo3::intern!(py, "status"))?
+                    .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("status"))?
+                    .extract()?;
+                match get(pyo3::intern!(py, "headers"))? {
+                    Some(h) => self.start(status, &h)?,
+                    None => self.start(status, &PyTuple::empty(py))?,
+                }
+                Ok(0)
+            }
+            "http.response.pathsend" => {
+                let path = get(pyo3::intern!(py, "path"))?
+                    .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("path"))?;
+                self.pathsend(path.extract()?)
+            }
+            other => Err(PyRuntimeError::new_err(format!(
+                "Unexpected ASGI message '{other}' sent."
+            ))),
+        }
     }
 }
 
@@ -1213,12 +1556,127 @@ impl Drop for Conn {
     }
 }
 
-/// Answers `Conn::complete_batched` holds back until the end of the
-/// loop's turn (there is one loop per worker process).
+/// What `Conn::send` and `Conn::finish` call in the driver (one loop per
+/// worker process), set once by `set_hooks` before it serves.
+struct Hooks {
+    /// A ready awaitable (a [`Done`]) for a `send` that did not wait.
+    done: Py<PyAny>,
+    /// `_send_wait(conn)`: the coroutine that waits for the socket.
+    send_wait: Py<PyAny>,
+    /// `_wake_receive(conn)`: wake a `receive` waiting on the request.
+    wake_receive: Py<PyAny>,
+    /// `_receive(conn)`: the coroutine for a `receive` that may wait.
+    receive: Py<PyAny>,
+    /// The `http.disconnect` message.
+    disconnect: Py<PyAny>,
+    /// The loop's `call_soon`, and `flush_replies` for it.
+    call_soon: Py<PyAny>,
+    flush: Py<PyAny>,
+}
+
+static HOOKS: pyo3::sync::PyOnceLock<Hooks> = pyo3::sync::PyOnceLock::new();
+
+fn hooks(py: Python<'_>) -> PyResult<&Hooks> {
+    HOOKS
+        .get(py)
+        .ok_or_else(|| PyRuntimeError::new_err("the ASGI driver is not serving"))
+}
+
+/// The driver's side of `send` (see [`Hooks`]); once.
+#[pyfunction]
+fn set_hooks(
+    py: Python<'_>,
+    send_wait: Py<PyAny>,
+    wake_receive: Py<PyAny>,
+    receive: Py<PyAny>,
+    disconnect: Py<PyAny>,
+    call_soon: Py<PyAny>,
+) -> PyResult<()> {
+    let flush = module(py)?.getattr("flush_replies")?.unbind();
+    let done = Py::new(py, Done)?.into_any();
+    let _ = HOOKS.set(
+        py,
+        Hooks {
+            done,
+            send_wait,
+            wake_receive,
+            receive,
+            disconnect,
+            call_soon,
+            flush,
+        },
+    );
+    Ok(())
+}
+
+/// An awaitable that is already done (its result is `None`): what `send`
+/// gives back when the socket took the bytes at once, so the common
+/// response costs no coroutine.
+#[pyclass(module = "_rgunicorn_asgi", frozen)]
+pub struct Done;
+
+#[pymethods]
+impl Done {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self) -> Option<()> {
+        None
+    }
+
+    fn send(&self, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(pyo3::exceptions::PyStopIteration::new_err(()))
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn throw(&self, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        Err(pyo3::exceptions::PyStopIteration::new_err(()))
+    }
+
+    fn close(&self) {}
+}
+
+/// An awaitable that is already done with `value` as its result: what
+/// `receive` gives back when the message is there without waiting.
+#[pyclass(module = "_rgunicorn_asgi")]
+pub struct Ready {
+    value: Py<PyAny>,
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
+        Err(pyo3::exceptions::PyStopIteration::new_err((self
+            .value
+            .clone_ref(py),)))
+    }
+
+    fn send(&self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.__next__(py)
+    }
+
+    fn close(&self) {}
+}
+
+/// Answers `Conn::finish` holds back until the end of the loop's turn (there is one loop per worker process).
 static REPLIES: handoff::Outbox<(Request, Outcome)> = handoff::Outbox::new();
 
-/// Send the answers held back during this loop turn (`asgi.py` schedules
-/// it with `call_soon` when `complete_batched` asks for it).
+/// Send the answers held back during this loop turn (`Conn::finish`
+/// schedules it with the loop's `call_soon` when the first one of the turn
+/// is held).
 #[pyfunction]
 fn flush_replies() {
     REPLIES.flush();

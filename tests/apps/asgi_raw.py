@@ -76,6 +76,19 @@ async def app(scope, receive, send):
     if path == "/echo":
         body = await read_all(receive)
         return await respond(send, 200, body or b"")
+    if path == "/send-shapes":
+        # send()'s awaitable as asyncio's helpers take it, and the message
+        # shapes an app may use besides the usual ones.
+        await asyncio.wait_for(send({
+            "type": "http.response.start", "status": 201,
+            "headers": ((b"content-type", b"text/plain"), [b"X-Shape", bytearray(b"list")]),
+        }), 5)
+        await asyncio.ensure_future(send({"type": "http.response.body",
+                                          "body": bytearray(b"one,"), "more_body": True}))
+        await send({"type": "http.response.body", "body": b"two", "more_body": 0})
+        return
+    if path == "/bad-message":
+        return await send({"type": "http.response.bogus"})
     if path == "/slow-reader":
         # Reads the upload slowly: the client must be held back.
         total, pieces = 0, 0
