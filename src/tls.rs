@@ -31,6 +31,13 @@
 //! the app runs, cannot block the pump. The cost is one more copy of each
 //! byte and a few more syscalls per read and write (see bench/).
 //!
+//! HTTP/2: with `h2` in `http_protocols`, the configuration offers ALPN
+//! in that order, and a connection that chose `h2` is served on this same
+//! thread by `crate::http2` (each stream a socketpair down the plain path)
+//! instead of the pump. The thread also starts without TLS when
+//! `http2_cleartext` allows prior-knowledge h2c: the connection loop then
+//! hands it plain connections that opened with the HTTP/2 preface.
+//!
 //! The pump: client to app until the client's close_notify (or, with
 //! `suppress_ragged_eofs`, a TCP close without one), then a half-close
 //! towards the app; app to client until the app's end closes, then
