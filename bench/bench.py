@@ -242,6 +242,26 @@ def ratio(v, base, higher_is_better=True):
     return f"{v / base:.2f}×"
 
 
+def scenario_tables(results: dict, scenarios, baseline: str, vs: str) -> list[str]:
+    """One markdown table per scenario (req/s, ratio to `baseline`, p99,
+    CPU per request, errors), as bench/tls.py, asgi.py and h2.py print them."""
+    lines = []
+    for sc in scenarios:
+        lines += [f"### {sc}", "",
+                  f"| server | req/s | vs {vs} | p99 ms | CPU µs/req | errors |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        base = results.get(baseline, {}).get(sc, {})
+        for name, res in results.items():
+            r = res.get(sc)
+            if not r:
+                lines.append(f"| {name} | {res.get('_status', 'n/a')} | | | | |")
+                continue
+            lines.append(f"| {name} | {fmt(r['rps'], ',.0f')} | {ratio(r['rps'], base.get('rps'))} "
+                         f"| {fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_us'], '.1f')} | {r['errors']} |")
+        lines.append("")
+    return lines
+
+
 def versions() -> str:
     parts = [f"Python {platform.python_version()}"]
     for mod in ("gunicorn", "granian"):

@@ -125,19 +125,7 @@ def main() -> int:
         "be shared: compare ratios, not runs). The plain-HTTP row runs the same scenario over http://.",
         "",
     ]
-    for sc in bench.SCENARIOS:
-        lines += [f"### {sc}", "",
-                  "| server | req/s | vs gunicorn | p99 ms | CPU µs/req | errors |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        base = results.get(BASELINE, {}).get(sc, {})
-        for name, res in results.items():
-            r = res.get(sc)
-            if not r:
-                lines.append(f"| {name} | {res.get('_status', 'n/a')} | | | | |")
-                continue
-            lines.append(f"| {name} | {bench.fmt(r['rps'], ',.0f')} | {bench.ratio(r['rps'], base.get('rps'))} "
-                         f"| {bench.fmt(r['p99_ms'], '.2f')} | {bench.fmt(r['cpu_us'], '.1f')} | {r['errors']} |")
-        lines.append("")
+    lines += bench.scenario_tables(results, bench.SCENARIOS, BASELINE, "gunicorn")
     table = "\n".join(lines)
     print(table)
     (bench.BENCH / "results-tls.md").write_text(table + "\n")

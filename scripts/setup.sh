@@ -18,6 +18,7 @@ log() { printf '\n==== %s ====\n' "$*"; }
 declare -A NEED=(
     [curl]=curl
     [wrk]=wrk
+    [h2load]=nghttp2-client    # bench/h2.py
     [nginx]=nginx
     [openssl]=openssl          # nginx tier: its TLS server's certificate
     [ps]=procps

@@ -17,6 +17,7 @@ pub mod control;
 mod extension;
 pub mod hooks;
 pub mod http;
+pub mod http2;
 pub mod http_date;
 pub mod logging;
 pub mod privileges;

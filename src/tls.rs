@@ -31,6 +31,13 @@
 //! the app runs, cannot block the pump. The cost is one more copy of each
 //! byte and a few more syscalls per read and write (see bench/).
 //!
+//! HTTP/2: with `h2` in `http_protocols`, the configuration offers ALPN
+//! in that order, and a connection that chose `h2` is served on this same
+//! thread by `crate::http2` (each stream a socketpair down the plain path)
+//! instead of the pump. The thread also starts without TLS when
+//! `http2_cleartext` allows prior-knowledge h2c: the connection loop then
+//! hands it plain connections that opened with the HTTP/2 preface.
+//!
 //! The pump: client to app until the client's close_notify (or, with
 //! `suppress_ragged_eofs`, a TCP close without one), then a half-close
 //! towards the app; app to client until the app's end closes, then
@@ -129,7 +136,25 @@ pub fn load(s: &Settings) -> Result<Option<Arc<ServerConfig>>> {
     })?;
     // Python's server-side default context prefers the server's order.
     cfg.ignore_client_order = true;
+    cfg.alpn_protocols = alpn(s);
     Ok(Some(Arc::new(cfg)))
+}
+
+/// What ALPN offers, in `http_protocols`' order: nothing unless h2 is
+/// listed (HTTP/1.1 alone needs no negotiation, as in Gunicorn).
+fn alpn(s: &Settings) -> Vec<Vec<u8>> {
+    let protos = crate::http2::protocols(s);
+    if !protos.iter().any(|p| p == "h2") {
+        return Vec::new();
+    }
+    protos
+        .iter()
+        .filter_map(|p| match p.as_str() {
+            "h2" => Some(b"h2".to_vec()),
+            "h1" => Some(b"http/1.1".to_vec()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn read_certs(path: &str, setting: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -417,6 +442,11 @@ pub struct Opts {
     pub ragged_ok: bool,
     /// Longest wait for the client to take bytes the app wrote.
     pub write_timeout: Duration,
+    /// `h2` is in `http_protocols`: how its connections are set up.
+    pub h2: Option<crate::http2::Limits>,
+    /// `h1` is in `http_protocols` (a TLS client that did not choose h2 by
+    /// ALPN is served HTTP/1.1 only then).
+    pub h1: bool,
 }
 
 impl Opts {
@@ -425,22 +455,36 @@ impl Opts {
             handshake_timeout: Duration::from_secs(s.tls_handshake_timeout.max(1)),
             ragged_ok: s.suppress_ragged_eofs,
             write_timeout,
+            h2: crate::http2::enabled(s).then(|| crate::http2::Limits::from_settings(s)),
+            h1: crate::http2::protocols(s).iter().any(|p| p == "h1"),
         }
     }
 }
 
-/// What to do with the plain end once the handshake is done.
-pub type Done = Box<dyn FnOnce(std::os::unix::net::UnixStream) + Send>;
+/// What to do with a plain end: the connection's once its handshake is
+/// done (`false`), or each of its HTTP/2 streams' (`true`).
+pub type Done = crate::http2::Hand;
+
+/// How a connection reaches the front thread.
+pub enum Kind {
+    /// A TLS client: handshake, then HTTP/1.1 or, by ALPN, HTTP/2.
+    Tls,
+    /// A plain connection that opened with the HTTP/2 preface (h2c prior
+    /// knowledge); these bytes were already read from it.
+    H2c(Vec<u8>),
+}
 
 struct Job {
     raw: Raw,
+    kind: Kind,
     /// Held (the connection counts as open) until the pump ends.
     guard: Box<dyn Send>,
     done: Done,
 }
 
 /// The worker's `tls` thread: handshakes and pumps (see the module
-/// comment). Cloning shares the thread.
+/// comment), and HTTP/2 connections (`crate::http2`). Cloning shares the
+/// thread.
 #[derive(Clone)]
 pub struct Terminator {
     tx: tokio::sync::mpsc::UnboundedSender<Job>,
@@ -449,7 +493,13 @@ pub struct Terminator {
 impl Terminator {
     /// Start the thread. Call it while TERM and USR1 are blocked on the
     /// calling thread: the new thread keeps them blocked.
-    pub fn start(config: Arc<ServerConfig>, opts: Opts) -> std::io::Result<Terminator> {
+    /// `config` is `None` when the thread serves only h2c; `shutdown`
+    /// turns true when the worker drains (HTTP/2 connections send GOAWAY).
+    pub fn start(
+        config: Option<Arc<ServerConfig>>,
+        opts: Opts,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Terminator> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -458,9 +508,9 @@ impl Terminator {
             .name("tls".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let acceptor = config.map(tokio_rustls::TlsAcceptor::from);
                     while let Some(job) = rx.recv().await {
-                        tokio::spawn(terminate(acceptor.clone(), opts, job));
+                        tokio::spawn(terminate(acceptor.clone(), opts, shutdown.clone(), job));
                     }
                     // The accept loops are gone (the worker drains): the
                     // pumps still running finish their connections.
@@ -472,21 +522,36 @@ impl Terminator {
 
     /// Take over an accepted connection; `guard` is dropped when it ends,
     /// `done` gets the plain end once the handshake succeeded.
-    pub fn submit(&self, raw: Raw, guard: Box<dyn Send>, done: Done) {
-        let _ = self.tx.send(Job { raw, guard, done });
+    pub fn submit(&self, raw: Raw, kind: Kind, guard: Box<dyn Send>, done: Done) {
+        let _ = self.tx.send(Job {
+            raw,
+            kind,
+            guard,
+            done,
+        });
     }
 }
 
-async fn terminate(acceptor: tokio_rustls::TlsAcceptor, opts: Opts, job: Job) {
-    let Job { raw, guard, done } = job;
+async fn terminate(
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    opts: Opts,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    job: Job,
+) {
+    let Job {
+        raw,
+        kind,
+        guard,
+        done,
+    } = job;
     let _guard = guard;
     let r = match raw {
         Raw::Tcp(s) => match tokio::net::TcpStream::from_std(s) {
-            Ok(s) => serve(acceptor, opts, s, done).await,
+            Ok(s) => front(acceptor, opts, shutdown, s, kind, done).await,
             Err(e) => Err(e),
         },
         Raw::Unix(s) => match tokio::net::UnixStream::from_std(s) {
-            Ok(s) => serve(acceptor, opts, s, done).await,
+            Ok(s) => front(acceptor, opts, shutdown, s, kind, done).await,
             Err(e) => Err(e),
         },
     };
@@ -495,15 +560,30 @@ async fn terminate(acceptor: tokio_rustls::TlsAcceptor, opts: Opts, job: Job) {
     }
 }
 
-async fn serve<S>(
-    acceptor: tokio_rustls::TlsAcceptor,
+async fn front<S>(
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     opts: Opts,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     s: S,
+    kind: Kind,
     done: Done,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let acceptor = match (kind, acceptor, opts.h2) {
+        (Kind::H2c(prefix), _, Some(limits)) => {
+            let io = crate::http2::Prefixed::new(prefix, s);
+            if let Err(e) =
+                crate::http2::serve(io, limits, opts.write_timeout, shutdown, done).await
+            {
+                tracing::debug!("HTTP/2 connection: {e}");
+            }
+            return Ok(());
+        }
+        (Kind::Tls, Some(a), _) => a,
+        _ => return Ok(()),
+    };
     let tls = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(s)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
@@ -515,11 +595,24 @@ where
             return Ok(());
         }
     };
+    match (tls.get_ref().1.alpn_protocol(), opts.h2) {
+        (Some(b"h2"), Some(limits)) => {
+            if let Err(e) =
+                crate::http2::serve(tls, limits, opts.write_timeout, shutdown, done).await
+            {
+                tracing::debug!("HTTP/2 connection: {e}");
+            }
+            return Ok(());
+        }
+        // h2 only, and the client did not choose it.
+        _ if !opts.h1 => return Ok(()),
+        _ => {}
+    }
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     ours.set_nonblocking(true)?;
     theirs.set_nonblocking(true)?;
     let ours = tokio::net::UnixStream::from_std(ours)?;
-    done(theirs);
+    done(theirs, false);
     pump(tls, ours, opts).await
 }
 

@@ -230,8 +230,6 @@ const NO_PASTE: Status = Status::NotSupported(
 const NO_LOOSE_HTTP: Status = Status::NotSupported(
     "rgunicorn's HTTP parser is always strict; this loosening switch is not available",
 );
-const NO_HTTP2: Status =
-    Status::NotSupported("rgunicorn speaks HTTP/1.1 only; HTTP/2 needs a proxy in front");
 const NO_DIRTY: Status = Status::NotSupported("dirty arbiters are not implemented");
 const NO_UWSGI: Status = Status::NotSupported("only the HTTP protocol is implemented, not uWSGI");
 
@@ -976,14 +974,40 @@ settings_table! {
         cli: &["--http-protocols"],
         meta: Some("STRING"),
         default: DefaultValue::Str("h1"),
-        help: "HTTP protocol versions to support, comma separated.",
-        status: NO_HTTP2,
+        help: "HTTP protocol versions to support, comma separated, in order of preference: h1 (HTTP/1.1), \
+               h2 (HTTP/2: offered by ALPN on TLS listeners, or cleartext with http2_cleartext), h3 (accepted, not served).",
+        status: Status::Different("HTTP/2 is served by Rust (the `h2` crate) for every worker class but tornado; each \
+                                   stream is one request and takes a worker slot like an HTTP/1.1 one (see docs/deploy-https.md)"),
+        check: Some(super::value::check_http_protocols),
         ..BASE
-    },
-    int("http2_max_concurrent_streams", HTTP2, &["--http2-max-concurrent-streams"], 100, "Maximum concurrent HTTP/2 streams per connection.", NO_HTTP2),
-    int("http2_initial_window_size", HTTP2, &["--http2-initial-window-size"], 65535, "Initial HTTP/2 flow control window size in bytes.", NO_HTTP2),
-    int("http2_max_frame_size", HTTP2, &["--http2-max-frame-size"], 16384, "Maximum HTTP/2 frame payload size in bytes.", NO_HTTP2),
-    int("http2_max_header_list_size", HTTP2, &["--http2-max-header-list-size"], 65536, "Maximum size of an HTTP/2 header list in bytes.", NO_HTTP2),
+    } => http_protocols: String,
+    SettingDef {
+        name: "http2_cleartext",
+        section: HTTP2,
+        cli: &["--http2-cleartext"],
+        meta: Some("STRING"),
+        default: DefaultValue::Str("off"),
+        help: "Cleartext HTTP/2 (h2c) on plain listeners: off, prior-knowledge (a connection that opens with the \
+               HTTP/2 preface), upgrade, or both. Only peers in forwarded_allow_ips; needs h2 in http_protocols; \
+               ignored with TLS.",
+        status: Status::Different("prior-knowledge as Gunicorn; `upgrade` (and the upgrade half of `both`) is accepted \
+                                   but an `Upgrade: h2c` request is answered over HTTP/1.1, as RFC 9113 lets a server do"),
+        check: Some(super::value::check_http2_cleartext),
+        ..BASE
+    } => http2_cleartext: String,
+    int("http2_max_concurrent_streams", HTTP2, &["--http2-max-concurrent-streams"], 100,
+        "Maximum concurrent HTTP/2 streams per connection.", Status::Same) => http2_max_concurrent_streams: u64,
+    int("http2_initial_window_size", HTTP2, &["--http2-initial-window-size"], 65535,
+        "Initial HTTP/2 flow control window size in bytes (per stream, and for the connection).",
+        Status::Same) => http2_initial_window_size: u64,
+    SettingDef {
+        check: Some(super::value::check_http2_frame_size),
+        ..int("http2_max_frame_size", HTTP2, &["--http2-max-frame-size"], 16384,
+              "Maximum HTTP/2 frame payload size in bytes (16384 to 16777215).", Status::Same)
+    } => http2_max_frame_size: u64,
+    int("http2_max_header_list_size", HTTP2, &["--http2-max-header-list-size"], 65536,
+        "Maximum size of an HTTP/2 header list in bytes (after HPACK decompression); 0 for no limit.",
+        Status::Same) => http2_max_header_list_size: u64,
     // ---- Dirty arbiters
     SettingDef {
         name: "dirty_apps",

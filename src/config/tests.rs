@@ -34,8 +34,9 @@ const GUNICORN_SETTINGS: &[&str] = &[
     "dirty_timeout",
     "dirty_threads",
     "dirty_graceful_timeout",
-    // HTTP/2 (25.0)
+    // HTTP/2 (25.0; http2_cleartext 26.2)
     "http_protocols",
+    "http2_cleartext",
     "http2_max_concurrent_streams",
     "http2_initial_window_size",
     "http2_max_frame_size",
@@ -267,7 +268,7 @@ fn every_gunicorn_setting_is_present() {
     for name in GUNICORN_SETTINGS {
         assert!(ours.contains(name), "Gunicorn setting {name} missing");
     }
-    assert_eq!(GUNICORN_SETTINGS.len(), 119);
+    assert_eq!(GUNICORN_SETTINGS.len(), 120);
     let theirs: HashSet<&str> = GUNICORN_SETTINGS.iter().copied().collect();
     for def in table() {
         let gunicorns = theirs.contains(def.name);

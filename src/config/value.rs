@@ -497,6 +497,47 @@ pub(crate) fn check_http_parser(v: &Value) -> Result<(), String> {
     }
 }
 
+pub(crate) fn check_http_protocols(v: &Value) -> Result<(), String> {
+    let Value::Str(s) = v else { return Ok(()) };
+    let mut seen: Vec<&str> = Vec::new();
+    for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let p_lower = p.to_ascii_lowercase();
+        let known = ["h1", "h2", "h3"]
+            .into_iter()
+            .find(|k| *k == p_lower)
+            .ok_or_else(|| format!("Invalid protocol '{p}'. Valid protocols: h1, h2, h3"))?;
+        if seen.contains(&known) {
+            return Err("Duplicate protocols specified".into());
+        }
+        seen.push(known);
+    }
+    Ok(())
+}
+
+pub(crate) fn check_http2_cleartext(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(s)
+            if ["off", "prior-knowledge", "upgrade", "both"]
+                .contains(&s.trim().to_ascii_lowercase().as_str()) =>
+        {
+            Ok(())
+        }
+        Value::Str(s) => Err(format!(
+            "Invalid http2_cleartext: {s} (expected off, prior-knowledge, upgrade or both)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn check_http2_frame_size(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Int(n) if !(16384..=16_777_215).contains(n) => Err(format!(
+            "http2_max_frame_size must be between 16384 and 16777215, got {n}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_mode(v: &Value) -> Result<(), String> {
     match v {
         Value::Int(i) if *i > 0o7777 => Err(format!("{i:#o} is not a valid file mode mask")),

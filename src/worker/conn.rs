@@ -47,18 +47,28 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
     class.start()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let body = class.body_policy(super::body::Policy::from_settings(s));
-    // HTTPS: the `tls` thread, started while TERM and USR1 are blocked.
-    let (tls, handed) = match crate::tls::current() {
-        None => (None, None),
-        Some(config) => {
-            let opts = crate::tls::Opts::from_settings(s, b.io_timeout);
-            let terminator = crate::tls::Terminator::start(config, opts).map_err(|e| {
+    // HTTPS, and h2c: the `tls` thread, started while TERM and USR1 are
+    // blocked.
+    let config = crate::tls::current();
+    let h2c = config.is_none() && crate::http2::prior_knowledge(s);
+    let (tls, handed) = if config.is_some() || h2c {
+        let is_tls = config.is_some();
+        let opts = crate::tls::Opts::from_settings(s, b.io_timeout);
+        let terminator =
+            crate::tls::Terminator::start(config, opts, shutdown_rx.clone()).map_err(|e| {
                 tracing::error!("cannot start the worker's TLS thread: {e}");
                 WORKER_BOOT_ERROR
             })?;
-            let (back, handed) = tokio::sync::mpsc::unbounded_channel();
-            (Some(TlsSide { terminator, back }), Some(handed))
-        }
+        let (back, handed) = tokio::sync::mpsc::unbounded_channel();
+        let side = TlsSide {
+            terminator,
+            back,
+            tls: is_tls,
+            h2c,
+        };
+        (Some(side), Some(handed))
+    } else {
+        (None, None)
     };
     let ctx = Arc::new(Ctx {
         cap: Arc::new(Capacity::new(class.slots(), s.worker_connections.max(1))),
@@ -182,10 +192,28 @@ struct Ctx<C> {
 /// (see `crate::tls`), its client and its listener.
 type Handed = (std::os::unix::net::UnixStream, Peer, usize);
 
-/// The worker's TLS terminator, and the way back for its connections.
+/// The worker's TLS terminator, and the way back for its connections
+/// (and HTTP/2 streams).
 struct TlsSide {
     terminator: crate::tls::Terminator,
     back: tokio::sync::mpsc::UnboundedSender<Handed>,
+    /// The listeners serve TLS (`certfile`).
+    tls: bool,
+    /// Plain listeners take prior-knowledge h2c from trusted peers.
+    h2c: bool,
+}
+
+impl TlsSide {
+    /// Where the front thread sends a connection's plain ends: one for an
+    /// HTTP/1.1 connection, one per stream for HTTP/2.
+    fn back_for(&self, peer: Peer, idx: usize) -> crate::tls::Done {
+        let back = self.back.clone();
+        Arc::new(move |plain, http2| {
+            let mut peer = peer.clone();
+            peer.http2 = http2;
+            let _ = back.send((plain, peer, idx));
+        })
+    }
 }
 
 impl<C> Ctx<C> {
@@ -350,7 +378,7 @@ async fn serve<C: Class>(
                     Ok(s) => {
                         let fresh = ctx.cap.fresh_only();
                         let ctx = ctx.clone();
-                        tokio::spawn(serve_conn(ctx, s, peer, idx, fresh, false));
+                        tokio::spawn(serve_conn(ctx, s, peer, idx, fresh, false, None));
                     }
                     Err(e) => tracing::warn!("cannot take a TLS connection: {e}"),
                 }
@@ -539,7 +567,7 @@ async fn accept_loop<C: Class, L: Listen>(
         match l.accept_one().await {
             Ok((s, addr)) => {
                 let mut peer = peer_for(addr, &ctx.proxy);
-                match &ctx.tls {
+                match ctx.tls.as_ref().filter(|t| t.tls) {
                     None => spawn_conn(ctx.clone(), s, peer, idx, false),
                     Some(tls) => {
                         // The handshake happens on the TLS thread; this
@@ -548,13 +576,12 @@ async fn accept_loop<C: Class, L: Listen>(
                         peer.tls = true;
                         match L::into_raw(s) {
                             Ok(raw) => {
-                                let back = tls.back.clone();
+                                let back = tls.back_for(peer, idx);
                                 tls.terminator.submit(
                                     raw,
+                                    crate::tls::Kind::Tls,
                                     Box::new(ctx.cap.open_only()),
-                                    Box::new(move |plain| {
-                                        let _ = back.send((plain, peer, idx));
-                                    }),
+                                    back,
                                 );
                             }
                             Err(e) => tracing::warn!("cannot hand a connection to TLS: {e}"),
@@ -590,10 +617,7 @@ where
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
 {
     let (guard, fresh) = ctx.cap.opened();
-    tokio::spawn(async move {
-        let _guard = guard;
-        serve_conn(ctx, s, peer, idx, fresh, idle).await;
-    });
+    tokio::spawn(serve_conn(ctx, s, peer, idx, fresh, idle, Some(guard)));
 }
 
 /// Serve a connection an aborted worker handed back (see `handback.rs`).
@@ -753,10 +777,14 @@ async fn serve_conn<C, S>(
     idx: usize,
     fresh: Fresh,
     adopted: bool,
+    guard: Option<ConnGuard>,
 ) where
     C: Class,
     S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
 {
+    // Counts the connection as open until it ends (or the front thread
+    // takes it over).
+    let mut guard = guard;
     let fd = s.as_raw_fd();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut fresh = Some(fresh);
@@ -768,6 +796,39 @@ async fn serve_conn<C, S>(
     if ctx.proxy.proxy_mode != http::proxy::Mode::Off
         && !proxy_header::read(&ctx.proxy, &mut s, &mut buf, &mut peer).await
     {
+        return;
+    }
+    // Cleartext HTTP/2 with prior knowledge, from a peer trusted to speak
+    // it (`forwarded_allow_ips`), as Gunicorn's `http2_cleartext`.
+    if let Some(front) = ctx
+        .tls
+        .as_ref()
+        .filter(|t| t.h2c && peer.trusted && !peer.http2 && !adopted)
+    {
+        match sniff_preface(&ctx.head, &mut s, &mut buf).await {
+            Some(true) => match raw_of(fd) {
+                Ok(raw) => {
+                    let back = front.back_for(peer, idx);
+                    let guard: Box<dyn Send> = Box::new(guard.take());
+                    drop(fresh);
+                    front
+                        .terminator
+                        .submit(raw, crate::tls::Kind::H2c(buf), guard, back);
+                }
+                Err(e) => tracing::warn!("cannot hand an h2c connection over: {e}"),
+            },
+            // A trusted peer on an h2c port must speak HTTP/2: no silent
+            // downgrade (Gunicorn answers 400 too).
+            Some(false) => {
+                let out = http::response::error(
+                    400,
+                    "Bad Request",
+                    "Invalid HTTP/2 connection preface (http2_cleartext expects prior-knowledge HTTP/2)",
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(&out)).await;
+            }
+            None => {}
+        }
         return;
     }
     let mut idle = adopted && buf.is_empty();
@@ -886,6 +947,46 @@ async fn serve_conn<C, S>(
     }
 }
 
+/// Read until `buf` holds the HTTP/2 preface (`Some(true)`), something
+/// else (`Some(false)`), or the client closes or stalls past the header
+/// timeout (`None`).
+async fn sniff_preface<S: AsyncRead + Unpin>(
+    rules: &HeadRules,
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<bool> {
+    let p = crate::http2::PREFACE;
+    let deadline = Instant::now() + rules.header_timeout;
+    loop {
+        let n = buf.len().min(p.len());
+        if buf[..n] != p[..n] {
+            return Some(false);
+        }
+        if n == p.len() {
+            return Some(true);
+        }
+        match tokio::time::timeout_at(deadline.into(), s.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The socket behind `fd` (a duplicate of it) for the front thread.
+fn raw_of(fd: RawFd) -> std::io::Result<crate::tls::Raw> {
+    use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+    // SAFETY: the connection task owns the socket and keeps it open.
+    let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+    let unix = getsockname::<SockaddrStorage>(fd)
+        .map(|a| a.family() == Some(AddressFamily::Unix))
+        .unwrap_or(false);
+    Ok(if unix {
+        crate::tls::Raw::Unix(std::os::unix::net::UnixStream::from(dup))
+    } else {
+        crate::tls::Raw::Tcp(std::net::TcpStream::from(dup))
+    })
+}
+
 /// How long a lingering close reads what the client still sends.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -915,7 +1016,11 @@ fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {
         uri: &req.uri,
         path: &req.path,
         query: &req.query,
-        protocol: req.version.as_str(),
+        protocol: if peer.http2 {
+            "HTTP/2.0"
+        } else {
+            req.version.as_str()
+        },
         status: o.status,
         sent: Some(o.sent),
         request_headers: &req.headers,

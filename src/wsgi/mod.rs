@@ -83,6 +83,11 @@ pub struct Peer {
     /// unless a trusted proxy's scheme header says otherwise, as in
     /// Gunicorn.
     pub tls: bool,
+    /// The request came as an HTTP/2 stream (see `crate::http2`): it
+    /// reaches the worker as HTTP/1.1 over a socketpair, but the app sees
+    /// `SERVER_PROTOCOL` `HTTP/2.0` (as Gunicorn) and ASGI `http_version`
+    /// `"2"`.
+    pub http2: bool,
     /// What the WSGI bridge keeps from one request to the next.
     pub conn: ConnState,
 }
@@ -288,6 +293,7 @@ fn environ<'py>(
     }
     env.set_item(pyo3::intern!(py, "REQUEST_METHOD"), method(py, &req.method))?;
     let protocol = match req.version {
+        _ if peer.http2 => pyo3::intern!(py, "HTTP/2.0"),
         Version::Http11 => pyo3::intern!(py, "HTTP/1.1"),
         Version::Http10 => pyo3::intern!(py, "HTTP/1.0"),
     };
