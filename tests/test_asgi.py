@@ -248,6 +248,10 @@ def test_send_takes_every_message_shape_and_its_awaitable_works_with_asyncio(ser
     srv.wait_for_log(r"RuntimeError: Unexpected ASGI message 'http.response.bogus' sent.")
     # Keep-alive goes on after both.
     assert srv.get("/").text == "Hello, World!"
+    # receive() and send() given to asyncio.create_task, which takes only
+    # coroutines.
+    r = srv.post("/as-tasks", data=b"tasked")
+    assert (r.status_code, r.text) == (200, "tasked")
 
 
 def test_keep_alive_and_pipelining(server):

@@ -267,6 +267,12 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         m.add_function(pyo3::wrap_pyfunction!(set_hooks, &m)?)?;
         m.add_class::<Done>()?;
         m.add_class::<Ready>()?;
+        // Both have send/throw/close/__await__: as coroutines, asyncio takes
+        // them where it takes only coroutines (`create_task(send(msg))`,
+        // `create_task(receive())`), as it would uvicorn's `async def`s.
+        let coroutine = py.import("collections.abc")?.getattr("Coroutine")?;
+        coroutine.call_method1("register", (m.getattr("Done")?,))?;
+        coroutine.call_method1("register", (m.getattr("Ready")?,))?;
         py.import("sys")?
             .getattr("modules")?
             .set_item("_rgunicorn_asgi", &m)?;
@@ -1634,12 +1640,32 @@ impl Done {
         Err(pyo3::exceptions::PyStopIteration::new_err(()))
     }
 
-    #[pyo3(signature = (*_args))]
-    fn throw(&self, _args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        Err(pyo3::exceptions::PyStopIteration::new_err(()))
+    #[pyo3(signature = (*args))]
+    fn throw(&self, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        Err(thrown(args))
     }
 
     fn close(&self) {}
+}
+
+/// What `throw(typ[, val[, tb]])` raises in a coroutine that has nothing
+/// left to run: the exception given (an instance, or a type called with
+/// `val`), as a finished generator does.
+fn thrown(args: &Bound<'_, PyTuple>) -> PyErr {
+    let Ok(first) = args.get_item(0) else {
+        return pyo3::exceptions::PyTypeError::new_err("throw expected at least 1 argument, got 0");
+    };
+    if first.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        return PyErr::from_value(first);
+    }
+    let made = match args.get_item(1) {
+        Ok(v) if !v.is_none() => first.call1((v,)),
+        _ => first.call0(),
+    };
+    match made {
+        Ok(e) => PyErr::from_value(e),
+        Err(e) => e,
+    }
 }
 
 /// An awaitable that is already done with `value` as its result: what
@@ -1667,6 +1693,11 @@ impl Ready {
 
     fn send(&self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
         self.__next__(py)
+    }
+
+    #[pyo3(signature = (*args))]
+    fn throw(&self, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        Err(thrown(args))
     }
 
     fn close(&self) {}

@@ -76,6 +76,15 @@ async def app(scope, receive, send):
     if path == "/echo":
         body = await read_all(receive)
         return await respond(send, 200, body or b"")
+    if path == "/as-tasks":
+        # receive() and send() handed to asyncio.create_task, which takes
+        # coroutines only (uvicorn's are `async def`s).
+        m = await asyncio.create_task(receive())
+        await asyncio.create_task(send({"type": "http.response.start", "status": 200,
+                                        "headers": [(b"content-type", b"text/plain")]}))
+        await asyncio.get_running_loop().create_task(send({"type": "http.response.body",
+                                                           "body": m["body"]}))
+        return
     if path == "/send-shapes":
         # send()'s awaitable as asyncio's helpers take it, and the message
         # shapes an app may use besides the usual ones.
