@@ -432,7 +432,7 @@ def test_runtime_image_installs_the_wheel_without_rust(image):
 # the deployment guide's own Dockerfile
 # --------------------------------------------------------------------------
 
-GUIDE_PYTHON_MINOR = "9"  # FROM python:3.9 (a test-only wheel: wheelhouse.TEST_ONLY_CONFIG)
+GUIDE_PYTHON_MINOR = "9"  # FROM python:3.9
 GUIDE_IMAGE = "localhost/rgunicorn-guide-test:latest"
 # The guide's Dockerfile, verbatim but for two edits: `rgunicorn` in CMD, and
 # `--find-links wheels` on the pip line (no package index serves rgunicorn

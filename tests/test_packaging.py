@@ -9,12 +9,6 @@ the whole run), `pip install .` and the sdist are cached under
 target/packaging-tests/ with a stamp of the sources, so a second run costs
 only venvs and requests.
 
-The wheels for the Pythons other than the one running the suite are built
-with the rgunicorn crate at opt-level 1 (tests/wheelhouse.py,
-TEST_ONLY_CONFIG) to save CI time: they are tested here, never shipped or
-benchmarked; this machine's Python's wheel (which the whole suite runs
-against), `pip install .` and the sdist's wheel are built as users build them.
-
 What a user would see is asserted: the commands are on the virtualenv's PATH,
 the app runs on that virtualenv's interpreter with no LD_LIBRARY_PATH,
 rgunicornctl does not link libpython (and its start-up time is printed), the

@@ -1,9 +1,7 @@
 """rgunicorn's builds as users make them, each made once per source state.
 
 * **The wheels**: `maturin build --release -i ...`, one per supported CPython
-  (pyenv's 3.9 to 3.13, and the Python running this), into target/wheelhouse/;
-  the other Pythons' with the rgunicorn crate less optimised
-  ([`TEST_ONLY_CONFIG`]: tested, never shipped).
+  (pyenv's 3.9 to 3.13, and the Python running this), into target/wheelhouse/.
   Everything that installs rgunicorn the way users do takes its wheel from
   there: scripts/test.sh pip-installs the machine's Python's wheel into a
   fresh target/installed-venv and runs the integration suite against it
@@ -138,26 +136,8 @@ def _run(cmd, log, **kw):
         raise RuntimeError(f"{cmd} exited {r.returncode}")
 
 
-#: How the wheels for the other Pythons are built: cargo's `--config` for
-#: the rgunicorn crate alone (not its dependencies, which stay the ones
-#: `cargo build --release` compiled and are shared; thin LTO stays too).
-#: These wheels are tested (test_packaging: installed on their Python with
-#: no Rust toolchain, served, auditwheel-checked; test_docker's guide image
-#: serves from the 3.9 one) but never shipped or measured: what users build
-#: (`maturin build --release`, `pip install .`, the sdist) and the wheel the
-#: whole suite runs against (this machine's Python's) use the release
-#: profile as it is. Each of these builds recompiles PyO3 and the crate for
-#: its interpreter, and the crate's optimisation is most of that CPU.
-TEST_ONLY_CONFIG = ("profile.release.package.rgunicorn.opt-level=1",
-                    "profile.release.package.rgunicorn.codegen-units=16")
-
-
-def _test_only(minor: str) -> bool:
-    return minor != THIS_MINOR
-
-
 def _wheel_stamp(minor: str, python: Path, source: str) -> str:
-    return f"{source} {python}" + (" test-only-profile" if _test_only(minor) else "")
+    return f"{source} {python}"
 
 
 def _wheels_missing(minors, source: str) -> list[str]:
@@ -188,17 +168,9 @@ def build(minors=None, log=None) -> Path:
             for old in glob.glob(str(WHEELS / f"rgunicorn-*-cp3{m}-*.whl")):
                 os.unlink(old)
         t0 = time.monotonic()
-        # This Python's wheel as users build it; the others in one maturin
-        # invocation, with TEST_ONLY_CONFIG.
-        for group in ([m for m in missing if not _test_only(m)],
-                      [m for m in missing if _test_only(m)]):
-            if not group:
-                continue
-            config = [a for c in TEST_ONLY_CONFIG for a in ("--config", c)] \
-                if _test_only(group[0]) else []
-            _run([_bin("maturin"), "build", "--release", *config, "-o", WHEELS,
-                  *[a for m in group for a in ("-i", pythons[m])]],
-                 log, cwd=ROOT, env=build_env())
+        _run([_bin("maturin"), "build", "--release", "-o", WHEELS,
+              *[a for m in missing for a in ("-i", pythons[m])]],
+             log, cwd=ROOT, env=build_env())
         for m in missing:
             (WHEELS / f".stamp-3{m}").write_text(_wheel_stamp(m, pythons[m], source))
         print(f"built the wheels for 3.{', 3.'.join(missing)} in {time.monotonic() - t0:.0f} s",
