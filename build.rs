@@ -118,7 +118,7 @@ fn git_commit() -> String {
 /// the three control files it shares with the server, with a handful of
 /// dependencies (clap, serde, serde_json, anyhow), none of which depends
 /// on the interpreter or on what maturin sets per interpreter. So the nested
-/// build is the same for every wheel: one compile of about a minute of CPU
+/// build is the same for every wheel: one compile of about 80 CPU-s
 /// serves `maturin build -i 3.9 -i 3.10 ...`, `pip install .` and the
 /// sdist's build in the same target directory.
 #[cfg(feature = "server")]
