@@ -13,20 +13,24 @@
 //!   `maturin build`, `pip install .` and a build from the sdist all get it,
 //!   with no wrapper around maturin.
 //! - Both: what `rgunicorn --version` says about the build.
+#[cfg(feature = "server")]
 use std::path::{Path, PathBuf};
+#[cfg(feature = "server")]
 use std::process::Command;
 
 /// Set in the nested cargo that builds rgunicornctl, so it does not recurse.
+#[cfg(feature = "server")]
 const NESTED: &str = "RGUNICORN_BUILDING_CTL";
 
-/// The PyO3 configuration rgunicornctl is compiled with (`PYO3_CONFIG_FILE`):
-/// the oldest supported CPython, no libpython linked. rgunicornctl calls
-/// nothing of PyO3; the library it shares with the server only has to
-/// compile.
-const CTL_PYO3_CONFIG: &str =
-    "implementation=CPython\nversion=3.9\nshared=false\nsuppress_build_script_link_lines=true\n";
-
 fn main() {
+    // Without the feature `server` (rgunicornctl alone, build_ctl's build)
+    // there is no Python and nothing to configure.
+    #[cfg(feature = "server")]
+    server();
+}
+
+#[cfg(feature = "server")]
+fn server() {
     pyo3_build_config::use_pyo3_cfgs();
     let extension = std::env::var_os("CARGO_FEATURE_EXTENSION_MODULE").is_some()
         || std::env::var_os("PYO3_BUILD_EXTENSION_MODULE").is_some();
@@ -67,6 +71,7 @@ fn main() {
 
 /// The commit this is built from (`abc123def456`, `-dirty` when the tree
 /// has changes), or `unknown` (an sdist has no git).
+#[cfg(feature = "server")]
 fn git_commit() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -108,13 +113,15 @@ fn git_commit() -> String {
 /// Build rgunicornctl (release, no Python linked) and put it where the
 /// wheel's data directory expects it.
 ///
-/// rgunicornctl never runs Python, so it is built with one fixed PyO3
-/// configuration (a config file, [`CTL_PYO3_CONFIG`]) instead of the
-/// interpreter the wheel is for, and with none of the variables maturin sets
-/// per interpreter: the nested build is then the same for every wheel (one
-/// compile serves `maturin build -i 3.9 -i 3.10 ...`, `pip install .` and the
-/// sdist's build in the same target directory), not a rebuild of the library
-/// per Python.
+/// It is built without the feature `server` (`--no-default-features`): the
+/// library is then empty and rgunicornctl compiles from its own source and
+/// the three control files it shares with the server, with a handful of
+/// dependencies (clap, serde, serde_json, anyhow), none of which depends
+/// on the interpreter or on what maturin sets per interpreter. So the nested
+/// build is the same for every wheel: one compile of about 80 CPU-s
+/// serves `maturin build -i 3.9 -i 3.10 ...`, `pip install .` and the
+/// sdist's build in the same target directory.
+#[cfg(feature = "server")]
 fn build_ctl() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let target_dir = ctl_target_dir(&manifest);
@@ -122,31 +129,18 @@ fn build_ctl() {
     for f in ["src", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", manifest.join(f).display());
     }
-    let config = target_dir.join("pyo3-config.txt");
-    if let Err(e) = std::fs::create_dir_all(&target_dir).and_then(|()| {
-        // Rewritten only when different: its mtime is no reason to rebuild.
-        if std::fs::read_to_string(&config).ok().as_deref() == Some(CTL_PYO3_CONFIG) {
-            Ok(())
-        } else {
-            std::fs::write(&config, CTL_PYO3_CONFIG)
-        }
-    }) {
-        panic!("cannot write {}: {e}", config.display());
-    }
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&manifest)
         .args([
             "build",
             "--release",
+            "--no-default-features",
             "--bin",
             "rgunicornctl",
             "--target-dir",
         ])
         .arg(&target_dir)
         .env(NESTED, "1")
-        // No libpython: rgunicornctl never runs Python.
-        .env("PYO3_BUILD_EXTENSION_MODULE", "1")
-        .env("PYO3_CONFIG_FILE", &config)
         // A small file: it is copied into every virtualenv.
         .env("CARGO_PROFILE_RELEASE_STRIP", "true")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
@@ -154,11 +148,15 @@ fn build_ctl() {
         .env_remove("CARGO_BUILD_TARGET_DIR");
     // What differs from one interpreter's build to the next (maturin sets
     // them per interpreter; pip's isolated build changes PATH's first entry).
+    // Nothing in this build reads them; removed so that cargo's fingerprints
+    // of the build scripts cannot see them either.
     for var in [
         "PYO3_PYTHON",
         "PYO3_ENVIRONMENT_SIGNATURE",
         "PYTHON_SYS_EXECUTABLE",
         "PYO3_NO_PYTHON",
+        "PYO3_BUILD_EXTENSION_MODULE",
+        "PYO3_CONFIG_FILE",
         "VIRTUAL_ENV",
         "CONDA_PREFIX",
         "_PYTHON_SYSCONFIGDATA_NAME",
@@ -190,6 +188,7 @@ fn build_ctl() {
 /// sharing a target directory shares it too (a build from the sdist
 /// included); `target/rgunicornctl-build` beside Cargo.toml if OUT_DIR is
 /// not laid out that way.
+#[cfg(feature = "server")]
 fn ctl_target_dir(manifest: &Path) -> PathBuf {
     std::env::var_os("OUT_DIR")
         .map(PathBuf::from)

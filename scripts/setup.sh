@@ -51,6 +51,8 @@ for pkg in podman runc netavark aardvark-dns iptables debootstrap; do
         missing+=("$pkg")
     fi
 done
+# GNU time: scripts/test.sh's CPU seconds of the pytest phase.
+[ -x /usr/bin/time ] || missing+=(time)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"
     SUDO=""

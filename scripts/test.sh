@@ -3,11 +3,14 @@
 #
 # From a fresh clone it installs what the tests need (scripts/setup.sh), builds
 # both binaries (cargo build --release, the developers' route), checks
-# formatting and lints, runs the Rust unit tests, builds the wheels (one per
-# supported CPython, tests/wheelhouse.py), pip-installs the machine's Python's
-# wheel into a fresh virtualenv, target/installed-venv, and runs the Python
-# integration tests against that installed rgunicorn and rgunicornctl: what
-# users install is what is tested, so packaging cannot rot.
+# formatting, builds the wheel for the machine's Python (tests/wheelhouse.py),
+# pip-installs it into a fresh virtualenv, target/installed-venv, and runs the
+# Python integration tests against that installed rgunicorn and rgunicornctl:
+# what users install is what is tested, so packaging cannot rot. Beside
+# pytest, a background job at the lowest priority builds the other wheels,
+# `pip install .` and the sdist (which the packaging and Docker tests wait
+# for), runs clippy and compiles the unit tests; the unit tests run last.
+# Every phase's wall and CPU seconds are printed at the end.
 #
 # Environment:
 #   RG_TEST_SERVER=gunicorn   run the integration tests against gunicorn
@@ -41,22 +44,45 @@ exec </dev/null
 
 section() { printf '\n======== %s ========\n' "$*"; }
 failed=()
+#: One line per phase, printed again at the end: wall and CPU seconds. CPU
+#: (user+sys of the phase's processes) hardly depends on what else loads the
+#: machine; wall on 2 cores is at best CPU/2.
+phases=()
+times_file="$(mktemp)"
+trap 'rm -f "$times_file"' EXIT
+cpu_now() { # CPU_NOW= CPU seconds used so far by this shell's finished children
+    times >"$times_file"  # in this shell: in $(...) it would see a subshell's
+    CPU_NOW="$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+                             printf "%.0f", t }' "$times_file")"
+}
+phase_start() { p_t0=$SECONDS; cpu_now; p_c0=$CPU_NOW; }
+phase_end() { # name, outcome[, CPU seconds if not this shell's children's]
+    local cpu="${3:-}"
+    if [ -z "$cpu" ]; then cpu_now; cpu=$((CPU_NOW - p_c0)); fi
+    local line
+    line="$(printf '%-44s %-6s %5d s wall %6s s CPU' "$1" "$2" $((SECONDS - p_t0)) "$cpu")"
+    echo "-- $line"
+    phases+=("$line")
+}
 run_step() { # name, command...: run, remember a failure, go on
     local name="$1"; shift
     section "$name"
-    local t0=$SECONDS
+    phase_start
     if "$@"; then
-        echo "-- $name: ok ($((SECONDS - t0)) s)"
+        phase_end "$name" ok
     else
-        echo "-- $name: FAILED ($((SECONDS - t0)) s)"
+        phase_end "$name" FAILED
         failed+=("$name")
     fi
 }
 
 t_all=$SECONDS
+cpu_now
+c_all=$CPU_NOW
 section "setup (system packages, target/venv)"
+phase_start
 bash scripts/setup.sh
-echo "-- setup: $SECONDS s"
+phase_end setup ok
 
 # Cargo needs to be on PATH (rustup puts it in ~/.cargo/bin).
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -64,20 +90,18 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 
 section "cargo build --release"
-t0=$SECONDS
+phase_start
 cargo build --release 2>&1
 ls -l target/release/rgunicorn target/release/rgunicornctl
-echo "-- cargo build --release: $((SECONDS - t0)) s"
+phase_end "cargo build --release" ok
 
 run_step "cargo fmt --check" cargo fmt --all -- --check
-run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
-run_step "cargo test --release (unit tests)" cargo test --release
 
 if [ -n "${RG_TEST_CARGO:-}" ] || [ "${RG_TEST_SERVER:-}" = gunicorn ]; then
     unset RG_BIN
 elif [ -z "${RG_BIN:-}" ]; then
-    section "wheels (maturin build --release, one per supported CPython), installed into a fresh target/installed-venv"
-    t0=$SECONDS
+    section "the wheel (maturin build --release) for this machine's Python, installed into a fresh target/installed-venv"
+    phase_start
     # Built once per source state (target/wheelhouse/.stamp); test_packaging and
     # test_docker install the same files.
     wheel="$(target/venv/bin/python tests/wheelhouse.py)"
@@ -89,45 +113,93 @@ elif [ -z "${RG_BIN:-}" ]; then
     target/installed-venv/bin/pip install -q --disable-pip-version-check --no-index "$wheel"
     export RG_BIN="$ROOT/target/installed-venv/bin/rgunicorn"
     "$RG_BIN" --version
-    echo "-- the wheel and target/installed-venv: $((SECONDS - t0)) s"
-    if [ "$#" -eq 0 ]; then
-        # The other builds the packaging and Docker tests install (the other
-        # Pythons' wheels, `pip install .`, the sdist) are made meanwhile, in
-        # the background at the lowest CPU and I/O priority, so the tests
-        # running at the same time keep the CPU they need; a test that needs
-        # one of them waits for it (tests/wheelhouse.py holds a lock). With
-        # pytest arguments (a selection) the tests build what they need.
-        echo "-- background builds (tests/wheelhouse.py --rest): log in target/prebuild.log"
-        nice -n 19 ionice -c 3 target/venv/bin/python tests/wheelhouse.py --rest \
-            > target/prebuild.log 2>&1 &
-        prebuild_pid=$!
-    fi
+    phase_end "the wheel and target/installed-venv" ok
+    # Without pytest arguments, the other builds the packaging and Docker
+    # tests install (the other Pythons' wheels, `pip install .`, the sdist)
+    # are made in the background job below; with arguments (a selection)
+    # the tests build what they need.
+    if [ "$#" -eq 0 ]; then prebuild=1; fi
 fi
 
+# The background job: what no test waits for, or only a late one, runs
+# beside pytest at the lowest CPU and I/O priority, so the tests keep the
+# CPU they need (most of their time is spent waiting on servers, a core is
+# often idle): the builds tests/wheelhouse.py --rest makes (the packaging
+# and Docker tests wait for theirs: tests/wheelhouse.py holds a lock), then
+# clippy and the compile of the unit tests. The unit tests themselves run
+# after pytest, at normal priority (some of them time things). Its log is
+# target/background.log; its phases are in the summary at the end.
+section "background job (builds, clippy, unit-test compile): log in target/background.log"
+bg_log="$ROOT/target/background.log"
+bg_status="$ROOT/target/background.status"
+rm -f "$bg_status"
+(
+    exec >"$bg_log" 2>&1
+    times_file="$(mktemp)"
+    renice -n 19 -p "$BASHPID" >/dev/null
+    ionice -c 3 -p "$BASHPID" 2>/dev/null || true
+    failed=()
+    phases=()
+    if [ -n "${prebuild:-}" ]; then
+        # Each build prints its own "== <what>: ok (W s wall, C s CPU)" line.
+        run_step "builds (tests/wheelhouse.py --rest)" target/venv/bin/python tests/wheelhouse.py --rest
+    fi
+    run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
+    run_step "cargo test --release --no-run (unit tests' compile)" cargo test --release --no-run
+    { printf 'phase\t%s\n' "${phases[@]}"; [ "${#failed[@]}" -eq 0 ] || printf 'failed\t%s\n' "${failed[@]}"; } \
+        >"$bg_status"
+    rm -f "$times_file"
+) &
+bg_pid=$!
+
 section "pytest (server: ${RG_TEST_SERVER:-rgunicorn}${RG_BIN:+, installed: $RG_BIN})"
-t0=$SECONDS
+phase_start
+pytest_cpu_file="$(mktemp)"
+pytest_cmd=(target/venv/bin/python -m pytest tests -v -p no:cacheprovider --durations=30
+            --timeout="${RG_TEST_TIMEOUT:-120}" -rfEsxX "$@")
 set +e
-target/venv/bin/python -m pytest tests -v -p no:cacheprovider --durations=30 \
-    --timeout="${RG_TEST_TIMEOUT:-120}" -rfEsxX "$@"
+if [ -x /usr/bin/time ]; then
+    # Its own CPU, not the background job's (which may end meanwhile).
+    /usr/bin/time -o "$pytest_cpu_file" -f '%U %S' "${pytest_cmd[@]}"
+else
+    "${pytest_cmd[@]}"
+fi
 rc=$?
 set -e
+pytest_cpu="$(tail -1 "$pytest_cpu_file" | awk 'NF == 2 { printf "%.0f", $1 + $2 }')"
+rm -f "$pytest_cpu_file"
 if [ "$rc" -ne 0 ]; then
     if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; fi
     failed+=("pytest (exit $rc)")
-fi
-echo "-- pytest took $((SECONDS - t0)) s"
-if [ -n "${prebuild_pid:-}" ]; then
-    section "background builds"
-    if wait "$prebuild_pid"; then
-        grep '^== \|^built ' target/prebuild.log || true
-    else
-        tail -40 target/prebuild.log
-        failed+=("background builds (target/prebuild.log)")
-    fi
+    phase_end pytest FAILED "${pytest_cpu:-?}"
+else
+    phase_end pytest ok "${pytest_cpu:-?}"
 fi
 
+section "background job"
+phase_start
+wait "$bg_pid" || true
+phase_end "waiting for the background job" ok -
+if [ -f "$bg_status" ]; then
+    grep '^== \|^-- ' "$bg_log" || true
+    while IFS=$'\t' read -r kind text; do
+        case "$kind" in
+            phase) phases+=("(background) $text") ;;
+            failed) failed+=("$text (target/background.log)") ;;
+        esac
+    done <"$bg_status"
+    if grep -q '^failed' "$bg_status"; then tail -80 "$bg_log"; fi
+else
+    tail -80 "$bg_log"
+    failed+=("the background job (target/background.log)")
+fi
+
+run_step "cargo test --release (unit tests)" cargo test --release
+
 section "result"
-echo "whole run: $((SECONDS - t_all)) s"
+printf '%s\n' "${phases[@]}"
+cpu_now
+echo "whole run: $((SECONDS - t_all)) s wall, $((CPU_NOW - c_all)) s CPU (everything but the containers' processes)"
 if [ -n "${RG_SKIP_TIERS:-}" ]; then
     echo "tiers left out on purpose (RG_SKIP_TIERS): $RG_SKIP_TIERS"
 fi

@@ -9,6 +9,12 @@
 //! ([`logging`]). [`cli`] is the command line, shared by the cargo-built
 //! binary and an installed wheel's console script (through the extension
 //! module, feature `extension-module`).
+//!
+//! All of it is the default feature `server`: without it (`cargo build
+//! --no-default-features --bin rgunicornctl`, build.rs's build of
+//! rgunicornctl for the wheel) the library is empty, and none of its
+//! dependencies (PyO3, tokio, rustls, ...) is compiled.
+#![cfg(feature = "server")]
 pub mod arbiter;
 pub mod cli;
 pub mod config;

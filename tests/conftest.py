@@ -699,3 +699,15 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "nspawn: end-to-end under a real systemd in a systemd-nspawn container "
                    "(tests/test_systemd_nspawn.py; deselect with -m 'not nspawn')")
+
+
+#: Test files that wait for builds scripts/test.sh's background job makes
+#: beside pytest (tests/wheelhouse.py --rest: `pip install .`, the other
+#: Pythons' wheels, the sdist). They run last, so that the builds have the
+#: whole run to finish instead of holding the suite up in the middle of it;
+#: what they assert is unchanged.
+RUN_LAST = ("test_packaging.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: order kept otherwise

@@ -34,6 +34,7 @@ import fcntl
 import glob
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -241,21 +242,30 @@ def _minor_of(python: Path) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user+sys) used so far by this process's finished children."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _rest(log) -> int:
-    """Everything but this Python's wheel; each failure is reported and left
-    for the test that needs it to retry (and fail, showing why)."""
+    """Everything but this Python's wheel, in the order the tests need them
+    (test_docker's guide image: 3.9; test_packaging: `pip install .`, then
+    the wheels, then the sdist); each failure is reported and left for the
+    test that needs it to retry (and fail, showing why)."""
     failed = 0
     pythons = pyenv_pythons()
-    steps = [("the wheel for 3.9", lambda: build(["9"], log)),
-             ("the other wheels", lambda: build(None, log))]
+    steps = [("the wheel for 3.9", lambda: build(["9"], log))]
     if "11" in pythons:
         steps.append(("pip install .", lambda: pip_install_venv(pythons["11"], log)))
-    steps.append(("the sdist", lambda: sdist(log)))
+    steps += [("the other wheels", lambda: build(None, log)),
+              ("the sdist", lambda: sdist(log))]
     for what, step in steps:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), _children_cpu()
         try:
             step()
-            print(f"== {what}: ok ({time.monotonic() - t0:.0f} s)", file=log, flush=True)
+            print(f"== {what}: ok ({time.monotonic() - t0:.0f} s wall, "
+                  f"{_children_cpu() - c0:.0f} s CPU)", file=log, flush=True)
         except Exception as e:  # noqa: BLE001 - reported, the tests retry
             failed += 1
             print(f"== {what}: FAILED ({e})", file=log, flush=True)

@@ -5,6 +5,12 @@
 //! `--json`, the response line itself. It uses nothing of the library that
 //! touches Python, so it never links libpython.
 //!
+//! The three files it shares with the server (`src/control/{protocol, path,
+//! prometheus}.rs`) are compiled into it from their source, not through the
+//! library crate: so rgunicornctl builds without the feature `server` (with
+//! `--no-default-features`, the library is empty and none of the server's
+//! dependencies is compiled), which is how build.rs builds it for the wheel.
+//!
 //! Exit codes (also in `docs/control-protocol.md`):
 //!
 //! | code | meaning |
@@ -15,9 +21,19 @@
 //! | 3 | no server to talk to: socket missing, connection refused, no permission on the socket file |
 //! | 4 | no usable answer in time (`--timeout`), or an answer that is not the protocol |
 
+/// The server's own `control::{protocol, path, prometheus}` source files
+/// (what only the server uses of them is unused here).
+#[allow(dead_code)]
+#[path = "../control"]
+mod control {
+    pub mod path;
+    pub mod prometheus;
+    pub mod protocol;
+}
+
 use anyhow::Context;
-use rgunicorn::control::path::{candidates, PathEnv};
-use rgunicorn::control::protocol::{
+use control::path::{candidates, PathEnv};
+use control::protocol::{
     Command, HealthData, MetricsData, ReloadOutcome, Response, ScaleData, ScaleTo, StatusData,
     WorkerInfo,
 };
@@ -490,7 +506,7 @@ fn print_human(command: &Command, data: Value) -> anyhow::Result<()> {
         }
         Command::Metrics => {
             let m: MetricsData = serde_json::from_value(data).with_context(shape)?;
-            print!("{}", rgunicorn::control::prometheus::render(&m));
+            print!("{}", control::prometheus::render(&m));
         }
         Command::Reload { .. } => {
             let r: ReloadOutcome = serde_json::from_value(data).with_context(shape)?;
