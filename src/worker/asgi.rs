@@ -530,6 +530,7 @@ impl Server {
         d.set_item(
             pyo3::intern!(py, "http_version"),
             match req.version {
+                _ if job.peer.http2 => pyo3::intern!(py, "2"),
                 Version::Http10 => pyo3::intern!(py, "1.0"),
                 Version::Http11 => pyo3::intern!(py, "1.1"),
             },
