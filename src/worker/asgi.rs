@@ -301,7 +301,6 @@ fn rg_log(level: u32, msg: &str, exception: bool) {
 
 /// One listener's constant part of the scope.
 struct ListenerScope {
-    server: Py<PyAny>,
     unix: bool,
     /// An HTTP scope with every key in place and the constant values set
     /// (`type`, `asgi`, `root_path`, `server`): each request's scope is a
@@ -316,7 +315,6 @@ struct ListenerScope {
 pub struct Server {
     rx: handoff::Receiver<Job>,
     listeners: Vec<ListenerScope>,
-    asgi: Py<PyDict>,
     root_path: String,
     proxy: ProxyPolicy,
     /// The lifespan state, copied into each scope.
@@ -386,7 +384,6 @@ impl Server {
             template.set_item("root_path", setting_str(b, "root_path"))?;
             template.set_item("server", &server)?;
             listeners.push(ListenerScope {
-                server,
                 unix: info.unix,
                 template: template.unbind(),
             });
@@ -394,7 +391,6 @@ impl Server {
         Ok(Server {
             rx,
             listeners,
-            asgi: asgi.unbind(),
             root_path: setting_str(b, "root_path"),
             proxy: b.proxy.clone(),
             state: Mutex::new(None),
@@ -423,89 +419,23 @@ impl Server {
     ) -> Result<(Bound<'py, PyDict>, bool), http::ParseError> {
         let req = &job.req;
         let fwd = crate::wsgi::forwarded_https(&self.proxy, req, &job.peer)?;
-        if !ws {
-            return self
-                .http_scope(py, job, fwd)
-                .map(|d| (d, fwd))
-                .map_err(|_| http::ParseError::InvalidSchemeHeaders);
-        }
+        // A WebSocket handshake's scope is the HTTP one with the WebSocket
+        // keys in place of `method` (one builder, so both always agree).
         let build = || -> PyResult<Bound<'py, PyDict>> {
-            let d = PyDict::new(py);
+            let d = self.http_scope(py, job, fwd)?;
             if ws {
                 d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "websocket"))?;
-            } else {
-                d.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
-            }
-            d.set_item(pyo3::intern!(py, "asgi"), self.asgi.bind(py))?;
-            d.set_item(
-                pyo3::intern!(py, "http_version"),
-                match req.version {
-                    _ if job.peer.http2 => pyo3::intern!(py, "2"),
-                    Version::Http10 => pyo3::intern!(py, "1.0"),
-                    Version::Http11 => pyo3::intern!(py, "1.1"),
-                },
-            )?;
-            let scheme = match (ws, fwd) {
-                (false, false) => pyo3::intern!(py, "http"),
-                (false, true) => pyo3::intern!(py, "https"),
-                (true, false) => pyo3::intern!(py, "ws"),
-                (true, true) => pyo3::intern!(py, "wss"),
-            };
-            if ws {
+                let scheme = if fwd {
+                    pyo3::intern!(py, "wss")
+                } else {
+                    pyo3::intern!(py, "ws")
+                };
+                d.set_item(pyo3::intern!(py, "scheme"), scheme)?;
+                d.del_item(pyo3::intern!(py, "method"))?;
                 d.set_item("subprotocols", websocket::subprotocols(req))?;
                 let ext = PyDict::new(py);
                 ext.set_item("websocket.http.response", PyDict::new(py))?;
                 d.set_item("extensions", ext)?;
-            } else {
-                d.set_item(pyo3::intern!(py, "method"), &req.method)?;
-            }
-            d.set_item(pyo3::intern!(py, "scheme"), scheme)?;
-            let path_bytes: Vec<u8> = req.path.chars().map(|c| c as u32 as u8).collect();
-            let path = String::from_utf8_lossy(&path_bytes);
-            if self.root_path.is_empty() || path.starts_with(self.root_path.as_str()) {
-                d.set_item(pyo3::intern!(py, "path"), path.as_ref())?;
-            } else {
-                d.set_item(
-                    pyo3::intern!(py, "path"),
-                    format!("{}{path}", self.root_path),
-                )?;
-            }
-            let raw: Vec<u8> = req
-                .uri
-                .chars()
-                .take_while(|&c| c != '?' && c != '#')
-                .map(|c| c as u32 as u8)
-                .collect();
-            d.set_item(pyo3::intern!(py, "raw_path"), PyBytes::new(py, &raw))?;
-            d.set_item(
-                pyo3::intern!(py, "query_string"),
-                PyBytes::new(py, req.query.as_bytes()),
-            )?;
-            d.set_item(pyo3::intern!(py, "root_path"), &self.root_path)?;
-            let headers = PyList::empty(py);
-            let mut lower = Vec::with_capacity(32);
-            for h in &req.headers {
-                lower.clear();
-                lower.extend(h.name.iter().map(u8::to_ascii_lowercase));
-                headers.append(PyTuple::new(
-                    py,
-                    [PyBytes::new(py, &lower), PyBytes::new(py, &h.value)],
-                )?)?;
-            }
-            d.set_item(pyo3::intern!(py, "headers"), headers)?;
-            let l = &self.listeners[job.listener.min(self.listeners.len().saturating_sub(1))];
-            d.set_item(pyo3::intern!(py, "server"), l.server.bind(py))?;
-            match client(&self.proxy, req, &job.peer, l.unix) {
-                Some((addr, port)) => d.set_item(pyo3::intern!(py, "client"), (addr, port))?,
-                None => d.set_item(pyo3::intern!(py, "client"), py.None())?,
-            }
-            if let Some(st) = self
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-            {
-                d.set_item(pyo3::intern!(py, "state"), st.bind(py).copy()?)?;
             }
             Ok(d)
         };
