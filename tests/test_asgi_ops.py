@@ -67,6 +67,12 @@ def test_pid1_sigterm_finishes_the_asgi_request_runs_shutdown_and_exits_0(tmp_pa
                      app=RAW, env={"ASGI_EVENTS": str(events)})
     try:
         srv.wait_ready()
+        # wait_ready sees the first worker answer; the second may still be
+        # importing the app. A worker stopped before its lifespan startup ran
+        # has no shutdown to run, so wait for both startups to make the count
+        # below mean something.
+        assert wait_until(lambda: events.exists() and events.read_text().count("startup ") == 2,
+                          timeout=15), srv.log()
         got = {}
         fetch = threading.Thread(target=lambda: got.update(
             r=requests.get(srv.url + "/sleep?2", timeout=20)))
