@@ -277,6 +277,61 @@ def test_graceful_stop_answers_every_request_sent_before_it(server, tmp_path, cl
     assert all(after), "\n".join(c.failures[:15])
 
 
+def send_keepalive_get(port: int, path: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+    return s
+
+
+@pytest.mark.skipif(IS_GUNICORN, reason="Gunicorn's sync worker never keeps a connection")
+@pytest.mark.parametrize("worker_class", CLASSES)
+def test_a_request_in_flight_at_stop_closes_its_connection_and_the_stop_does_not_wait(
+        server, tmp_path, say, worker_class):
+    """The response to a request still running when the stop begins says
+    `Connection: close` and its connection ends, so the worker exits as
+    soon as it is answered instead of holding that connection for the
+    keep-alive timeout (a `docker stop` or a reload would wait for it)."""
+    srv = start_app(server, tmp_path, "-w", "1", "--keep-alive", "10", "--graceful-timeout", "20",
+                    worker_class=worker_class)
+    s = send_keepalive_get(srv.port, "/sleep?s=1")
+    assert wait_until(lambda: "sleep-start 1.0" in srv.log(), timeout=10), srv.log()
+    t0 = time.monotonic()
+    srv.send_signal(signal.SIGTERM)
+    buf = bytearray()
+    r = read_response(s, buf)
+    assert (r.status, r.body, r.closes) == (200, b"slept 1.0", True), (r.status, r.headers, r.body)
+    assert s.recv(1) == b"" and not buf, "the connection stays open after Connection: close"
+    assert srv.wait_exit(15) == 0
+    took = time.monotonic() - t0
+    say(f"stop with a request in flight ({worker_class}): answered with Connection: close, "
+        f"exit after {took:.2f} s (keep-alive 10 s)")
+    assert took < 6, f"the stop waited {took:.1f} s: the keep-alive timeout, not the request"
+
+
+@pytest.mark.skipif(IS_GUNICORN, reason="Gunicorn's sync worker never keeps a connection")
+@pytest.mark.parametrize("worker_class", CLASSES)
+def test_the_request_that_reaches_max_requests_closes_its_connection(server, tmp_path,
+                                                                     worker_class):
+    """As Gunicorn's gthread worker does: the request that brings a worker to
+    `--max-requests` is answered with `Connection: close`, so its client
+    moves on to the worker that replaces this one at once."""
+    # 4: the fixture's readiness probe was the worker's first request.
+    srv = start_app(server, tmp_path, "-w", "1", "--max-requests", "4", "--keep-alive", "10",
+                    worker_class=worker_class)
+    first = srv.worker_pids()
+    s = send_keepalive_get(srv.port, "/")
+    buf = bytearray()
+    got = [read_response(s, buf)]
+    for _ in range(2):
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        got.append(read_response(s, buf))
+    assert [r.status for r in got] == [200] * 3
+    assert [r.closes for r in got] == [False, False, True], [r.headers for r in got]
+    assert s.recv(1) == b""
+    assert wait_until(lambda: (lambda w: len(w) == 1 and w != first)(srv.worker_pids()), timeout=20)
+    assert srv.get("/").status_code == 200
+
+
 def test_wrk_sees_no_errors_across_reloads(server, tmp_path, say):
     srv = start_app(server, tmp_path, "-w", "2", "--threads", "2", worker_class="gthread")
     wrk = subprocess.Popen(["wrk", "-t1", "-c32", "-d12s", f"http://127.0.0.1:{srv.port}/"],

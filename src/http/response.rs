@@ -24,10 +24,13 @@
 //! 3. [`Response::push_body`] for each piece (framed, cut at the announced
 //!    length, dropped when the response has no body), then
 //!    [`Response::finish`], which ends a chunked body and says whether the
-//!    connection may serve another request.
+//!    connection may serve another request (never once the worker began to
+//!    retire: [`close_connections_from_now`]).
 //!
 //! [`error`] builds the response for a request that cannot be served
 //! (Gunicorn's `util.write_error`), [`CONTINUE`] the interim `100 Continue`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{ParseError, Request, Version};
 
@@ -48,6 +51,19 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// What follows the status line up to the date (our `Server` header), in
 /// one piece.
 const SERVER_AND_DATE: &[u8] = b"\r\nServer: rgunicorn\r\nDate: ";
+
+/// Set once, when the worker begins to retire: see
+/// [`close_connections_from_now`].
+static CLOSING: AtomicBool = AtomicBool::new(false);
+
+/// From now on every response head says `Connection: close` and the
+/// connection ends after it (a retiring worker: the request in flight is
+/// answered, and its client's next request goes to a worker that stays).
+/// Process-wide, as retiring is; a head encoded just before still keeps
+/// its connection, which the drain then treats as any idle keep-alive one.
+pub fn close_connections_from_now() {
+    CLOSING.store(true, Ordering::Relaxed);
+}
 
 /// What the request says about its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,6 +522,7 @@ impl Response {
     ) -> Result<(), NoStatus> {
         let head = self.head.as_ref().ok_or(NoStatus)?;
         let (framing, keep_alive) = decide(self.ex, head.code, head.app, body_len);
+        let keep_alive = keep_alive && !CLOSING.load(Ordering::Relaxed);
         encode_head(out, self.ex, head, framing, keep_alive, date);
         self.keep_alive = keep_alive;
         self.body = Some(Body::new(framing));

@@ -158,6 +158,20 @@ impl Signals {
             tracing::error!("cannot watch SIGTERM: {e}");
             WORKER_BOOT_ERROR
         })?;
+        // Beside tokio's stream, which the loop reads only between requests
+        // (a sync worker runs the app on this very thread): at once, every
+        // response head from now on says `Connection: close`.
+        // SAFETY: the action only stores to an atomic, which is
+        // async-signal-safe; it allocates nothing and takes no lock.
+        let closing = unsafe {
+            signal_hook_registry::register(
+                nix::sys::signal::Signal::SIGTERM as i32,
+                http::response::close_connections_from_now,
+            )
+        };
+        if let Err(e) = closing {
+            tracing::warn!("cannot watch SIGTERM for the drain: {e}");
+        }
         let usr1 = signal(SignalKind::user_defined1());
         // Handlers in place: a TERM that came while booting is delivered now.
         set_mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK);
@@ -227,6 +241,13 @@ impl<C> Ctx<C> {
         // stays open for the life of the worker.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.notify_fd) };
         let _ = nix::unistd::write(fd, &b);
+    }
+
+    /// This request brings the worker to `--max-requests`, so it will
+    /// retire: the connection ends with it (as Gunicorn's gthread worker
+    /// closes the request that reaches the limit).
+    fn last_request_due(&self) -> bool {
+        self.max_requests > 0 && self.served.load(Ordering::Relaxed) + 1 >= self.max_requests
     }
 
     fn request_done(&self) {
@@ -460,6 +481,11 @@ async fn serve<C: Class>(
         _ = parent_watch => {},
     }
     tracing::info!("Worker exiting (pid: {})", std::process::id());
+    // A response whose head is written from now on says it closes, so a
+    // request in flight does not leave its connection open for the
+    // keep-alive timeout: the client's next request goes to a worker that
+    // stays, and this one can exit as soon as its requests are answered.
+    http::response::close_connections_from_now();
     ctx.class.draining(ctx.head.drain_deadline());
     let _ = shutdown_tx.send(true);
     for a in &accepts {
@@ -867,7 +893,7 @@ async fn serve_conn<C, S>(
                 return;
             }
         };
-        if ctx.draining() {
+        if ctx.draining() || ctx.last_request_due() {
             // A retiring worker answers this request and says it closes, so
             // the client's next request goes to a worker that stays.
             req.keep_alive = false;
@@ -888,29 +914,23 @@ async fn serve_conn<C, S>(
         ctx.cap.request_finished();
         ctx.request_done();
         if outcome.taken_over {
-            // The app owns the connection now: no log line with a status
-            // it never sent, no FIN; only our descriptor closes (with a
-            // lingering close when it is the last one).
+            // The app took the connection over (gunicorn.socket) and is done
+            // with it, or goes on with it on a thread of its own holding a
+            // duplicate descriptor: write nothing, no shutdown (that would
+            // end the connection under the app), no keep-alive, no log line
+            // with a status it never sent (as in Gunicorn). Only our
+            // descriptor closes, with a lingering close when it is the last.
+            tracing::debug!(
+                "{} {}: the app took the connection over",
+                req.method,
+                req.uri
+            );
             if outcome.linger {
                 linger_close(fd, &mut s).await;
             }
             return;
         }
         let took = started.elapsed();
-        if outcome.taken_over {
-            // The app took the connection over (gunicorn.socket) and is done
-            // with it, or goes on with it on a thread of its own holding a
-            // duplicate descriptor: write nothing, no shutdown (that would
-            // end the connection under the app), no keep-alive; closing our
-            // descriptor leaves the app's open. No access log line, as in
-            // Gunicorn.
-            tracing::debug!(
-                "{} {}: the app took the connection over",
-                req.method,
-                req.uri
-            );
-            return;
-        }
         if crate::logging::access_enabled() {
             access_log(&req, &peer, &outcome, took);
         }

@@ -19,6 +19,7 @@ Routes (a POST body is read, then the route answers as for GET):
                orphaned (re-parented to PID 1 or the nearest subreaper)
   /ids         JSON: uid, gid, euid, egid, groups of the worker
 """
+import asyncio
 import json
 import os
 import signal
@@ -81,14 +82,20 @@ def app(environ, start_response):
 
 
 async def asgi(scope, receive, send):
-    """The same `/` as `app`, as an ASGI app (`-k asgi`, tests/test_drain.py)."""
+    """The same `/` and `/sleep` as `app`, as an ASGI app (`-k asgi`, tests/test_drain.py)."""
     if scope["type"] != "http":
         return
     while True:  # read the POST body, as `app` does
         m = await receive()
         if not m.get("more_body"):
             break
-    body = f"version={VERSION} pid={os.getpid()} ppid={os.getppid()}".encode()
+    if scope["path"] == "/sleep":
+        s = float(parse_qs(scope["query_string"].decode()).get("s", ["1"])[0])
+        print(f"sleep-start {s} pid={os.getpid()}", flush=True)
+        await asyncio.sleep(s)
+        body = f"slept {s}".encode()
+    else:
+        body = f"version={VERSION} pid={os.getpid()} ppid={os.getppid()}".encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"),
                             (b"content-length", str(len(body)).encode())]})
