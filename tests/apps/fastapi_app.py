@@ -72,7 +72,7 @@ async def stream():
 @app.post("/background")
 async def background(tasks: BackgroundTasks):
     async def later():
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(2)
         note("background done")
     tasks.add_task(later)
     return {"queued": True}

@@ -25,6 +25,12 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 RECIPE=3
 TARBALL="$CACHE/python-3.11-slim-bookworm.rootfs.v$RECIPE.tar.gz"
 
+# One maker at a time: scripts/test.sh starts this beside its builds, and a
+# test that needs the image meanwhile waits here, then finds it present.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock -w 900 9 || { echo "base-image.sh: lock busy" >&2; exit 1; }
+
 label() { podman image inspect --format '{{index .Config.Labels "org.rgunicorn.stand-in"}}' "$IMAGE" 2>/dev/null || true; }
 if [ "$(label)" = "$RECIPE" ]; then
     echo "base image $IMAGE: present"
