@@ -283,7 +283,11 @@ async fn stream(
         loop {
             tokio::select! {
                 r = &mut upload, if uploaded.is_none() => match r {
-                    Ok(wr) => uploaded = Some(wr),
+                    Ok(wr) => uploaded = Some(Some(wr)),
+                    // The worker stopped taking the body (it answered
+                    // early, or failed): its response, or its lack of one,
+                    // decides.
+                    Err(End::Worker(_)) => uploaded = Some(None),
                     Err(e) => break Err(e),
                 },
                 // Done, whether or not the request's body was still coming.

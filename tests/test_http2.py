@@ -721,6 +721,25 @@ def test_expect_continue_gets_100_over_h2(server):
     c.close()
 
 
+def test_an_answer_before_the_body_arrives_is_delivered_whole(server):
+    """An app that answers without reading a 2 MB upload the client is
+    still sending: the client gets the whole 200, then RST_STREAM
+    NO_ERROR for the rest of its body (it may stop sending), and the
+    connection serves its next stream. (--body-preread-size 0: the app is
+    called before the body is in.)"""
+    srv = start_h2c(server, "prior-knowledge", "--body-preread-size", "0")
+    c = Client(srv.port)
+    for _ in range(3):
+        sid = c.request("/proto", method="POST", end=False, headers=[("content-length", str(2 << 20))])
+        c.send_body(sid, b"z" * 30000, end=False)
+        assert c.wait(lambda: sid in c.ended or sid in c.reset, timeout=15)
+        assert (c.status.get(sid), bytes(c.body[sid])) == (200, b"HTTP/2.0"), (c.status, c.reset)
+        assert sid in c.ended
+        assert c.wait(lambda: sid in c.reset, timeout=5), "no RST_STREAM for the unread body"
+    assert c.get("/proto") == (200, b"HTTP/2.0")
+    c.close()
+
+
 def test_a_stalled_upload_is_answered_and_its_stream_reset(server):
     """A stream that sends part of its declared body and stalls gets the
     worker's 408 after --body-timeout, then RST_STREAM NO_ERROR (it may
