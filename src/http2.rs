@@ -33,6 +33,12 @@
 //! `http.disconnect`), and the connection's other streams go on. When the
 //! worker drains (graceful stop, reload) the connection sends GOAWAY and
 //! ends once its streams are done.
+//!
+//! Interim responses (`103 Early Hints`, `100 Continue`) coming back before
+//! the final head become informational HEADERS frames. A connection with no
+//! open stream for `keepalive` (the header timeout before its first
+//! stream) gets GOAWAY NO_ERROR and is closed, as Gunicorn closes an idle
+//! HTTP/2 connection; only streams count as activity (see [`serve`]).
 
 use bytes::{Bytes, BytesMut};
 use std::future::poll_fn;
@@ -42,6 +48,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::Settings;
 
@@ -57,6 +64,12 @@ pub struct Limits {
     pub max_frame_size: u32,
     /// 0: no limit.
     pub max_header_list_size: u32,
+    /// `keepalive`: how long a connection with no open stream stays open
+    /// once a stream has been served (0: it closes as its last stream ends).
+    pub keepalive: Duration,
+    /// How long a new connection may take to send its preface and open its
+    /// first stream (the HTTP/1.1 path's header timeout).
+    pub first_stream: Duration,
 }
 
 impl Limits {
@@ -67,6 +80,8 @@ impl Limits {
             initial_window_size: clamp(s.http2_initial_window_size, (1 << 31) - 1),
             max_frame_size: clamp(s.http2_max_frame_size, (1 << 24) - 1).max(16384),
             max_header_list_size: clamp(s.http2_max_header_list_size, u32::MAX),
+            keepalive: Duration::from_secs(s.keepalive),
+            first_stream: crate::worker::HEADER_TIMEOUT,
         }
     }
 }
@@ -95,8 +110,16 @@ pub fn prior_knowledge(s: &Settings) -> bool {
 /// Hands a stream's socketpair end to the connection loop.
 pub type Hand = Arc<dyn Fn(std::os::unix::net::UnixStream, bool) + Send + Sync>;
 
-/// Serve one HTTP/2 connection until the client closes it, or until the
+/// Serve one HTTP/2 connection until the client closes it, until it has
+/// had no open stream for `keepalive` (GOAWAY NO_ERROR), or until the
 /// worker drains (GOAWAY) and its last stream is done.
+///
+/// Idle means no open stream, whatever else arrives: PINGs, SETTINGS or a
+/// frame trickled byte by byte do not keep a connection open, as bytes that
+/// are not a request do not keep an HTTP/1.1 connection open. A new
+/// connection has `first_stream` (the header timeout) to send its preface
+/// and open a stream. A client that does not take the GOAWAY (it stopped
+/// reading) is dropped `write_timeout` later.
 pub async fn serve<T>(
     io: T,
     limits: Limits,
@@ -115,23 +138,85 @@ where
     if limits.max_header_list_size > 0 {
         b.max_header_list_size(limits.max_header_list_size);
     }
-    let mut conn = b.handshake::<T, Bytes>(io).await?;
+    let mut idle_until = Instant::now() + limits.first_stream;
+    let mut conn = match tokio::time::timeout_at(idle_until, b.handshake::<T, Bytes>(io)).await {
+        Ok(c) => c?,
+        Err(_) => {
+            tracing::debug!("HTTP/2 connection: no preface within the header timeout");
+            return Ok(());
+        }
+    };
+    // Each stream's task holds an `Ended`: one message per stream done.
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut open = 0usize;
+    // Idle with response bytes still queued in the connection (the client
+    // reads slowly): since when.
+    let mut flushing_since: Option<Instant> = None;
     let mut going_away = false;
+    let mut drop_at: Option<Instant> = None;
     loop {
         tokio::select! {
+            // A stream already received is taken before the idle timer can
+            // close the connection under it.
+            biased;
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    tokio::spawn(stream(req, respond, hand.clone(), write_timeout));
+                    open += 1;
+                    flushing_since = None;
+                    let ended = Ended(ended_tx.clone());
+                    let hand = hand.clone();
+                    tokio::spawn(async move {
+                        let _ended = ended;
+                        stream(req, respond, hand, write_timeout).await;
+                    });
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Ok(()),
             },
+            Some(()) = ended_rx.recv() => {
+                open = open.saturating_sub(1);
+                if open == 0 {
+                    idle_until = Instant::now() + limits.keepalive;
+                }
+            }
+            _ = tokio::time::sleep_until(idle_until), if open == 0 && drop_at.is_none() => {
+                let now = Instant::now();
+                if conn.has_streams() {
+                    // The last responses are still on their way out: a
+                    // GOAWAY now would cut them. Wait while the client takes
+                    // them, up to `write_timeout`.
+                    let since = *flushing_since.get_or_insert(now);
+                    if now < since + write_timeout {
+                        idle_until = now + Duration::from_millis(200);
+                        continue;
+                    }
+                }
+                // GOAWAY NO_ERROR naming the last stream processed; the
+                // connection closes once it is written.
+                tracing::debug!("HTTP/2 connection idle: GOAWAY");
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                drop_at = Some(now + write_timeout);
+            }
+            _ = tokio::time::sleep_until(drop_at.unwrap_or(idle_until)), if drop_at.is_some() => {
+                tracing::debug!("HTTP/2 connection: the client did not take its GOAWAY");
+                return Ok(());
+            }
             _ = shutdown.wait_for(|v| *v), if !going_away => {
                 // GOAWAY: no new streams; the open ones finish.
                 going_away = true;
                 conn.graceful_shutdown();
             }
         }
+    }
+}
+
+/// Tells the connection's loop that a stream is done when dropped (also
+/// when its task panics).
+struct Ended(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
     }
 }
 
@@ -191,10 +276,34 @@ async fn stream(
         // going away) until the response is done.
         Ok::<_, End>(wr)
     };
-    let download = download(rd, &mut respond, head_only, write_timeout);
-    match tokio::try_join!(upload, download) {
-        Ok(_) => {}
-        Err(End::Client) => {}
+    let outcome = {
+        let download = download(rd, &mut respond, head_only, write_timeout);
+        tokio::pin!(upload, download);
+        let mut uploaded = None;
+        loop {
+            tokio::select! {
+                r = &mut upload, if uploaded.is_none() => match r {
+                    Ok(wr) => uploaded = Some(Some(wr)),
+                    // The worker stopped taking the body (it answered
+                    // early, or failed): its response, or its lack of one,
+                    // decides.
+                    Err(End::Worker(_)) => uploaded = Some(None),
+                    Err(e) => break Err(e),
+                },
+                // Done, whether or not the request's body was still coming.
+                r = &mut download => break r,
+            }
+        }
+    };
+    match outcome {
+        // The whole response went out before the request's body ended (a
+        // 408 for a stalled upload, or an app that did not read it): the
+        // request body is dropped with the stream's last handle, and the
+        // `h2` crate then sends RST_STREAM NO_ERROR once the response is
+        // flushed (RFC 9113 §8.1: the client may stop sending), so a
+        // stalled upload does not keep the stream open. (`send_reset` here
+        // would discard the response still queued.)
+        Ok(_) | Err(End::Client) => {}
         Err(End::Worker(e)) => {
             tracing::debug!("HTTP/2 stream: {e}");
             respond.send_reset(h2::Reason::INTERNAL_ERROR);
@@ -212,7 +321,6 @@ fn connection_specific(name: &[u8]) -> bool {
         b"transfer-encoding",
         b"upgrade",
         b"http2-settings",
-        b"expect",
     ]
     .iter()
     .any(|n| name.eq_ignore_ascii_case(n))
@@ -336,6 +444,12 @@ async fn download(
             };
             let code = r.code.unwrap_or(500);
             if (100..200).contains(&code) {
+                // An interim response (103 Early Hints, 100 Continue) is an
+                // informational HEADERS frame; 101 has no HTTP/2 meaning.
+                if code != 101 {
+                    let (info, _) = response(code, r.headers, false)?;
+                    respond.send_informational(info)?;
+                }
                 let _ = buf.split_to(used);
                 continue;
             }

@@ -88,6 +88,8 @@ class Client:
         self.ended: set[int] = set()
         self.reset: set[int] = set()
         self.remote_settings: dict = {}
+        self.info: dict[int, list[dict]] = {}
+        self.pongs: list[bytes] = []
         self.goaway = None
         self.closed = False
         self.lock = threading.Lock()
@@ -143,11 +145,17 @@ class Client:
         if not data:
             self.closed = True
             return False
+        if self.goaway is not None:
+            return True  # the state machine is closed; only EOF matters now
         for ev in self.conn.receive_data(data):
             if isinstance(ev, h2.events.ResponseReceived):
                 self.status[ev.stream_id] = int(dict(ev.headers)[":status"])
                 self.headers = getattr(self, "headers", {})
                 self.headers[ev.stream_id] = dict(ev.headers)
+            elif isinstance(ev, h2.events.InformationalResponseReceived):
+                self.info.setdefault(ev.stream_id, []).append(dict(ev.headers))
+            elif isinstance(ev, h2.events.PingAckReceived):
+                self.pongs.append(ev.ping_data)
             elif isinstance(ev, h2.events.DataReceived):
                 self.body.setdefault(ev.stream_id, bytearray()).extend(ev.data)
                 if self.auto_ack:
@@ -483,6 +491,271 @@ def test_goaway_on_reload_and_stop_lets_streams_finish(server, certs, kind, sig)
         assert r.stdout == b"HTTP/2.0"
     else:
         assert srv.wait_exit(20) == 0
+
+
+# ---- idle connections, stalls, PING -------------------------------------------
+
+def frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream id, payload) of each whole frame in `data`."""
+    out, i = [], 0
+    while i + 9 <= len(data):
+        n = int.from_bytes(data[i:i + 3], "big")
+        if i + 9 + n > len(data):
+            break
+        out.append((data[i + 3], int.from_bytes(data[i + 5:i + 9], "big") & 0x7FFFFFFF, data[i + 9:i + 9 + n]))
+        i += 9 + n
+    return out
+
+
+def goaway_of(data: bytes) -> tuple[int, int] | None:
+    """(last stream id, error code) of the first GOAWAY frame in `data`."""
+    for kind, _, payload in frames(data):
+        if kind == 0x7:
+            return int.from_bytes(payload[:4], "big") & 0x7FFFFFFF, int.from_bytes(payload[4:8], "big")
+    return None
+
+
+def tls_h2_socket(port: int, certs: Path) -> ssl.SSLSocket:
+    ctx = client_ctx(certs)
+    ctx.set_alpn_protocols(["h2"])
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30), server_hostname="localhost")
+    assert s.selected_alpn_protocol() == "h2"
+    return s
+
+
+def read_until_closed(s: socket.socket, limit: float, trickle: bytes = b"") -> tuple[float, bytes]:
+    """Read until the server closes `s` (at most `limit` seconds), sending
+    one byte of `trickle` every 0.5 s meanwhile: when it closed, and what
+    it sent."""
+    t0, got, sent = time.monotonic(), b"", 0
+    s.settimeout(0.5)
+    while time.monotonic() - t0 < limit:
+        try:
+            chunk = s.recv(65536)
+            if not chunk:
+                return time.monotonic() - t0, got
+            got += chunk
+        except (socket.timeout, TimeoutError, ssl.SSLWantReadError):
+            if sent < len(trickle):
+                try:
+                    s.sendall(trickle[sent:sent + 1])
+                except OSError:
+                    return time.monotonic() - t0, got
+                sent += 1
+        except OSError:
+            return time.monotonic() - t0, got
+    return float("inf"), got
+
+
+def test_an_idle_connection_gets_goaway_after_keepalive_and_pings_do_not_keep_it(server):
+    """--keep-alive 1: after its stream, a connection that opens no other
+    gets GOAWAY (NO_ERROR, naming the last stream served) about 1 s later
+    and is closed, as Gunicorn closes an idle HTTP/2 connection after
+    `keepalive`; PINGs sent meanwhile are each answered with their ACK
+    (same payload) but do not keep it open, nor does a request trickled
+    byte by byte. A stream served in between starts the count again."""
+    srv = start_h2c(server, "prior-knowledge", "--keep-alive", "1")
+    c = Client(srv.port)
+    assert c.get("/proto") == (200, b"HTTP/2.0")
+    t0 = time.monotonic()
+    # Pings every 0.2 s: each gets its ACK, and the GOAWAY still comes.
+    payloads = []
+    while not c.closed and c.goaway is None and time.monotonic() - t0 < 6:
+        p = os.urandom(8)
+        c.conn.ping(p)
+        c.flush()
+        payloads.append(p)
+        c.pump(0.2)
+    elapsed = time.monotonic() - t0
+    assert c.goaway is not None, "no GOAWAY"
+    assert c.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR and c.goaway.last_stream_id == 1
+    assert 0.8 <= elapsed <= 3, elapsed
+    assert len(c.pongs) >= 3 and all(p in payloads for p in c.pongs), (c.pongs, payloads)
+    assert c.wait(lambda: c.closed, timeout=5), "still open after its GOAWAY"
+    c.close()
+
+    # A second stream 0.7 s after the first: still served, and the idle
+    # count starts again from its end.
+    c = Client(srv.port)
+    assert c.get("/proto") == (200, b"HTTP/2.0")
+    time.sleep(0.7)
+    assert c.get("/proto") == (200, b"HTTP/2.0")
+    t0 = time.monotonic()
+    assert c.wait(lambda: c.goaway is not None, timeout=6)
+    assert 0.8 <= time.monotonic() - t0 <= 3
+    assert c.goaway.last_stream_id == 3
+    c.close()
+
+    # Served, then a HEADERS frame trickled a byte each 0.5 s: no stream
+    # opens, and the connection is closed at keep-alive all the same.
+    c = Client(srv.port)
+    assert c.get("/proto") == (200, b"HTTP/2.0")
+    partial = b"\x00\x00\x40\x01\x04\x00\x00\x00\x05" + b"\x82" * 20  # 64-byte HEADERS, 20 sent
+    took, got = read_until_closed(c.sock, 10, trickle=partial)
+    assert took <= 4, took
+    assert goaway_of(got) == (1, 0), got
+    c.close()
+
+
+def test_keepalive_0_closes_a_connection_when_its_last_stream_ends(server):
+    """--keep-alive 0 turns HTTP/1.1 keep-alive off; over HTTP/2 the
+    connection gets its GOAWAY as soon as it has no open stream (Gunicorn
+    would keep it open without limit: see docs/settings.md)."""
+    srv = start_h2c(server, "prior-knowledge", "--keep-alive", "0")
+    c = Client(srv.port)
+    assert c.get("/proto") == (200, b"HTTP/2.0")
+    assert c.wait(lambda: c.goaway is not None, timeout=3)
+    assert c.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR and c.goaway.last_stream_id == 1
+    assert c.wait(lambda: c.closed, timeout=5)
+    c.close()
+    r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{srv.port}/proto")
+    assert r.stdout == b"HTTP/2.0", r
+
+
+def test_stalled_connections_are_bounded_and_hold_no_slot(server, certs):
+    """Over TLS with ALPN h2 and one sync worker, at the same time: 3
+    connections that finish the TLS handshake and send nothing, 3 that send
+    the preface and SETTINGS and then trickle a frame a byte each 0.5 s,
+    and 3 that stop in the middle of the preface. Each is closed at the
+    header timeout (10 s, as an HTTP/1.1 client that never finishes its
+    head), not kept; those past the preface get GOAWAY NO_ERROR first. The
+    keep-alive (1 s) applies only once a stream has been served. Ordinary
+    requests are answered meanwhile: a stalled connection holds no slot."""
+    srv = start(server, certs, "-w", "1", *H2, "--keep-alive", "1")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    partial = b"\x00\x00\x40\x01\x04\x00\x00\x00\x01" + b"\x82" * 40
+    results: dict[str, list] = {"silent": [], "trickle": [], "half-preface": []}
+    lock = threading.Lock()
+
+    def run(kind: str) -> None:
+        s = tls_h2_socket(srv.port, certs)
+        if kind == "trickle":
+            s.sendall(preface)
+        elif kind == "half-preface":
+            s.sendall(preface[:10])
+        took, got = read_until_closed(s, 25, trickle=partial if kind == "trickle" else b"")
+        s.close()
+        with lock:
+            results[kind].append((took, goaway_of(got)))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in results for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    for _ in range(5):
+        t = time.monotonic()
+        r = curl("-k", "--http2", f"https://127.0.0.1:{srv.port}/proto", timeout=5)
+        assert r.stdout == b"HTTP/2.0", r
+        assert time.monotonic() - t < 2
+    for t in threads:
+        t.join(40)
+    for kind, rs in results.items():
+        assert len(rs) == 3, results
+        for took, goaway in rs:
+            assert 8 <= took <= 15, (kind, results)
+            assert goaway == ((0, 0) if kind == "trickle" else None), (kind, results)
+
+
+def test_a_client_that_never_reads_is_cut_loose(server, certs):
+    """A client asks for 8 MB over h2 and never reads its socket again:
+    the worker is free for others at once (the response is buffered as for
+    a slow HTTP/1.1 reader), and the connection is closed within a bounded
+    time (--timeout 2 bounds the wait for the client's window and for its
+    taking the GOAWAY), not held."""
+    srv = start(server, certs, "-w", "1", *H2, "--keep-alive", "1", "--timeout", "2")
+    s = tls_h2_socket(srv.port, certs)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/big?8000000"), (":scheme", "https"),
+                          (":authority", "localhost")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    t0 = time.monotonic()
+    time.sleep(1)
+    r = curl("-k", "--http2", f"https://127.0.0.1:{srv.port}/proto", timeout=5)
+    assert r.stdout == b"HTTP/2.0", r
+    time.sleep(14)  # never reading
+    # Now read: what the server had queued, then its close.
+    took, got = read_until_closed(s, 10)
+    s.close()
+    assert took < 5, (took, len(got))
+    assert time.monotonic() - t0 < 30
+    assert len(got) < 8000000
+
+
+def test_early_hints_become_informational_headers(server, certs):
+    """wsgi.early_hints over HTTP/2: each 103 is an informational HEADERS
+    frame on the stream, before the final response (as Gunicorn's
+    send_informational), with its Link field; curl and the Python client
+    both see them, and the final response is intact."""
+    srv = start(server, certs, "-w", "1", *H2)
+    c = Client(srv.port, certs)
+    status, body = c.get("/hints")
+    assert (status, body) == (200, b"hinted")
+    assert c.info, "no informational response"
+    infos = c.info[max(c.info)]
+    assert [i[":status"] for i in infos] == ["103", "103"], infos
+    assert infos[0]["link"] == "</style.css>; rel=preload; as=style"
+    assert infos[1]["link"] == "</app.js>; rel=preload; as=script"
+    c.close()
+    r = curl("-k", "--http2", "-D", "-", f"https://127.0.0.1:{srv.port}/hints")
+    out = r.stdout.decode(errors="replace")
+    assert out.startswith("HTTP/2 103"), out
+    assert "link: </app.js>; rel=preload; as=script" in out.lower(), out
+    assert "HTTP/2 200" in out and out.endswith("hinted"), out
+
+
+def test_expect_continue_gets_100_over_h2(server):
+    """A stream with `expect: 100-continue` gets an informational 100
+    before it sends its body (Gunicorn sends it too), then the answer."""
+    srv = start_h2c(server)
+    c = Client(srv.port)
+    body = b"hello"
+    sid = c.request("/echo", method="POST", end=False,
+                    headers=[("content-length", str(len(body))), ("expect", "100-continue")])
+    assert c.wait(lambda: sid in c.info, timeout=10), "no 100 Continue"
+    assert c.info[sid][0][":status"] == "100"
+    c.send_body(sid, body)
+    assert c.wait(lambda: sid in c.ended, timeout=10)
+    import hashlib
+    assert (c.status[sid], bytes(c.body[sid])) == (200, f"5 {hashlib.sha256(body).hexdigest()}".encode())
+    c.close()
+
+
+def test_an_answer_before_the_body_arrives_is_delivered_whole(server):
+    """An app that answers without reading a 2 MB upload the client is
+    still sending: the client gets the whole 200, then RST_STREAM
+    NO_ERROR for the rest of its body (it may stop sending), and the
+    connection serves its next stream. (--body-preread-size 0: the app is
+    called before the body is in.)"""
+    srv = start_h2c(server, "prior-knowledge", "--body-preread-size", "0")
+    c = Client(srv.port)
+    for _ in range(3):
+        sid = c.request("/proto", method="POST", end=False, headers=[("content-length", str(2 << 20))])
+        c.send_body(sid, b"z" * 30000, end=False)
+        assert c.wait(lambda: sid in c.ended or sid in c.reset, timeout=15)
+        assert (c.status.get(sid), bytes(c.body[sid])) == (200, b"HTTP/2.0"), (c.status, c.reset)
+        assert sid in c.ended
+        assert c.wait(lambda: sid in c.reset, timeout=5), "no RST_STREAM for the unread body"
+    assert c.get("/proto") == (200, b"HTTP/2.0")
+    c.close()
+
+
+def test_a_stalled_upload_is_answered_and_its_stream_reset(server):
+    """A stream that sends part of its declared body and stalls gets the
+    worker's 408 after --body-timeout, then RST_STREAM NO_ERROR (it may
+    stop sending, RFC 9113 §8.1), and the connection goes idle and is
+    closed at keep-alive instead of being held by the half-sent request."""
+    srv = start_h2c(server, "prior-knowledge", "--keep-alive", "1", "--body-timeout", "1",
+                    "--body-min-rate", "0")
+    c = Client(srv.port)
+    sid = c.request("/echo", method="POST", end=False, headers=[("content-length", "1000")])
+    c.send_body(sid, b"x" * 10, end=False)
+    assert c.wait(lambda: sid in c.ended or sid in c.reset, timeout=15)
+    assert c.status.get(sid) == 408, (c.status, c.reset)
+    assert c.wait(lambda: sid in c.reset, timeout=5), "no RST_STREAM after the answer"
+    assert c.wait(lambda: c.goaway is not None, timeout=6)
+    assert c.wait(lambda: c.closed, timeout=5)
+    c.close()
 
 
 # ---- nginx --------------------------------------------------------------------

@@ -413,7 +413,7 @@ settings_table! {
     int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same) => max_requests_jitter: u64,
     int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same) => timeout: u64,
     int("graceful_timeout", WORKERS, &["--graceful-timeout"], 30, "Seconds workers get to finish requests after a restart signal.", Status::Same) => graceful_timeout: u64,
-    int("keepalive", WORKERS, &["--keep-alive"], 2, "Seconds to wait for the next request on a Keep-Alive connection.", Status::Same) => keepalive: u64,
+    int("keepalive", WORKERS, &["--keep-alive"], 2, "Seconds to wait for the next request on a Keep-Alive connection.", Status::Different("also how long an HTTP/2 connection with no open stream stays open before its GOAWAY, as in Gunicorn, but PINGs and trickled bytes do not extend it, and 0 closes it when its last stream ends (Gunicorn: never); see docs/deploy-https.md")) => keepalive: u64,
     // ---- Security
     int("limit_request_line", SECURITY, &["--limit-request-line"], 4094, "The maximum size of the HTTP request line in bytes.", Status::Same) => limit_request_line: usize,
     int("limit_request_fields", SECURITY, &["--limit-request-fields"], 100, "The maximum number of HTTP header fields in a request.", Status::Same) => limit_request_fields: usize,

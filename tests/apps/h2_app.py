@@ -48,6 +48,12 @@ def app(environ, start_response):
         # No Content-Length: chunked towards the bridge.
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (f"part{i}\n".encode() for i in range(int(q or 3)))
+    elif path == "/hints":
+        # Two 103 Early Hints, then the final response.
+        hints = environ["wsgi.early_hints"]
+        hints([("Link", "</style.css>; rel=preload; as=style")])
+        hints([("Link", "</app.js>; rel=preload; as=script")])
+        body = b"hinted"
     elif path == "/slow":
         time.sleep(float(q or 1))
         body = b"slow done"
