@@ -309,8 +309,9 @@ def test_a_gevent_timeout_around_a_slow_upload_read_catches_its_own_timeout(serv
     head, body = _head_and_body(reply)
     assert head.startswith("HTTP/1.1 200 OK\r\n"), reply
     assert body == b"timed out", body
-    # The rest of the body will not come: the connection closes.
-    assert took < 1.5, took
+    # The rest of the body will not come: the connection closes (Gunicorn
+    # closes it after the keep-alive timeout, 2 s).
+    assert took < 1.5 or IS_GUNICORN, took
 
 
 @rgunicorn_only
