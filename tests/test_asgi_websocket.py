@@ -241,6 +241,38 @@ def test_a_client_that_drops_gives_disconnect_1006(server, ev):
                       timeout=5)
 
 
+@pytest.mark.parametrize("when", ["now", "later"])
+def test_a_client_that_drops_before_accept_gives_disconnect_1006_at_once(server, ev, when):
+    # The app is still deciding (before websocket.accept) when the client
+    # goes: its receive() gives websocket.disconnect 1006 within 100 ms if
+    # it waits (?now), or at once when it asks after a 1 s lookup (?later),
+    # not only once it accepts; the accept then raises ClientDisconnected
+    # (as under uvicorn), which the server swallows: no error logged, no
+    # task left behind, and nothing written (no 101).
+    srv = ws_server(server, "--access-logfile", "-", ev=ev)
+    tasks = srv.get("/tasks").text
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.sendall(handshake(path=b"/decide?" + when.encode()))
+    assert wait_until(lambda: "deciding" in events(ev), timeout=10)
+    time.sleep(0.3)
+    s.close()
+    assert wait_until(lambda: "decide accept raised ClientDisconnected" in events(ev),
+                      timeout=5), events(ev)
+    line = [e for e in events(ev) if e.startswith("decide got")][0]
+    kind, code, waited = line.split()[2:]
+    assert (kind, code) == ("websocket.disconnect", "1006"), line
+    if when == "now":
+        # From "deciding" (0.3 s before the close) to the disconnect.
+        assert 0.25 < float(waited) < 0.3 + 0.1 + 0.05, line
+    else:
+        assert 0.95 < float(waited) < 1.2, line
+    assert "decide accept went through" not in events(ev)
+    assert wait_until(lambda: srv.get("/tasks").text == tasks, timeout=5)
+    log = srv.log()
+    assert "Traceback" not in log and "[ERROR]" not in log, log
+    assert '"GET /decide' in log and '"GET /decide?%s HTTP/1.1" 101' % when not in log, log
+
+
 def test_a_push_only_app_sees_the_client_go_when_it_sends(server, ev):
     srv = ws_server(server, ev=ev)
     with connect(url(srv, "/push"), open_timeout=5) as ws:

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from conftest import (APPS_DIR, IS_GUNICORN, RGUNICORN_BIN, VENV, free_port, raw_request,
-                      server_env, wait_until)
+                      rgunicorn_only, server_env, wait_until)
 
 pytestmark = [pytest.mark.timeout(120)]
 APP = "gevent_app:app"
@@ -239,6 +239,101 @@ def test_a_timer_a_request_left_running_never_hits_a_later_request(server):
     assert srv.worker_pids() == [pid]
     assert srv.get("/").text == "hello"
     assert srv.stop() == 0
+
+
+def _until_closed(port, data: bytes, timeout: float = 5) -> tuple[bytes, float]:
+    """One keep-alive request on a new connection: every byte the server
+    sent, and how long it took to close the connection."""
+    t0 = time.monotonic()
+    reply = raw_request(port, data, timeout=timeout)
+    return reply, time.monotonic() - t0
+
+
+def _head_and_body(reply: bytes) -> tuple[str, bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+@rgunicorn_only
+def test_a_killed_request_greenlet_gets_a_500_and_its_connection_closes(server):
+    # The request's greenlet ends by GreenletExit: the app raised it, or
+    # gevent.kill threw it in (from the request itself, from another
+    # greenlet while it waits, or while it waits for a slow upload). The
+    # client gets a 500 at once and the connection closes; the log says so
+    # in one line, without a traceback (a kill is deliberate, not an app
+    # error). Gunicorn's gevent worker swallows the GreenletExit, answers
+    # nothing and keeps the connection until the keep-alive timeout (2 s),
+    # then closes it: an empty reply, which a client counts as a failed
+    # request (docs/settings.md, "gevent").
+    srv = gserver(server, "-w", "1")
+    pid = srv.worker_pids()[0]
+    get = "GET /raise?%s HTTP/1.1\r\nHost: x\r\n\r\n"
+    cases = {how: (get % how).encode() for how in ("exit", "kill", "killed")}
+    # Three bytes of 32 MiB (over --body-preread-size, so the app is called
+    # with the body still to come): it waits in wsgi.input.read() when
+    # killed.
+    cases["killed-reading"] = (b"POST /raise?killed-reading HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Length: 33554432\r\n\r\nabc")
+    for how, data in cases.items():
+        reply, took = _until_closed(srv.port, data)
+        head, body = _head_and_body(reply)
+        assert head.startswith("HTTP/1.1 500 Internal Server Error\r\n"), (how, reply)
+        assert "\r\nConnection: close\r\n" in head, (how, head)
+        assert b"Internal Server Error" in body, (how, body)
+        assert took < 1.5, (how, took)
+    # Killed after the response started: what was sent stays, the chunked
+    # body is left unterminated and the connection closes (Gunicorn keeps it
+    # open, and the next response follows the cut body on it).
+    reply, took = _until_closed(srv.port, (get % "killed-streaming").encode())
+    head, body = _head_and_body(reply)
+    assert head.startswith("HTTP/1.1 200 OK\r\n"), reply
+    assert "Transfer-Encoding: chunked" in head, head
+    assert body == b"6\r\nfirst,\r\n", body
+    assert took < 1.5, took
+    assert wait_until(lambda: srv.log().count(
+        "Request greenlet killed (GreenletExit) handling /raise") == 5, timeout=5), srv.log()
+    assert srv.log().count("; answered 500") == 4, srv.log()
+    assert srv.log().count("; connection closed") == 1, srv.log()
+    assert "Traceback" not in srv.log() and "[ERROR]" not in srv.log(), srv.log()
+    # The worker serves on.
+    assert srv.get("/").text == "hello"
+    assert srv.worker_pids() == [pid]
+
+
+def test_a_gevent_timeout_around_a_slow_upload_read_catches_its_own_timeout(server):
+    # The Timeout is thrown into the greenlet while wsgi.input waits for the
+    # socket: the app's `with gevent.Timeout(...)` must see it as itself.
+    srv = gserver(server, "-w", "1")
+    reply, took = _until_closed(srv.port, b"POST /read-timeout HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Length: 33554432\r\n\r\nabc")
+    head, body = _head_and_body(reply)
+    assert head.startswith("HTTP/1.1 200 OK\r\n"), reply
+    assert body == b"timed out", body
+    # The rest of the body will not come: the connection closes (Gunicorn
+    # closes it after the keep-alive timeout, 2 s).
+    assert took < 1.5 or IS_GUNICORN, took
+
+
+@rgunicorn_only
+def test_systemexit_and_keyboardinterrupt_from_the_app_are_its_errors(server):
+    # SystemExit and KeyboardInterrupt raised by the app are app errors, as
+    # in the other worker classes: a 500, the connection closed, the
+    # traceback logged, and the worker serves on. (Gunicorn's gevent worker
+    # does the same for KeyboardInterrupt; a SystemExit it swallows, with an
+    # empty reply after the keep-alive timeout, as a GreenletExit.)
+    srv = gserver(server, "-w", "1")
+    pid = srv.worker_pids()[0]
+    for how, shown in (("sysexit", "SystemExit: 3"), ("kbint", "KeyboardInterrupt")):
+        reply, took = _until_closed(srv.port, b"GET /raise?%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    % how.encode())
+        head, _ = _head_and_body(reply)
+        assert head.startswith("HTTP/1.1 500 Internal Server Error\r\n"), (how, reply)
+        assert "\r\nConnection: close\r\n" in head, (how, head)
+        assert took < 1.5, (how, took)
+        srv.wait_for_log(shown, timeout=5)
+    assert srv.log().count("Error handling request /raise") == 2, srv.log()
+    assert srv.get("/").text == "hello"
+    assert srv.worker_pids() == [pid]
 
 
 def test_a_greenlet_that_blocks_the_hub_trips_the_timeout_with_its_stack(server):

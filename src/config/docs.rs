@@ -140,6 +140,22 @@ request head (10 s when `keepalive` is 0, which turns keep-alive off). Tornado, 
 rgunicorn, parses HTTP and writes the responses, so rgunicorn's HTTP limits, access log, \
 request hooks (`pre_request`, `post_request`) and `--forwarded-allow-ips` handling do not \
 apply to this class.
+- `gevent`: a request that ends by an exception is answered as in the other classes, which \
+is not always what Gunicorn's gevent worker does (`tests/test_gevent.py` shows each case). \
+A `GreenletExit` (the app raised `gevent.GreenletExit`, or `gevent.kill` threw it into the \
+request's greenlet, from the request itself, another greenlet, or while it waited for its \
+body) gets a `500` with `Connection: close` at once, or a closed connection once the \
+response started, and one INFO log line (`Request greenlet killed (GreenletExit) handling \
+...`, the traceback at debug level): a kill is deliberate, not an app error. Gunicorn logs \
+nothing either, but answers nothing: before the response started it holds the connection \
+until the keep-alive timeout (2 s) and closes it, an empty reply that a client counts as a \
+failed request; after it started it leaves the chunked body cut short on a connection it \
+keeps alive, so the next response follows the cut body. A `SystemExit` the app raises is a \
+500 with its traceback logged, as any error of the app; Gunicorn's gevent worker swallows it \
+as a `GreenletExit`. `KeyboardInterrupt` and `gevent.Timeout` are a 500 with the traceback \
+logged, as in Gunicorn. A `gevent.Timeout` (or a kill) that fires while the app waits in \
+`wsgi.input` reaches the app as itself, so `with gevent.Timeout(...)` around a read catches \
+its own timeout, as under Gunicorn.
 - `eventlet` is refused, by each of its names: Gunicorn 26 removed the eventlet worker \
 (eventlet is no longer maintained). The error names `-k gevent`, its replacement.
 - Custom worker classes (a Python path such as `myproject.workers.MyWorker`, or a class object \

@@ -11,7 +11,10 @@ add_reader/add_writer (the `_receive` and `_send_wait` coroutines here).
 
 A WebSocket handshake arrives as a Rust `WsConn` instead (scope type
 `websocket`): tungstenite's frames on the same descriptor, a `WsCycle` here
-for the app's receive and send. Once accepted, the descriptor is watched for
+for the app's receive and send. Until the app answers the handshake, the
+descriptor is watched for the client going away (the app's receive() then
+gives `websocket.disconnect` 1006, and an accept raises ClientDisconnected,
+as under uvicorn). Once accepted, the descriptor is watched for
 reading for as long as the WebSocket is open (pings are answered and a
 close is seen even while the app does not receive), until 32 messages wait
 for the app (backpressure); a send that the socket cannot take at once
@@ -308,6 +311,26 @@ class WsCycle:
 
     # -- the descriptor: one reader and one writer callback at most
 
+    def _watch(self):
+        """Until the app answers the handshake: see the client go away
+        (`websocket.disconnect` 1006 at once, instead of at accept)."""
+        if not self.reading and not self.conn.done:
+            self.reading = True
+            self.loop.add_reader(self.fd, self._on_handshake_readable)
+
+    def _on_handshake_readable(self):
+        if self.conn.done:
+            return
+        r = self.conn.watch()
+        if r == 0:
+            return
+        self._stop_reading()
+        if r == 2:
+            # The client went away before the app answered: the connection
+            # goes back now (the I/O thread closes it); receive() gives the
+            # disconnect, and an accept raises ClientDisconnected.
+            self._finish()
+
     def _start_reading(self):
         if not self.reading and not self.over and not self.conn.done:
             self.reading = True
@@ -510,6 +533,7 @@ class WsCycle:
                                    "after the handshake was answered.")
             if conn.done:
                 raise ClientDisconnected("WebSocket closed")
+            self._stop_reading()  # the handshake watch
             r = conn.accept(message.get("subprotocol"), message.get("headers") or ())
             self.accepted = True
             if r == 1:
@@ -521,8 +545,10 @@ class WsCycle:
                 if self.denied:
                     raise RuntimeError("Unexpected ASGI message 'websocket.close' sent, "
                                        "after an HTTP response started.")
-                # ASGI: a close before accept is an HTTP 403.
+                # ASGI: a close before accept is an HTTP 403 (nothing, when
+                # the client already went away).
                 self.denied = True
+                self._stop_reading()
                 await self._http_sent(conn.forbid())
                 return
             if self.close_sent or self.over:
@@ -535,6 +561,9 @@ class WsCycle:
             if self.accepted or self.denied:
                 raise RuntimeError("Unexpected ASGI message 'websocket.http.response.start' "
                                    "sent, after the handshake was answered.")
+            if conn.done:
+                raise ClientDisconnected("WebSocket closed")
+            self._stop_reading()
             conn.deny_start(message["status"], message.get("headers") or ())
             self.denied = True
         elif t == "websocket.http.response.body":
@@ -559,6 +588,7 @@ class WsCycle:
         if not self.accepted and not self.denied and not error:
             # Returned without accepting: 403, as a close before accept.
             self.denied = True
+            self._stop_reading()
             await self._http_sent(conn.forbid())
         elif not self.accepted:
             # It raised before answering (500), or left its HTTP response
@@ -675,6 +705,7 @@ class Driver:
     async def _run_ws(self, app, conn, scope):
         cycle = WsCycle(conn, self.loop, self.tasks)
         self.websockets.add(cycle)
+        cycle._watch()
         error = False
         try:
             await app(scope, cycle.receive, cycle.send)

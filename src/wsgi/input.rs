@@ -307,6 +307,17 @@ impl State {
     fn io_error(&mut self, e: std::io::Error) -> PyErr {
         let msg = e.to_string();
         self.error = Some(msg.clone());
+        // An exception thrown into the greenlet while it waited for the
+        // socket (a `gevent.Timeout`, the GreenletExit of `gevent.kill`)
+        // reaches the app as itself, not as an OSError, so `with
+        // gevent.Timeout(...)` catches its own timeout and a kill ends the
+        // request as one (see `fdio::wait_cooperative`).
+        if e.get_ref().is_some_and(|i| i.is::<PyErr>()) {
+            let err = PyErr::from(e);
+            if !Python::attach(|py| err.is_instance_of::<PyOSError>(py)) {
+                return err;
+            }
+        }
         PyOSError::new_err(msg)
     }
 

@@ -178,14 +178,33 @@ impl Writer {
             BodyError::App(e) => {
                 // REQUEST_ID: this worker's pid and the request's number in
                 // it; a structured field in the journal, plain text otherwise.
-                // Target `exception`: Gunicorn's log.exception (StatsD counts it).
                 let request_id = format!("{}-{}", std::process::id(), st.seq);
-                tracing::error!(
-                    target: "rgunicorn::exception",
-                    request_id = %request_id,
-                    "Error handling request {uri}\n{}",
-                    crate::python::format_exception(py, &e).trim_end()
-                );
+                if is_greenlet_exit(py, &e) {
+                    // The request's greenlet was killed (`gevent.kill`, or
+                    // the app raised GreenletExit): someone ended it on
+                    // purpose, not an error of the app's, so no traceback
+                    // (Gunicorn's gevent worker logs nothing), but the
+                    // client still gets its 500 or a closed connection.
+                    tracing::info!(
+                        request_id = %request_id,
+                        "Request greenlet killed (GreenletExit) handling {uri}; {}",
+                        if st.resp.head_sent() {
+                            "connection closed"
+                        } else {
+                            "answered 500"
+                        }
+                    );
+                    tracing::debug!("{}", crate::python::format_exception(py, &e).trim_end());
+                } else {
+                    // Target `exception`: Gunicorn's log.exception (StatsD
+                    // counts it).
+                    tracing::error!(
+                        target: "rgunicorn::exception",
+                        request_id = %request_id,
+                        "Error handling request {uri}\n{}",
+                        crate::python::format_exception(py, &e).trim_end()
+                    );
+                }
                 if st.resp.head_sent() {
                     // Truncate: what was promised can no longer be delivered.
                     if !spooled {
@@ -222,6 +241,17 @@ impl Writer {
             environ_atoms: Vec::new(),
         }
     }
+}
+
+/// `e` is greenlet's `GreenletExit` (also `gevent.GreenletExit`), or a
+/// subclass: looked up by name, so a worker without greenlet imports
+/// nothing.
+fn is_greenlet_exit(py: Python<'_>, e: &PyErr) -> bool {
+    e.get_type(py).mro().iter().any(|c| {
+        c.cast::<pyo3::types::PyType>().is_ok_and(|t| {
+            t.name().is_ok_and(|n| n == "GreenletExit") && t.module().is_ok_and(|m| m == "greenlet")
+        })
+    })
 }
 
 impl State {

@@ -7,6 +7,7 @@ exception), a push-only socket, and the lifespan's state. What the app saw
 import asyncio
 import json
 import os
+import time
 
 EVENTS = os.environ.get("ASGI_EVENTS")
 
@@ -45,7 +46,11 @@ async def lifespan(scope, receive, send):
 
 async def http(scope, receive, send):
     path = scope["path"][len(scope["root_path"]):]
-    body = b"pid %d" % os.getpid() if path == "/pid" else b"plain http"
+    if path == "/tasks":
+        # The tasks the loop runs besides this one (a leak check).
+        body = b"%d" % (len(asyncio.all_tasks()) - 1)
+    else:
+        body = b"pid %d" % os.getpid() if path == "/pid" else b"plain http"
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
@@ -106,6 +111,24 @@ async def app(scope, receive, send):
                     "headers": [(b"content-type", b"text/plain"), (b"x-why", b"token")]})
         await send({"type": "websocket.http.response.body", "body": b"no ", "more_body": True})
         await send({"type": "websocket.http.response.body", "body": b"entry"})
+        return
+
+    if path == "/decide":
+        # Still deciding whether to accept (a slow lookup) when the client
+        # goes: receive() says so, at once if it waits (?now) or when
+        # called after the lookup (?later); an accept after that raises.
+        t0 = time.monotonic()
+        note("deciding")
+        if scope["query_string"] == b"later":
+            await asyncio.sleep(1.0)
+        m = await receive()
+        note("decide got %s %s %.3f" % (m["type"], m.get("code"), time.monotonic() - t0))
+        try:
+            await send({"type": "websocket.accept"})
+            note("decide accept went through")
+        except OSError as e:
+            note("decide accept raised %s" % type(e).__name__)
+            raise
         return
 
     if path == "/close-before-accept":

@@ -1,6 +1,7 @@
 """The app the gevent worker tests use (tests/test_gevent.py): cooperative
 sleeps, outbound HTTP with requests, gevent.spawn, greenlet-locals,
-timeouts and kills, a hub-blocking CPU loop, streamed bodies both ways, and
+timeouts and kills (also of a request waiting for its body), a
+hub-blocking CPU loop, streamed bodies both ways, and
 a Flask-Sock echo route (/ws)."""
 
 import contextvars
@@ -46,6 +47,13 @@ def spin_forever_cpu():
     x = 0
     while True:
         x += 1
+
+
+def kill_later(g, delay):
+    def killer():
+        gevent.sleep(delay)
+        gevent.kill(g)
+    gevent.spawn(killer)
 
 
 def stream(n, chunk=64 * 1024):
@@ -115,15 +123,51 @@ def app(environ, start_response):
         body = b"spawned"
     elif path == "/later":
         body = repr(LATER).encode()
+    elif path == "/read-timeout":
+        # A gevent.Timeout around a read of a slow upload catches its own
+        # timeout (not an OSError).
+        try:
+            with gevent.Timeout(0.2):
+                environ["wsgi.input"].read()
+            body = b"read it all"
+        except gevent.Timeout:
+            body = b"timed out"
+        except OSError as e:
+            body = b"OSError %r" % (e,)
     elif path == "/raise":
         if q == "timeout":
             raise gevent.Timeout()
         if q == "exit":
             raise gevent.GreenletExit()
-        # Killed by gevent (GreenletExit thrown in at the next switch).
-        gevent.kill(gevent.getcurrent())
-        gevent.sleep(0.1)
-        body = b"not killed"
+        if q == "sysexit":
+            raise SystemExit(3)
+        if q == "kbint":
+            raise KeyboardInterrupt()
+        if q == "killed":
+            # Killed by another greenlet while it waits.
+            kill_later(gevent.getcurrent(), 0.1)
+            gevent.sleep(5)
+            body = b"not killed"
+        elif q == "killed-reading":
+            # Killed while it waits for the rest of a slow upload.
+            kill_later(gevent.getcurrent(), 0.2)
+            body = environ["wsgi.input"].read()
+        elif q == "killed-streaming":
+            # Killed after the response started.
+            me = gevent.getcurrent()
+            start_response("200 OK", headers)
+
+            def chunks():
+                yield b"first,"
+                kill_later(me, 0.1)
+                gevent.sleep(5)
+                yield b"second"
+            return chunks()
+        else:
+            # Killed by gevent (GreenletExit thrown in at the next switch).
+            gevent.kill(gevent.getcurrent())
+            gevent.sleep(0.1)
+            body = b"not killed"
     elif path == "/spin":
         spin_forever_cpu()
     elif path == "/environ":

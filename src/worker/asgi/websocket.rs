@@ -37,6 +37,11 @@ const WRITTEN: u8 = 0;
 const PENDING: u8 = 1;
 const CLOSED: u8 = 2;
 
+/// At most this many bytes a client sends before the handshake is answered
+/// are read (and kept) while the app decides; then the socket is no longer
+/// watched until it has.
+const EARLY_MAX: usize = 64 * 1024;
+
 /// Close codes (RFC 6455 §7.4.1).
 const NO_STATUS: u16 = 1005;
 const ABNORMAL: u16 = 1006;
@@ -371,6 +376,34 @@ impl WsConn {
     #[getter]
     fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// While the app decides (after `websocket.connect`, before it answers
+    /// the handshake): read what the socket has, to see the client go
+    /// away. Bytes a client sends this early are kept for the WebSocket, as
+    /// those that came right behind its handshake. 0: nothing more now
+    /// (watch on); 1: stop watching (the app answered, or
+    /// [`EARLY_MAX`] bytes wait); 2: the client closed or the connection
+    /// failed (the app gets `websocket.disconnect` 1006; the connection
+    /// then goes back to the I/O thread, which closes it).
+    fn watch(&mut self) -> u8 {
+        if self.state != State::Handshake {
+            return 1;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if self.http.raw.len() - self.http.raw_pos >= EARLY_MAX {
+                return 1;
+            }
+            match recv(self.fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.http.raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return 0,
+                Err(_) => break,
+            }
+        }
+        self.http.gone = true;
+        2
     }
 
     /// `websocket.accept`: queue the 101 response; from here on frames
