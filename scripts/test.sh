@@ -108,6 +108,21 @@ if [ "$#" -eq 0 ] && [ "$(id -u)" = 0 ] && [ "${RG_TEST_SERVER:-}" != gunicorn ]
     images_pid=$!
 fi
 
+# The virtualenv the wheel is installed into gets the tests' requirements
+# beside the first build (pip mostly waits on the index or unpacks; the
+# wheel itself goes in once built).
+venv_pid=
+if [ -z "${RG_TEST_CARGO:-}" ] && [ "${RG_TEST_SERVER:-}" != gunicorn ] && [ -z "${RG_BIN:-}" ]; then
+    rm -rf target/installed-venv
+    base_python="$(target/venv/bin/python -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')"
+    (
+        exec >"$ROOT/target/installed-venv.log" 2>&1
+        "$base_python" -m venv target/installed-venv &&
+            target/installed-venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+    ) &
+    venv_pid=$!
+fi
+
 # Cargo needs to be on PATH (rustup puts it in ~/.cargo/bin).
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
@@ -130,10 +145,11 @@ elif [ -z "${RG_BIN:-}" ]; then
     # test_docker install the same files.
     wheel="$(target/venv/bin/python tests/wheelhouse.py)"
     ls -l target/wheelhouse/
-    rm -rf target/installed-venv
-    base_python="$(target/venv/bin/python -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')"
-    "$base_python" -m venv target/installed-venv
-    target/installed-venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+    if ! wait "$venv_pid"; then
+        cat target/installed-venv.log
+        echo "making target/installed-venv with tests/requirements.txt failed (above)"
+        exit 1
+    fi
     target/installed-venv/bin/pip install -q --disable-pip-version-check --no-index "$wheel"
     export RG_BIN="$ROOT/target/installed-venv/bin/rgunicorn"
     "$RG_BIN" --version
@@ -149,8 +165,8 @@ fi
 # beside pytest at the lowest CPU and I/O priority, so the tests keep the
 # CPU they need (most of their time is spent waiting on servers, a core is
 # often idle): the builds tests/wheelhouse.py --rest makes (the packaging
-# and Docker tests wait for theirs: tests/wheelhouse.py holds a lock), then
-# clippy and the compile of the unit tests. The unit tests themselves run
+# and Docker tests wait for theirs: tests/wheelhouse.py holds a lock), with
+# clippy beside them, then the compile of the unit tests. The unit tests themselves run
 # after pytest, at normal priority (some of them time things). Its log is
 # target/background.log; its phases are in the summary at the end.
 section "background job (builds, clippy, unit-test compile): log in target/background.log"
@@ -164,11 +180,25 @@ rm -f "$bg_status"
     ionice -c 3 -p "$BASHPID" 2>/dev/null || true
     failed=()
     phases=()
+    # clippy (target/debug) does not wait for the release builds' lock on
+    # target/release: it runs beside them, so the two streams use the core
+    # pytest leaves idle; the unit tests' compile comes after the builds.
+    clippy_log="$(mktemp)"
+    clippy_rc_file="$(mktemp)"
+    ( cargo clippy --all-targets -- -D warnings >"$clippy_log" 2>&1; echo $? >"$clippy_rc_file" ) &
+    clippy_pid=$!
+    clippy_t0=$SECONDS
     if [ -n "${prebuild:-}" ]; then
         # Each build prints its own "== <what>: ok (W s wall, C s CPU)" line.
         run_step "builds (tests/wheelhouse.py --rest)" target/venv/bin/python tests/wheelhouse.py --rest
     fi
-    run_step "cargo clippy" cargo clippy --all-targets -- -D warnings
+    section "cargo clippy (beside the builds)"
+    wait "$clippy_pid" || true
+    cat "$clippy_log"
+    if [ "$(cat "$clippy_rc_file")" = 0 ]; then clippy_ok=ok; else clippy_ok=FAILED; failed+=("cargo clippy"); fi
+    phases+=("$(printf '%-44s %-6s %5d s wall %6s s CPU' "cargo clippy (beside the builds)" "$clippy_ok" \
+                       $((SECONDS - clippy_t0)) "-")")
+    rm -f "$clippy_log" "$clippy_rc_file"
     run_step "cargo test --release --no-run (unit tests' compile)" cargo test --release --no-run
     { printf 'phase\t%s\n' "${phases[@]}"; [ "${#failed[@]}" -eq 0 ] || printf 'failed\t%s\n' "${failed[@]}"; } \
         >"$bg_status"
