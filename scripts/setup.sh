@@ -51,7 +51,7 @@ for pkg in podman runc netavark aardvark-dns iptables debootstrap; do
         missing+=("$pkg")
     fi
 done
-# GNU time: scripts/test.sh's CPU seconds of the pytest phase.
+# GNU time: scripts/test.sh's CPU seconds of the pytest and clippy phases.
 [ -x /usr/bin/time ] || missing+=(time)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "apt-get install ${missing[*]}"

@@ -185,9 +185,12 @@ rm -f "$bg_status"
     # pytest leaves idle; the unit tests' compile comes after the builds.
     clippy_log="$(mktemp)"
     clippy_rc_file="$(mktemp)"
-    ( cargo clippy --all-targets -- -D warnings >"$clippy_log" 2>&1; echo $? >"$clippy_rc_file" ) &
-    clippy_pid=$!
     clippy_t0=$SECONDS
+    # Its exit status, when it ended, and its CPU seconds.
+    ( /usr/bin/time -o "$clippy_rc_file.cpu" -f '%U %S' cargo clippy --all-targets -- -D warnings \
+          >"$clippy_log" 2>&1
+      echo "$? $SECONDS" >"$clippy_rc_file" ) &
+    clippy_pid=$!
     if [ -n "${prebuild:-}" ]; then
         # Each build prints its own "== <what>: ok (W s wall, C s CPU)" line.
         run_step "builds (tests/wheelhouse.py --rest)" target/venv/bin/python tests/wheelhouse.py --rest
@@ -195,10 +198,12 @@ rm -f "$bg_status"
     section "cargo clippy (beside the builds)"
     wait "$clippy_pid" || true
     cat "$clippy_log"
-    if [ "$(cat "$clippy_rc_file")" = 0 ]; then clippy_ok=ok; else clippy_ok=FAILED; failed+=("cargo clippy"); fi
+    read -r clippy_rc clippy_end <"$clippy_rc_file"
+    clippy_cpu="$(awk 'NF == 2 { printf "%.0f", $1 + $2 }' "$clippy_rc_file.cpu" 2>/dev/null || true)"
+    if [ "$clippy_rc" = 0 ]; then clippy_ok=ok; else clippy_ok=FAILED; failed+=("cargo clippy"); fi
     phases+=("$(printf '%-44s %-6s %5d s wall %6s s CPU' "cargo clippy (beside the builds)" "$clippy_ok" \
-                       $((SECONDS - clippy_t0)) "-")")
-    rm -f "$clippy_log" "$clippy_rc_file"
+                       $((clippy_end - clippy_t0)) "${clippy_cpu:--}")")
+    rm -f "$clippy_log" "$clippy_rc_file" "$clippy_rc_file.cpu"
     run_step "cargo test --release --no-run (unit tests' compile)" cargo test --release --no-run
     { printf 'phase\t%s\n' "${phases[@]}"; [ "${#failed[@]}" -eq 0 ] || printf 'failed\t%s\n' "${failed[@]}"; } \
         >"$bg_status"
