@@ -26,8 +26,7 @@ import pytest
 from conftest import free_port, rgunicorn_only, wait_until
 from test_tls import certs, client_ctx  # noqa: F401 (the module-scoped fixture)
 
-h2 = pytest.importorskip("h2")
-import h2.config  # noqa: E402
+import h2.config  # noqa: E402 (tests/requirements.txt: never skipped)
 import h2.connection  # noqa: E402
 import h2.events  # noqa: E402
 import h2.settings  # noqa: E402
@@ -267,8 +266,6 @@ def test_every_class_speaks_h2_with_streaming_both_ways(server, certs, tmp_path,
     HTTP/2.0, and a 6 MB upload and a 12 MB download go whole over one
     stream each (more than the default 64 KB windows: flow control)."""
     args, app, proto = CLASSES[kind]
-    if kind == "gevent":
-        pytest.importorskip("gevent")
     srv = start(server, certs, "-w", "1", *args, *H2, "--access-logfile", "-", app=app)
     base = f"https://127.0.0.1:{srv.port}"
     r = curl("-k", "--http2", "-w", " %{http_version}", base + "/proto")
@@ -314,7 +311,6 @@ def test_chunked_head_and_cookies_cross_the_bridge(server, certs):
 def test_tornado_serves_http1_only(server, certs):
     """-k tornado runs Tornado's own HTTPServer (its ssl.SSLContext, no
     ALPN h2): with h2 listed, clients still get HTTP/1.1 (documented)."""
-    pytest.importorskip("tornado")
     srv = start(server, certs, "-w", "1", "-k", "tornado", *H2)
     r = curl("-k", "--http2", "-w", " %{http_version}", f"https://127.0.0.1:{srv.port}/proto")
     assert r.stdout == b"HTTP/1.1 1.1", r

@@ -106,8 +106,6 @@ CLASSES = {
 @pytest.mark.parametrize("kind", list(CLASSES))
 def test_every_class_serves_https_with_scheme_https(server, certs, kind):
     args, app = CLASSES[kind]
-    if kind in ("gevent", "tornado"):
-        pytest.importorskip(kind)
     srv = start_tls(server, certs, "-w", "1", *args, app=app)
     assert "Listening at: https://127.0.0.1:" in srv.log()
     ctx = client_ctx(certs)
