@@ -56,23 +56,26 @@ def main() -> int:
         return 2
     logdir = Path(tempfile.mkdtemp(prefix="rgunicorn-bench-asgi-"))
     want = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
-    results = {}
-    for name, (binary, argv) in servers(bench.free_port()).items():
+    want_sc = [s.strip() for s in os.environ.get("BENCH_SCENARIOS", "").split(",") if s.strip()]
+    scenarios = [s for s in bench.SCENARIOS if not want_sc or s in want_sc]
+    entries = {}
+    port = bench.free_port()
+    for name, (binary, argv) in servers(port).items():
         if want and name not in want:
             continue
-        port = int(argv[argv.index("--port") + 1]) if "--port" in argv else int(argv[argv.index("-b") + 1].rsplit(":", 1)[1])
-        print(f"{name}", flush=True)
-        results[name] = bench.bench_server(name, binary, argv, port, list(bench.SCENARIOS), logdir)
+        entries[name] = (binary, argv, port)
+    results = bench.bench_rounds(entries, scenarios, logdir)
     lines = [
         f"ASGI benchmark, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
         f"{bench.versions()}.",
         "",
         f"wrk -t{bench.THREADS} -c{bench.CONNECTIONS} -d{bench.SECONDS}s --latency after a {bench.WARMUP}s "
         "warm-up; 2 workers each; CPU = the server's whole process tree, per request. Ratios are "
-        f"against {BASELINE} in the same run (the machine may be shared: compare ratios, not runs).",
+        f"against {BASELINE} in the same run (the machine may be shared: compare ratios, not runs). "
+        + bench.rounds_note() + f" Load average at the end: {os.getloadavg()[0]:.1f}.",
         "",
     ]
-    lines += bench.scenario_tables(results, bench.SCENARIOS, BASELINE, "uvicorn")
+    lines += bench.scenario_tables(results, scenarios, BASELINE, "uvicorn")
     table = "\n".join(lines)
     print(table)
     (bench.BENCH / "results-asgi.md").write_text(table + "\n")

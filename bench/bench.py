@@ -17,6 +17,11 @@ Environment:
     BENCH_THREADS      wrk threads (default 1)
     BENCH_SERVERS      comma-separated subset of server names (default: all)
     BENCH_SCENARIOS    comma-separated subset of scenario names (default: all)
+    BENCH_ROUNDS       rounds per server (default 3): the servers run in turn,
+                       round after round (A B C A B C ...), so a load that
+                       comes and goes on a shared machine touches each of them
+                       alike; each server and scenario reports its median
+                       round by req/s, and the table gives every round's req/s
 
 Prints one markdown table (ratios relative to gunicorn sync) and writes it to
 bench/results.md. Nothing is built here: a missing rgunicorn binary gives a
@@ -50,6 +55,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
 
 BASELINE = "gunicorn sync"
 
@@ -232,6 +238,48 @@ def bench_server(name: str, binary: Path, argv: list[str], port: int, scenarios,
     return results
 
 
+def bench_rounds(entries: dict, scenarios, logdir: Path) -> dict:
+    """Run every server of `entries` (name -> (binary, argv, port)) ROUNDS
+    times, in turn, and keep for each scenario the round with the median
+    req/s (its p99 and CPU come with it). `rounds` in a result lists every
+    round's req/s, in the order run, so the spread is in the table."""
+    runs: dict[str, list[dict]] = {name: [] for name in entries}
+    for r in range(ROUNDS):
+        for name, (binary, argv, port) in entries.items():
+            print(f"== {name} (round {r + 1} of {ROUNDS}): {' '.join(argv)}", flush=True)
+            res = bench_server(name, binary, argv, port, scenarios, logdir)
+            if res.get("_status"):
+                print(f"  {name}: {res['_status']}", flush=True)
+            runs[name].append(res)
+    results = {}
+    for name, rounds in runs.items():
+        out: dict = {}
+        for res in rounds:
+            if res.get("_status"):
+                out["_status"] = res["_status"]
+        for sc in scenarios:
+            got = [res[sc] for res in rounds if res.get(sc) and res[sc].get("rps") is not None]
+            if not got:
+                continue
+            med = dict(sorted(got, key=lambda x: x["rps"])[(len(got) - 1) // 2])
+            med["rounds"] = [x["rps"] for x in got]
+            # A failed request in any round is reported, not hidden by the median.
+            med["errors"] = max(x["errors"] for x in got)
+            out[sc] = med
+        results[name] = out
+    return results
+
+
+def rounds_note() -> str:
+    return (f"Each server ran {ROUNDS} rounds, the servers in turn (A B C A B C ...); the table "
+            "shows each scenario's median round by req/s, and `rounds` every round's req/s in "
+            "thousands, in the order run." if ROUNDS > 1 else "One round per server.")
+
+
+def rounds_cell(r: dict) -> str:
+    return " · ".join(f"{x / 1000:.1f}" for x in r.get("rounds", []))
+
+
 def fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
@@ -244,20 +292,26 @@ def ratio(v, base, higher_is_better=True):
 
 def scenario_tables(results: dict, scenarios, baseline: str, vs: str) -> list[str]:
     """One markdown table per scenario (req/s, ratio to `baseline`, p99,
-    CPU per request, errors), as bench/tls.py, asgi.py and h2.py print them."""
+    CPU per request, errors, and with `bench_rounds` every round's req/s),
+    as bench/tls.py, asgi.py and h2.py print them."""
+    with_rounds = any(r.get("rounds") for res in results.values() for r in res.values()
+                      if isinstance(r, dict))
     lines = []
     for sc in scenarios:
         lines += [f"### {sc}", "",
-                  f"| server | req/s | vs {vs} | p99 ms | CPU µs/req | errors |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  f"| server | req/s | vs {vs} | p99 ms | CPU µs/req | errors |"
+                  + (" rounds (k req/s) |" if with_rounds else ""),
+                  "|---|---:|---:|---:|---:|---:|" + ("---|" if with_rounds else "")]
         base = results.get(baseline, {}).get(sc, {})
         for name, res in results.items():
             r = res.get(sc)
             if not r:
-                lines.append(f"| {name} | {res.get('_status', 'n/a')} | | | | |")
+                lines.append(f"| {name} | {res.get('_status', 'n/a')} | | | | |"
+                             + (" |" if with_rounds else ""))
                 continue
             lines.append(f"| {name} | {fmt(r['rps'], ',.0f')} | {ratio(r['rps'], base.get('rps'))} "
-                         f"| {fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_us'], '.1f')} | {r['errors']} |")
+                         f"| {fmt(r['p99_ms'], '.2f')} | {fmt(r['cpu_us'], '.1f')} | {r['errors']} |"
+                         + (f" {rounds_cell(r)} |" if with_rounds else ""))
         lines.append("")
     return lines
 
@@ -294,17 +348,14 @@ def main() -> int:
     logdir = ROOT / "target" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
 
-    all_results = {}
+    entries = {}
     for name in servers(0):
         if want_servers and name not in want_servers:
             continue
         port = free_port()
         binary, argv = servers(port)[name]
-        print(f"== {name}: {' '.join(argv)}", flush=True)
-        all_results[name] = bench_server(name, binary, argv, port, scenarios, logdir)
-        st = all_results[name].get("_status")
-        if st:
-            print(f"  {name}: {st}", flush=True)
+        entries[name] = (binary, argv, port)
+    all_results = bench_rounds(entries, scenarios, logdir)
 
     base = all_results.get(BASELINE, {})
     lines = [
@@ -314,22 +365,24 @@ def main() -> int:
         f"Each server: 2 workers, bench/apps/hello.py, 127.0.0.1. "
         f"wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s --latency after a {WARMUP}s warm-up. "
         f"CPU = user+sys of the server's whole process tree per request served. "
-        f"Ratios are relative to {BASELINE} (req/s: higher is better; p99 and CPU: lower is better).",
+        f"Ratios are relative to {BASELINE} (req/s: higher is better; p99 and CPU: lower is better). "
+        + rounds_note(),
         "",
-        "| scenario | server | req/s | × | p99 ms | × | CPU µs/req | × | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | server | req/s | × | p99 ms | × | CPU µs/req | × | errors | rounds (k req/s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for sc in scenarios:
         b = base.get(sc, {})
         for name, res in all_results.items():
             r = res.get(sc)
             if r is None:
-                lines.append(f"| {sc} | {name} | {res.get('_status', 'no result')} | | | | | | |")
+                lines.append(f"| {sc} | {name} | {res.get('_status', 'no result')} | | | | | | | |")
                 continue
             lines.append(
                 f"| {sc} | {name} | {fmt(r['rps'], ',.0f')} | {ratio(r['rps'], b.get('rps'))} "
                 f"| {fmt(r['p99_ms'], '.2f')} | {ratio(r['p99_ms'], b.get('p99_ms'))} "
-                f"| {fmt(r['cpu_us'], '.1f')} | {ratio(r['cpu_us'], b.get('cpu_us'))} | {r['errors']} |")
+                f"| {fmt(r['cpu_us'], '.1f')} | {ratio(r['cpu_us'], b.get('cpu_us'))} | {r['errors']} "
+                f"| {rounds_cell(r)} |")
     table = "\n".join(lines) + "\n"
     print()
     print(table)

@@ -86,16 +86,14 @@ def main() -> int:
     scenarios = [s for s in SCENARIOS if not want_sc or s in want_sc]
     logdir = bench.ROOT / "target" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    entries = {}
     for name in GEVENT_SERVERS:
         if want_servers and name not in want_servers:
             continue
         port = bench.free_port()
         binary, argv = servers(port)[name]
-        print(f"== {name}: {' '.join(argv)}", flush=True)
-        results[name] = bench.bench_server(name, binary, argv, port, scenarios, logdir)
-        if results[name].get("_status"):
-            print(f"  {name}: {results[name]['_status']}", flush=True)
+        entries[name] = (binary, argv, port)
+    results = bench.bench_rounds(entries, scenarios, logdir)
     base = results.get(BASELINE, {})
     lines = [
         "# Benchmark: rgunicorn -k gevent vs gunicorn -k gevent vs granian",
@@ -107,23 +105,23 @@ def main() -> int:
         f"unless the scenario says. CPU = user+sys of the server's whole process tree per "
         f"request served. Ratios are relative to {BASELINE}. load = the machine's 1-minute "
         f"load average at the end of the run (2 cores: above 2, the servers wait for a CPU; "
-        f"the latency-bound sleep scenarios suffer most).",
+        f"the latency-bound sleep scenarios suffer most). " + bench.rounds_note(),
         "",
-        "| scenario | server | req/s | × | p99 ms | × | CPU µs/req | × | errors | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | server | req/s | × | p99 ms | × | CPU µs/req | × | errors | load | rounds (k req/s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for sc in scenarios:
         b = base.get(sc, {})
         for name, res in results.items():
             r = res.get(sc)
             if r is None:
-                lines.append(f"| {sc} | {name} | {res.get('_status', 'no result')} | | | | | | | |")
+                lines.append(f"| {sc} | {name} | {res.get('_status', 'no result')} | | | | | | | | |")
                 continue
             lines.append(
                 f"| {sc} | {name} | {bench.fmt(r['rps'], ',.0f')} | {bench.ratio(r['rps'], b.get('rps'))} "
                 f"| {bench.fmt(r['p99_ms'], '.2f')} | {bench.ratio(r['p99_ms'], b.get('p99_ms'))} "
                 f"| {bench.fmt(r['cpu_us'], '.1f')} | {bench.ratio(r['cpu_us'], b.get('cpu_us'))} "
-                f"| {r['errors']} | {r['load']:.1f} |")
+                f"| {r['errors']} | {r['load']:.1f} | {bench.rounds_cell(r)} |")
     ours = results.get("rgunicorn gevent", {})
     targets = []
     for sc, what, goal in (("hello keep-alive", "× gunicorn gevent", "≥ 5×"),
