@@ -543,7 +543,12 @@ fn method<'py>(py: Python<'py>, m: &str) -> Bound<'py, pyo3::types::PyString> {
 /// The scope's `client`: the socket peer (or the PROXY header's client);
 /// from a trusted peer, the `X-Forwarded-For` address nearest to us that is
 /// not itself trusted, as uvicorn's proxy headers do.
-fn client(proxy: &ProxyPolicy, req: &Request, peer: &Peer, unix: bool) -> Option<(String, u16)> {
+fn client<'a>(
+    proxy: &ProxyPolicy,
+    req: &'a Request,
+    peer: &'a Peer,
+    unix: bool,
+) -> Option<(&'a str, u16)> {
     if peer.trusted {
         if let Some(xff) = req.header("x-forwarded-for") {
             let list: Vec<&str> = std::str::from_utf8(xff)
@@ -558,14 +563,14 @@ fn client(proxy: &ProxyPolicy, req: &Request, peer: &Peer, unix: bool) -> Option
                 .find(|a| !proxy.trusts(a.parse().ok()))
                 .or(list.first());
             if let Some(a) = pick {
-                return Some((a.to_string(), 0));
+                return Some((a, 0));
             }
         }
     }
     if unix && peer.addr.is_empty() {
         return None;
     }
-    Some((peer.addr.to_string(), peer.port.parse().unwrap_or(0)))
+    Some((&peer.addr, peer.port.parse().unwrap_or(0)))
 }
 
 #[pymethods]
@@ -629,11 +634,10 @@ impl Server {
                             &job.peer.addr,
                         );
                     }
-                    let peer_addr = job.peer.addr.to_string();
+                    let peer_addr = self.hooks.as_ref().map(|h| (h, job.peer.addr.to_string()));
                     let mut conn = Conn::new(job, https, self.body_rate);
-                    if let Some(h) = &self.hooks {
-                        conn.post_hook =
-                            Some((h.clone(), scope.clone().unbind(), peer_addr.clone()));
+                    if let Some((h, peer_addr)) = peer_addr {
+                        conn.post_hook = Some((h.clone(), scope.clone().unbind(), peer_addr));
                     }
                     if ws {
                         let ws = Py::new(py, WsConn::new(conn, self.ws_max))?;
