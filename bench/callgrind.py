@@ -10,7 +10,11 @@ Starts rgunicorn with one worker under `valgrind --tool=callgrind
 separate runs) and reports (I(N2) - I(N1)) / (N2 - N1) for the worker
 process: the per-request cost with start-up and shutdown cancelled out.
 Compare two builds by running it on each; callgrind's count does not depend
-on the machine's load.
+on the machine's load, except through timing: how often the worker's event
+loop waits in epoll per request depends on whether the client's next request
+is already there. Sync hello repeats to ~0.1%, but --post moves by up to
+~2% (80.2k-82.8k for one binary) and -k gthread by ~4%: run each build two or
+three times, alternating, and compare against that spread.
 """
 from __future__ import annotations
 

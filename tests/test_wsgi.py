@@ -4,6 +4,7 @@ as an app (tests/apps/wsgi_probe.py) sees them and as a client sees the result.
 """
 
 import hashlib
+import io
 import json
 import time
 
@@ -199,6 +200,32 @@ def test_input_read_n(server, tmp_path, n):
     assert r.status_code == 200
     assert r.content == BODY
     assert 0 < int(r.headers["X-Max-Piece"]) <= n
+
+
+@pytest.mark.parametrize("ops", ["len,all", "3,line,0,5,all", "5,5,line,100000,line,all",
+                                 "line,3,len"])
+@pytest.mark.parametrize("size", [40, len(BODY)])
+def test_input_mixed_reads(server, tmp_path, ops, size):
+    """read(n), readline() and read() in any order give what a file would,
+    and the next pipelined request is intact (`len`: read(Content-Length))."""
+    srv = start_probe(server, tmp_path, *KEEPALIVE_ARGS)
+    body = BODY[:size - 14] + b"tail\nend line"
+    ops = ops.replace("len", str(len(body)))
+    want = []
+    f = io.BytesIO(body)
+    for op in ops.split(","):
+        want.append(f.readline() if op == "line" else f.read() if op == "all" else f.read(int(op)))
+    s = connect(srv.port)
+    s.sendall(b"POST /read-ops?ops=" + ops.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body
+              + b"GET /environ/next HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data, closed = read_until_close(s, timeout=20)
+    s.close()
+    responses = parse_all(data)
+    assert [r.status for r in responses] == [200, 200], responses
+    got = [ln.encode("latin-1") for ln in json.loads(responses[0].body)["lines"]]
+    assert got == want
+    assert json.loads(responses[1].body)["PATH_INFO"] == "/environ/next"
 
 
 def test_input_readline(server, tmp_path):

@@ -14,6 +14,8 @@ Routes (matched on PATH_INFO, i.e. after SCRIPT_NAME is removed):
   /read-n?n=K         read(K) until b""; header X-Max-Piece = largest piece
   /readline[?size=N]  readline() / readline(N) until b"", JSON list (latin-1)
   /readlines          readlines(), JSON list
+  /read-ops?ops=A,B   the reads A, B, ... in order (K: read(K), line:
+                      readline(), all: read()), JSON list of what each gave
   /iter               for line in wsgi.input, JSON list
   /no-read            ignores the body
   /chunked-out        generator, no Content-Length
@@ -180,6 +182,17 @@ def app(environ, start_response):
 
     if path == "/readlines":
         return _lines_json(start_response, inp.readlines())
+
+    if path == "/read-ops":
+        got = []
+        for op in q.get("ops", "").split(","):
+            if op == "line":
+                got.append(inp.readline())
+            elif op == "all":
+                got.append(inp.read())
+            else:
+                got.append(inp.read(int(op)))
+        return _lines_json(start_response, got)
 
     if path == "/iter":
         return _lines_json(start_response, [line for line in inp])
