@@ -27,6 +27,7 @@
 //! The control socket ([`crate::control`]) is served from the same loop;
 //! its commands call the very methods the signals call (see `control.rs`).
 
+mod affinity;
 mod control;
 
 mod sd;
@@ -100,6 +101,8 @@ pub struct Arbiter {
     listeners: Vec<Listener>,
     scoreboard: Scoreboard,
     free_slots: Vec<usize>,
+    /// The CPU each worker slot runs on (`worker_cpu_affinity`).
+    affinity: affinity::Affinity,
     /// The workers' states and every decision about them.
     sup: Supervisor,
     sigfd: SignalFd,
@@ -192,6 +195,7 @@ impl Arbiter {
             listeners,
             scoreboard,
             free_slots: (0..MAX_SLOTS).rev().collect(),
+            affinity: affinity::Affinity::default(),
             sup,
             sigfd,
             pipe_r,
@@ -285,6 +289,7 @@ impl Arbiter {
             let actions = self.sup.tick(now_ms(), events);
             for (pid, slot) in exited {
                 self.free_slots.push(slot);
+                self.affinity.release(slot);
                 crate::hooks::child_exit(&self.settings, self.sup.target(), pid.as_raw(), slot);
             }
             self.execute(actions);
@@ -418,12 +423,16 @@ impl Arbiter {
         let slot = self.scoreboard.slot(slot_index);
         slot.reset(0);
         crate::hooks::pre_fork(&self.settings, self.sup.target(), slot_index);
+        let cpu = self
+            .affinity
+            .assign(&self.settings.worker_cpu_affinity, slot_index);
         // SAFETY: the master is single-threaded (see the module doc), and the
         // child goes straight into worker::run, which never returns.
         let forked = unsafe { crate::python::fork() };
         match forked {
             Err(e) => {
                 self.free_slots.push(slot_index);
+                self.affinity.release(slot_index);
                 Err(e).context("fork failed")
             }
             Ok(ForkResult::Parent { child }) => {
@@ -434,12 +443,21 @@ impl Arbiter {
                 self.sup.spawned(now_ms(), child, slot_index);
                 Ok(())
             }
-            Ok(ForkResult::Child) => self.become_worker(slot_index),
+            Ok(ForkResult::Child) => self.become_worker(slot_index, cpu),
         }
     }
 
-    /// In the child: drop the master's machinery, then run the worker.
-    fn become_worker(&mut self, slot_index: usize) -> ! {
+    /// In the child: drop the master's machinery, then run the worker
+    /// (on `cpu` only, if it was given one).
+    fn become_worker(&mut self, slot_index: usize, cpu: Option<usize>) -> ! {
+        if let Some(cpu) = cpu {
+            // Still single-threaded: every thread started from here on
+            // inherits it.
+            match affinity::bind(cpu) {
+                Ok(()) => tracing::info!("Worker (pid: {}) runs on CPU {cpu}", std::process::id()),
+                Err(e) => tracing::warn!("Cannot bind the worker to CPU {cpu}: {e}"),
+            }
+        }
         let _ = SigSet::empty().thread_set_mask();
         let _ = nix::unistd::close(self.sigfd.as_raw_fd());
         let _ = nix::unistd::close(self.pipe_r.as_raw_fd());

@@ -409,6 +409,21 @@ settings_table! {
     } => worker_class: WorkerClass,
     int("threads", WORKERS, &["--threads"], 1, "The number of worker threads for handling requests (sync with >1 means gthread; gevent ignores it).", Status::Same) => threads: usize,
     int("worker_connections", WORKERS, &["--worker-connections"], 1000, "The maximum number of simultaneous clients per worker (gthread, gevent, asgi; an open WebSocket counts as one).", Status::Same) => worker_connections: usize,
+    SettingDef {
+        name: "worker_cpu_affinity",
+        section: WORKERS,
+        cli: &["--worker-cpu-affinity"],
+        meta: Some("MODE"),
+        default: DefaultValue::Str("off"),
+        help: "off: the kernel places the workers' threads. auto: each worker, all its threads, runs on \
+               one CPU of those the master may use, the workers spread evenly over them (a worker forked \
+               later takes the CPU with the fewest). Like nginx's `worker_cpu_affinity auto`: it saves \
+               the cross-CPU wake-ups between a worker's I/O thread and its Python thread (asgi, gevent, \
+               gthread), but a pinned worker cannot move off a CPU that other work keeps busy.",
+        status: Status::Rgunicorn,
+        check: Some(super::value::check_cpu_affinity),
+        ..BASE
+    } => worker_cpu_affinity: String,
     int("max_requests", WORKERS, &["--max-requests"], 0, "Requests a worker serves before it is restarted; 0 disables.", Status::Same) => max_requests: u64,
     int("max_requests_jitter", WORKERS, &["--max-requests-jitter"], 0, "The maximum random jitter added to max_requests.", Status::Same) => max_requests_jitter: u64,
     int("timeout", WORKERS, &["-t", "--timeout"], 30, "Workers silent for more than this many seconds are killed and restarted.", Status::Same) => timeout: u64,

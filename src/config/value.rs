@@ -529,6 +529,18 @@ pub(crate) fn check_http2_cleartext(v: &Value) -> Result<(), String> {
     }
 }
 
+pub(crate) fn check_cpu_affinity(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(s) if ["off", "auto"].contains(&s.trim().to_ascii_lowercase().as_str()) => {
+            Ok(())
+        }
+        Value::Str(s) => Err(format!(
+            "Invalid worker_cpu_affinity: {s} (expected off or auto)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_http2_frame_size(v: &Value) -> Result<(), String> {
     match v {
         Value::Int(n) if !(16384..=16_777_215).contains(n) => Err(format!(
