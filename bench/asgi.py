@@ -39,6 +39,9 @@ def servers(port: int):
     R, G = bench.RGUNICORN, bench.GUNICORN
     return {
         "rgunicorn -k asgi": (R, [str(R), "-w", "2", "-k", "asgi", "-b", bind, APP]),
+        # rgunicorn's own opt-in setting (off by default): each worker on a CPU of its own.
+        "rgunicorn -k asgi --worker-cpu-affinity auto": (R, [str(R), "-w", "2", "-k", "asgi",
+                                                             "--worker-cpu-affinity", "auto", "-b", bind, APP]),
         "uvicorn": (UVICORN, [str(UVICORN), "--workers", "2", "--loop", "uvloop", "--http", "httptools",
                               "--no-access-log", "--host", "127.0.0.1", "--port", str(port), APP]),
         "gunicorn -k uvicorn.workers.UvicornWorker": (G, [str(G), "-w", "2", "-k", "uvicorn.workers.UvicornWorker",
@@ -76,6 +79,16 @@ def main() -> int:
         "",
     ]
     lines += bench.scenario_tables(results, scenarios, BASELINE, "uvicorn")
+    hello = "hello keep-alive"
+    base = {k: results.get(k, {}).get(hello, {}).get("rps") for k in ("uvicorn", "granian --interface asgi")}
+    targets = []
+    for who in ("rgunicorn -k asgi", "rgunicorn -k asgi --worker-cpu-affinity auto"):
+        rps = results.get(who, {}).get(hello, {}).get("rps")
+        if rps and base["uvicorn"] and base["granian --interface asgi"]:
+            targets.append(f"- {who}: {rps / base['uvicorn']:.2f}× uvicorn (target ≥ 2×), "
+                           f"{rps / base['granian --interface asgi']:.2f}× granian (target ≥ 1.5×)")
+    if targets:
+        lines += [f"Issue 12's targets ({hello}):", *targets, ""]
     table = "\n".join(lines)
     print(table)
     (bench.BENCH / "results-asgi.md").write_text(table + "\n")
