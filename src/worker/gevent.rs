@@ -62,7 +62,7 @@ impl Gevent {
         Python::attach(|py| -> PyResult<()> {
             let boot = crate::python::bootstrap(py)?;
             wsgi::fdio::set_cooperative(boot.call_method0("gevent_wait")?.unbind());
-            bridge.conn_socket = Some(boot.getattr("ConnSocket")?.unbind());
+            bridge.conn_socket = Some(boot.getattr("gevent_socket")?.unbind());
             Ok(())
         })
         .map_err(|e| {

@@ -59,8 +59,9 @@ pub struct Bridge {
     pub access_environ: Vec<String>,
     /// The body rate rule (grace, bytes/s) for `wsgi.input`'s socket reads.
     pub body_rate: Option<(Duration, u64)>,
-    /// Makes `environ['gunicorn.socket']` from the connection's descriptor
-    /// (the gevent worker's `ConnSocket`): see [`handle`].
+    /// Under gevent: makes the socket behind `environ['gunicorn.socket']`
+    /// from the connection's descriptor (bootstrap.py's `gevent_socket`),
+    /// for a [`GeventSocket`]: see [`handle`].
     pub conn_socket: Option<Py<PyAny>>,
     /// `ConnectionSocket.__new__` and the class (bootstrap.py), for
     /// `gunicorn.socket`.
@@ -641,6 +642,57 @@ impl EarlyHints {
     }
 }
 
+/// `environ['gunicorn.socket']` under gevent: stands for the connection's
+/// socket, which it makes (bootstrap.py's `gevent_socket`: a gevent socket
+/// on a duplicate of the descriptor) the first time the app uses it, and
+/// to which it then hands every attribute. An app that used it and never
+/// called start_response owns the connection (WebSockets): the server
+/// writes nothing more on it (see [`handle`]).
+///
+/// One per request, made in Rust (no Python frame): most apps never touch
+/// it, and every request pays for it.
+#[pyclass(module = "rgunicorn", frozen)]
+pub struct GeventSocket {
+    fd: RawFd,
+    /// `gevent_socket`.
+    make: Py<PyAny>,
+    sock: pyo3::sync::PyOnceLock<Py<PyAny>>,
+}
+
+impl GeventSocket {
+    fn new(fd: RawFd, make: Py<PyAny>) -> GeventSocket {
+        GeventSocket {
+            fd,
+            make,
+            sock: pyo3::sync::PyOnceLock::new(),
+        }
+    }
+
+    /// The app has used the socket.
+    fn used(&self, py: Python<'_>) -> bool {
+        self.sock.get(py).is_some()
+    }
+}
+
+#[pymethods]
+impl GeventSocket {
+    /// Called for the attributes the class itself lacks: all the socket's.
+    fn __getattr__<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let sock = self
+            .sock
+            .get_or_try_init(py, || self.make.call1(py, (self.fd,)))?;
+        sock.bind(py).getattr(name)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<rgunicorn connection socket fd={}>", self.fd)
+    }
+}
+
 /// Serve one parsed request: call the app and write its response.
 ///
 /// `prebuffered` holds the bytes already read after the request head (the
@@ -707,15 +759,17 @@ pub fn handle(
         return internal_error(py, e, fd, req);
     }
     // The gevent worker's own `gunicorn.socket` (a gevent socket made on
-    // first use): see `gevent_taken` below.
+    // first use): see the take-over test below.
     let conn_socket = match &bridge.conn_socket {
-        Some(make) => match make.call1(py, (fd,)).and_then(|s| {
-            env.set_item(pyo3::intern!(py, "gunicorn.socket"), &s)
-                .map(|()| s)
-        }) {
-            Ok(s) => Some(s),
-            Err(e) => return internal_error(py, e, fd, req),
-        },
+        Some(make) => {
+            match Bound::new(py, GeventSocket::new(fd, make.clone_ref(py))).and_then(|s| {
+                env.set_item(pyo3::intern!(py, "gunicorn.socket"), &s)
+                    .map(|()| s)
+            }) {
+                Ok(s) => Some(s),
+                Err(e) => return internal_error(py, e, fd, req),
+            }
+        }
         None => None,
     };
 
@@ -739,10 +793,7 @@ pub fn handle(
     // library that wrote its own handshake).
     if conn_socket.is_some_and(|s| {
         matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
-            || s.call_method0(py, pyo3::intern!(py, "_rgunicorn_taken"))
-                .and_then(|t| t.is_truthy(py))
-                .unwrap_or(true)
-                && !writer.started()
+            || s.get().used(py) && !writer.started()
     }) {
         flight.take();
     }
