@@ -210,6 +210,9 @@ impl Bridge {
     /// The environ key for a request header (`HTTP_USER_AGENT`), interned
     /// and cached; `None` for names Gunicorn drops (they contain `_`).
     fn header_key(&self, py: Python<'_>, name: &[u8]) -> Option<Py<PyString>> {
+        if let Some(k) = common_header_key(py, name) {
+            return Some(k.clone().unbind());
+        }
         let mut cache = self.header_keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(name) {
             return k.as_ref().map(|k| k.clone_ref(py));
@@ -234,6 +237,38 @@ impl Bridge {
         }
         key
     }
+}
+
+/// The environ keys of the headers most requests carry, interned once:
+/// found without the cache's lock and hash (the same strings the cache
+/// would give: both are interned).
+fn common_header_key<'py>(py: Python<'py>, name: &[u8]) -> Option<&'py Bound<'py, PyString>> {
+    macro_rules! known {
+        ($($name:literal => $key:literal),+) => {{
+            $(if name.eq_ignore_ascii_case($name) {
+                return Some(pyo3::intern!(py, $key));
+            })+
+        }};
+    }
+    match name.len() {
+        4 => known!(b"host" => "HTTP_HOST"),
+        6 => {
+            known!(b"accept" => "HTTP_ACCEPT", b"cookie" => "HTTP_COOKIE", b"origin" => "HTTP_ORIGIN")
+        }
+        7 => known!(b"referer" => "HTTP_REFERER"),
+        10 => known!(b"user-agent" => "HTTP_USER_AGENT", b"connection" => "HTTP_CONNECTION"),
+        13 => known!(
+            b"authorization" => "HTTP_AUTHORIZATION",
+            b"cache-control" => "HTTP_CACHE_CONTROL"
+        ),
+        15 => known!(
+            b"accept-encoding" => "HTTP_ACCEPT_ENCODING",
+            b"accept-language" => "HTTP_ACCEPT_LANGUAGE",
+            b"x-forwarded-for" => "HTTP_X_FORWARDED_FOR"
+        ),
+        _ => {}
+    }
+    None
 }
 
 /// Latin-1 decoding of header bytes, as PEP 3333 requires for native
