@@ -428,6 +428,7 @@ impl ConnState {
 /// A `ConnectionSocket` is a Python object made by calling
 /// `socket.socket.__new__`: per connection, not per request.
 #[allow(clippy::type_complexity)]
+#[inline(never)]
 fn connection<'py>(
     py: Python<'py>,
     bridge: &Bridge,
@@ -758,6 +759,69 @@ pub fn handle(
         flight: &flight,
         hints: hints_ref,
     };
+    // The work before and after the app is in functions of their own: the
+    // stack under the app holds only this frame, and under gevent every
+    // switch of the request's greenlet copies that stack (greenlet saves
+    // and restores it by memcpy).
+    let r = match prepare(
+        py,
+        bridge,
+        listener,
+        req,
+        prebuffered,
+        spill,
+        fd,
+        peer,
+        &flight,
+        &hints,
+        sock.as_ref(),
+    ) {
+        Ok(r) => r,
+        Err(outcome) => return *outcome,
+    };
+    let result = bridge.app.bind(py).call1((&r.env, &r.start));
+    complete(
+        py,
+        bridge,
+        req,
+        peer,
+        &flight,
+        hints_ref,
+        sock.as_ref(),
+        r,
+        result,
+    )
+}
+
+/// What [`prepare`] made for the app and [`complete`] needs after it.
+struct Prepared<'py> {
+    input: Bound<'py, Input>,
+    writer: Writer,
+    start: Bound<'py, StartResponse>,
+    env: Bound<'py, PyDict>,
+    conn_socket: Option<Bound<'py, GeventSocket>>,
+    scheme: &'static str,
+}
+
+/// [`handle`] before the app: `wsgi.input`, the response, the environ, the
+/// pre_request hook. `Err`: the request is answered already (boxed: it is
+/// rare, and the common result stays small).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn prepare<'py>(
+    py: Python<'py>,
+    bridge: &Bridge,
+    listener: usize,
+    req: &Request,
+    prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
+    fd: RawFd,
+    peer: &Peer,
+    flight: &Arc<flight::Flight>,
+    hints: &Bound<'py, EarlyHints>,
+    sock: Option<&Bound<'py, PyAny>>,
+) -> Result<Prepared<'py>, Box<Outcome>> {
+    let hints_ref = hints.get();
     let input = Input::new(
         fd,
         req,
@@ -768,30 +832,36 @@ pub fn handle(
     );
     let input = match Bound::new(py, input) {
         Ok(i) => i,
-        Err(e) => return internal_error(py, e, fd, req),
+        Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
     };
     let writer = Writer::new(fd, req, bridge.io_timeout, Some(flight.clone()));
     let fwd = match forwarded::inspect(&bridge.proxy, req, peer) {
         Ok(f) => f,
-        Err(e) => return writer.fail(py, BodyError::BadRequest(e), &req.uri),
+        Err(e) => {
+            return Err(Box::new(writer.fail(
+                py,
+                BodyError::BadRequest(e),
+                &req.uri,
+            )))
+        }
     };
     hints_ref.arm(writer.clone());
     let start = match Bound::new(py, StartResponse::new(writer.clone())) {
         Ok(s) => s,
-        Err(e) => return internal_error(py, e, fd, req),
+        Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
     };
     let env = match environ(py, bridge, listener, req, peer, input.clone(), &fwd) {
         Ok(e) => e,
-        Err(e) => return internal_error(py, e, fd, req),
+        Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
     };
     let extensions = env
-        .set_item(pyo3::intern!(py, "wsgi.early_hints"), &hints)
-        .and_then(|()| match &sock {
+        .set_item(pyo3::intern!(py, "wsgi.early_hints"), hints)
+        .and_then(|()| match sock {
             Some(s) => env.set_item(pyo3::intern!(py, "gunicorn.socket"), s),
             None => Ok(()),
         });
     if let Err(e) = extensions {
-        return internal_error(py, e, fd, req);
+        return Err(Box::new(internal_error(py, e, fd, req)));
     }
     // The gevent worker's own `gunicorn.socket` (a gevent socket made on
     // first use): see the take-over test below.
@@ -802,7 +872,7 @@ pub fn handle(
                     .map(|()| s)
             }) {
                 Ok(s) => Some(s),
-                Err(e) => return internal_error(py, e, fd, req),
+                Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
             }
         }
         None => None,
@@ -816,7 +886,41 @@ pub fn handle(
     if let Some(h) = &bridge.request_hooks {
         h.pre(py, req, scheme, &peer.addr);
     }
-    let result = bridge.app.bind(py).call1((&env, start));
+    Ok(Prepared {
+        input,
+        writer,
+        start,
+        env,
+        conn_socket,
+        scheme,
+    })
+}
+
+/// [`handle`] after the app: its response written (or the connection
+/// left to it), the body's rest consumed, the post_request hook.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn complete(
+    py: Python<'_>,
+    bridge: &Bridge,
+    req: &Request,
+    peer: &Peer,
+    flight: &flight::Flight,
+    hints_ref: &EarlyHints,
+    sock: Option<&Bound<'_, PyAny>>,
+    r: Prepared<'_>,
+    result: PyResult<Bound<'_, PyAny>>,
+) -> Outcome {
+    let Prepared {
+        input,
+        writer,
+        start,
+        env,
+        conn_socket,
+        scheme,
+    } = r;
+    // Gone as soon as the app returns, as when it was the call's argument.
+    drop(start);
     let failure = |e: BodyError| match input.borrow().framing_error() {
         // The client sent a malformed body: that is a 400, not a 500.
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad), &req.uri),
@@ -865,7 +969,7 @@ pub fn handle(
     // Decided under the claim's lock: a thread of the app taking the
     // socket over right now either wins (and the connection is its own) or
     // finds the socket closed.
-    outcome.taken_over |= release_socket(peer, hints_ref, sock.as_ref());
+    outcome.taken_over |= release_socket(peer, hints_ref, sock);
     if outcome.taken_over {
         outcome.keep_alive = false;
         outcome.linger = hints_ref.released();
@@ -919,6 +1023,8 @@ fn capture_environ(env: &Bound<'_, PyDict>, keys: &[String]) -> Vec<Option<Strin
         .collect()
 }
 
+#[cold]
+#[inline(never)]
 fn internal_error(py: Python<'_>, e: PyErr, fd: RawFd, req: &Request) -> Outcome {
     let w = Writer::new(fd, req, Duration::from_secs(5), None);
     w.fail(py, BodyError::App(e), &req.uri)
