@@ -304,32 +304,16 @@ def gevent_serve(hub_obj):
         flush()
 
 
-class ConnSocket:
-    """`environ['gunicorn.socket']` under gevent: the connection's socket,
-    made (from a duplicate descriptor, after monkey-patching: a gevent
-    socket) the first time the app uses it. An app that used it and never
-    called start_response owns the connection (WebSockets): the server
-    writes nothing more on it."""
+def gevent_socket(fd):
+    """The socket behind `environ['gunicorn.socket']` under gevent
+    (`GeventSocket` in wsgi/mod.rs makes it on the app's first use): made
+    from a duplicate of the connection's descriptor, after monkey-patching,
+    so a gevent socket."""
+    import os
+    import socket
+    return socket.socket(fileno=os.dup(fd))
 
-    __slots__ = ("_fd", "_sock")
 
-    def __init__(self, fd):
-        self._fd = fd
-        self._sock = None
-
-    def _rgunicorn_taken(self):
-        return self._sock is not None
-
-    def __getattr__(self, name):
-        sock = self._sock
-        if sock is None:
-            import os
-            import socket
-            sock = self._sock = socket.socket(fileno=os.dup(self._fd))
-        return getattr(sock, name)
-
-    def __repr__(self):
-        return "<rgunicorn connection socket fd=%d>" % self._fd
 class ConnectionSocket(socket.socket):
     """``environ['gunicorn.socket']``: the client connection as a
     ``socket.socket``, for the libraries that take the connection over

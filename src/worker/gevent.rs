@@ -62,7 +62,7 @@ impl Gevent {
         Python::attach(|py| -> PyResult<()> {
             let boot = crate::python::bootstrap(py)?;
             wsgi::fdio::set_cooperative(boot.call_method0("gevent_wait")?.unbind());
-            bridge.conn_socket = Some(boot.getattr("ConnSocket")?.unbind());
+            bridge.conn_socket = Some(boot.getattr("gevent_socket")?.unbind());
             Ok(())
         })
         .map_err(|e| {
@@ -195,7 +195,7 @@ impl Hub {
         // The response is written; the I/O thread needs the outcome only to
         // read the connection's next request: it gets this turn's outcomes
         // together, one wake-up for them all.
-        if REPLIES.push(job.reply, (job.req, out)) {
+        if hold(job.reply, job.req, out) {
             2
         } else {
             1
@@ -206,6 +206,18 @@ impl Hub {
     fn flush(&self) {
         REPLIES.flush();
     }
+}
+
+/// `REPLIES.push`, out of line: the (request, outcome) pair is built in
+/// this frame, not in `run_one`'s, which is on the request greenlet's stack
+/// under the app (copied on every switch).
+#[inline(never)]
+fn hold(
+    reply: tokio::sync::oneshot::Sender<(http::Request, Outcome)>,
+    req: http::Request,
+    out: Outcome,
+) -> bool {
+    REPLIES.push(reply, (req, out))
 }
 
 /// Python's frame stacks, recycled from one greenlet to the next.

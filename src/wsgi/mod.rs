@@ -59,8 +59,9 @@ pub struct Bridge {
     pub access_environ: Vec<String>,
     /// The body rate rule (grace, bytes/s) for `wsgi.input`'s socket reads.
     pub body_rate: Option<(Duration, u64)>,
-    /// Makes `environ['gunicorn.socket']` from the connection's descriptor
-    /// (the gevent worker's `ConnSocket`): see [`handle`].
+    /// Under gevent: makes the socket behind `environ['gunicorn.socket']`
+    /// from the connection's descriptor (bootstrap.py's `gevent_socket`),
+    /// for a [`GeventSocket`]: see [`handle`].
     pub conn_socket: Option<Py<PyAny>>,
     /// `ConnectionSocket.__new__` and the class (bootstrap.py), for
     /// `gunicorn.socket`.
@@ -209,6 +210,9 @@ impl Bridge {
     /// The environ key for a request header (`HTTP_USER_AGENT`), interned
     /// and cached; `None` for names Gunicorn drops (they contain `_`).
     fn header_key(&self, py: Python<'_>, name: &[u8]) -> Option<Py<PyString>> {
+        if let Some(k) = common_header_key(py, name) {
+            return Some(k.clone().unbind());
+        }
         let mut cache = self.header_keys.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(name) {
             return k.as_ref().map(|k| k.clone_ref(py));
@@ -233,6 +237,38 @@ impl Bridge {
         }
         key
     }
+}
+
+/// The environ keys of the headers most requests carry, interned once:
+/// found without the cache's lock and hash (the same strings the cache
+/// would give: both are interned).
+fn common_header_key<'py>(py: Python<'py>, name: &[u8]) -> Option<&'py Bound<'py, PyString>> {
+    macro_rules! known {
+        ($($name:literal => $key:literal),+) => {{
+            $(if name.eq_ignore_ascii_case($name) {
+                return Some(pyo3::intern!(py, $key));
+            })+
+        }};
+    }
+    match name.len() {
+        4 => known!(b"host" => "HTTP_HOST"),
+        6 => {
+            known!(b"accept" => "HTTP_ACCEPT", b"cookie" => "HTTP_COOKIE", b"origin" => "HTTP_ORIGIN")
+        }
+        7 => known!(b"referer" => "HTTP_REFERER"),
+        10 => known!(b"user-agent" => "HTTP_USER_AGENT", b"connection" => "HTTP_CONNECTION"),
+        13 => known!(
+            b"authorization" => "HTTP_AUTHORIZATION",
+            b"cache-control" => "HTTP_CACHE_CONTROL"
+        ),
+        15 => known!(
+            b"accept-encoding" => "HTTP_ACCEPT_ENCODING",
+            b"accept-language" => "HTTP_ACCEPT_LANGUAGE",
+            b"x-forwarded-for" => "HTTP_X_FORWARDED_FOR"
+        ),
+        _ => {}
+    }
+    None
 }
 
 /// Latin-1 decoding of header bytes, as PEP 3333 requires for native
@@ -392,6 +428,7 @@ impl ConnState {
 /// A `ConnectionSocket` is a Python object made by calling
 /// `socket.socket.__new__`: per connection, not per request.
 #[allow(clippy::type_complexity)]
+#[inline(never)]
 fn connection<'py>(
     py: Python<'py>,
     bridge: &Bridge,
@@ -641,6 +678,57 @@ impl EarlyHints {
     }
 }
 
+/// `environ['gunicorn.socket']` under gevent: stands for the connection's
+/// socket, which it makes (bootstrap.py's `gevent_socket`: a gevent socket
+/// on a duplicate of the descriptor) the first time the app uses it, and
+/// to which it then hands every attribute. An app that used it and never
+/// called start_response owns the connection (WebSockets): the server
+/// writes nothing more on it (see [`handle`]).
+///
+/// One per request, made in Rust (no Python frame): most apps never touch
+/// it, and every request pays for it.
+#[pyclass(module = "rgunicorn", frozen)]
+pub struct GeventSocket {
+    fd: RawFd,
+    /// `gevent_socket`.
+    make: Py<PyAny>,
+    sock: pyo3::sync::PyOnceLock<Py<PyAny>>,
+}
+
+impl GeventSocket {
+    fn new(fd: RawFd, make: Py<PyAny>) -> GeventSocket {
+        GeventSocket {
+            fd,
+            make,
+            sock: pyo3::sync::PyOnceLock::new(),
+        }
+    }
+
+    /// The app has used the socket.
+    fn used(&self, py: Python<'_>) -> bool {
+        self.sock.get(py).is_some()
+    }
+}
+
+#[pymethods]
+impl GeventSocket {
+    /// Called for the attributes the class itself lacks: all the socket's.
+    fn __getattr__<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let sock = self
+            .sock
+            .get_or_try_init(py, || self.make.call1(py, (self.fd,)))?;
+        sock.bind(py).getattr(name)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<rgunicorn connection socket fd={}>", self.fd)
+    }
+}
+
 /// Serve one parsed request: call the app and write its response.
 ///
 /// `prebuffered` holds the bytes already read after the request head (the
@@ -671,6 +759,69 @@ pub fn handle(
         flight: &flight,
         hints: hints_ref,
     };
+    // The work before and after the app is in functions of their own: the
+    // stack under the app holds only this frame, and under gevent every
+    // switch of the request's greenlet copies that stack (greenlet saves
+    // and restores it by memcpy).
+    let r = match prepare(
+        py,
+        bridge,
+        listener,
+        req,
+        prebuffered,
+        spill,
+        fd,
+        peer,
+        &flight,
+        &hints,
+        sock.as_ref(),
+    ) {
+        Ok(r) => r,
+        Err(outcome) => return *outcome,
+    };
+    let result = bridge.app.bind(py).call1((&r.env, &r.start));
+    complete(
+        py,
+        bridge,
+        req,
+        peer,
+        &flight,
+        hints_ref,
+        sock.as_ref(),
+        r,
+        result,
+    )
+}
+
+/// What [`prepare`] made for the app and [`complete`] needs after it.
+struct Prepared<'py> {
+    input: Bound<'py, Input>,
+    writer: Writer,
+    start: Bound<'py, StartResponse>,
+    env: Bound<'py, PyDict>,
+    conn_socket: Option<Bound<'py, GeventSocket>>,
+    scheme: &'static str,
+}
+
+/// [`handle`] before the app: `wsgi.input`, the response, the environ, the
+/// pre_request hook. `Err`: the request is answered already (boxed: it is
+/// rare, and the common result stays small).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn prepare<'py>(
+    py: Python<'py>,
+    bridge: &Bridge,
+    listener: usize,
+    req: &Request,
+    prebuffered: Vec<u8>,
+    spill: Option<std::fs::File>,
+    fd: RawFd,
+    peer: &Peer,
+    flight: &Arc<flight::Flight>,
+    hints: &Bound<'py, EarlyHints>,
+    sock: Option<&Bound<'py, PyAny>>,
+) -> Result<Prepared<'py>, Box<Outcome>> {
+    let hints_ref = hints.get();
     let input = Input::new(
         fd,
         req,
@@ -681,41 +832,49 @@ pub fn handle(
     );
     let input = match Bound::new(py, input) {
         Ok(i) => i,
-        Err(e) => return internal_error(py, e, fd, req),
+        Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
     };
     let writer = Writer::new(fd, req, bridge.io_timeout, Some(flight.clone()));
     let fwd = match forwarded::inspect(&bridge.proxy, req, peer) {
         Ok(f) => f,
-        Err(e) => return writer.fail(py, BodyError::BadRequest(e), &req.uri),
+        Err(e) => {
+            return Err(Box::new(writer.fail(
+                py,
+                BodyError::BadRequest(e),
+                &req.uri,
+            )))
+        }
     };
     hints_ref.arm(writer.clone());
     let start = match Bound::new(py, StartResponse::new(writer.clone())) {
         Ok(s) => s,
-        Err(e) => return internal_error(py, e, fd, req),
+        Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
     };
     let env = match environ(py, bridge, listener, req, peer, input.clone(), &fwd) {
         Ok(e) => e,
-        Err(e) => return internal_error(py, e, fd, req),
+        Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
     };
     let extensions = env
-        .set_item(pyo3::intern!(py, "wsgi.early_hints"), &hints)
-        .and_then(|()| match &sock {
+        .set_item(pyo3::intern!(py, "wsgi.early_hints"), hints)
+        .and_then(|()| match sock {
             Some(s) => env.set_item(pyo3::intern!(py, "gunicorn.socket"), s),
             None => Ok(()),
         });
     if let Err(e) = extensions {
-        return internal_error(py, e, fd, req);
+        return Err(Box::new(internal_error(py, e, fd, req)));
     }
     // The gevent worker's own `gunicorn.socket` (a gevent socket made on
-    // first use): see `gevent_taken` below.
+    // first use): see the take-over test below.
     let conn_socket = match &bridge.conn_socket {
-        Some(make) => match make.call1(py, (fd,)).and_then(|s| {
-            env.set_item(pyo3::intern!(py, "gunicorn.socket"), &s)
-                .map(|()| s)
-        }) {
-            Ok(s) => Some(s),
-            Err(e) => return internal_error(py, e, fd, req),
-        },
+        Some(make) => {
+            match Bound::new(py, GeventSocket::new(fd, make.clone_ref(py))).and_then(|s| {
+                env.set_item(pyo3::intern!(py, "gunicorn.socket"), &s)
+                    .map(|()| s)
+            }) {
+                Ok(s) => Some(s),
+                Err(e) => return Err(Box::new(internal_error(py, e, fd, req))),
+            }
+        }
         None => None,
     };
 
@@ -727,7 +886,41 @@ pub fn handle(
     if let Some(h) = &bridge.request_hooks {
         h.pre(py, req, scheme, &peer.addr);
     }
-    let result = bridge.app.bind(py).call1((&env, start));
+    Ok(Prepared {
+        input,
+        writer,
+        start,
+        env,
+        conn_socket,
+        scheme,
+    })
+}
+
+/// [`handle`] after the app: its response written (or the connection
+/// left to it), the body's rest consumed, the post_request hook.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn complete(
+    py: Python<'_>,
+    bridge: &Bridge,
+    req: &Request,
+    peer: &Peer,
+    flight: &flight::Flight,
+    hints_ref: &EarlyHints,
+    sock: Option<&Bound<'_, PyAny>>,
+    r: Prepared<'_>,
+    result: PyResult<Bound<'_, PyAny>>,
+) -> Outcome {
+    let Prepared {
+        input,
+        writer,
+        start,
+        env,
+        conn_socket,
+        scheme,
+    } = r;
+    // Gone as soon as the app returns, as when it was the call's argument.
+    drop(start);
     let failure = |e: BodyError| match input.borrow().framing_error() {
         // The client sent a malformed body: that is a 400, not a 500.
         Some(bad) => writer.fail(py, BodyError::BadRequest(bad), &req.uri),
@@ -739,10 +932,7 @@ pub fn handle(
     // library that wrote its own handshake).
     if conn_socket.is_some_and(|s| {
         matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
-            || s.call_method0(py, pyo3::intern!(py, "_rgunicorn_taken"))
-                .and_then(|t| t.is_truthy(py))
-                .unwrap_or(true)
-                && !writer.started()
+            || s.get().used(py) && !writer.started()
     }) {
         flight.take();
     }
@@ -779,7 +969,7 @@ pub fn handle(
     // Decided under the claim's lock: a thread of the app taking the
     // socket over right now either wins (and the connection is its own) or
     // finds the socket closed.
-    outcome.taken_over |= release_socket(peer, hints_ref, sock.as_ref());
+    outcome.taken_over |= release_socket(peer, hints_ref, sock);
     if outcome.taken_over {
         outcome.keep_alive = false;
         outcome.linger = hints_ref.released();
@@ -833,6 +1023,8 @@ fn capture_environ(env: &Bound<'_, PyDict>, keys: &[String]) -> Vec<Option<Strin
         .collect()
 }
 
+#[cold]
+#[inline(never)]
 fn internal_error(py: Python<'_>, e: PyErr, fd: RawFd, req: &Request) -> Outcome {
     let w = Writer::new(fd, req, Duration::from_secs(5), None);
     w.fail(py, BodyError::App(e), &req.uri)
