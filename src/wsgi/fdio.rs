@@ -33,6 +33,11 @@ pub fn set_cooperative(wait: Py<PyAny>) {
     let _ = COOPERATIVE.set(wait);
 }
 
+/// Requests run as greenlets (set by [`set_cooperative`]).
+pub fn cooperative() -> bool {
+    COOPERATIVE.get().is_some()
+}
+
 /// Run `f`, which may wait for the client through this module: with the
 /// GIL released, or, when waits are cooperative, holding it.
 pub fn blocking<R: Ungil>(py: Python<'_>, f: impl FnOnce() -> R + Ungil) -> R {

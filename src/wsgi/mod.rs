@@ -932,7 +932,7 @@ fn complete(
     // library that wrote its own handshake).
     if conn_socket.is_some_and(|s| {
         matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
-            || s.get().used(py) && !writer.started()
+            || s.get().used(py) && !writer.started(py)
     }) {
         flight.take();
     }
@@ -944,7 +944,7 @@ fn complete(
         }
         Outcome {
             taken_over: true,
-            status: writer.status(),
+            status: writer.status(py),
             ..Outcome::default()
         }
     } else {

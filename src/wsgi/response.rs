@@ -61,15 +61,15 @@ impl Writer {
     }
 
     /// The status the app set (0: none yet).
-    pub fn status(&self) -> u16 {
-        self.lock().resp.head().map_or(0, |h| h.code)
+    pub fn status(&self, py: Python<'_>) -> u16 {
+        self.lock(py).resp.head().map_or(0, |h| h.code)
     }
 
     /// `wsgi.early_hints`: send `103 Early Hints` with `headers` now,
     /// unless the final response has begun or the client speaks HTTP/1.0
     /// (then nothing happens, as in Gunicorn).
     pub fn early_hints(&self, py: Python<'_>, headers: Vec<(String, String)>) -> PyResult<()> {
-        let st = self.lock();
+        let st = self.lock(py);
         if st.resp.head_sent() || st.resp.exchange().version != crate::http::Version::Http11 {
             return Ok(());
         }
@@ -86,18 +86,37 @@ impl Writer {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    /// The response's state, never waited for while holding the GIL: the
+    /// thread that holds it may be sending with the GIL released (`flush`)
+    /// and need the GIL back before it lets go, so a thread that waited
+    /// for it attached (an app thread calling `write` or a stashed
+    /// `wsgi.early_hints` of this request) would deadlock the worker.
+    /// Under gevent every request is a greenlet of the one thread, and the
+    /// GIL is never released around a wait: the lock is taken as it is.
+    fn lock(&self, py: Python<'_>) -> MutexGuard<'_, State> {
+        if super::fdio::cooperative() {
+            return self.0.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        loop {
+            match self.0.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    let m = &self.0;
+                    py.detach(|| drop(m.lock()));
+                }
+            }
+        }
     }
 
     /// `start_response` has been called.
-    pub fn started(&self) -> bool {
-        self.lock().resp.head().is_some()
+    pub fn started(&self, py: Python<'_>) -> bool {
+        self.lock(py).resp.head().is_some()
     }
 
     /// Write one piece of the body; `flush` sends it before returning.
     pub fn write(&self, py: Python<'_>, data: &[u8], flush: bool) -> Result<(), BodyError> {
-        let mut st = self.lock();
+        let mut st = self.lock(py);
         if !st.resp.head_sent() {
             st.send_head(None).map_err(BodyError::App)?;
         }
@@ -111,7 +130,7 @@ impl Writer {
 
     /// The whole body in one piece (a one-item list): one write for all.
     pub fn last_chunk(&self, py: Python<'_>, data: &[u8]) -> Result<(), BodyError> {
-        let mut st = self.lock();
+        let mut st = self.lock(py);
         if st.resp.head_sent() {
             drop(st);
             return self.write(py, data, false);
@@ -125,7 +144,7 @@ impl Writer {
 
     /// The app is done: end the body and hand back what is left to send.
     pub fn finish(&self, py: Python<'_>, uri: &str) -> Outcome {
-        let mut st = self.lock();
+        let mut st = self.lock(py);
         if !st.resp.head_sent() {
             if let Err(e) = st.send_head(Some(0)) {
                 drop(st);
@@ -168,7 +187,7 @@ impl Writer {
     /// The response failed: log why, answer 500 if nothing was sent yet,
     /// and close the connection.
     pub fn fail(&self, py: Python<'_>, e: BodyError, uri: &str) -> Outcome {
-        let mut st = self.lock();
+        let mut st = self.lock(py);
         let mut pending_out = Vec::new();
         let mut status = st.resp.code();
         let mut sent = st.resp.sent();
@@ -306,7 +325,7 @@ impl StartResponse {
     ) -> PyResult<WriteCallable> {
         let exc_info = exc_info.filter(|e| !e.is_none());
         {
-            let st = self.w.lock();
+            let st = self.w.lock(py);
             match exc_info {
                 Some(exc) if st.resp.head_sent() => {
                     // PEP 3333: too late to change the response; re-raise.
@@ -349,7 +368,7 @@ impl StartResponse {
             // header that cannot go on the wire is the app's error (a 500).
             head.push_header(name, value).map_err(invalid)?;
         }
-        self.w.lock().resp.set_head(head);
+        self.w.lock(py).resp.set_head(head);
         let _ = py;
         Ok(WriteCallable { w: self.w.clone() })
     }
@@ -478,7 +497,7 @@ pub fn try_sendfile(
         .and_then(|t| t.extract().ok())
         .unwrap_or(0);
     let size = u64::try_from(stat.st_size - offset).unwrap_or(0);
-    let mut st = w.lock();
+    let mut st = w.lock(py);
     if st.resp.head_sent() {
         return None;
     }
