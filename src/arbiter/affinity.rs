@@ -6,10 +6,9 @@
 //! The child binds itself to it right after the fork, while it is still
 //! single-threaded, so every thread it starts later (the `io` thread, the
 //! gthread pool, the app's own threads) inherits it. A worker's I/O thread
-//! and Python thread then wake each other on the same CPU instead of across
-//! two, which on this project's 2-vCPU machines cut the asgi worker's CPU
-//! per request by about a quarter (the closing note of issue 12 has the
-//! figures).
+//! and Python thread then wake each other on one CPU instead of across two.
+//! Off by default: measured on a 2-vCPU machine the gain is not reliable
+//! (docs/architecture.md, "Process model", has the figures).
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;

@@ -417,9 +417,10 @@ settings_table! {
         default: DefaultValue::Str("off"),
         help: "off: the kernel places the workers' threads. auto: each worker, all its threads, runs on \
                one CPU of those the master may use, the workers spread evenly over them (a worker forked \
-               later takes the CPU with the fewest). Like nginx's `worker_cpu_affinity auto`: it saves \
-               the cross-CPU wake-ups between a worker's I/O thread and its Python thread (asgi, gevent, \
-               gthread), but a pinned worker cannot move off a CPU that other work keeps busy.",
+               later takes the CPU with the fewest). Like nginx's `worker_cpu_affinity auto`: it keeps \
+               the wake-ups between a worker's I/O thread and its Python thread (asgi, gevent, gthread) \
+               on one CPU, but a pinned worker cannot move off a CPU that other work keeps busy, and a new \
+               connection waits for the one CPU of the worker that accepted it; measure before using it.",
         status: Status::Rgunicorn,
         check: Some(super::value::check_cpu_affinity),
         ..BASE
