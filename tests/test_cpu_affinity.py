@@ -51,9 +51,10 @@ def test_auto_puts_each_worker_with_all_its_threads_on_a_cpu_of_its_own(server, 
     cpus = sorted(pinned_cpu(w) for w in workers)
     assert cpus == ALLOWED
     assert srv.get("/").status_code == 200
-    log = srv.log()
-    for w in workers:
-        assert f"Worker (pid: {w}) runs on CPU " in log
+    # Each child logs its CPU right after binding itself, which the check
+    # above may have seen first: wait for the line, do not assume it is there.
+    assert wait_until(lambda: all(f"Worker (pid: {w}) runs on CPU " in srv.log() for w in workers),
+                      timeout=10), srv.log()
 
 
 def test_off_is_the_default_and_leaves_workers_on_every_cpu_the_master_has(server):
