@@ -27,6 +27,8 @@ WORKERS = {
     "gthread": ["-k", "gthread", "--threads", "4"],
     "sync": [],
 }
+# Where the app takes the connection over, gevent's own socket too.
+TAKEOVER_KINDS = {**WORKERS, "gevent": ["-k", "gevent"]}
 
 
 def read_all(sock: socket.socket, timeout: float = 5) -> bytes:
@@ -129,26 +131,51 @@ def test_taken_over_connection_gets_nothing_from_the_server(server):
     assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("kind", list(WORKERS))
+def read_exactly(s: socket.socket, want: bytes) -> None:
+    got = b""
+    while len(got) < len(want):
+        b = s.recv(len(want) - len(got))
+        assert b, got
+        got += b
+    assert got == want
+
+
+@pytest.mark.parametrize("kind", TAKEOVER_KINDS)
 def test_taken_over_connection_ends_with_a_fin_not_a_reset(server, kind):
     """The app took the connection over and closed its socket while the
     client's last bytes sat unread: the server's close is a lingering one
     (FIN, then it reads them), so the client sees the app's last bytes and
     a clean end of stream, not a reset (which can destroy a websocket's
     close frame before the client reads it: close code 1006)."""
-    srv = server(*WORKERS[kind], app=APP)
+    srv = server(*TAKEOVER_KINDS[kind], app=APP)
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
     s.sendall(b"GET /takeover-close HTTP/1.1\r\nHost: x\r\n\r\n")
-    got = b""
-    while got != b"server-bye":
-        b = s.recv(100)
-        assert b, got
-        got += b
+    read_exactly(s, b"server-bye")
     s.sendall(b"the client's close reply, never read by the app")
     s.settimeout(5)
     # EOF, not ConnectionResetError.
     assert s.recv(100) == b""
     s.close()
+    assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("kind", TAKEOVER_KINDS)
+def test_an_app_thread_closing_last_also_ends_with_a_fin(server, kind):
+    """As above, but the app's thread closes after the request is over and
+    the server has let go of the connection (simple-websocket's reader
+    thread, closing without reading the client's close reply): its close is
+    the last, and lingers too. This was Flask-Sock's rare 1006 under load."""
+    srv = server(*TAKEOVER_KINDS[kind], app=APP)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    s.sendall(b"GET /takeover-close-later HTTP/1.1\r\nHost: x\r\n\r\n")
+    read_exactly(s, b"server-hello")
+    s.sendall(b"the client's close reply, never read by the app")
+    s.settimeout(5)
+    read_exactly(s, b"server-bye")
+    assert s.recv(100) == b""
+    s.close()
+    log = srv.log()
+    assert "Error handling request" not in log, log
     assert srv.stop() == 0
 
 

@@ -304,14 +304,49 @@ def gevent_serve(hub_obj):
         flush()
 
 
-def gevent_socket(fd):
+def gevent_socket(fd, claim):
     """The socket behind `environ['gunicorn.socket']` under gevent
     (`GeventSocket` in wsgi/mod.rs makes it on the app's first use): made
     from a duplicate of the connection's descriptor, after monkey-patching,
-    so a gevent socket."""
+    so a gevent socket. `claim` (a `SocketRelease`) hears of its close, for
+    the lingering close of a connection the app took over, and of the
+    descriptors it makes that the server cannot see."""
     import os
     import socket
-    return socket.socket(fileno=os.dup(fd))
+    cls = _GEVENT_SOCKETS.get(socket.socket)
+    if cls is None:
+        cls = _GEVENT_SOCKETS[socket.socket] = _gevent_connection_socket(socket.socket)
+    sock = cls(fileno=os.dup(fd))
+    sock._rg_claim = claim
+    return sock
+
+
+_GEVENT_SOCKETS = {}
+
+
+def _gevent_connection_socket(base):
+    class GeventConnectionSocket(base):
+        def _real_close(self, *args):
+            # Every close ends here (close(), and the last file object of
+            # makefile() closing): the server is told while the descriptor
+            # is still open, and may linger on a duplicate of it.
+            try:
+                fd = base.fileno(self)
+            except (OSError, AttributeError):
+                fd = -1
+            if fd >= 0:
+                self._rg_claim._claim_closing(fd)
+            return base._real_close(self, *args)
+
+        def dup(self):
+            self._rg_claim._claim_escaped()
+            return base.dup(self)
+
+        def detach(self):
+            self._rg_claim._claim_escaped()
+            return base.detach(self)
+
+    return GeventConnectionSocket
 
 
 class ConnectionSocket(socket.socket):
@@ -348,10 +383,16 @@ class ConnectionSocket(socket.socket):
     def close(self):
         if self._rg_claim._claim_close():
             socket.socket.close(self)
-            if socket.socket.fileno(self) == -1:
-                # The app's descriptor is gone: the server's is the last, and
-                # a taken-over connection gets a lingering close.
-                self._rg_claim._claim_released()
+
+    def _real_close(self, _ss=socket._socket.socket):
+        # Every close ends here (close(), and the last file object of
+        # makefile() closing): the server is told while the descriptor is
+        # still open, and lingers on a duplicate of it when it is the
+        # connection's last (see worker/linger.rs).
+        fd = _ss.fileno(self)
+        if fd >= 0:
+            self._rg_claim._claim_closing(fd)
+        _ss.close(self)
 
     def __repr__(self):
         if not self._rg_claim._claim_bound():

@@ -44,6 +44,7 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
             tracing::error!("cannot start the worker's I/O runtime: {e}");
             WORKER_BOOT_ERROR
         })?;
+    super::linger::set_runtime(runtime.handle().clone());
     class.start()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let body = class.body_policy(super::body::Policy::from_settings(s));
@@ -926,7 +927,7 @@ async fn serve_conn<C, S>(
                 req.uri
             );
             if outcome.linger {
-                linger_close(fd, &mut s).await;
+                super::linger::close(fd, &mut s).await;
             }
             return;
         }
@@ -1005,28 +1006,6 @@ fn raw_of(fd: RawFd) -> std::io::Result<crate::tls::Raw> {
     } else {
         crate::tls::Raw::Tcp(std::net::TcpStream::from(dup))
     })
-}
-
-/// How long a lingering close reads what the client still sends.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// End a connection the app took over and closed, whose last descriptor is
-/// ours: a FIN, then what the client still sends (a websocket client's
-/// close reply, say) is read and dropped until it closes or [`LINGER`]
-/// passes. Closing with unread bytes would send a reset instead, which can
-/// destroy the app's last bytes (its close frame) before the client reads
-/// them; Gunicorn's and Nginx's lingering close avoid the same.
-async fn linger_close<S: AsyncRead + Unpin>(fd: RawFd, s: &mut S) {
-    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
 }
 
 fn access_log(req: &http::Request, peer: &Peer, o: &Outcome, took: Duration) {

@@ -63,6 +63,7 @@ mod gevent;
 mod gthread;
 pub mod handback;
 pub mod handoff;
+pub mod linger;
 pub mod msg;
 pub use body::unlinked_tempfile;
 mod proxy_header;

@@ -26,6 +26,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::worker::linger::{self, Release};
 pub use forwarded::ProxyPolicy;
 pub use input::Input;
 use response::Writer;
@@ -526,11 +527,8 @@ pub struct EarlyHints {
 
 struct LinkState {
     claim: ClaimState,
-    /// Taken over, then closed by the app with no other descriptor of it
-    /// left in Python (`_claim_released`).
-    released: bool,
-    /// The app made a descriptor of its own (`dup()`, `detach()`).
-    escaped: bool,
+    /// Which of the app and the server closes the connection last.
+    release: Release,
     /// The response of the request running now (None between requests).
     writer: Option<Writer>,
 }
@@ -554,8 +552,7 @@ impl EarlyHints {
             flight,
             state: Mutex::new(LinkState {
                 claim: ClaimState::Closed,
-                released: false,
-                escaped: false,
+                release: Release::default(),
                 writer: None,
             }),
         }
@@ -571,16 +568,19 @@ impl EarlyHints {
         if st.claim == ClaimState::Closed {
             st.claim = ClaimState::Unbound;
         }
+        st.release = Release::default();
         st.writer = Some(writer);
+    }
+
+    /// The server leaves the connection the app took over: true when it
+    /// must linger (see [`Release::server_leaves`]).
+    fn server_leaves(&self) -> bool {
+        self.lock().release.server_leaves()
     }
 
     /// The request ended: unless the app took the connection over, the
     /// socket may no longer bind. Returns (the socket is bound and must be
     /// closed with its Python `close()`, the app took the connection over).
-    fn released(&self) -> bool {
-        self.lock().released
-    }
-
     fn expire(&self) -> (bool, bool) {
         let mut st = self.lock();
         st.writer = None;
@@ -659,18 +659,17 @@ impl EarlyHints {
         bound
     }
 
-    /// A taken-over socket is closed and its descriptor gone (no file
-    /// object of `makefile()` keeps it open).
-    fn _claim_released(&self) {
-        let mut st = self.lock();
-        st.released = st.claim == ClaimState::Taken && !st.escaped;
+    /// The socket's descriptor `fd` is about to close (no file object of
+    /// `makefile()` keeps it open any more).
+    fn _claim_closing(&self, fd: RawFd) {
+        if self.lock().release.app_closing() {
+            linger::spawn(fd);
+        }
     }
 
     /// `dup()` or `detach()`: a descriptor the claim does not see.
     fn _claim_escaped(&self) {
-        let mut st = self.lock();
-        st.escaped = true;
-        st.released = false;
+        self.lock().release.app_escaped();
     }
 
     fn _claim_bound(&self) -> bool {
@@ -692,7 +691,8 @@ pub struct GeventSocket {
     fd: RawFd,
     /// `gevent_socket`.
     make: Py<PyAny>,
-    sock: pyo3::sync::PyOnceLock<Py<PyAny>>,
+    /// The socket, and what its close tells the server.
+    sock: pyo3::sync::PyOnceLock<(Py<PyAny>, Py<SocketRelease>)>,
 }
 
 impl GeventSocket {
@@ -708,6 +708,45 @@ impl GeventSocket {
     fn used(&self, py: Python<'_>) -> bool {
         self.sock.get(py).is_some()
     }
+
+    /// The server leaves the connection the app took over: true when it
+    /// must linger (see [`Release::server_leaves`]); always when the app
+    /// never made the socket, whose descriptor is then the only one.
+    fn server_leaves(&self, py: Python<'_>) -> bool {
+        match self.sock.get(py) {
+            Some((_, release)) => release.get().lock().server_leaves(),
+            None => true,
+        }
+    }
+}
+
+/// The `_rg_claim` of a gevent `gunicorn.socket` (bootstrap.py's
+/// `gevent_socket`): its close and its escapes, for the lingering close
+/// (see [`linger`]). Apart from [`GeventSocket`], which holds the socket,
+/// so that the two make no reference cycle.
+#[pyclass(module = "rgunicorn", frozen)]
+#[derive(Default)]
+pub struct SocketRelease(Mutex<Release>);
+
+impl SocketRelease {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Release> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[pymethods]
+impl SocketRelease {
+    /// The socket's descriptor `fd` is about to close.
+    fn _claim_closing(&self, fd: RawFd) {
+        if self.lock().app_closing() {
+            linger::spawn(fd);
+        }
+    }
+
+    /// `dup()` or `detach()`: a descriptor the server does not see.
+    fn _claim_escaped(&self) {
+        self.lock().app_escaped();
+    }
 }
 
 #[pymethods]
@@ -718,9 +757,11 @@ impl GeventSocket {
         py: Python<'py>,
         name: &Bound<'py, PyString>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sock = self
-            .sock
-            .get_or_try_init(py, || self.make.call1(py, (self.fd,)))?;
+        let (sock, _) = self.sock.get_or_try_init(py, || {
+            let release = Py::new(py, SocketRelease::default())?;
+            let sock = self.make.call1(py, (self.fd, release.clone_ref(py)))?;
+            Ok::<_, PyErr>((sock, release))
+        })?;
         sock.bind(py).getattr(name)
     }
 
@@ -930,7 +971,7 @@ fn complete(
     // StopIteration (Gunicorn's "already handled", which Flask-Sock uses), or
     // used `gunicorn.socket` and never called start_response (a WebSocket
     // library that wrote its own handshake).
-    if conn_socket.is_some_and(|s| {
+    if conn_socket.as_ref().is_some_and(|s| {
         matches!(&result, Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py))
             || s.get().used(py) && !writer.started(py)
     }) {
@@ -972,7 +1013,10 @@ fn complete(
     outcome.taken_over |= release_socket(peer, hints_ref, sock);
     if outcome.taken_over {
         outcome.keep_alive = false;
-        outcome.linger = hints_ref.released();
+        outcome.linger = match &conn_socket {
+            Some(s) => s.get().server_leaves(py),
+            None => hints_ref.server_leaves(),
+        };
         outcome.pending_out.clear();
         outcome.spool = None;
     } else {

@@ -2,6 +2,7 @@
 ``gunicorn.socket`` (a Flask-Sock echo route, and a plain WSGI route that
 only reads the peer address) and ``wsgi.early_hints``; and a route that
 sleeps, for ``--timeout``."""
+import threading
 import time
 
 from flask import Flask
@@ -69,6 +70,19 @@ def app(environ, start_response):
         s.sendall(b"server-bye")
         time.sleep(0.5)
         s.close()
+        return []
+    if path == "/takeover-close-later":
+        # The same end, after the request: the app goes on with the
+        # connection on a thread of its own (simple-websocket's reader), so
+        # its close, not the server's, is the connection's last.
+        s = environ["gunicorn.socket"]
+        s.sendall(b"server-hello")
+
+        def later():
+            time.sleep(0.5)
+            s.sendall(b"server-bye")
+            s.close()
+        threading.Thread(target=later).start()
         return []
     if path == "/stash":
         STASH["sock"] = environ["gunicorn.socket"]
