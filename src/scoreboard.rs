@@ -17,10 +17,14 @@ pub const MAX_SLOTS: usize = 1024;
 #[repr(C, align(64))]
 pub struct Slot {
     pub pid: AtomicI32,
-    _pad0: u32,
+    /// Connections open right now (read by the other workers, which leave
+    /// new connections to the least loaded one: `worker::balance`).
+    pub conns: AtomicU32,
     /// Requests being served right now.
     pub active: AtomicU32,
-    _pad: u32,
+    /// 1 while the worker takes new connections: it has a free slot and is
+    /// not retiring.
+    pub accepting: AtomicU32,
     /// Requests served since the worker started.
     pub requests: AtomicU64,
     /// Monotonic milliseconds at which the oldest running request began; 0 = idle.
@@ -30,7 +34,9 @@ pub struct Slot {
     /// A worker whose loop stops beating for `--timeout` while no request
     /// runs is aborted; one still booting that long is killed.
     pub heartbeat_ms: AtomicU64,
-    _pad2: [u64; 3],
+    /// Connections taken since the worker started (`worker::balance`).
+    pub accepted: AtomicU64,
+    _pad2: [u64; 2],
 }
 
 impl Slot {
@@ -38,7 +44,10 @@ impl Slot {
     pub fn reset(&self, pid: i32) {
         self.pid.store(pid, Ordering::Relaxed);
         self.active.store(0, Ordering::Relaxed);
+        self.conns.store(0, Ordering::Relaxed);
+        self.accepting.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
+        self.accepted.store(0, Ordering::Relaxed);
         self.busy_since_ms.store(0, Ordering::Relaxed);
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -60,6 +69,7 @@ pub const ERROR_TEXT: usize = 4096;
 /// [`ERROR_TEXT`] bytes, each written only by its worker before it exits
 /// and read by the master after reaping it (the pages are touched only on
 /// use, so the area costs nothing until a worker fails).
+#[derive(Clone)]
 pub struct Scoreboard {
     base: NonNull<Slot>,
 }
@@ -129,6 +139,14 @@ impl Scoreboard {
             std::ptr::write_bytes(p, 0, 4);
             Some(s)
         }
+    }
+
+    /// Master side, on reaping a worker: it takes no more connections (one
+    /// killed outright could not say so itself).
+    pub fn vacate(&self, i: usize) {
+        let slot = self.slot(i);
+        slot.accepting.store(0, Ordering::Relaxed);
+        slot.conns.store(0, Ordering::Relaxed);
     }
 
     pub fn slot(&self, i: usize) -> &Slot {

@@ -412,6 +412,64 @@ def test_idle_worker_serves_while_other_sleeps(server, say):
     assert fetch.response is not None and fetch.response.status_code == 200
 
 
+def _read_response(s: socket.socket) -> str:
+    """One HTTP/1.1 response with a Content-Length from ``s``: its body."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        assert chunk, f"connection closed: {buf!r}"
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = s.recv(4096)
+        assert chunk, f"connection closed: {head!r} {body!r}"
+        body += chunk
+    return body.decode()
+
+
+@rgunicorn_only
+@pytest.mark.parametrize("worker_class,app", [
+    ("gevent", APP), ("asgi", "asgi_raw:app"),
+], ids=["gevent", "asgi"])
+def test_a_burst_of_keepalive_connections_is_spread_over_the_workers(server, say, worker_class,
+                                                                     app):
+    """Both workers are woken for every new connection and the one that is
+    running takes it: without balancing, one worker often took most of a
+    burst (1 and 49 of 50 were seen) and served most of the load alone for
+    as long as those connections lived."""
+    srv = server("-w", "2", "-k", worker_class, app=app)
+    srv.wait_for_workers(2)
+    time.sleep(1.0)  # each worker's heartbeat has seen the other
+    port = int(srv.url.rsplit(":", 1)[1])
+    for attempt in range(3):
+        socks, pids = [], []
+        try:
+            for _ in range(40):
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            # Keep-alive clients: a few requests on each connection (a
+            # worker whose connections carry one request each does not
+            # balance, see balance.rs).
+            for _ in range(4):
+                for s in socks:
+                    s.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+                served = [int(_read_response(s)) for s in socks]
+                assert not pids or served == pids, "a connection changed workers"
+                pids = served
+        finally:
+            for s in socks:
+                s.close()
+        counts = sorted((pids.count(p) for p in set(pids)), reverse=True)
+        say(f"{worker_class}: 40 connections opened at once, per worker: {counts}")
+        assert len(counts) == 2, f"one worker took all 40 connections: {counts}"
+        # Wait for the 40 to be closed before another burst.
+        assert wait_until(lambda: not subprocess.run(
+            ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True).stdout.strip(), timeout=10)
+        assert min(counts) >= 15, f"burst {attempt + 1}: per worker {counts}, out of 40"
+
+
 @gunicorn_xfail("sync workers block on a slow client's request head")
 def test_slow_clients_do_not_block(server, say):
     srv = server("-w", "2", "-k", "sync", app=APP)

@@ -288,6 +288,7 @@ impl Arbiter {
             self.read_scoreboard(&mut events);
             let actions = self.sup.tick(now_ms(), events);
             for (pid, slot) in exited {
+                self.scoreboard.vacate(slot);
                 self.free_slots.push(slot);
                 self.affinity.release(slot);
                 crate::hooks::child_exit(&self.settings, self.sup.target(), pid.as_raw(), slot);

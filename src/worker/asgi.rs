@@ -91,6 +91,7 @@ struct Drain {
 impl Class for Asgi {
     const INLINE: bool = false;
     const MAIN_LOOP: bool = true;
+    const BALANCE: bool = true;
 
     fn slots(&self) -> usize {
         self.slots

@@ -9,7 +9,7 @@
 use super::msg::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use super::Spec;
 use crate::config::Settings;
-use crate::scoreboard::Slot;
+use crate::scoreboard::{Scoreboard, Slot};
 use crate::sock::{Listener, ListenerKind};
 use crate::wsgi::{Bridge, ListenerInfo, ProxyPolicy};
 use pyo3::prelude::*;
@@ -22,6 +22,8 @@ pub(super) struct Booted<'a> {
     pub listeners: &'a [Listener],
     pub slot_index: usize,
     pub slot: &'static Slot,
+    /// Every worker's slot (the mapping outlives the worker).
+    pub scoreboard: Scoreboard,
     pub notify_fd: RawFd,
     pub max_requests: u64,
     pub multiprocess: bool,
@@ -106,6 +108,7 @@ pub(super) fn boot(spec: Spec<'_>) -> Result<Booted<'_>, i32> {
         listeners: spec.listeners,
         slot_index: spec.slot_index,
         slot: static_slot(spec.slot),
+        scoreboard: spec.scoreboard.clone(),
         notify_fd: spec.notify_fd,
         max_requests: spec.max_requests,
         multiprocess: spec.multiprocess,

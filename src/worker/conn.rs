@@ -9,6 +9,7 @@
 //! and the graceful drain. For a class with its own loop on the main thread
 //! (`Class::MAIN_LOOP`), the same loop runs on a thread named `io`.
 
+use super::balance::{self, Balance};
 use super::boot::{set_mask, Booted};
 use super::msg::{self, Msg, WORKER_BOOT_ERROR};
 use super::{proxy_header, Call, Class, HEADER_TIMEOUT};
@@ -18,7 +19,7 @@ use crate::sock::ListenerKind;
 use crate::wsgi::{Outcome, Peer, ProxyPolicy};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -72,7 +73,11 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         (None, None)
     };
     let ctx = Arc::new(Ctx {
-        cap: Arc::new(Capacity::new(class.slots(), s.worker_connections.max(1))),
+        cap: Arc::new(Capacity::new(
+            class.slots(),
+            s.worker_connections.max(1),
+            Some(Balance::new(b.scoreboard.clone(), b.slot_index)),
+        )),
         class,
         proxy: b.proxy.clone(),
         shutdown: shutdown_rx,
@@ -283,6 +288,9 @@ struct Capacity {
     fresh_done: Notify,
     /// Woken when the last connection closes (for a graceful exit).
     drained: Notify,
+    /// The open connections as the other workers see them, and whether
+    /// this worker is ahead of them (none in unit tests).
+    balance: Option<Balance>,
 }
 
 /// Wait on `notify` until `done()` holds. The wake-up is registered before
@@ -298,7 +306,7 @@ async fn notified_until(notify: &Notify, done: impl Fn() -> bool) {
 }
 
 impl Capacity {
-    fn new(slots: usize, max_conns: usize) -> Capacity {
+    fn new(slots: usize, max_conns: usize, balance: Option<Balance>) -> Capacity {
         Capacity {
             slots,
             max_conns,
@@ -308,6 +316,7 @@ impl Capacity {
             fresh: AtomicUsize::new(0),
             fresh_done: Notify::new(),
             drained: Notify::new(),
+            balance,
         }
     }
 
@@ -333,6 +342,20 @@ impl Capacity {
         notified_until(&self.drained, || self.conns.load(Ordering::Acquire) == 0).await
     }
 
+    /// Whether this worker takes new connections (for the other workers).
+    fn set_accepting(&self, on: bool) {
+        if let Some(b) = &self.balance {
+            b.set_accepting(on);
+        }
+    }
+
+    /// Look for the other workers again.
+    fn refresh_peers(&self) {
+        if let Some(b) = &self.balance {
+            b.refresh();
+        }
+    }
+
     fn request_started(&self) {
         self.inflight.fetch_add(1, Ordering::AcqRel);
     }
@@ -352,6 +375,9 @@ impl Capacity {
     /// accept loop).
     fn open_only(self: &Arc<Self>) -> ConnGuard {
         self.conns.fetch_add(1, Ordering::AcqRel);
+        if let Some(b) = &self.balance {
+            b.opened();
+        }
         ConnGuard(self.clone())
     }
 
@@ -366,6 +392,9 @@ impl Capacity {
 struct ConnGuard(Arc<Capacity>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        if let Some(b) = &self.0.balance {
+            b.closed();
+        }
         if self.0.conns.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
         }
@@ -457,6 +486,7 @@ async fn serve<C: Class>(
         let mut t = tokio::time::interval(Duration::from_millis(500));
         loop {
             t.tick().await;
+            hb_ctx.cap.refresh_peers();
             hb_ctx.slot.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             hb_ctx.class.heartbeat(hb_ctx.slot);
             if orphaned() {
@@ -487,6 +517,7 @@ async fn serve<C: Class>(
     // keep-alive timeout: the client's next request goes to a worker that
     // stays, and this one can exit as soon as its requests are answered.
     http::response::close_connections_from_now();
+    ctx.cap.set_accepting(false);
     ctx.class.draining(ctx.head.drain_deadline());
     let _ = shutdown_tx.send(true);
     for a in &accepts {
@@ -585,11 +616,28 @@ async fn accept_loop<C: Class, L: Listen>(
     // worker gets its own duplicate so the runtime can own it.
     // SAFETY: the inherited listener stays open for the life of the worker.
     let dup = nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+    // A class whose one loop serves every connection leaves a new one to a
+    // less loaded worker when it is ahead (see `balance.rs`).
+    let gate = if C::BALANCE {
+        Some(balance::Gate::new(dup.as_fd())?)
+    } else {
+        None
+    };
     let l = L::open(dup)?;
     loop {
+        if !ctx.cap.available() {
+            ctx.cap.set_accepting(false);
+        }
         ctx.cap.wait(|| ctx.draining()).await;
         if ctx.draining() {
+            ctx.cap.set_accepting(false);
             return Ok(());
+        }
+        ctx.cap.set_accepting(true);
+        if let (Some(gate), Some(b)) = (&gate, &ctx.cap.balance) {
+            if b.ahead() {
+                gate.wait_turn(b).await?;
+            }
         }
         match l.accept_one().await {
             Ok((s, addr)) => {
@@ -1243,7 +1291,7 @@ mod tests {
 
     #[test]
     fn capacity_counts_requests_and_connections() {
-        let cap = Arc::new(Capacity::new(2, 3));
+        let cap = Arc::new(Capacity::new(2, 3, None));
         assert!(cap.available());
         cap.request_started();
         cap.request_started();
@@ -1266,7 +1314,7 @@ mod tests {
 
     #[tokio::test]
     async fn waits_end_when_the_guards_drop() {
-        let cap = Arc::new(Capacity::new(1, 1));
+        let cap = Arc::new(Capacity::new(1, 1, None));
         let (guard, fresh) = cap.opened();
         let waiter = {
             let cap = cap.clone();
@@ -1296,7 +1344,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_draining_worker_stops_waiting_for_capacity() {
-        let cap = Capacity::new(1, 1);
+        let cap = Capacity::new(1, 1, None);
         cap.request_started();
         tokio::time::timeout(Duration::from_secs(2), cap.wait(|| true))
             .await

@@ -82,6 +82,7 @@ impl Gevent {
 impl Class for Gevent {
     const INLINE: bool = false;
     const MAIN_LOOP: bool = true;
+    const BALANCE: bool = true;
 
     fn slots(&self) -> usize {
         self.slots

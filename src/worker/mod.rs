@@ -56,6 +56,7 @@
 
 mod abort;
 mod asgi;
+mod balance;
 mod body;
 mod boot;
 mod conn;
@@ -152,6 +153,13 @@ trait Class: Send + Sync + Sized + 'static {
     /// there yet) before accepting again, so a worker about to be busy
     /// does not grab a second client an idle worker could serve.
     const INLINE: bool;
+
+    /// The worker leaves a new connection to a less loaded worker when it
+    /// is ahead (`balance.rs`): for the classes whose one loop serves every
+    /// connection (gevent, asgi), where a worker holding most keep-alive
+    /// connections serves most of the load alone. sync and gthread accept
+    /// only while a thread is free, which spreads the work already.
+    const BALANCE: bool = false;
 
     /// How many requests may be in flight at once; the loop accepts only
     /// while fewer are.
