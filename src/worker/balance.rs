@@ -263,6 +263,21 @@ mod tests {
         Scoreboard::new().expect("scoreboard")
     }
 
+    /// Slot 0 (this worker) with `open` connections, slot 1 an idle worker
+    /// that accepts.
+    fn ahead_of_an_idle_worker(open: u32) -> (Scoreboard, Balance) {
+        let b = board();
+        b.slot(0).reset(100);
+        b.slot(1).reset(101);
+        b.slot(1).accepting.store(1, Ordering::Relaxed);
+        let me = Balance::new(b.clone(), 0);
+        me.refresh();
+        for _ in 0..open {
+            me.opened();
+        }
+        (b, me)
+    }
+
     #[test]
     fn the_least_loaded_accepting_worker_sets_the_bar() {
         let b = board();
@@ -300,15 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_gate_leaves_connections_the_others_take_and_pauses_when_they_do_not() {
-        let b = board();
-        b.slot(0).reset(100);
-        b.slot(1).reset(101);
-        b.slot(1).accepting.store(1, Ordering::Relaxed);
-        let me = Balance::new(b.clone(), 0);
-        me.refresh();
-        for _ in 0..10 {
-            me.opened();
-        }
+        let (b, me) = ahead_of_an_idle_worker(10);
         assert!(me.ahead());
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.set_nonblocking(true).expect("nonblocking");
@@ -348,15 +355,7 @@ mod tests {
         assert!(short_lived(20, 20), "Connection: close");
         assert!(!short_lived(400, 20), "keep-alive");
         assert!(!short_lived(0, 3), "too few to tell");
-        let b = board();
-        b.slot(0).reset(100);
-        b.slot(1).reset(101);
-        b.slot(1).accepting.store(1, Ordering::Relaxed);
-        let me = Balance::new(b.clone(), 0);
-        me.refresh();
-        for _ in 0..40 {
-            me.opened();
-        }
+        let (b, me) = ahead_of_an_idle_worker(40);
         b.slot(0).requests.store(40, Ordering::Relaxed);
         assert!(me.ahead());
         me.refresh();
