@@ -407,7 +407,12 @@ def test_nginx_proxies_over_tls_with_kept_alive_upstream_connections(server, cer
             r = sess.get(base + "/big?4000000", timeout=20)
             assert r.status_code == 200 and len(r.content) == 4000000
         err = (d / "error.log").read_text() if (d / "error.log").exists() else ""
-        assert "upstream" not in err, err
+        # Any complaint about the upstream (a reset, an early close, a bad
+        # response) fails; nginx's notice that it spooled a large body to
+        # disk, which depends on how fast the client reads, is not one.
+        complaints = [line for line in err.splitlines()
+                      if "upstream" in line and "buffered to a temporary file" not in line]
+        assert not complaints, err
     finally:
         p.terminate()
         try:
