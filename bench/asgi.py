@@ -1,6 +1,8 @@
 """ASGI benchmark (issue 12 item 8): rgunicorn -k asgi against uvicorn,
 gunicorn with uvicorn's worker, gunicorn -k asgi and granian, same app
-(bench/apps/asgi_hello.py), 2 workers each, same load.
+(bench/apps/asgi_hello.py), 2 workers each, same load. A last row, nginx
+answering by itself with 2 workers (no Python), is the machine's ceiling for
+the same load: how far any server could go.
 
     target/venv/bin/python bench/asgi.py
 
@@ -34,7 +36,37 @@ bench.SCENARIOS = {
 }
 
 
-def servers(port: int):
+# The machine's ceiling for the same load: nginx answering every request
+# itself (`return 200`), no Python and no app. Throughput on 2 shared cores is
+# 2 / (server CPU + the client's and the kernel's share per request), so this
+# row shows how much of the gap to it any server could still close.
+CEILING = "nginx return 200 (ceiling: no Python)"
+NGINX_CONF = """worker_processes 2;
+daemon off;
+pid {dir}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path {dir}/body;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type text/plain; return 200 "Hello, World!"; }}
+    }}
+}}
+"""
+
+
+def nginx(port: int, logdir: Path):
+    import shutil
+    binary = Path(shutil.which("nginx") or "/usr/sbin/nginx")
+    conf = logdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=logdir, port=port))
+    return binary, [str(binary), "-c", str(conf), "-e", "stderr"]
+
+
+def servers(port: int, logdir: Path):
     bind = f"127.0.0.1:{port}"
     R, G = bench.RGUNICORN, bench.GUNICORN
     return {
@@ -49,6 +81,7 @@ def servers(port: int):
         "gunicorn -k asgi": (G, [str(G), "-w", "2", "-k", "asgi", "-b", bind, APP]),
         "granian --interface asgi": (bench.GRANIAN, [str(bench.GRANIAN), "--interface", "asgi", "--workers", "2",
                                                     "--host", "127.0.0.1", "--port", str(port), "--no-ws", APP]),
+        CEILING: nginx(port, logdir),
     }
 
 
@@ -63,7 +96,7 @@ def main() -> int:
     scenarios = [s for s in bench.SCENARIOS if not want_sc or s in want_sc]
     entries = {}
     port = bench.free_port()
-    for name, (binary, argv) in servers(port).items():
+    for name, (binary, argv) in servers(port, logdir).items():
         if want and name not in want:
             continue
         entries[name] = (binary, argv, port)
@@ -87,6 +120,9 @@ def main() -> int:
         if rps and base["uvicorn"] and base["granian --interface asgi"]:
             targets.append(f"- {who}: {rps / base['uvicorn']:.2f}× uvicorn (target ≥ 2×), "
                            f"{rps / base['granian --interface asgi']:.2f}× granian (target ≥ 1.5×)")
+    ceiling = results.get(CEILING, {}).get(hello, {}).get("rps")
+    if ceiling and base["uvicorn"]:
+        targets.append(f"- {CEILING}: {ceiling / base['uvicorn']:.2f}× uvicorn")
     if targets:
         lines += [f"Issue 12's targets ({hello}):", *targets, ""]
     table = "\n".join(lines)
