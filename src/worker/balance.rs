@@ -258,6 +258,8 @@ fn margin(least: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::Poll;
 
     fn board() -> Scoreboard {
         Scoreboard::new().expect("scoreboard")
@@ -323,20 +325,17 @@ mod tests {
         let gate = Gate::new(l.as_fd()).expect("gate");
         assert!(!pending(l.as_fd()));
         // A connection the other worker takes while this one waits: the
-        // gate does not return for it, and keeps balancing.
-        let other = l.try_clone().expect("clone");
-        let board1 = b.clone();
+        // gate does not return for it, and keeps balancing. The first poll
+        // sees it pending with this worker ahead, so the gate waits; the
+        // other worker takes it during that wait.
         let _c1 = std::net::TcpStream::connect(addr).expect("connect");
-        let taker = std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while other.accept().is_err() {
-                assert!(std::time::Instant::now() < deadline, "no connection");
-                std::thread::yield_now();
-            }
-            board1.slot(1).accepted.fetch_add(1, Ordering::Relaxed);
-        });
-        let r = tokio::time::timeout(Duration::from_millis(300), gate.wait_turn(&me)).await;
-        taker.join().expect("taker");
+        assert!(pending(l.as_fd()));
+        let mut turn = std::pin::pin!(gate.wait_turn(&me));
+        let first = std::future::poll_fn(|cx| Poll::Ready(turn.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "returned at once although ahead");
+        l.accept().expect("the other worker takes it");
+        b.slot(1).accepted.fetch_add(1, Ordering::Relaxed);
+        let r = tokio::time::timeout(Duration::from_millis(300), turn).await;
         assert!(r.is_err(), "returned for a connection that was taken");
         assert!(me.ahead(), "still balancing");
         // The next one nobody takes: the gate returns after the wait, and
