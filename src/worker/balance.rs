@@ -60,8 +60,12 @@ pub(super) struct Balance {
     peers: Mutex<Vec<usize>>,
     /// Monotonic milliseconds until which the worker does not balance.
     paused_until_ms: AtomicU64,
-    /// The worker's requests and connections at the last refresh, and
-    /// whether its connections since then were short (see [`short_lived`]).
+    /// This worker's connections that ended, and the requests they
+    /// carried, all told ([`Balance::ended`]).
+    ended: AtomicU64,
+    ended_requests: AtomicU64,
+    /// Those two at the last refresh, and whether the connections that
+    /// ended since then were short (see [`short_lived`]).
     seen: Mutex<(u64, u64)>,
     short: AtomicBool,
 }
@@ -73,6 +77,8 @@ impl Balance {
             me,
             peers: Mutex::new(Vec::new()),
             paused_until_ms: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            ended_requests: AtomicU64::new(0),
             seen: Mutex::new((0, 0)),
             short: AtomicBool::new(false),
         }
@@ -97,6 +103,14 @@ impl Balance {
     /// A connection counted by [`Balance::opened`] closed.
     pub fn closed(&self) {
         self.me().conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection's exchange ended after `requests` requests (a count
+    /// taken when it ends: one taken while its requests are still coming
+    /// would make any new keep-alive connection look short).
+    pub fn ended(&self, requests: u64) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        self.ended_requests.fetch_add(requests, Ordering::Relaxed);
     }
 
     /// How many connections the other workers have taken, all told: it
@@ -127,15 +141,14 @@ impl Balance {
         if let Ok(mut peers) = self.peers.lock() {
             *peers = found;
         }
-        let me = self.me();
         let now = (
-            me.requests.load(Ordering::Relaxed),
-            me.accepted.load(Ordering::Relaxed),
+            self.ended_requests.load(Ordering::Relaxed),
+            self.ended.load(Ordering::Relaxed),
         );
         if let Ok(mut seen) = self.seen.lock() {
-            let (requests, accepted) = (now.0 - seen.0.min(now.0), now.1 - seen.1.min(now.1));
+            let (requests, ended) = (now.0 - seen.0.min(now.0), now.1 - seen.1.min(now.1));
             self.short
-                .store(short_lived(requests, accepted), Ordering::Relaxed);
+                .store(short_lived(requests, ended), Ordering::Relaxed);
             *seen = now;
         }
     }
@@ -238,14 +251,18 @@ fn pending(listener: BorrowedFd<'_>) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// Whether the connections a worker took in the last heartbeat period
-/// (`accepted`, with `requests` served) were short: about one request
-/// each, as with `Connection: close`. Such connections end before any
-/// imbalance matters, and the accept queue already goes to whichever
-/// worker is free: waiting there only cost throughput (10% of the
-/// `Connection: close` rate). Too few connections to tell is not short.
-fn short_lived(requests: u64, accepted: u64) -> bool {
-    accepted >= 16 && requests < 2 * accepted
+/// Whether the connections of a worker that ended in the last heartbeat
+/// period (`ended`, which carried `requests` in all) were short: about
+/// one request each, as with `Connection: close`. Such connections end
+/// before any imbalance matters, and the accept queue already goes to
+/// whichever worker is free: waiting there only cost throughput (10% of
+/// the `Connection: close` rate). Too few connections to tell is not
+/// short. (Counting the connections accepted and the requests served in
+/// the period instead made a burst of new keep-alive connections look
+/// short whenever a heartbeat fell between their accepts and their
+/// requests, and the next burst then went unbalanced.)
+fn short_lived(requests: u64, ended: u64) -> bool {
+    ended >= 16 && requests < 2 * ended
 }
 
 /// How far ahead a worker may be before it leaves connections to others:
@@ -354,14 +371,21 @@ mod tests {
         assert!(short_lived(20, 20), "Connection: close");
         assert!(!short_lived(400, 20), "keep-alive");
         assert!(!short_lived(0, 3), "too few to tell");
-        let (b, me) = ahead_of_an_idle_worker(40);
-        b.slot(0).requests.store(40, Ordering::Relaxed);
+        let (_b, me) = ahead_of_an_idle_worker(40);
         assert!(me.ahead());
+        for _ in 0..40 {
+            me.ended(1);
+        }
         me.refresh();
-        assert!(!me.ahead(), "40 connections, 40 requests");
-        b.slot(0).requests.store(1040, Ordering::Relaxed);
+        assert!(!me.ahead(), "40 connections ended, one request each");
         me.refresh();
-        assert!(me.ahead(), "then 1000 requests on no new connection");
+        assert!(me.ahead(), "then none ended");
+        // Keep-alive connections that carried a few requests each.
+        for _ in 0..40 {
+            me.ended(4);
+        }
+        me.refresh();
+        assert!(me.ahead(), "40 connections ended, four requests each");
     }
 
     #[test]

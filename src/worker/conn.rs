@@ -76,7 +76,9 @@ pub(super) fn run<C: Class>(mut class: C, b: &Booted<'_>) -> Result<(), i32> {
         cap: Arc::new(Capacity::new(
             class.slots(),
             s.worker_connections.max(1),
-            Some(Balance::new(b.scoreboard.clone(), b.slot_index)),
+            // Only the classes that balance publish their connections:
+            // nobody reads the others' counts.
+            C::BALANCE.then(|| Balance::new(b.scoreboard.clone(), b.slot_index)),
         )),
         class,
         proxy: b.proxy.clone(),
@@ -349,6 +351,13 @@ impl Capacity {
         }
     }
 
+    /// A connection's exchange ended after `requests` requests.
+    fn conn_ended(&self, requests: u64) {
+        if let Some(b) = &self.balance {
+            b.ended(requests);
+        }
+    }
+
     /// Look for the other workers again.
     fn refresh_peers(&self) {
         if let Some(b) = &self.balance {
@@ -385,6 +394,18 @@ impl Capacity {
     fn fresh_only(self: &Arc<Self>) -> Fresh {
         self.fresh.fetch_add(1, Ordering::AcqRel);
         Fresh(self.clone())
+    }
+}
+
+/// Counts the requests of one connection's exchange and tells the balance
+/// how many it carried when the exchange ends.
+struct Tally<'a> {
+    cap: &'a Capacity,
+    requests: u64,
+}
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.cap.conn_ended(self.requests);
     }
 }
 
@@ -860,6 +881,11 @@ async fn serve_conn<C, S>(
     // Counts the connection as open until it ends (or the front thread
     // takes it over).
     let mut guard = guard;
+    // How many requests the connection carried, told when it ends.
+    let mut tally = Tally {
+        cap: &ctx.cap,
+        requests: 0,
+    };
     let fd = s.as_raw_fd();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut fresh = Some(fresh);
@@ -962,6 +988,7 @@ async fn serve_conn<C, S>(
         };
         ctx.cap.request_finished();
         ctx.request_done();
+        tally.requests += 1;
         if outcome.taken_over {
             // The app took the connection over (gunicorn.socket) and is done
             // with it, or goes on with it on a thread of its own holding a
