@@ -122,7 +122,16 @@ def test_slow_readers_keep_no_slot(server, kind, path, say):
             c.connect(("127.0.0.1", s.port))
             c.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
             conns.append(c)
-        time.sleep(2)  # every response is under way (or buffered)
+        # Every response is under way: its first bytes reached the client.
+        # 100 responses of 8 MiB each are spooled to disk, and on a machine
+        # busy writing other files that took more than the 2 s this once
+        # slept (2 of 50 ordinary requests then queued behind the last ones
+        # for over 5 s). What is measured here is whether a slow reader
+        # keeps a slot, not how fast 800 MiB is written.
+        deadline = time.monotonic() + 60
+        for c in conns:
+            c.settimeout(max(0.1, deadline - time.monotonic()))
+            assert c.recv(1, socket.MSG_PEEK), "a slow reader's response never started"
         answered, lat = ordinary_requests(s.port, 50)
         rss = [rss_kib(p) for p in s.worker_pids()]
         # The slow readers still get their whole response when they read.
