@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import rgunicorn_only, trickle_body
+from conftest import rgunicorn_only, trickle_body, wait_until
+from test_control import status
 
 pytestmark = rgunicorn_only
 
@@ -111,8 +112,9 @@ def test_slow_uploaders_keep_no_slot(server, kind, say):
 
 @pytest.mark.parametrize("path", ["/big", "/file"])
 @pytest.mark.parametrize("kind", WORKERS)
-def test_slow_readers_keep_no_slot(server, kind, path, say):
-    s = server(*worker_args(kind), app="slow_app:app")
+def test_slow_readers_keep_no_slot(server, kind, path, say, tmp_path):
+    sock = tmp_path / "ctl.sock"
+    s = server(*worker_args(kind), "--control-socket", sock, app="slow_app:app")
     conns = []
     try:
         for _ in range(N_SLOW):
@@ -122,16 +124,22 @@ def test_slow_readers_keep_no_slot(server, kind, path, say):
             c.connect(("127.0.0.1", s.port))
             c.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
             conns.append(c)
-        # Every response is under way: its first bytes reached the client.
-        # 100 responses of 8 MiB each are spooled to disk, and on a machine
-        # busy writing other files that took more than the 2 s this once
-        # slept (2 of 50 ordinary requests then queued behind the last ones
-        # for over 5 s). What is measured here is whether a slow reader
-        # keeps a slot, not how fast 800 MiB is written.
+        # Every response is under way (its first bytes reached the client)
+        # and no slot is busy any more, while none of the 100 has read more
+        # than its socket buffer. 100 responses of 8 MiB each are spooled to
+        # disk: a fixed 2 s sleep here once left 2 of 50 ordinary requests
+        # unanswered within 5 s on a machine busy with other builds, most
+        # likely queued behind the last big ones. Waiting for the slots to
+        # be free shows the point itself, and the ordinary requests below
+        # are then measured against free slots, not against how fast 800 MiB
+        # is written.
         deadline = time.monotonic() + 60
         for c in conns:
             c.settimeout(max(0.1, deadline - time.monotonic()))
             assert c.recv(1, socket.MSG_PEEK), "a slow reader's response never started"
+        assert wait_until(lambda: all(w["active"] == 0 for w in status(sock)["workers"]),
+                          timeout=max(1.0, deadline - time.monotonic())), \
+            f"slow readers keep slots: {status(sock)['workers']}"
         answered, lat = ordinary_requests(s.port, 50)
         rss = [rss_kib(p) for p in s.worker_pids()]
         # The slow readers still get their whole response when they read.

@@ -398,7 +398,8 @@ impl Capacity {
 }
 
 /// Counts the requests of one connection's exchange and tells the balance
-/// how many it carried when the exchange ends.
+/// how many it carried when the exchange ends. (Not [`ConnGuard`]'s job:
+/// a TLS connection's guard is held by its pump, not by `serve_conn`.)
 struct Tally<'a> {
     cap: &'a Capacity,
     requests: u64,
