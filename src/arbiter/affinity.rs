@@ -3,9 +3,11 @@
 //! With `auto`, the master picks a CPU for every worker it forks (of those
 //! it may itself run on, so a cpuset or `taskset` around the master is
 //! respected): the one the fewest live workers hold, the lowest on a tie.
-//! The child binds itself to it right after the fork, while it is still
-//! single-threaded, so every thread it starts later (the `io` thread, the
-//! gthread pool, the app's own threads) inherits it. A worker's I/O thread
+//! The master binds itself to that CPU for the fork and then takes its own
+//! set back, so the child is born on its CPU: there is no moment in which a
+//! listed worker (`taskset -p`, `rgunicornctl status`) may still run
+//! anywhere. Every thread it starts later (the `io` thread, the gthread pool,
+//! the app's own threads) inherits it. A worker's I/O thread
 //! and Python thread then wake each other on one CPU instead of across two.
 //! Off by default: measured on a 2-vCPU machine the gain is not reliable
 //! (docs/architecture.md, "Process model", has the figures).
@@ -60,11 +62,22 @@ fn allowed_cpus() -> Option<Vec<usize>> {
     (!cpus.is_empty()).then_some(cpus)
 }
 
-/// In the forked worker, before it starts any thread: run on `cpu` only.
-pub fn bind(cpu: usize) -> nix::Result<()> {
+/// In the master, right before the fork: run on `cpu` only, so the child
+/// inherits it from its first instruction. Returns the set to take back
+/// with [`restore`] once forked.
+pub fn pin_for_fork(cpu: usize) -> nix::Result<CpuSet> {
+    let mine = sched_getaffinity(Pid::from_raw(0))?;
     let mut set = CpuSet::new();
     set.set(cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &set)
+    sched_setaffinity(Pid::from_raw(0), &set)?;
+    Ok(mine)
+}
+
+/// In the master, after the fork (or its failure): the CPUs it had before.
+pub fn restore(mine: &CpuSet) {
+    if let Err(e) = sched_setaffinity(Pid::from_raw(0), mine) {
+        tracing::warn!("Cannot give the master back its CPUs: {e}");
+    }
 }
 
 #[cfg(test)]

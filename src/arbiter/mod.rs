@@ -427,9 +427,13 @@ impl Arbiter {
         let cpu = self
             .affinity
             .assign(&self.settings.worker_cpu_affinity, slot_index);
+        let pinned = cpu.map(affinity::pin_for_fork);
         // SAFETY: the master is single-threaded (see the module doc), and the
         // child goes straight into worker::run, which never returns.
         let forked = unsafe { crate::python::fork() };
+        if let (Some(Ok(mine)), Err(_) | Ok(ForkResult::Parent { .. })) = (&pinned, &forked) {
+            affinity::restore(mine);
+        }
         match forked {
             Err(e) => {
                 self.free_slots.push(slot_index);
@@ -444,20 +448,22 @@ impl Arbiter {
                 self.sup.spawned(now_ms(), child, slot_index);
                 Ok(())
             }
-            Ok(ForkResult::Child) => self.become_worker(slot_index, cpu),
+            Ok(ForkResult::Child) => {
+                let pinned = cpu.zip(pinned).map(|(c, r)| (c, r.map(drop)));
+                self.become_worker(slot_index, pinned)
+            }
         }
     }
 
     /// In the child: drop the master's machinery, then run the worker
-    /// (on `cpu` only, if it was given one).
-    fn become_worker(&mut self, slot_index: usize, cpu: Option<usize>) -> ! {
-        if let Some(cpu) = cpu {
-            // Still single-threaded: every thread started from here on
-            // inherits it.
-            match affinity::bind(cpu) {
-                Ok(()) => tracing::info!("Worker (pid: {}) runs on CPU {cpu}", std::process::id()),
-                Err(e) => tracing::warn!("Cannot bind the worker to CPU {cpu}: {e}"),
+    /// (born on the CPU it was given, if any: `pinned` says how that went).
+    fn become_worker(&mut self, slot_index: usize, pinned: Option<(usize, nix::Result<()>)>) -> ! {
+        match pinned {
+            Some((cpu, Ok(()))) => {
+                tracing::info!("Worker (pid: {}) runs on CPU {cpu}", std::process::id())
             }
+            Some((cpu, Err(e))) => tracing::warn!("Cannot bind the worker to CPU {cpu}: {e}"),
+            None => {}
         }
         let _ = SigSet::empty().thread_set_mask();
         let _ = nix::unistd::close(self.sigfd.as_raw_fd());
