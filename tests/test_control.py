@@ -409,6 +409,9 @@ def test_200_clients_while_serving_requests_and_signals(server, tmp_path):
 def test_status_reports_master_and_workers(server, tmp_path):
     srv = start(server, tmp_path, "-w", "2")
     pids = srv.wait_for_workers(2)
+    # The server answers once one worker is ready; the other may still be
+    # importing the app (and `status` says so): wait for both.
+    assert wait_until(lambda: status(srv.sock)["workers_ready"] == 2, timeout=20), srv.log()
     for _ in range(3):
         srv.get("/")
     t = sleeper(srv, 3)
