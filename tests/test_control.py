@@ -483,6 +483,7 @@ def metrics(sock):
 def test_metrics_total_never_goes_down_when_workers_die(server, tmp_path):
     srv = start(server, tmp_path, "-w", "2")
     pids = srv.wait_for_workers(2)
+    assert wait_until(lambda: metrics(srv.sock)["workers_ready"] == 2, timeout=20), srv.log()
     n = 20
     for _ in range(n):
         assert srv.get("/").status_code == 200
