@@ -206,6 +206,13 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
     }
 
     let preloaded = if settings.preload_app {
+        if settings.reload {
+            tracing::warn!(
+                "--reload with --preload: the workers are forked from the app the master \
+                 imported, so a code change reloads them with the same code; restart the \
+                 server instead, or drop --preload"
+            );
+        }
         python::initialize(&argv)?;
         // The workers inherit the configured `logging` with the app.
         python::apply_logconfig(&settings)?;

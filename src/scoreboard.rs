@@ -36,7 +36,10 @@ pub struct Slot {
     pub heartbeat_ms: AtomicU64,
     /// Connections taken since the worker started (`worker::balance`).
     pub accepted: AtomicU64,
-    _pad2: [u64; 2],
+    /// `--reload`: monotonic milliseconds at which the worker first saw the
+    /// last change to the app's files it reported (`Msg::CodeChanged`).
+    pub code_changed_ms: AtomicU64,
+    _pad2: [u64; 1],
 }
 
 impl Slot {
@@ -48,6 +51,7 @@ impl Slot {
         self.accepting.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
         self.accepted.store(0, Ordering::Relaxed);
+        self.code_changed_ms.store(0, Ordering::Relaxed);
         self.busy_since_ms.store(0, Ordering::Relaxed);
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }

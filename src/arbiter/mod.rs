@@ -366,8 +366,17 @@ impl Arbiter {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
                     for rec in buf[..n].chunks_exact(msg::LEN) {
-                        if let Some((msg, slot)) = msg::decode(rec) {
-                            events.push(Event::Message { slot, msg });
+                        match msg::decode(rec) {
+                            Some((msg::Msg::CodeChanged, slot)) if slot < MAX_SLOTS => {
+                                let at = self
+                                    .scoreboard
+                                    .slot(slot)
+                                    .code_changed_ms
+                                    .load(Ordering::Acquire);
+                                events.push(Event::CodeChanged { slot, at });
+                            }
+                            Some((msg, slot)) => events.push(Event::Message { slot, msg }),
+                            None => {}
                         }
                     }
                 }
@@ -412,6 +421,10 @@ impl Arbiter {
                 Action::Stopping { quick } => self.stopping(quick),
                 Action::BootError(error) => self.sd.boot_error(&error),
                 Action::ReloadFailed(error) => self.sd.reload_failed(&error),
+                Action::Reload => {
+                    tracing::info!("Reloading: the app's code changed (--reload)");
+                    self.start_reload();
+                }
             }
         }
         if self.sup.is_running() {
@@ -611,6 +624,11 @@ impl Arbiter {
             return;
         }
         tracing::info!("Handling signal: hup");
+        self.start_reload();
+    }
+
+    /// The reload itself, whoever asked (SIGHUP, `reload`, `--reload`).
+    fn start_reload(&mut self) {
         self.sd.reloading();
         let args: Vec<std::ffi::OsString> = self.argv.iter().skip(1).map(Into::into).collect();
         match crate::python::config::load_settings(args, &self.argv) {

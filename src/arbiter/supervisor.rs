@@ -121,6 +121,9 @@ pub enum Exit {
 pub enum Event {
     /// A worker wrote to the master's pipe.
     Message { slot: usize, msg: Msg },
+    /// `--reload`: the worker in `slot` saw the app's files change, first
+    /// at `at` (monotonic ms, from its scoreboard slot).
+    CodeChanged { slot: usize, at: Ms },
     /// A worker was reaped; `error` is the boot-error text it left.
     Exited {
         pid: Pid,
@@ -159,6 +162,9 @@ pub enum Action {
     BootError(String),
     /// A reload failed (tell systemd why).
     ReloadFailed(String),
+    /// `--reload`: a worker saw the app's code change. Reload as SIGHUP
+    /// does (the settings are read again, then [`Event::Reload`]).
+    Reload,
 }
 
 /// How the last reload ended (reported by `status`, sent to systemd).
@@ -210,6 +216,10 @@ pub struct Supervisor {
     last_generation: u64,
     reload: Option<Reload>,
     last_reload: Option<ReloadOutcome>,
+    /// `--reload`: when the last reload for a code change was asked. Every
+    /// change seen before then is in the code that reload imports (each
+    /// worker reports the same save; one reload is enough).
+    code_reload_asked: Ms,
     run: Run,
     /// Some worker has reported ready since start.
     ever_ready: bool,
@@ -233,6 +243,7 @@ impl Supervisor {
             last_generation: 1,
             reload: None,
             last_reload: None,
+            code_reload_asked: 0,
             run: Run::Running,
             ever_ready: false,
             exit_code: 0,
@@ -405,6 +416,13 @@ impl Supervisor {
                             }
                         }
                     }
+                    // Read with its time: Event::CodeChanged.
+                    Msg::CodeChanged => {}
+                }
+            }
+            Event::CodeChanged { slot, at } => {
+                if let Some(pid) = self.pid_of_slot(slot) {
+                    self.on_code_changed(now, pid, at, out);
                 }
             }
             Event::Exited { pid, exit, error } => self.on_exit(now, pid, exit, error, out),
@@ -712,6 +730,24 @@ impl Supervisor {
             };
             out.push(Action::Signal(pid, Signal::SIGTERM));
         }
+    }
+
+    /// `--reload`: worker `pid` saw a source file change at `at`. A change
+    /// seen before the last code reload was asked is in the code that
+    /// reload imports: the same save reported by the other workers is
+    /// dropped. A later one reloads again, even during a reload (the newest
+    /// code wins) or after one that failed because the code did not import
+    /// (the previous generation serves on and sees the fix).
+    fn on_code_changed(&mut self, now: Ms, pid: Pid, at: Ms, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get(&pid) else {
+            return;
+        };
+        let serving = matches!(w.state, WorkerState::Ready | WorkerState::Recycling);
+        if !self.is_running() || !serving || at <= self.code_reload_asked {
+            return;
+        }
+        self.code_reload_asked = now;
+        out.push(Action::Reload);
     }
 
     /// The reload ends once the new generation has `target` ready workers.

@@ -210,9 +210,6 @@ const NO_SSL_CONTEXT: Status = Status::NotSupported(
     "TLS is done by rustls in Rust, not by Python's ssl module, so there is no SSLContext to hand \
      the hook; set certfile, keyfile, ca_certs, cert_reqs and ciphers instead (see docs/deploy-https.md)",
 );
-const NO_RELOAD: Status = Status::NotSupported(
-    "automatic code reloading is not implemented yet; reload with SIGHUP or `rgunicornctl reload`",
-);
 const NO_STATSD: Status = Status::NotSupported(
     "StatsD metrics are not implemented; `rgunicornctl status` reports worker figures",
 );
@@ -435,17 +432,28 @@ settings_table! {
     int("limit_request_fields", SECURITY, &["--limit-request-fields"], 100, "The maximum number of HTTP header fields in a request.", Status::Same) => limit_request_fields: usize,
     int("limit_request_field_size", SECURITY, &["--limit-request-field_size"], 8190, "The maximum size of one HTTP header field in bytes.", Status::Same) => limit_request_field_size: usize,
     // ---- Debugging
-    flag("reload", DEBUG, &["--reload"], "Restart workers when code changes.", NO_RELOAD),
+    flag("reload", DEBUG, &["--reload"], "Restart workers when code changes.", Status::Different(
+        "each worker watches the source files of every module its app imported (and reload_extra_files); a change \
+         reloads the server as SIGHUP does: a new generation imports the code afresh and the old one retires once it \
+         is ready, so no request fails, and code that does not import leaves the old generation serving (logged; the \
+         fix reloads again). Gunicorn instead restarts each worker in place and, for a SyntaxError, serves the \
+         traceback as a 500. As with SIGHUP, the config file is read again. With --preload the workers are forked \
+         from the master's copy of the app, so a change has no effect (a warning says so at start)",
+    )) => reload: bool,
     SettingDef {
         name: "reload_engine",
         section: DEBUG,
         cli: &["--reload-engine"],
         meta: Some("STRING"),
         default: DefaultValue::Str("auto"),
-        help: "The implementation that powers --reload.",
-        status: NO_RELOAD,
+        help: "The implementation that powers --reload: auto, poll or inotify.",
+        status: Status::Different(
+            "`inotify` is the kernel's, through the notify crate, so no Python package is needed; `auto` is inotify, \
+             and `poll` looks at the files' modification times every second",
+        ),
+        check: Some(super::value::check_reload_engine),
         ..BASE
-    },
+    } => reload_engine: String,
     SettingDef {
         name: "reload_extra_files",
         section: DEBUG,
@@ -455,9 +463,9 @@ settings_table! {
         ty: ValueType::StrList,
         default: DefaultValue::List(&[]),
         help: "Extra files that --reload watches.",
-        status: NO_RELOAD,
+        status: Status::Same,
         ..BASE
-    },
+    } => reload_extra_files: Vec<String>,
     flag("spew", DEBUG, &["--spew"], "Trace every line executed by the server.", Status::NotSupported(
         "the master is Rust, so there is no Python line to trace",
     )),

@@ -678,9 +678,8 @@ fn not_supported_settings_are_refused_unless_default() {
     let cli: &[(&[&str], &str)] = &[
         (&["--daemon", "app:app"], "daemon"),
         (&["app:app", "-D"], "daemon"),
-        (&["--reload", "app:app"], "reload"),
-        (&["app:app", "--reload"], "reload"),
         (&["--spew", "app:app"], "spew"),
+        (&["app:app", "--spew"], "spew"),
     ];
     for (argv, name) in cli {
         let e = err(argv, &[], &[]);
@@ -689,7 +688,7 @@ fn not_supported_settings_are_refused_unless_default() {
     }
     let file: &[(&str, RawValue)] = &[
         ("ssl_context", RawValue::Callable(HookRef(4))),
-        ("reload", RawValue::Bool(true)),
+        ("spew", RawValue::Bool(true)),
         ("on_dirty_starting", RawValue::Callable(HookRef(3))),
     ];
     for (name, value) in file {
@@ -700,6 +699,20 @@ fn not_supported_settings_are_refused_unless_default() {
     // `proxy_protocol` is supported: it was once a case above, which passed
     // only because `--proxy-protocol` took "app:app" as its (bad) mode.
     assert!(run(&["--proxy-protocol", "v1", "app:app"], &[], &[]).is_ok());
+    // `reload` is supported too (it was a case above until it was).
+    let r = run(
+        &["app:app", "--reload", "--reload-engine", "poll"],
+        &[],
+        &[],
+    )
+    .expect("--reload");
+    assert!(r.reload);
+    assert_eq!(r.reload_engine, "poll");
+    let e = err(&["--reload-engine", "fsevents", "app:app"], &[], &[]);
+    assert!(
+        e.contains("Invalid reload_engine: \"fsevents\" (expected auto, poll or inotify)"),
+        "{e}"
+    );
     // Explicit defaults are fine.
     let f = [
         ("daemon", RawValue::Bool(false)),

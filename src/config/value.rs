@@ -541,6 +541,16 @@ pub(crate) fn check_cpu_affinity(v: &Value) -> Result<(), String> {
     }
 }
 
+pub(crate) fn check_reload_engine(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(s) if ["auto", "poll", "inotify"].contains(&s.as_str()) => Ok(()),
+        Value::Str(s) => Err(format!(
+            "Invalid reload_engine: {s:?} (expected auto, poll or inotify)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_http2_frame_size(v: &Value) -> Result<(), String> {
     match v {
         Value::Int(n) if !(16384..=16_777_215).contains(n) => Err(format!(

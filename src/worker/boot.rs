@@ -99,6 +99,10 @@ pub(super) fn boot(spec: Spec<'_>) -> Result<Booted<'_>, i32> {
             }
         }
     };
+    if s.reload {
+        let (fd, slot) = (spec.notify_fd, static_slot(spec.slot));
+        Python::attach(|py| super::reload_watch::start(py, s, fd, slot, spec.slot_index));
+    }
     let proxy = ProxyPolicy::from_settings(s).map_err(|e| {
         tracing::error!("Exception in worker process: {e}");
         WORKER_BOOT_ERROR

@@ -244,11 +244,7 @@ impl<C> Ctx<C> {
     }
 
     fn tell_master(&self, kind: Msg) {
-        let b = msg::encode(kind, self.slot_index);
-        // SAFETY: the pipe's write end is inherited from the master and
-        // stays open for the life of the worker.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.notify_fd) };
-        let _ = nix::unistd::write(fd, &b);
+        msg::send(self.notify_fd, kind, self.slot_index);
     }
 
     /// This request brings the worker to `--max-requests`, so it will

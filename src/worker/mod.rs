@@ -68,6 +68,7 @@ pub mod linger;
 pub mod msg;
 pub use body::unlinked_tempfile;
 mod proxy_header;
+mod reload_watch;
 mod sync;
 mod tornado;
 

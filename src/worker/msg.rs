@@ -21,6 +21,8 @@ pub enum Msg {
     Ready,
     /// `--max-requests` reached: please start my replacement.
     Retire,
+    /// `--reload`: a source file of the app changed; please reload.
+    CodeChanged,
 }
 
 impl Msg {
@@ -28,6 +30,7 @@ impl Msg {
         match self {
             Msg::Ready => b'R',
             Msg::Retire => b'M',
+            Msg::CodeChanged => b'C',
         }
     }
 
@@ -35,6 +38,7 @@ impl Msg {
         match b {
             b'R' => Some(Msg::Ready),
             b'M' => Some(Msg::Retire),
+            b'C' => Some(Msg::CodeChanged),
             _ => None,
         }
     }
@@ -46,6 +50,17 @@ pub fn encode(msg: Msg, slot: usize) -> [u8; LEN] {
     b[0] = msg.kind();
     b[4..8].copy_from_slice(&(slot as u32).to_le_bytes());
     b
+}
+
+/// In a worker: write `msg` for `slot` to the master's pipe (`fd`, its
+/// write end, inherited from the master and open for the worker's life).
+/// A master that is gone is not an error here: the worker learns it from
+/// its parent pid.
+pub fn send(fd: std::os::fd::RawFd, msg: Msg, slot: usize) {
+    // SAFETY: `fd` is the pipe's write end, inherited at the fork and never
+    // closed in the worker, so it is a valid descriptor for this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = nix::unistd::write(fd, &encode(msg, slot));
 }
 
 /// The message and slot in one record read from the pipe; `None` for a
@@ -61,7 +76,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for m in [Msg::Ready, Msg::Retire] {
+        for m in [Msg::Ready, Msg::Retire, Msg::CodeChanged] {
             assert_eq!(decode(&encode(m, 7)), Some((m, 7)));
         }
     }

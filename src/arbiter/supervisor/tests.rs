@@ -733,3 +733,68 @@ fn fork_failure_is_retried_a_second_later() {
     assert_eq!(sup.next_deadline(500), Some(1_000));
     assert_eq!(sup.tick(1_000, vec![]), vec![Action::Spawn]);
 }
+
+/// `--reload`: these workers report a change they first saw at `at`;
+/// how many reloads the loop is asked for.
+fn code_changed(h: &mut Harness, pids: &[Pid], at: Ms) -> usize {
+    let before = h.other.len();
+    let ev = pids
+        .iter()
+        .map(|p| Event::CodeChanged {
+            slot: h.slot(*p),
+            at,
+        })
+        .collect();
+    h.tick(ev);
+    h.other[before..]
+        .iter()
+        .filter(|a| **a == Action::Reload)
+        .count()
+}
+
+#[test]
+fn a_save_reloads_once_and_a_later_one_again_even_after_a_failed_reload() {
+    let (mut h, old) = Harness::booted(2, LIMITS);
+    h.advance(1_000);
+    let save = h.now - 100;
+    // Both workers saw the same save: one reload.
+    assert_eq!(code_changed(&mut h, &old, save), 1);
+    h.advance(5);
+    assert_eq!(
+        code_changed(&mut h, &old[1..], save + 2),
+        0,
+        "the same save"
+    );
+    let new = h.tick(vec![reload(2)]);
+    // The new generation's workers are still booting: they do not ask.
+    h.advance(100);
+    let during = h.now;
+    assert_eq!(code_changed(&mut h, &new, during), 0);
+    // The new code does not import: the old generation keeps serving; a
+    // late report of the first save changes nothing...
+    h.exit_with(new[0], Exit::Code(msg::APP_LOAD_ERROR), Some("SyntaxError"));
+    h.exit(new[1], Exit::Signal(Signal::SIGKILL));
+    assert_eq!(h.sup.generation(), 1);
+    assert_eq!(code_changed(&mut h, &old[1..], save + 3), 0);
+    // ...and the fix, seen by it, reloads again.
+    h.advance(2_000);
+    let fix = h.now - 100;
+    assert_eq!(code_changed(&mut h, &old[..1], fix), 1);
+    let fixed = h.tick(vec![reload(2)]);
+    h.ready(&fixed);
+    // The fixed generation serves and watches: its next change reloads.
+    h.advance(2_000);
+    let next = h.now - 100;
+    assert_eq!(code_changed(&mut h, &fixed[..1], next), 1);
+}
+
+#[test]
+fn a_code_change_while_stopping_or_from_a_stranger_does_nothing() {
+    let (mut h, old) = Harness::booted(2, LIMITS);
+    h.advance(1_000);
+    let at = h.now;
+    h.tick(vec![Event::CodeChanged { slot: 57, at }]);
+    assert!(!h.other.contains(&Action::Reload));
+    h.tick(vec![Event::Stop { quick: false }]);
+    assert_eq!(code_changed(&mut h, &old, at), 0);
+}
