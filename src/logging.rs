@@ -394,6 +394,18 @@ pub fn workers_gauge(n: usize) {
     });
 }
 
+/// `--enable-backlog-metric`: the connections waiting in the listeners'
+/// accept queues, as Gunicorn's arbiter reports them (a debug line and the
+/// `gunicorn.backlog` metric).
+pub fn backlog_metric(n: u64) {
+    tracing::debug!("socket backlog: {n}");
+    with_logs(|l| {
+        if let Some(st) = &l.statsd {
+            st.backlog(n);
+        }
+    });
+}
+
 struct ErrorLogWriter;
 
 struct ErrorLogLine(Vec<u8>, Option<Severity>);

@@ -113,6 +113,33 @@ impl Listener {
         self.fd.as_raw_fd()
     }
 
+    /// Connections waiting in the accept queue of a TCP listener: on a
+    /// listening socket, TCP_INFO's `tcpi_unacked` is that queue's length
+    /// (Gunicorn's `get_backlog`, `ss -lt`'s Recv-Q). None for a Unix
+    /// socket, or when it cannot be read.
+    pub fn backlog(&self) -> Option<u32> {
+        if !matches!(self.kind, ListenerKind::Tcp(_)) {
+            return None;
+        }
+        // SAFETY: tcp_info is plain integers, for which all zeroes is a
+        // valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt on our own open socket, writing at most `len`
+        // bytes into `info`, which is that large.
+        let r = unsafe {
+            libc::getsockopt(
+                self.raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        let wrote_unacked = len as usize >= std::mem::offset_of!(libc::tcp_info, tcpi_unacked) + 4;
+        (r == 0 && wrote_unacked).then_some(info.tcpi_unacked)
+    }
+
     /// Human-readable address, as Gunicorn logs it ("Listening at: ...").
     pub fn describe(&self) -> String {
         match &self.kind {

@@ -13,13 +13,14 @@ import re
 import select
 import socket
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
 import requests
 
-from conftest import IS_GUNICORN, gunicorn_xfail, tier_available, wait_until
+from conftest import IS_GUNICORN, gunicorn_xfail, raw_request, tier_available, wait_until
 
 APP = "log_app:app"
 
@@ -403,3 +404,26 @@ args=({str(out)!r},)
 format=APPLOG %(name)s %(levelname)s %(message)s
 """)
     check_app_log(server("--log-config", ini, app=APP), out)
+
+
+def test_backlog_metric_counts_the_connections_waiting_to_be_accepted(server, udp):
+    port = udp.getsockname()[1]
+    s = server("-w", "1", "--statsd-host", f"127.0.0.1:{port}", "--enable-backlog-metric",
+               "--log-level", "debug", app="life_app:app")
+    d = Datagrams(udp)
+    d.wait_for(lambda b: b == b"gunicorn.backlog:0|ms")
+    # The one sync worker is inside a request for 5 s: three more clients,
+    # each with its request sent, wait in the accept queue.
+    busy = threading.Thread(target=raw_request, args=(s.port, b"GET /sleep?s=5 HTTP/1.0\r\n\r\n", 20))
+    busy.start()
+    assert wait_until(lambda: "sleep-start 5" in s.log(), timeout=10), s.log()
+    waiting = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(3)]
+    try:
+        for c in waiting:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        d.wait_for(lambda b: b == b"gunicorn.backlog:3|ms", timeout=4)
+        assert "socket backlog: 3" in s.log()
+    finally:
+        for c in waiting:
+            c.close()
+        busy.join(20)

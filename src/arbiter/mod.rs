@@ -115,6 +115,8 @@ pub struct Arbiter {
     /// The running totals `metrics` reports that the loop keeps.
     totals: Totals,
     started_at: Instant,
+    /// When `--enable-backlog-metric` last looked at the listeners.
+    backlog_at: Instant,
     /// The control socket, served from the loop.
     control: Option<crate::control::server::ControlServer>,
     /// The reload outcome the control server was last told about.
@@ -205,6 +207,7 @@ impl Arbiter {
             reexec_child: None,
             totals: Totals::default(),
             started_at: Instant::now(),
+            backlog_at: Instant::now(),
             control: None,
             notified_reload: None,
             sd: crate::systemd::Service::from_env(),
@@ -295,6 +298,7 @@ impl Arbiter {
             }
             self.execute(actions);
             self.close_dropped_listeners();
+            self.backlog_tick();
             self.sd_tick();
             self.handle_control(&ctl_ready);
             if self.sup.finished() {
@@ -307,6 +311,24 @@ impl Arbiter {
         drop(self.control.take());
         crate::hooks::on_exit(&self.settings);
         self.sup.exit_code()
+    }
+
+    /// `--enable-backlog-metric`: once a second (the loop wakes at least
+    /// that often), the connections queued on the TCP listeners.
+    fn backlog_tick(&mut self) {
+        if !self.settings.enable_backlog_metric
+            || self.backlog_at.elapsed() < Duration::from_secs(1)
+        {
+            return;
+        }
+        self.backlog_at = Instant::now();
+        let n: u64 = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.backlog())
+            .map(u64::from)
+            .sum();
+        crate::logging::backlog_metric(n);
     }
 
     /// How long this master has been running.

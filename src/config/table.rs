@@ -210,9 +210,6 @@ const NO_SSL_CONTEXT: Status = Status::NotSupported(
     "TLS is done by rustls in Rust, not by Python's ssl module, so there is no SSLContext to hand \
      the hook; set certfile, keyfile, ca_certs, cert_reqs and ciphers instead (see docs/deploy-https.md)",
 );
-const NO_STATSD: Status = Status::NotSupported(
-    "StatsD metrics are not implemented; `rgunicornctl status` reports worker figures",
-);
 const PYLOGGING: Status = Status::Different(
     "applied to Python's `logging` in every worker (and in the master with --preload) before the app is imported, \
      so the app's loggers follow it; rgunicorn's own error and access logs are written by Rust and keep \
@@ -745,7 +742,10 @@ settings_table! {
         status: Status::Same,
         ..BASE
     } => statsd_prefix: String,
-    flag("enable_backlog_metric", LOG, &["--enable-backlog-metric"], "Emit the socket backlog as a StatsD metric.", NO_STATSD),
+    flag("enable_backlog_metric", LOG, &["--enable-backlog-metric"], "Emit the socket backlog as a StatsD metric.", Status::Different(
+        "every second the master sums the connections waiting in the TCP listeners' accept queues (TCP_INFO, as Gunicorn), \
+         logs `socket backlog: N` at debug level and sends `gunicorn.backlog:N|ms` to --statsd-host; Unix sockets count 0",
+    )) => enable_backlog_metric: bool,
     // ---- Process Naming
     SettingDef {
         name: "proc_name",

@@ -2,7 +2,9 @@
 //! format (`gunicorn/instrument/statsd.py`):
 //! - per request, from the worker: `gunicorn.request.duration:MS|ms`,
 //!   `gunicorn.requests:1|c|@1.0`, `gunicorn.request.status.CODE:1|c|@1.0`;
-//! - from the master: `gunicorn.workers:N|g` when the count changes;
+//! - from the master: `gunicorn.workers:N|g` when the count changes, and
+//!   with `--enable-backlog-metric` `gunicorn.backlog:N|ms` every second
+//!   (Gunicorn sends it as a histogram, which its client writes as `ms`);
 //! - per error-log record at warning and above: `gunicorn.log.LEVEL:1|c|@1.0`.
 //!
 //! `--statsd-prefix` is prepended (with one dot), `--dogstatsd-tags` appended
@@ -91,6 +93,10 @@ impl Statsd {
         if self.last_workers.swap(n, Ordering::Relaxed) != n {
             self.send("gunicorn.workers", itoa::Buffer::new().format(n), "g");
         }
+    }
+
+    pub fn backlog(&self, n: u64) {
+        self.send("gunicorn.backlog", itoa::Buffer::new().format(n), "ms");
     }
 
     pub fn log_record(&self, sev: Severity) {
