@@ -439,6 +439,26 @@ def test_status_reports_master_and_workers(server, tmp_path):
     assert wait_until(lambda: sum(w["restarts"] for w in status(srv.sock)["workers"]) == 1)
 
 
+def test_metrics_count_the_connections_no_worker_has_taken_yet(server, tmp_path):
+    srv = start(server, tmp_path, "-w", "1")
+    assert metrics(srv.sock)["connections_queued"] == 0
+    # The one sync worker is inside a request: clients that sent theirs wait
+    # in the accept queue, where an operator wants to see them.
+    t = sleeper(srv, 4)
+    waiting = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+    try:
+        for c in waiting:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert wait_until(lambda: metrics(srv.sock)["connections_queued"] == 3, timeout=3)
+        p = ctl(srv.sock, "metrics")
+        assert p.returncode == 0, p
+        assert parse_prometheus(p.stdout)["rgunicorn_connections_queued"] == [({}, 3.0)]
+    finally:
+        for c in waiting:
+            c.close()
+        t.join(30)
+
+
 # `metrics`: one sample line is `name{label="value",...} value`.
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"(?:,|$)')

@@ -222,6 +222,7 @@ impl Master for Arbiter {
             generation: self.sup.generation(),
             requests_total: self.totals.retired_requests.saturating_add(live),
             requests_active: workers.iter().map(|w| u64::from(w.active)).sum(),
+            connections_queued: self.connections_queued(),
             workers_target: clamp_u32(self.sup.target()),
             workers_alive: clamp_u32(workers.len()),
             workers_ready: clamp_u32(self.sup.ready_count()),

@@ -322,13 +322,16 @@ impl Arbiter {
             return;
         }
         self.backlog_at = Instant::now();
-        let n: u64 = self
-            .listeners
+        crate::logging::backlog_metric(self.connections_queued());
+    }
+
+    /// The connections waiting in the TCP listeners' accept queues.
+    pub fn connections_queued(&self) -> u64 {
+        self.listeners
             .iter()
             .filter_map(|l| l.backlog())
             .map(u64::from)
-            .sum();
-        crate::logging::backlog_metric(n);
+            .sum()
     }
 
     /// How long this master has been running.

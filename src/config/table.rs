@@ -744,7 +744,7 @@ settings_table! {
     } => statsd_prefix: String,
     flag("enable_backlog_metric", LOG, &["--enable-backlog-metric"], "Emit the socket backlog as a StatsD metric.", Status::Different(
         "every second the master sums the connections waiting in the TCP listeners' accept queues (TCP_INFO, as Gunicorn), \
-         logs `socket backlog: N` at debug level and sends `gunicorn.backlog:N|ms` to --statsd-host; Unix sockets count 0",
+         logs `socket backlog: N` at debug level and sends it to --statsd-host as `gunicorn.backlog`, of type `ms` (Gunicorn's histogram); Unix sockets count 0",
     )) => enable_backlog_metric: bool,
     // ---- Process Naming
     SettingDef {

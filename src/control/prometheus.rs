@@ -134,6 +134,12 @@ pub fn render(m: &MetricsData) -> String {
         "Requests in flight now.",
         m.requests_active.to_string(),
     );
+    o.one(
+        "connections_queued",
+        "gauge",
+        "Connections waiting in the TCP listeners' accept queues.",
+        m.connections_queued.to_string(),
+    );
     for (name, help, v) in [
         (
             "workers_target",
@@ -242,6 +248,7 @@ mod tests {
             generation: 3,
             requests_total: 42,
             requests_active: 1,
+            connections_queued: 3,
             workers_target: 2,
             workers_alive: 2,
             workers_ready: 2,

@@ -546,6 +546,11 @@ pub struct MetricsData {
     pub requests_total: u64,
     /// Requests in flight right now, over all workers.
     pub requests_active: u64,
+    /// Connections waiting in the TCP listeners' accept queues, which no
+    /// worker has taken yet (0 for Unix sockets; absent from a server
+    /// older than this field).
+    #[serde(default)]
+    pub connections_queued: u64,
     /// The number of workers the master keeps.
     pub workers_target: u32,
     /// Worker processes alive now, every generation and state.

@@ -60,6 +60,7 @@ impl Master for FakeMaster {
             state: MasterState::Running,
             generation: self.generation,
             requests_total: 7,
+            connections_queued: 0,
             requests_active: 0,
             workers_target: self.target,
             workers_alive: 1,
