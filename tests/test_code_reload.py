@@ -57,7 +57,7 @@ def every_worker_answers(port: int, n: int, timeout: float = 20) -> bool:
     seen: set[bytes] = set()
     deadline = time.monotonic() + timeout
     while len(seen) < n and time.monotonic() < deadline:
-        seen.update(re.findall(rb"pid=(\d+)", answer(port)))
+        seen.update(re.findall(rb" pid=(\d+)", answer(port)))
     return len(seen) >= n
 
 
@@ -99,7 +99,8 @@ def test_code_that_does_not_import_keeps_the_old_code_serving_until_the_fix(serv
         srv.log()[-3000:]
     # Long enough for the other worker's report of the same save to arrive.
     assert c.wait_ok(50)
-    assert version(srv.port) == "v1"
+    data = answer(srv.port)
+    assert b"version=v1 " in data, data
     log = srv.log()
     assert "SyntaxError" in log
     assert log.count("Reload failed:") == 1, log[-5000:]
@@ -153,3 +154,30 @@ def test_without_reload_a_save_changes_nothing(server, tmp_path):
 def test_reload_with_preload_warns_that_code_changes_are_not_picked_up(server, tmp_path):
     srv, _ = start(server, tmp_path, "--reload", "--preload")
     assert "--reload with --preload" in srv.log()
+
+
+@pytest.mark.parametrize("cls", ["sync", "asgi"])
+def test_code_that_does_not_compile_at_start_is_served_as_a_500_until_fixed(server, tmp_path, cls):
+    # As Gunicorn's --reload: the server stays up, so the fix needs no restart.
+    d = tmp_path / "app"
+    d.mkdir()
+    write_app(d, "v1", broken=True)
+    app = "life_app:asgi" if cls == "asgi" else "life_app:app"
+    srv = server("--reload", "-w", "2", "-k", cls, app=app, cwd=d, env=ENV)
+    data = answer(srv.port)
+    assert data.startswith(b"HTTP/1.0 500 "), data
+    assert b"SyntaxError" in data and b"life_app.py" in data, data
+    write_app(d, "v2")
+    # Once the new generation is whole, the old one (serving the error) is
+    # retired and every request gets the fixed code.
+    assert wait_until(lambda: "Reload complete: generation 2" in srv.log(), timeout=20), srv.log()[-3000:]
+    assert wait_until(lambda: len(srv.worker_pids()) == 2, timeout=20)
+    assert [version(srv.port) for _ in range(6)] == ["v2"] * 6
+
+
+def test_code_that_does_not_compile_at_start_without_reload_stops_the_server(server, tmp_path):
+    d = tmp_path / "app"
+    d.mkdir()
+    write_app(d, "v1", broken=True)
+    srv = server("-w", "1", app="life_app:app", cwd=d, env=ENV, wait=False)
+    assert srv.proc.wait(timeout=30) == 4, srv.log()[-3000:]

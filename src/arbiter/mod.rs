@@ -545,6 +545,9 @@ impl Arbiter {
             max_requests,
             multiprocess: self.sup.target() > 1,
             argv: &self.argv,
+            // No generation has served yet, so none can serve on while the
+            // code is fixed.
+            serve_syntax_errors: self.settings.reload && !self.sup.ever_ready(),
         })
     }
 

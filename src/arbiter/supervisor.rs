@@ -283,6 +283,10 @@ impl Supervisor {
     pub fn slot_restarts(&self, slot: usize) -> u64 {
         self.slot_restarts.get(slot).copied().unwrap_or(0)
     }
+    /// Some worker has reported ready since the master started.
+    pub fn ever_ready(&self) -> bool {
+        self.ever_ready
+    }
     pub fn is_running(&self) -> bool {
         self.run == Run::Running
     }

@@ -433,8 +433,9 @@ settings_table! {
         "each worker watches the source files of every module its app imported (and reload_extra_files); a change \
          reloads the server as SIGHUP does: a new generation imports the code afresh and the old one retires once it \
          is ready, so no request fails, and code that does not import leaves the old generation serving (logged; the \
-         fix reloads again). Gunicorn instead restarts each worker in place and, for a SyntaxError, serves the \
-         traceback as a 500. As with SIGHUP, the config file is read again. With --preload the workers are forked \
+         fix reloads again). Gunicorn instead restarts each worker in place. At the first boot, code that does not \
+         compile (a SyntaxError) is served as a 500 with its traceback, and its file watched, until it is fixed, as in \
+         Gunicorn (other import errors stop the server, as in Gunicorn). As with SIGHUP, the config file is read again. With --preload the workers are forked \
          from the master's copy of the app, so a change has no effect (a warning says so at start)",
     )) => reload: bool,
     SettingDef {

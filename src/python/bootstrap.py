@@ -58,6 +58,36 @@ def import_app(uri):
     return app
 
 
+def make_fail_app(text, asgi):
+    """--reload, and the app's code does not compile at the first boot: an
+    app that answers every request with a 500 and the error, until a fixed
+    save reloads the server (Gunicorn's util.make_fail_app)."""
+    body = text.encode("utf-8", "replace")
+    headers = [(b"content-type", b"text/plain; charset=utf-8"),
+               (b"content-length", str(len(body)).encode())]
+    if not asgi:
+        def fail_app(environ, start_response):
+            start_response("500 Internal Server Error", [(k.decode(), v.decode()) for k, v in headers])
+            return [body]
+        return fail_app
+
+    async def fail_app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        elif scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        else:  # a WebSocket handshake: refused (403)
+            await send({"type": "websocket.close", "code": 1011})
+    return fail_app
+
+
 def setup_path(chdir, pythonpath):
     """--chdir and --pythonpath, as Gunicorn: the working directory first on sys.path."""
     if chdir:

@@ -254,6 +254,8 @@ pub fn format_exception(py: Python<'_>, e: &PyErr) -> String {
 #[derive(Debug)]
 pub struct AppLoadError {
     pub traceback: String,
+    /// The file of a `SyntaxError` (the app's code does not compile).
+    pub syntax_error_file: Option<std::path::PathBuf>,
 }
 
 /// Apply `--chdir`/`--pythonpath` and import the app as Gunicorn does.
@@ -273,8 +275,21 @@ pub fn load_app(
         })();
         r.map_err(|e| AppLoadError {
             traceback: format_exception(py, &e),
+            syntax_error_file: e
+                .is_instance_of::<pyo3::exceptions::PySyntaxError>(py)
+                .then(|| e.value(py).getattr("filename").ok()?.extract().ok())
+                .flatten(),
         })
     })
+}
+
+/// `--reload`, app code that does not compile at the first boot: an app
+/// (WSGI, or ASGI for the asgi class) that answers every request with a
+/// 500 and `text`, as Gunicorn's `make_fail_app`.
+pub fn fail_app(py: Python<'_>, text: &str, asgi: bool) -> PyResult<Py<PyAny>> {
+    Ok(bootstrap(py)?
+        .call_method1("make_fail_app", (text, asgi))?
+        .unbind())
 }
 
 /// Evaluate a config file (`-c FILE`) or module (`-c python:mod`) and return

@@ -69,6 +69,9 @@ pub(super) fn boot(spec: Spec<'_>) -> Result<Booted<'_>, i32> {
                 })
         })
     };
+    // `--reload`: files to watch besides the modules' (the file of code
+    // that did not compile).
+    let mut broken = Vec::new();
     let app = match spec.preloaded {
         Some(app) => {
             if let Err(e) = patch() {
@@ -93,15 +96,23 @@ pub(super) fn boot(spec: Spec<'_>) -> Result<Booted<'_>, i32> {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::error!("Exception in worker process\n{}", e.traceback.trim_end());
-                    spec.scoreboard.set_error(spec.slot_index, &e.traceback);
-                    return Err(APP_LOAD_ERROR);
+                    match serve_the_error(&spec, &e) {
+                        Some(app) => {
+                            broken.extend(e.syntax_error_file);
+                            app
+                        }
+                        None => {
+                            spec.scoreboard.set_error(spec.slot_index, &e.traceback);
+                            return Err(APP_LOAD_ERROR);
+                        }
+                    }
                 }
             }
         }
     };
     if s.reload {
         let (fd, slot) = (spec.notify_fd, static_slot(spec.slot));
-        Python::attach(|py| super::reload_watch::start(py, s, fd, slot, spec.slot_index));
+        Python::attach(|py| super::reload_watch::start(py, s, broken, fd, slot, spec.slot_index));
     }
     let proxy = ProxyPolicy::from_settings(s).map_err(|e| {
         tracing::error!("Exception in worker process: {e}");
@@ -176,6 +187,31 @@ fn io_timeout(timeout: u64) -> Duration {
 }
 
 /// The slot lives in the scoreboard mapping, which is never unmapped.
+/// `--reload` before any worker served, and the app's code does not compile
+/// (a `SyntaxError`, the case Gunicorn's `--reload` keeps a worker up for):
+/// an app that serves the error, so the server stays up while the file is
+/// fixed. None: the boot fails as without `--reload`.
+fn serve_the_error(spec: &Spec<'_>, e: &crate::python::AppLoadError) -> Option<Py<PyAny>> {
+    let class = spec.settings.effective_worker_class();
+    if !spec.serve_syntax_errors
+        || e.syntax_error_file.is_none()
+        || class == crate::config::WorkerClass::Tornado
+    {
+        return None;
+    }
+    let asgi = class == crate::config::WorkerClass::Asgi;
+    match Python::attach(|py| crate::python::fail_app(py, &e.traceback, asgi)) {
+        Ok(app) => {
+            tracing::warn!("--reload: serving the error above as a 500 until the code is fixed");
+            Some(app)
+        }
+        Err(err) => {
+            tracing::error!("--reload: cannot serve the error: {err}");
+            None
+        }
+    }
+}
+
 fn static_slot(slot: &Slot) -> &'static Slot {
     // SAFETY: Scoreboard mappings are never unmapped for the life of the
     // process (see scoreboard.rs), so a reference into one is 'static.

@@ -97,6 +97,10 @@ pub struct Spec<'a> {
     pub max_requests: u64,
     pub multiprocess: bool,
     pub argv: &'a [String],
+    /// `--reload` before any worker served: app code that does not compile
+    /// is served as a 500 with its traceback until it is fixed, as
+    /// Gunicorn's `--reload` does, instead of failing the boot.
+    pub serve_syntax_errors: bool,
 }
 
 /// Run a worker to the end. Never returns: the process exits with 0, or

@@ -45,11 +45,13 @@ const SETTLE_MAX: Duration = Duration::from_secs(1);
 /// (Gunicorn's poll engine: every second).
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// In the worker, with its app imported: start watching. A failure to
-/// watch is logged and the worker serves on without it.
+/// In the worker, with its app imported: start watching, `extra` (the file
+/// of code that did not compile) too. A failure to watch is logged and the
+/// worker serves on without it.
 pub(super) fn start(
     py: Python<'_>,
     s: &Settings,
+    extra: Vec<PathBuf>,
     notify_fd: RawFd,
     slot: &'static Slot,
     slot_index: usize,
@@ -62,6 +64,7 @@ pub(super) fn start(
         }
     };
     files.extend(s.reload_extra_files.iter().map(PathBuf::from));
+    files.extend(extra);
     let watched: HashSet<PathBuf> = files.iter().filter_map(|f| key(f)).collect();
     let to = Master {
         notify_fd,
