@@ -121,13 +121,29 @@ type Sink = mpsc::Sender<notify::Result<notify::Event>>;
 
 fn spawn(engine: &str, watched: HashSet<PathBuf>, to: Master) -> notify::Result<()> {
     let (tx, rx) = mpsc::channel();
-    // "auto" and "inotify" (the value was checked when the settings were read).
+    let start_polling = |tx| {
+        let files = watched.clone();
+        thread("reload-poll", move || poll(files, tx))
+    };
+    // "auto", "inotify" or "poll" (the value was checked when the settings
+    // were read). `auto` polls where inotify cannot be had (the per-user
+    // limit of inotify instances reached, a kernel without it), as
+    // Gunicorn's `auto` does.
     let watcher = match engine {
         "poll" => {
-            let files = watched.clone();
-            thread("reload-poll", move || poll(files, tx))?;
+            start_polling(tx)?;
             None
         }
+        "auto" => match inotify(&watched, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "--reload: inotify is not available ({e}); polling the files every second"
+                );
+                start_polling(tx)?;
+                None
+            }
+        },
         _ => Some(inotify(&watched, tx)?),
     };
     thread("reload", move || {
