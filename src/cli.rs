@@ -161,15 +161,13 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
 
     if settings.check_config {
         python::initialize(&argv)?;
-        return Ok(
-            match python::load_app(&app_uri, None, &settings.pythonpath) {
-                Ok(_) => 0,
-                Err(e) => {
-                    eprintln!("{}", e.traceback.trim_end());
-                    1
-                }
-            },
-        );
+        return Ok(match python::load_app(&settings, &app_uri, None) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("{}", e.traceback.trim_end());
+                1
+            }
+        });
     }
 
     // HTTPS: the certificate, key and CA files are read and checked now,
@@ -216,7 +214,7 @@ fn run(settings: Settings, argv: Vec<String>) -> Result<i32> {
         python::initialize(&argv)?;
         // The workers inherit the configured `logging` with the app.
         python::apply_logconfig(&settings)?;
-        match python::load_app(&app_uri, None, &settings.pythonpath) {
+        match python::load_app(&settings, &app_uri, None) {
             Ok(app) => Some(app),
             Err(e) => {
                 tracing::error!("Exception in master process\n{}", e.traceback.trim_end());

@@ -297,6 +297,45 @@ impl<'a> Get<'a> {
 }
 
 /// The typed [`Settings`]: the settings used as they are come from the
+/// `--paste FILE[#name]`, as Gunicorn's: the app URI PasteDeploy's
+/// `loadapp` takes (`config:` and the absolute path; the worker's
+/// `import_app` knows it by the `/` no attribute name starts with), the file
+/// as the logging config when it has a `[loggers]` section and no logconfig
+/// is set, and as the default process name.
+fn paste_app(
+    paste: &str,
+    cli: &CliPass,
+    g: &Get<'_>,
+    table: &mut TableSettings,
+    warnings: &mut Vec<String>,
+) -> Result<String, ConfigError> {
+    let (file, name) = match paste.split_once('#') {
+        Some((f, n)) => (f, Some(n)),
+        None => (paste, None),
+    };
+    let abs = std::path::absolute(file)
+        .map_err(|e| ConfigError::invalid(format!("paste {file:?}: {e}")))?;
+    let text = std::fs::read_to_string(&abs)
+        .map_err(|e| ConfigError::invalid(format!("paste: {:?} not found ({e})", abs.display())))?;
+    if let Some(app) = &cli.app {
+        warnings.push(format!(
+            "command line: APP_MODULE {} ignored: --paste loads the app",
+            value::py_str_repr(app)
+        ));
+    }
+    let abs = abs.display().to_string();
+    if table.logconfig.is_none() && text.lines().any(|l| l.trim() == "[loggers]") {
+        table.logconfig = Some(abs.clone());
+    }
+    if matches!(g.entry(setting!("default_proc_name")).2, Source::Default) {
+        table.default_proc_name = abs.clone();
+    }
+    Ok(match name {
+        Some(n) => format!("config:{abs}#{n}"),
+        None => format!("config:{abs}"),
+    })
+}
+
 /// table ([`TableSettings::read`]); the derived fields are computed here,
 /// each from several settings, the command line or the environment.
 fn build(
@@ -304,12 +343,15 @@ fn build(
     values: &[(Value, Source)],
     mut warnings: Vec<String>,
 ) -> Result<Settings, ConfigError> {
-    let table = TableSettings::read(|i| &values[i].0)
+    let mut table = TableSettings::read(|i| &values[i].0)
         .map_err(|(i, m)| setting_error(&TABLE[i], &values[i].1, m))?;
 
     // ---- Derived
     let g = Get { values };
-    let wsgi_app = cli.app.clone().or_else(|| g.opt_str(setting!("wsgi_app")));
+    let wsgi_app = match table.paste.clone() {
+        Some(paste) => Some(paste_app(&paste, cli, &g, &mut table, &mut warnings)?),
+        None => cli.app.clone().or_else(|| g.opt_str(setting!("wsgi_app"))),
+    };
     if wsgi_app.is_none() {
         return Err(ConfigError::invalid(
             "No application module specified.".into(),

@@ -218,9 +218,6 @@ const PYLOGGING: Status = Status::Different(
 const NO_PYLOGGING: Status = Status::NotSupported(
     "rgunicorn's logs are written by the Rust master, not Python's `logging` module",
 );
-const NO_PASTE: Status = Status::NotSupported(
-    "PasteDeploy is not supported; point rgunicorn at a `module:app` WSGI callable",
-);
 const NO_LOOSE_HTTP: Status = Status::NotSupported(
     "rgunicorn's HTTP parser is always strict; this loosening switch is not available",
 );
@@ -786,9 +783,15 @@ settings_table! {
         meta: Some("STRING"),
         ty: ValueType::OptStr,
         help: "Load a PasteDeploy config file.",
-        status: NO_PASTE,
+        status: Status::Different(
+            "as Gunicorn: PASTE (`FILE` or `FILE#name`) replaces APP_MODULE (one given as well is ignored, with \
+             a warning), the app is PasteDeploy's `loadapp(\"config:/abs/FILE\", relative_to=cwd)` in each worker \
+             (PasteDeploy must be installed), the file is the logging config when it has a [loggers] section and \
+             logconfig is not set, and the process name defaults to it. Only the [app:...] side is read: bind, workers \
+             and the rest come from the command line and config file, as with Gunicorn's --paste",
+        ),
         ..BASE
-    },
+    } => paste: Option<String>,
     // ---- Server Hooks
     hook("on_starting", HOOKS, "Called just before the master process is initialized.", Status::Same),
     hook("on_reload", HOOKS, "Called to recycle workers during a reload via SIGHUP.", Status::Same),
@@ -921,9 +924,9 @@ settings_table! {
         ty: ValueType::StrList,
         default: DefaultValue::List(&[]),
         help: "A PasteDeploy global config variable, key=value; repeatable.",
-        status: NO_PASTE,
-        ..BASE
-    },
+        status: Status::Same,
+        check: Some(super::value::check_paste_global),
+    } => raw_paste_global_conf: Vec<String>,
     // ---- HTTP parsing switches
     flag("permit_obsolete_folding", MECH, &["--permit-obsolete-folding"], "Permit obsolete HTTP header line folding.", NO_LOOSE_HTTP),
     flag("strip_header_spaces", MECH, &["--strip-header-spaces"], "Strip spaces between a header name and the colon.", NO_LOOSE_HTTP),

@@ -541,6 +541,18 @@ pub(crate) fn check_cpu_affinity(v: &Value) -> Result<(), String> {
     }
 }
 
+pub(crate) fn check_paste_global(v: &Value) -> Result<(), String> {
+    match v {
+        Value::List(items) => match items.iter().find(|kv| !kv.contains('=')) {
+            Some(bad) => Err(format!(
+                "Invalid raw_paste_global_conf entry {bad:?} (expected KEY=VALUE)"
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_reload_engine(v: &Value) -> Result<(), String> {
     match v {
         Value::Str(s) if ["auto", "poll", "inotify"].contains(&s.as_str()) => Ok(()),

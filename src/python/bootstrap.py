@@ -14,8 +14,12 @@ class AppImportError(Exception):
     pass
 
 
-def import_app(uri):
-    """Load `module:obj` the way Gunicorn's util.import_app does."""
+def import_app(uri, paste_global=()):
+    """Load `module:obj` the way Gunicorn's util.import_app does; or, for
+    --paste, `config:/abs/file.ini[#name]` (no attribute name starts with
+    `/`) with PasteDeploy, as Gunicorn's pasterapp does."""
+    if uri.startswith("config:/"):
+        return load_paste_app(uri, paste_global)
     module, sep, obj = uri.partition(":")
     if not sep:
         obj = "application"
@@ -56,6 +60,16 @@ def import_app(uri):
     if not callable(app):
         raise AppImportError("Application object must be callable.")
     return app
+
+
+def load_paste_app(uri, paste_global):
+    try:
+        from paste.deploy import loadapp
+    except ImportError as e:
+        raise AppImportError("--paste needs PasteDeploy, which this Python cannot import (%s): "
+                             "install it with `pip install PasteDeploy`" % e) from None
+    global_conf = dict(kv.split("=", 1) for kv in paste_global)
+    return loadapp(uri, relative_to=os.getcwd(), global_conf=global_conf)
 
 
 def make_fail_app(text, asgi):

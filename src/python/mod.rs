@@ -258,12 +258,16 @@ pub struct AppLoadError {
     pub syntax_error_file: Option<std::path::PathBuf>,
 }
 
-/// Apply `--chdir`/`--pythonpath` and import the app as Gunicorn does.
+/// Apply `--chdir`/`--pythonpath` and import the app as Gunicorn does (or
+/// load it with PasteDeploy, for `--paste`).
+/// `chdir`: the directory to change to first (a worker; the master has
+/// changed to it already).
 pub fn load_app(
+    s: &crate::config::Settings,
     uri: &str,
     chdir: Option<&std::path::Path>,
-    pythonpath: &[String],
 ) -> Result<Py<PyAny>, AppLoadError> {
+    let pythonpath = &s.pythonpath;
     Python::attach(|py| {
         let r = (|| -> PyResult<Py<PyAny>> {
             let b = bootstrap(py)?;
@@ -271,7 +275,8 @@ pub fn load_app(
                 "setup_path",
                 (chdir.map(|p| p.display().to_string()), pythonpath.to_vec()),
             )?;
-            Ok(b.call_method1("import_app", (uri,))?.unbind())
+            let paste_global = s.raw_paste_global_conf.clone();
+            Ok(b.call_method1("import_app", (uri, paste_global))?.unbind())
         })();
         r.map_err(|e| AppLoadError {
             traceback: format_exception(py, &e),

@@ -92,7 +92,7 @@ pub(super) fn boot(spec: Spec<'_>) -> Result<Booted<'_>, i32> {
                     .set_error(spec.slot_index, &format!("{e:#}"));
                 return Err(WORKER_BOOT_ERROR);
             }
-            match crate::python::load_app(spec.app_uri, s.chdir.as_deref(), &s.pythonpath) {
+            match crate::python::load_app(s, spec.app_uri, s.chdir.as_deref()) {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::error!("Exception in worker process\n{}", e.traceback.trim_end());
