@@ -119,6 +119,40 @@ def test_underscore_headers_from_untrusted_peer_are_dropped(server):
     assert "HTTP_SCRIPT_NAME" not in env and "HTTP_X_OTHER" not in env
 
 
+# -- header_map ----------------------------------------------------------------
+
+def test_header_map_dangerous_maps_underscored_names_as_dashed(server):
+    s = server("--header-map", "dangerous", "--forwarded-allow-ips", "10.0.0.1", app=APP,
+               env={"PROBE_DIR": "/tmp"})
+    env = get_env(s, {"X_Api_Key": "k1", "SCRIPT_NAME": "/app"}, path="/environ")
+    assert env["HTTP_X_API_KEY"] == "k1"
+    # Only a trusted proxy sets the environ's SCRIPT_NAME.
+    assert env["HTTP_SCRIPT_NAME"] == "/app" and env["SCRIPT_NAME"] == ""
+
+
+def test_header_map_refuse_answers_400_before_the_app_unless_a_trusted_proxy_may_send_it(server):
+    s = server("--header-map", "refuse", app=APP, env={"PROBE_DIR": "/tmp"})
+    r = s.get("/environ", headers={"X_Api_Key": "k1"})
+    assert r.status_code == 400 and "underscores are refused (header_map)" in r.text, r.text
+    assert "Traceback" not in s.log()
+    assert s.get("/environ", headers={"X-Api-Key": "k1"}).json()["HTTP_X_API_KEY"] == "k1"
+    # SCRIPT_NAME is a forwarder header and loopback is trusted.
+    assert get_env(s, {"SCRIPT_NAME": "/app"}, path="/app/environ")["SCRIPT_NAME"] == "/app"
+
+
+def test_header_map_refuse_applies_to_asgi_apps_too(server):
+    s = server("-k", "asgi", "--header-map", "refuse", app="asgi_raw:app")
+    assert s.get("/", headers={"X_Api_Key": "k1"}).status_code == 400
+    assert s.get("/", headers={"X-Api-Key": "k1"}).status_code == 200
+
+
+def test_a_bad_header_map_is_refused_before_binding():
+    r = subprocess.run([str(SERVER_BIN), "-b", f"127.0.0.1:{free_port()}", "--header-map", "sometimes", APP],
+                       cwd=APPS_DIR, env=server_env(), capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0
+    assert "Invalid header map behaviour: sometimes" in r.stderr, r.stderr
+
+
 # -- PROXY protocol -----------------------------------------------------------
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"

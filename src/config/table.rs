@@ -948,9 +948,17 @@ settings_table! {
         cli: &["--header-map"],
         default: DefaultValue::Str("drop"),
         help: "How header names with underscores map into the environ: drop, refuse or dangerous.",
-        status: Status::NotSupported("only the default `drop` is available"),
+        status: Status::Different(
+            "as Gunicorn: `drop` leaves such a header out of the environ, `refuse` answers the request 400 before the \
+             app, `dangerous` maps it as if it had dashes (`X_Api_Key` → `HTTP_X_API_KEY`, joined with an `X-Api-Key` \
+             if both come); the names in forwarder_headers from a trusted proxy always map. Unlike Gunicorn, a \
+             `SCRIPT_NAME` header under `dangerous` becomes `HTTP_SCRIPT_NAME`, not the environ's SCRIPT_NAME, \
+             unless a trusted proxy sent it. ASGI scopes carry every header as sent, whatever this says, except that \
+             `refuse` refuses them too",
+        ),
+        check: Some(super::value::check_header_map),
         ..BASE
-    },
+    } => header_map: String,
     SettingDef {
         name: "root_path",
         section: MECH,

@@ -553,6 +553,21 @@ pub(crate) fn check_paste_global(v: &Value) -> Result<(), String> {
     }
 }
 
+pub(crate) fn check_header_map(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Str(s)
+            if ["drop", "refuse", "dangerous"]
+                .contains(&s.trim().to_ascii_lowercase().as_str()) =>
+        {
+            Ok(())
+        }
+        Value::Str(s) => Err(format!(
+            "Invalid header map behaviour: {s} (expected drop, refuse or dangerous)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_reload_engine(v: &Value) -> Result<(), String> {
     match v {
         Value::Str(s) if ["auto", "poll", "inotify"].contains(&s.as_str()) => Ok(()),

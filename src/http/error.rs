@@ -88,6 +88,10 @@ pub enum ParseError {
     /// before the colon (`InvalidHeaderName`).
     #[error("Invalid HTTP header name: not a token")]
     InvalidHeaderName,
+    /// A field name with `_` under `header_map = refuse`, from a peer that
+    /// may not send it (Gunicorn's `InvalidHeaderName`).
+    #[error("Invalid HTTP header name: underscores are refused (header_map)")]
+    UnderscoreHeaderName,
     /// A field value holds NUL, a bare CR, DEL or another control character
     /// (`InvalidHeader`).
     #[error("Invalid HTTP Header: 'control character in a field value'")]
@@ -205,6 +209,7 @@ impl ParseError {
             | ParseError::InvalidVersion
             | ParseError::InvalidLineEnding
             | ParseError::InvalidHeaderName
+            | ParseError::UnderscoreHeaderName
             | ParseError::InvalidHeaderValue
             | ParseError::ObsoleteFolding
             | ParseError::DuplicateHost

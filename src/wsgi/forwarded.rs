@@ -36,6 +36,33 @@ pub struct ProxyPolicy {
     pub proxy_mode: Mode,
     /// `proxy_allow_ips`.
     pub proxy_allow: AllowList,
+    /// `header_map`.
+    header_map: HeaderMap,
+}
+
+/// `header_map`: what becomes of a header whose name has an underscore
+/// (`X_Api_Key` would map to the same environ key as `X-Api-Key`), unless
+/// a trusted proxy may send it (`forwarder_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderMap {
+    /// Left out of the environ (Gunicorn's default).
+    #[default]
+    Drop,
+    /// The request is answered 400.
+    Refuse,
+    /// Mapped as if it had dashes.
+    Dangerous,
+}
+
+impl HeaderMap {
+    fn parse(s: &str) -> HeaderMap {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "refuse" => HeaderMap::Refuse,
+            "dangerous" => HeaderMap::Dangerous,
+            // "drop" (the value was checked when the settings were read).
+            _ => HeaderMap::Drop,
+        }
+    }
 }
 
 impl Default for ProxyPolicy {
@@ -55,6 +82,7 @@ impl Default for ProxyPolicy {
             forwarder_any: false,
             proxy_mode: Mode::Off,
             proxy_allow: AllowList::parse(&["127.0.0.1", "::1"]).unwrap_or_default(),
+            header_map: HeaderMap::Drop,
         }
     }
 }
@@ -77,6 +105,7 @@ impl ProxyPolicy {
             forwarder_any: s.forwarder_headers.iter().any(|h| h == "*"),
             proxy_mode: Mode::parse(&s.proxy_protocol),
             proxy_allow: AllowList::parse(&s.proxy_allow_ips)?,
+            header_map: HeaderMap::parse(&s.header_map),
         })
     }
 
@@ -93,13 +122,20 @@ pub(super) struct Forwarded<'a> {
     pub https: bool,
     pub script_name: Option<&'a str>,
     policy: Option<&'a ProxyPolicy>,
+    /// `header_map = "dangerous"`.
+    dangerous: bool,
 }
 
 impl Forwarded<'_> {
-    /// May this header name with `_` go into the environ?
+    /// May this trusted proxy send this header name with `_`?
     pub fn forwarder_allowed(&self, name: &[u8]) -> bool {
         let Some(p) = self.policy else { return false };
         p.forwarder_any || p.forwarder.iter().any(|f| f.eq_ignore_ascii_case(name))
+    }
+
+    /// Does this header name with `_` go into the environ?
+    pub fn maps_underscored(&self, name: &[u8]) -> bool {
+        self.dangerous || self.forwarder_allowed(name)
     }
 }
 
@@ -109,17 +145,22 @@ pub(super) fn inspect<'a>(
     req: &'a Request,
     peer: &Peer,
 ) -> Result<Forwarded<'a>, ParseError> {
+    let dangerous = policy.header_map == HeaderMap::Dangerous;
     if !peer.trusted {
+        refuse_underscored(policy, req, |_| false)?;
         return Ok(Forwarded {
             https: peer.tls,
+            dangerous,
             ..Forwarded::default()
         });
     }
     let mut out = Forwarded {
         policy: Some(policy),
         https: peer.tls,
+        dangerous,
         ..Forwarded::default()
     };
+    refuse_underscored(policy, req, |name| out.forwarder_allowed(name))?;
     let mut scheme_seen = false;
     for h in &req.headers {
         for (name, value) in &policy.secure {
@@ -150,6 +191,32 @@ pub(super) fn inspect<'a>(
         }
     }
     Ok(out)
+}
+
+/// `header_map = "refuse"`: a header name with `_` that no trusted proxy
+/// may send is a 400 (Gunicorn's `InvalidHeaderName`).
+fn refuse_underscored(
+    policy: &ProxyPolicy,
+    req: &Request,
+    allowed: impl Fn(&[u8]) -> bool,
+) -> Result<(), ParseError> {
+    if policy.header_map != HeaderMap::Refuse {
+        return Ok(());
+    }
+    match req
+        .headers
+        .iter()
+        .find(|h| h.name.contains(&b'_') && !allowed(&h.name))
+    {
+        Some(h) => {
+            tracing::debug!(
+                "Refused header {:?} (header_map = refuse)",
+                String::from_utf8_lossy(&h.name)
+            );
+            Err(ParseError::UnderscoreHeaderName)
+        }
+        None => Ok(()),
+    }
 }
 
 /// `HTTP_SCRIPT_NAME` for a forwarder header (rare: not cached).

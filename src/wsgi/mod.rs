@@ -368,8 +368,9 @@ fn environ<'py>(
         }
         let key = match bridge.header_key(py, name) {
             Some(k) => k,
-            // A name with `_`: dropped, unless a trusted proxy may send it.
-            None if fwd.forwarder_allowed(name) => forwarded::underscore_key(py, name),
+            // A name with `_`: dropped, unless a trusted proxy may send it
+            // or `header_map` is `dangerous`.
+            None if fwd.maps_underscored(name) => forwarded::underscore_key(py, name),
             None => continue,
         };
         let key = key.bind(py);
