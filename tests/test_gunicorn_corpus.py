@@ -77,7 +77,7 @@ FLAGS = {
 #: Settings rgunicorn refuses on purpose (lenient parsing that request
 #: smuggling feeds on); a corpus file that needs one is checked to be refused.
 REFUSED = {"permit_obsolete_folding", "permit_unconventional_http_method", "strip_header_spaces",
-           "casefold_http_method", "header_map"}
+           "casefold_http_method"}
 
 #: Gunicorn's status for each parser error (workers/base.py, handle_error).
 STATUS = {"LimitRequestLine": 414, "LimitRequestHeaders": 431}
