@@ -514,31 +514,35 @@ pub(crate) fn check_http_protocols(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn check_http2_cleartext(v: &Value) -> Result<(), String> {
-    match v {
-        Value::Str(s)
-            if ["off", "prior-knowledge", "upgrade", "both"]
-                .contains(&s.trim().to_ascii_lowercase().as_str()) =>
-        {
-            Ok(())
-        }
-        Value::Str(s) => Err(format!(
-            "Invalid http2_cleartext: {s} (expected off, prior-knowledge, upgrade or both)"
-        )),
-        _ => Ok(()),
+/// A string setting that must be one of `choices` (compared trimmed and
+/// lower-cased when `fold`): `Invalid {what}: VALUE (expected a, b or c)`,
+/// VALUE quoted when `quote` (Python's `%r`, as Gunicorn's message has it).
+fn one_of(v: &Value, what: &str, choices: &[&str], fold: bool, quote: bool) -> Result<(), String> {
+    let Value::Str(s) = v else { return Ok(()) };
+    let norm = if fold {
+        s.trim().to_ascii_lowercase()
+    } else {
+        s.clone()
+    };
+    if choices.contains(&norm.as_str()) {
+        return Ok(());
     }
+    let shown = if quote { format!("{s:?}") } else { s.clone() };
+    let expected = match choices.split_last() {
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!("Invalid {what}: {shown} (expected {expected})"))
+}
+
+pub(crate) fn check_http2_cleartext(v: &Value) -> Result<(), String> {
+    let modes = ["off", "prior-knowledge", "upgrade", "both"];
+    one_of(v, "http2_cleartext", &modes, true, false)
 }
 
 pub(crate) fn check_cpu_affinity(v: &Value) -> Result<(), String> {
-    match v {
-        Value::Str(s) if ["off", "auto"].contains(&s.trim().to_ascii_lowercase().as_str()) => {
-            Ok(())
-        }
-        Value::Str(s) => Err(format!(
-            "Invalid worker_cpu_affinity: {s} (expected off or auto)"
-        )),
-        _ => Ok(()),
-    }
+    one_of(v, "worker_cpu_affinity", &["off", "auto"], true, false)
 }
 
 pub(crate) fn check_paste_global(v: &Value) -> Result<(), String> {
@@ -554,28 +558,18 @@ pub(crate) fn check_paste_global(v: &Value) -> Result<(), String> {
 }
 
 pub(crate) fn check_header_map(v: &Value) -> Result<(), String> {
-    match v {
-        Value::Str(s)
-            if ["drop", "refuse", "dangerous"]
-                .contains(&s.trim().to_ascii_lowercase().as_str()) =>
-        {
-            Ok(())
-        }
-        Value::Str(s) => Err(format!(
-            "Invalid header map behaviour: {s} (expected drop, refuse or dangerous)"
-        )),
-        _ => Ok(()),
-    }
+    let modes = ["drop", "refuse", "dangerous"];
+    one_of(v, "header map behaviour", &modes, true, false)
 }
 
 pub(crate) fn check_reload_engine(v: &Value) -> Result<(), String> {
-    match v {
-        Value::Str(s) if ["auto", "poll", "inotify"].contains(&s.as_str()) => Ok(()),
-        Value::Str(s) => Err(format!(
-            "Invalid reload_engine: {s:?} (expected auto, poll or inotify)"
-        )),
-        _ => Ok(()),
-    }
+    one_of(
+        v,
+        "reload_engine",
+        &["auto", "poll", "inotify"],
+        false,
+        true,
+    )
 }
 
 pub(crate) fn check_http2_frame_size(v: &Value) -> Result<(), String> {
